@@ -1,0 +1,136 @@
+"""Extractive, deterministic answers: the sentences that best match the question.
+
+The emulator does not generate language. It quotes the best-matching sentences from the
+request's system text and documents, scored with BM25 over sentences, and cites them with
+`char_location` citations whose `cited_text` is exactly `data[start:end]`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from .prompt import Source
+
+PREAMBLE = (
+    "[offline emulator: an extractive answer, not written by Claude] "
+    "The passages that best match the question are:"
+)
+NO_MATCH = (
+    "[offline emulator: an extractive answer, not written by Claude] "
+    "No passage in the provided text matches the question."
+)
+MAX_SENTENCES = 3
+
+_SENTENCE = re.compile(r"[^\n.!?]+(?:[.!?]+(?=\s|$)|\n|$)|[.!?]+")
+_TERM = re.compile(r"\w+", re.UNICODE)
+_STOPWORDS = frozenset(
+    "a an and are as at be by can do does for from has have how i in is it its of on or "
+    "our should that the their there this to was we what when where which who why will "
+    "with you your".split()
+)
+_K1 = 1.2
+_B = 0.75
+
+
+def terms(text: str) -> list[str]:
+    return [t for t in (m.lower() for m in _TERM.findall(text)) if t not in _STOPWORDS]
+
+
+@dataclass(frozen=True)
+class _SentenceIndex:
+    spans: tuple[tuple[int, int], ...]
+    lengths: tuple[int, ...]
+    postings: dict[str, tuple[tuple[int, int], ...]]  # term → ((sentence, tf), ...)
+
+
+@lru_cache(maxsize=2048)
+def _index(text: str) -> _SentenceIndex:
+    spans: list[tuple[int, int]] = []
+    lengths: list[int] = []
+    postings: dict[str, list[tuple[int, int]]] = {}
+    for match in _SENTENCE.finditer(text):
+        start, end = match.span()
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        words = terms(text[start:end])
+        if not words:
+            continue
+        sentence = len(spans)
+        spans.append((start, end))
+        lengths.append(len(words))
+        for term, tf in Counter(words).items():
+            postings.setdefault(term, []).append((sentence, tf))
+    return _SentenceIndex(
+        tuple(spans), tuple(lengths), {t: tuple(p) for t, p in postings.items()}
+    )
+
+
+@dataclass(frozen=True)
+class Passage:
+    source: Source
+    start: int
+    end: int
+    score: float
+
+    @property
+    def text(self) -> str:
+        return self.source.text[self.start : self.end]
+
+
+def best_passages(question: str, sources: tuple[Source, ...], limit: int) -> list[Passage]:
+    query = sorted(set(terms(question)))
+    if not query or limit <= 0:
+        return []
+    indexes = [_index(source.text) for source in sources]
+    total = sum(len(ix.spans) for ix in indexes)
+    if total == 0:
+        return []
+    average = sum(sum(ix.lengths) for ix in indexes) / total
+    df = {t: sum(len(ix.postings.get(t, ())) for ix in indexes) for t in query}
+    scored: list[tuple[float, int, int, Passage]] = []
+    for s, (source, ix) in enumerate(zip(sources, indexes, strict=True)):
+        scores: dict[int, float] = {}
+        for term in query:
+            if not df[term]:
+                continue
+            idf = math.log(1 + (total - df[term] + 0.5) / (df[term] + 0.5))
+            for sentence, tf in ix.postings.get(term, ()):
+                norm = _K1 * (1 - _B + _B * ix.lengths[sentence] / average)
+                scores[sentence] = scores.get(sentence, 0.0) + idf * tf * (_K1 + 1) / (tf + norm)
+        for sentence, score in scores.items():
+            start, end = ix.spans[sentence]
+            scored.append((-score, s, start, Passage(source, start, end, score)))
+    scored.sort(key=lambda item: item[:3])
+    return [item[3] for item in scored[:limit]]
+
+
+def citation(passage: Passage) -> dict[str, Any]:
+    return {
+        "type": "char_location",
+        "cited_text": passage.text,
+        "document_index": passage.source.document_index,
+        "document_title": passage.source.title,
+        "start_char_index": passage.start,
+        "end_char_index": passage.end,
+    }
+
+
+def answer_blocks(question: str, sources: tuple[Source, ...]) -> list[dict[str, Any]]:
+    """The content blocks of an extractive answer, before any max_tokens cut."""
+    passages = best_passages(question, sources, MAX_SENTENCES)
+    if not passages:
+        return [{"type": "text", "text": NO_MATCH}]
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": PREAMBLE + "\n"}]
+    for passage in passages:
+        block: dict[str, Any] = {"type": "text", "text": passage.text + "\n"}
+        if passage.source.citable:
+            block["citations"] = [citation(passage)]
+        blocks.append(block)
+    return blocks

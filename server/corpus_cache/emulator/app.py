@@ -1,0 +1,217 @@
+"""The emulator's HTTP surface: the Messages API routes and the /_emulator/ controls."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..catalog import Catalog
+from .control import Fault
+from .errors import ApiError, invalid
+from .service import Completion, EmulatorService
+from .sse import message_events
+
+log = logging.getLogger("corpus_cache.emulator")
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _error_response(error: ApiError, request_id: str) -> JSONResponse:
+    headers = {"request-id": request_id, **error.headers}
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def _workspace(request: Request) -> str:
+    """Caches are isolated per key, the emulator's stand-in for a workspace."""
+    key = request.headers.get("x-api-key", "").strip()
+    if not key:
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            key = auth[7:].strip()
+    if not key:
+        raise ApiError(401, "authentication_error", "x-api-key header is required")
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+async def _read_json(request: Request) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, "request_too_large", "Request exceeds the maximum size of 32 MB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, "request_too_large", "Request exceeds the maximum size of 32 MB")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid(f"request body is not valid JSON: {exc}") from None
+
+
+def build_app(catalog: Catalog, service: EmulatorService | None = None) -> Starlette:
+    emulator = service or EmulatorService(catalog)
+
+    def api(handler: Callable[[Request, str], Awaitable[Response]]) -> Handler:
+        """Authentication, version header, error faults and error shapes for /v1 routes."""
+
+        async def wrapped(request: Request) -> Response:
+            request_id = emulator.next_id("req")
+            try:
+                workspace = _workspace(request)
+                if not request.headers.get("anthropic-version"):
+                    raise invalid("anthropic-version: header is required")
+                fault = emulator.faults.take(request.url.path, "error")
+                if fault is not None:
+                    raise fault.to_error()
+                if emulator.faults.take(request.url.path, "malformed") is not None:
+                    return Response(b'{"type": "message", "id": "msg_', media_type="application/json")
+                response = await handler(request, workspace)
+            except ApiError as error:
+                emulator.log.record(
+                    {"id": request_id, "path": request.url.path, "status": error.status,
+                     "time": emulator.clock.now(), "error": error.body()["error"]}
+                )  # fmt: skip
+                return _error_response(error, request_id)
+            response.headers["request-id"] = request_id
+            return response
+
+        return wrapped
+
+    async def delay_for(path: str) -> None:
+        fault: Fault | None = emulator.faults.take(path, "delay")
+        if fault is not None:
+            await anyio.sleep(fault.delay)
+
+    def record(completion: Completion, body: Any, stream: bool) -> None:
+        prompt_usage = completion.message["usage"]
+        emulator.log.record(
+            {
+                "id": completion.message["id"],
+                "path": "/v1/messages",
+                "status": 200,
+                "time": emulator.clock.now(),
+                "workspace": completion.workspace,
+                "model": completion.message["model"],
+                "stream": stream,
+                "usage": prompt_usage,
+                "hit_position": completion.outcome.hit_position,
+                "written_positions": list(completion.outcome.written_positions),
+                "body": body,
+            }
+        )
+
+    async def messages(request: Request, workspace: str) -> Response:
+        body = await _read_json(request)
+        parsed = emulator.parse(body)
+        completion = emulator.complete(workspace, parsed)
+        try:
+            # Time to first token: the entries this request writes are not readable yet.
+            await delay_for(request.url.path)
+        except BaseException:
+            emulator.abandon(completion)
+            raise
+        emulator.begin(completion)
+        record(completion, body, parsed.stream)
+        if not parsed.stream:
+            return JSONResponse(completion.message)
+
+        async def events() -> AsyncIterator[bytes]:
+            for event in message_events(completion.message):
+                yield event
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def count_tokens(request: Request, workspace: str) -> Response:
+        body = await _read_json(request)
+        result = emulator.count_tokens(body)
+        await delay_for(request.url.path)
+        emulator.log.record(
+            {"id": emulator.next_id("count"), "path": request.url.path, "status": 200,
+             "time": emulator.clock.now(), "workspace": workspace, "model": body.get("model"),
+             "input_tokens": result["input_tokens"], "body": body}
+        )  # fmt: skip
+        return JSONResponse(result)
+
+    async def list_models(request: Request, workspace: str) -> Response:
+        raw_limit = request.query_params.get("limit", "20")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+            raise invalid("limit: Input should be an integer between 1 and 1000")
+        after = request.query_params.get("after_id")
+        return JSONResponse(emulator.list_models(int(raw_limit), after))
+
+    async def get_model(request: Request, workspace: str) -> Response:
+        return JSONResponse(emulator.get_model(request.path_params["model_id"]))
+
+    async def control_json(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if not raw:
+            return {}
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise invalid(f"not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise invalid("expected a JSON object")
+        return value
+
+    def control(handler: Callable[[Request], Awaitable[Any]]) -> Handler:
+        async def wrapped(request: Request) -> Response:
+            try:
+                return JSONResponse(await handler(request))
+            except ApiError as error:
+                return _error_response(error, emulator.next_id("req"))
+
+        return wrapped
+
+    async def clock(request: Request) -> Any:
+        if request.method == "POST":
+            emulator.clock.apply(await control_json(request))
+        return emulator.clock.describe()
+
+    async def reset(request: Request) -> Any:
+        emulator.reset()
+        return {"reset": True}
+
+    async def faults(request: Request) -> Any:
+        if request.method == "POST":
+            emulator.faults.add(await control_json(request))
+        elif request.method == "DELETE":
+            emulator.faults.clear()
+        return {"faults": emulator.faults.describe()}
+
+    async def request_log(request: Request) -> Any:
+        limit = request.query_params.get("limit", "100")
+        bodies = request.query_params.get("bodies", "0") in ("1", "true")
+        return {"requests": emulator.log.recent(int(limit) if limit.isdigit() else 100, bodies)}
+
+    async def cache_state(request: Request) -> Any:
+        workspace = _workspace(request)
+        return {"entries": emulator.cache.state(workspace, emulator.clock.now())}
+
+    routes = [
+        Route("/v1/messages", api(messages), methods=["POST"]),
+        Route("/v1/messages/count_tokens", api(count_tokens), methods=["POST"]),
+        Route("/v1/models", api(list_models), methods=["GET"]),
+        Route("/v1/models/{model_id:path}", api(get_model), methods=["GET"]),
+        Route("/_emulator/clock", control(clock), methods=["GET", "POST"]),
+        Route("/_emulator/reset", control(reset), methods=["POST"]),
+        Route("/_emulator/faults", control(faults), methods=["GET", "POST", "DELETE"]),
+        Route("/_emulator/log", control(request_log), methods=["GET"]),
+        Route("/_emulator/cache", control(cache_state), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.emulator = emulator
+    return app

@@ -1,0 +1,92 @@
+"""Run the emulator: in the foreground (the CLI) or in a background thread (in-process)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass
+from types import TracebackType
+
+import uvicorn
+
+from ..catalog import Catalog, load_catalog
+from .app import build_app
+from .service import EmulatorService
+
+
+def _config(catalog: Catalog, service: EmulatorService) -> uvicorn.Config:
+    # log_config=None and no access log: uvicorn's defaults write to stdout, which is the
+    # MCP protocol stream when the emulator runs inside `corpus-cache serve`.
+    return uvicorn.Config(
+        build_app(catalog, service),
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+    )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass
+class RunningEmulator:
+    """An emulator serving on loopback from a daemon thread."""
+
+    base_url: str
+    service: EmulatorService
+    _server: uvicorn.Server
+    _thread: threading.Thread
+    _socket: socket.socket
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+        self._socket.close()
+
+    def __enter__(self) -> RunningEmulator:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_in_thread(
+    host: str = "127.0.0.1", port: int = 0, catalog: Catalog | None = None
+) -> RunningEmulator:
+    """Start on a free port (port=0) and return once it accepts connections."""
+    catalog = catalog or load_catalog()
+    service = EmulatorService(catalog)
+    sock = _bind(host, port)
+    server = uvicorn.Server(_config(catalog, service))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="corpus-cache-emulator", daemon=True
+    )
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            sock.close()
+            raise RuntimeError("the emulator failed to start; see the log above")
+        threading.Event().wait(0.01)
+    bound_host, bound_port = sock.getsockname()[:2]
+    display = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return RunningEmulator(f"http://{display}:{bound_port}", service, server, thread, sock)
+
+
+def serve_forever(host: str, port: int, catalog: Catalog) -> None:
+    service = EmulatorService(catalog)
+    server = uvicorn.Server(_config(catalog, service))
+    sock = _bind(host, port)
+    server.run(sockets=[sock])

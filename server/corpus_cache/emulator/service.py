@@ -1,0 +1,227 @@
+"""The emulator's behaviour, independent of HTTP: accounting, answers, diagnostics, models."""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from typing import Any
+
+from ..catalog import Catalog, ModelSpec
+from .answer import answer_blocks
+from .control import FaultPlan, RequestLog, VirtualClock
+from .errors import not_found
+from .prompt import MessagesRequest, Prompt, parse_count_tokens_request, parse_messages_request
+from .prompt_cache import CacheOutcome, PromptCache
+from .tokenizer import count_text
+
+_SECTION_ORDER = {"tools": 0, "system": 1, "messages": 2}
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What cache diagnostics compare a later request against."""
+
+    model: str
+    hashes: tuple[str, ...]
+    sections: tuple[str, ...]
+    cached_index: int | None
+    cached_tokens: int
+
+    @classmethod
+    def of(cls, prompt: Prompt) -> Fingerprint:
+        minimum = prompt.model.min_cacheable_tokens
+        eligible = [
+            b for b in prompt.breakpoints if prompt.positions[b].cumulative_tokens >= minimum
+        ]
+        last = eligible[-1] if eligible else None
+        return cls(
+            model=prompt.model.id,
+            hashes=tuple(p.prefix_hash for p in prompt.positions),
+            sections=tuple(p.section for p in prompt.positions),
+            cached_index=last,
+            cached_tokens=prompt.positions[last].cumulative_tokens if last is not None else 0,
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A /v1/messages result before it is written as JSON or as an event stream."""
+
+    message: dict[str, Any]
+    outcome: CacheOutcome
+    workspace: str
+
+
+def _usage(outcome: CacheOutcome, output_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": outcome.input_tokens,
+        "cache_creation_input_tokens": outcome.creation_tokens,
+        "cache_read_input_tokens": outcome.read_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": outcome.creation_5m_tokens,
+            "ephemeral_1h_input_tokens": outcome.creation_1h_tokens,
+        },
+        "output_tokens": output_tokens,
+        "service_tier": "standard",
+    }
+
+
+def _fit(
+    blocks: list[dict[str, Any]], max_tokens: int, model: ModelSpec
+) -> tuple[list[dict[str, Any]], int, str]:
+    """Cut the answer to max_tokens, as generation would stop there."""
+    kept: list[dict[str, Any]] = []
+    used = 0
+    for block in blocks:
+        cost = count_text(block["text"], model.tokenizer)
+        if used + cost <= max_tokens:
+            kept.append(block)
+            used += cost
+            continue
+        words = block["text"].split(" ")
+        partial: list[str] = []
+        for word in words:
+            trial = " ".join([*partial, word])
+            if used + count_text(trial, model.tokenizer) > max_tokens:
+                break
+            partial.append(word)
+        if partial:
+            text = " ".join(partial)
+            used += count_text(text, model.tokenizer)
+            kept.append({"type": "text", "text": text})  # a cut quote is no longer a citation
+        return kept, used, "max_tokens"
+    return kept, used, "end_turn"
+
+
+class EmulatorService:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.clock = VirtualClock()
+        self.cache = PromptCache()
+        self.faults = FaultPlan()
+        self.log = RequestLog()
+        self._ids = itertools.count(1)
+        self._fingerprints: OrderedDict[tuple[str, str], Fingerprint] = OrderedDict()
+
+    def reset(self) -> None:
+        self.clock.reset()
+        self.cache.reset()
+        self.faults.clear()
+        self.log.clear()
+        self._fingerprints.clear()
+
+    def next_id(self, prefix: str) -> str:
+        return f"{prefix}_emu{next(self._ids):020d}"
+
+    # --- /v1/messages -------------------------------------------------------------------
+
+    def parse(self, body: Any) -> MessagesRequest:
+        return parse_messages_request(body, self.catalog)
+
+    def complete(self, workspace: str, request: MessagesRequest) -> Completion:
+        prompt = request.prompt
+        now = self.clock.now()
+        self.cache.purge(now)
+        outcome = self.cache.account(workspace, prompt, now)
+        if request.max_tokens == 0:
+            content: list[dict[str, Any]] = []
+            output_tokens, stop_reason = 0, "max_tokens"
+        else:
+            blocks = answer_blocks(prompt.question, prompt.sources)
+            content, output_tokens, stop_reason = _fit(blocks, request.max_tokens, prompt.model)
+        message_id = self.next_id("msg")
+        message: dict[str, Any] = {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": prompt.model.id,
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": _usage(outcome, output_tokens),
+        }
+        if request.wants_diagnostics:
+            message["diagnostics"] = self._diagnose(workspace, request, outcome)
+        self._remember(workspace, message_id, Fingerprint.of(prompt))
+        return Completion(message, outcome, workspace)
+
+    def begin(self, completion: Completion) -> None:
+        self.cache.begin(completion.workspace, completion.outcome)
+
+    def abandon(self, completion: Completion) -> None:
+        self.cache.abandon(completion.workspace, completion.outcome)
+
+    def _remember(self, workspace: str, message_id: str, fingerprint: Fingerprint) -> None:
+        self._fingerprints[(workspace, message_id)] = fingerprint
+        while len(self._fingerprints) > 10_000:
+            self._fingerprints.popitem(last=False)
+
+    def _diagnose(
+        self, workspace: str, request: MessagesRequest, outcome: CacheOutcome
+    ) -> dict[str, Any] | None:
+        if request.previous_message_id is None:
+            return None
+        previous = self._fingerprints.get((workspace, request.previous_message_id))
+        if previous is None:
+            return {"cache_miss_reason": {"type": "previous_message_not_found"}}
+        missed = previous.cached_tokens - outcome.read_tokens
+        if previous.cached_index is None or missed <= 0:
+            return None
+        current = Fingerprint.of(request.prompt)
+        if current.model != previous.model:
+            reason = "model_changed"
+        else:
+            first = next(
+                (
+                    i
+                    for i, (a, b) in enumerate(zip(previous.hashes, current.hashes, strict=False))
+                    if a != b
+                ),
+                min(len(previous.hashes), len(current.hashes)),
+            )
+            if first > previous.cached_index:
+                return None  # same prefix: the entry expired rather than changed
+            sections = [s[first] for s in (previous.sections, current.sections) if first < len(s)]
+            section = min(sections, key=_SECTION_ORDER.__getitem__)
+            reason = f"{section}_changed"
+        return {"cache_miss_reason": {"type": reason, "cache_missed_input_tokens": missed}}
+
+    # --- /v1/messages/count_tokens and /v1/models --------------------------------------
+
+    def count_tokens(self, body: Any) -> dict[str, Any]:
+        prompt = parse_count_tokens_request(body, self.catalog)
+        return {"input_tokens": prompt.total_tokens}
+
+    @staticmethod
+    def model_info(spec: ModelSpec) -> dict[str, Any]:
+        created = datetime.combine(spec.released, time(), tzinfo=UTC)
+        return {
+            "type": "model",
+            "id": spec.id,
+            "display_name": spec.display_name,
+            "created_at": created.isoformat().replace("+00:00", "Z"),
+            "lifecycle": "active",
+            "max_input_tokens": spec.context_window,
+            "max_tokens": spec.max_output_tokens,
+        }
+
+    def list_models(self, limit: int, after_id: str | None) -> dict[str, Any]:
+        models = sorted(self.catalog, key=lambda m: (m.released, m.id), reverse=True)
+        ids = [m.id for m in models]
+        start = ids.index(after_id) + 1 if after_id in ids else 0
+        page = models[start : start + limit]
+        data = [self.model_info(m) for m in page]
+        return {
+            "data": data,
+            "has_more": start + limit < len(models),
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+
+    def get_model(self, name: str) -> dict[str, Any]:
+        spec = self.catalog.find(name)
+        if spec is None:
+            raise not_found(f"model: {name}")
+        return self.model_info(spec)
