@@ -53,6 +53,7 @@ class ModelSpec(BaseModel):
     display_name: str
     aliases: tuple[str, ...] = ()
     released: date
+    retires: date | None = None
     min_cacheable_tokens: int = Field(gt=0)
     input_usd_per_mtok: float = Field(ge=0)
     output_usd_per_mtok: float = Field(ge=0)
@@ -145,7 +146,9 @@ def _build(raw: dict[str, Any], origin: str) -> ModelSpec:
         raise CatalogError(f"{origin}: model {raw.get('id')!r}: {exc}") from exc
 
 
-def parse_catalog(shipped: str, override: str | None = None, *, override_origin: str = "") -> Catalog:
+def parse_catalog(
+    shipped: str, override: str | None = None, *, override_origin: str = ""
+) -> Catalog:
     """Build a catalog from the shipped table's text and an optional override's text."""
     base = _read_toml(shipped, "models.toml")
     defaults: dict[str, Any] = dict(base.get("defaults", {}))

@@ -46,7 +46,8 @@ def _emulator(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corpus-cache",
-        description="Pack a folder of documents into Anthropic prompt-cache blocks and serve it over MCP.",
+        description="Pack a folder of documents into Anthropic prompt-cache blocks "
+        "and serve it over MCP.",
     )
     parser.add_argument("--version", action="version", version=f"corpus-cache {__version__}")
     parser.add_argument(
@@ -64,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve an offline emulator of the Anthropic Messages API with faithful "
         "prompt-cache accounting. It does not generate language: answers are extractive.",
     )
-    emulator.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    emulator.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)"
+    )
     emulator.add_argument("--port", type=int, default=8787, help="port (default: 8787)")
     emulator.add_argument(
         "--allow-remote", action="store_true", help="allow binding a non-loopback address"

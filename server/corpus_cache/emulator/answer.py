@@ -29,9 +29,52 @@ MAX_SENTENCES = 3
 _SENTENCE = re.compile(r"[^\n.!?]+(?:[.!?]+(?=\s|$)|\n|$)|[.!?]+")
 _TERM = re.compile(r"\w+", re.UNICODE)
 _STOPWORDS = frozenset(
-    "a an and are as at be by can do does for from has have how i in is it its of on or "
-    "our should that the their there this to was we what when where which who why will "
-    "with you your".split()
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "can",
+        "do",
+        "does",
+        "for",
+        "from",
+        "has",
+        "have",
+        "how",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "our",
+        "should",
+        "that",
+        "the",
+        "their",
+        "there",
+        "this",
+        "to",
+        "was",
+        "we",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
+    ]
 )
 _K1 = 1.2
 _B = 0.75
@@ -67,9 +110,7 @@ def _index(text: str) -> _SentenceIndex:
         lengths.append(len(words))
         for term, tf in Counter(words).items():
             postings.setdefault(term, []).append((sentence, tf))
-    return _SentenceIndex(
-        tuple(spans), tuple(lengths), {t: tuple(p) for t, p in postings.items()}
-    )
+    return _SentenceIndex(tuple(spans), tuple(lengths), {t: tuple(p) for t, p in postings.items()})
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,9 @@ def build_app(catalog: Catalog, service: EmulatorService | None = None) -> Starl
                 if fault is not None:
                     raise fault.to_error()
                 if emulator.faults.take(request.url.path, "malformed") is not None:
-                    return Response(b'{"type": "message", "id": "msg_', media_type="application/json")
+                    return Response(
+                        b'{"type": "message", "id": "msg_', media_type="application/json"
+                    )
                 response = await handler(request, workspace)
             except ApiError as error:
                 emulator.log.record(

@@ -339,8 +339,10 @@ class _PromptWalker:
             _check_no_nested_cache_control(block.get("content"), f"{where}.content")
             return 2 + sum(count(t) for t in _text_of_content(block.get("content")))
         if kind == "tool_use":
-            return 4 + count(str(block.get("name", ""))) + count(
-                _canonical(block.get("input", {})).decode()
+            return (
+                4
+                + count(str(block.get("name", "")))
+                + count(_canonical(block.get("input", {})).decode())
             )
         if kind == "image":
             return 1_600  # a typical photo; the emulator does not decode images
@@ -440,7 +442,9 @@ def _check_sampling(body: dict[str, Any]) -> None:
     for name, low, high in (("temperature", 0.0, 1.0), ("top_p", 0.0, 1.0)):
         value = body.get(name)
         if value is not None and (
-            not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not low <= value <= high
         ):
             raise invalid(f"{name}: Input should be a number between {low} and {high}")
     top_k = body.get("top_k")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, datetime, time
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from ..catalog import Catalog, ModelSpec
@@ -196,13 +196,16 @@ class EmulatorService:
 
     @staticmethod
     def model_info(spec: ModelSpec) -> dict[str, Any]:
-        created = datetime.combine(spec.released, time(), tzinfo=UTC)
+        def rfc3339(day: date) -> str:
+            return datetime.combine(day, time(), tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
         return {
             "type": "model",
             "id": spec.id,
             "display_name": spec.display_name,
-            "created_at": created.isoformat().replace("+00:00", "Z"),
-            "lifecycle": "active",
+            "created_at": rfc3339(spec.released),
+            "lifecycle": "deprecated" if spec.retires else "active",
+            "retires_at": rfc3339(spec.retires) if spec.retires else None,
             "max_input_tokens": spec.context_window,
             "max_tokens": spec.max_output_tokens,
         }

@@ -32,11 +32,17 @@ def message_events(message: dict[str, Any]) -> Iterator[bytes]:
             yield _event("ping", {"type": "ping"})
         for citation in block.get("citations") or []:
             delta = {"type": "citations_delta", "citation": citation}
-            yield _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+            yield _event(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+            )
         text = block["text"]
         for offset in range(0, len(text), _CHUNK):
             delta = {"type": "text_delta", "text": text[offset : offset + _CHUNK]}
-            yield _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+            yield _event(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+            )
         yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
     final_usage = {
         "output_tokens": usage["output_tokens"],
