@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,7 +20,6 @@ from .errors import ApiError, invalid
 from .service import Completion, EmulatorService
 from .sse import message_events
 
-log = logging.getLogger("corpus_cache.emulator")
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
@@ -97,7 +96,7 @@ def build_app(catalog: Catalog, service: EmulatorService | None = None) -> Starl
         if fault is not None:
             await anyio.sleep(fault.delay)
 
-    def record(completion: Completion, body: Any, stream: bool) -> None:
+    def record(completion: Completion, body: Any, stream: bool, work: float) -> None:
         prompt_usage = completion.message["usage"]
         emulator.log.record(
             {
@@ -111,14 +110,17 @@ def build_app(catalog: Catalog, service: EmulatorService | None = None) -> Starl
                 "usage": prompt_usage,
                 "hit_position": completion.outcome.hit_position,
                 "written_positions": list(completion.outcome.written_positions),
+                "emulator_seconds": round(work, 6),
                 "body": body,
             }
         )
 
     async def messages(request: Request, workspace: str) -> Response:
+        started = time.perf_counter()
         body = await _read_json(request)
         parsed = emulator.parse(body)
         completion = emulator.complete(workspace, parsed)
+        work = time.perf_counter() - started  # what the emulator itself costs, delays aside
         try:
             # Time to first token: the entries this request writes are not readable yet.
             await delay_for(request.url.path)
@@ -126,7 +128,7 @@ def build_app(catalog: Catalog, service: EmulatorService | None = None) -> Starl
             emulator.abandon(completion)
             raise
         emulator.begin(completion)
-        record(completion, body, parsed.stream)
+        record(completion, body, parsed.stream, work)
         if not parsed.stream:
             return JSONResponse(completion.message)
 
