@@ -22,9 +22,8 @@ import anthropic
 import httpx2
 
 sys.path.insert(0, str(Path(__file__).parent))
-from synthetic import document  # noqa: E402
-
-from corpus_cache.emulator import start_in_thread  # noqa: E402
+from corpus_cache.emulator import start_in_thread
+from synthetic import document
 
 MODEL = "claude-sonnet-4-6"
 TARGET_TOKENS = 200_000

@@ -5,15 +5,16 @@ from __future__ import annotations
 import random
 
 _NOUNS = (
-    "shipment carrier route depot invoice driver manifest pallet warehouse schedule ticket "
-    "service queue replica index backup alert dashboard contract customer region"
+    "shipment carrier route depot invoice driver manifest pallet warehouse schedule "
+    "ticket service queue replica index backup alert dashboard contract customer "
+    "region "
 ).split()
 _VERBS = (
-    "books delays routes cancels audits restores rebalances forwards archives validates "
-    "reroutes batches"
+    "books delays routes cancels audits restores rebalances forwards archives "
+    "validates reroutes batches "
 ).split()
 _ADJECTIVES = (
-    "late urgent regional nightly manual automatic primary stale partial fragile overdue"
+    "late urgent regional nightly manual automatic primary stale partial fragile overdue "
 ).split()
 
 

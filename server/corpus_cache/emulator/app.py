@@ -20,7 +20,6 @@ from .errors import ApiError, invalid
 from .service import Completion, EmulatorService
 from .sse import message_events
 
-
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 Handler = Callable[[Request], Awaitable[Response]]
