@@ -26,7 +26,9 @@ NO_MATCH = (
 )
 MAX_SENTENCES = 3
 
-_SENTENCE = re.compile(r"[^\n.!?]+(?:[.!?]+(?=\s|$)|\n|$)|[.!?]+")
+# A sentence ends at . ! ? before whitespace, at a blank line, or before a line that starts
+# a Markdown structure (heading, list item, quote, table row); single newlines are wrapping.
+_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n|\n(?=\s*(?:[#>|*+-]|\d+[.)])\s?)")
 _TERM = re.compile(r"\w+", re.UNICODE)
 _STOPWORDS = frozenset(
     [
@@ -80,8 +82,26 @@ _K1 = 1.2
 _B = 0.75
 
 
+def _stem(term: str) -> str:
+    """Just enough stemming for a question's words to meet the text's: plurals, -ing, -ed."""
+    for suffix, keep in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
+        if term.endswith(suffix) and len(term) - len(suffix) >= 3 and not term.endswith("ss"):
+            return term[: -len(suffix)] + keep
+    return term
+
+
 def terms(text: str) -> list[str]:
-    return [t for t in (m.lower() for m in _TERM.findall(text)) if t not in _STOPWORDS]
+    return [_stem(t) for t in (m.lower() for m in _TERM.findall(text)) if t not in _STOPWORDS]
+
+
+def _sentence_spans(text: str) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for boundary in _BOUNDARY.finditer(text):
+        spans.append((start, boundary.start()))
+        start = boundary.end()
+    spans.append((start, len(text)))
+    return spans
 
 
 @dataclass(frozen=True)
@@ -96,8 +116,7 @@ def _index(text: str) -> _SentenceIndex:
     spans: list[tuple[int, int]] = []
     lengths: list[int] = []
     postings: dict[str, list[tuple[int, int]]] = {}
-    for match in _SENTENCE.finditer(text):
-        start, end = match.span()
+    for start, end in _sentence_spans(text):
         while start < end and text[start].isspace():
             start += 1
         while end > start and text[end - 1].isspace():

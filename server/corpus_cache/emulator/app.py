@@ -26,7 +26,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _error_response(error: ApiError, request_id: str) -> JSONResponse:
-    headers = {"request-id": request_id, **error.headers}
+    headers = {"request-id": request_id, "x-corpus-cache-emulator": "1", **error.headers}
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
@@ -86,6 +86,7 @@ def build_app(catalog: Catalog, service: EmulatorService | None = None) -> Starl
                 )  # fmt: skip
                 return _error_response(error, request_id)
             response.headers["request-id"] = request_id
+            response.headers["x-corpus-cache-emulator"] = "1"
             return response
 
         return wrapped

@@ -1,0 +1,1 @@
+"""The folder of documents: scanning, ignore rules, snapshots."""

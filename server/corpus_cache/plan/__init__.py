@@ -1,0 +1,1 @@
+"""Pure planning: which documents go in which cache block, and where breakpoints go."""

@@ -1,0 +1,94 @@
+"""Token counts from the API's free count_tokens endpoint, cached in the ledger.
+
+A document's count is the count of a request holding it as the request builder renders it,
+minus the count of the same request without it. Counts are keyed by the rendered block's
+content and the model, so a restart or a revert does not count again, and a count is
+never reused across models (their tokenizers differ).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import anyio
+from anthropic import AsyncAnthropic
+from anthropic.types import MessageParam
+
+from .corpus.documents import Document
+from .ledger import Ledger
+from .request import document_block
+
+log = logging.getLogger(__name__)
+
+_PROBE = {"type": "text", "text": "?"}
+
+
+def content_key(doc: Document) -> str:
+    """What a count depends on: the document's title (its path) and its text."""
+    return hashlib.sha256(f"{doc.path}\0{doc.sha256}".encode()).hexdigest()
+
+
+class TokenCounter:
+    def __init__(
+        self, client: AsyncAnthropic, model: str, ledger: Ledger, *, concurrency: int = 8
+    ) -> None:
+        self._client = client
+        self._model = model
+        self._ledger = ledger
+        self._limit = anyio.Semaphore(concurrency)
+        self._baseline: int | None = None
+
+    async def _count(self, content: list[dict[str, Any]]) -> int:
+        message = cast(MessageParam, {"role": "user", "content": content})
+        async with self._limit:
+            result = await self._client.messages.count_tokens(model=self._model, messages=[message])
+        return result.input_tokens
+
+    async def _baseline_tokens(self) -> int:
+        if self._baseline is None:
+            self._baseline = await self._count([_PROBE])
+        return self._baseline
+
+    async def count_system(self, text: str) -> int:
+        """Tokens that a fixed system text adds to every request."""
+        baseline = await self._baseline_tokens()
+        async with self._limit:
+            result = await self._client.messages.count_tokens(
+                model=self._model,
+                system=[{"type": "text", "text": text}],
+                messages=[{"role": "user", "content": [{"type": "text", "text": "?"}]}],
+            )
+        return max(0, result.input_tokens - baseline)
+
+    async def count(
+        self,
+        documents: Sequence[Document],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, int]:
+        """Tokens per document path. Only documents never counted for this model hit the API."""
+        keys = {doc.path: content_key(doc) for doc in documents}
+        known = self._ledger.token_counts(self._model, keys.values())
+        missing = [doc for doc in documents if keys[doc.path] not in known]
+        if missing:
+            log.info("counting tokens of %d documents with %s", len(missing), self._model)
+            baseline = await self._baseline_tokens()
+            fresh: dict[str, int] = {}
+            done = 0
+
+            async def one(doc: Document) -> None:
+                nonlocal done
+                total = await self._count([document_block(doc), _PROBE])
+                fresh[keys[doc.path]] = max(1, total - baseline)
+                done += 1
+                if progress is not None:
+                    progress(done, len(missing))
+
+            async with anyio.create_task_group() as group:
+                for doc in missing:
+                    group.start_soon(one, doc)
+            self._ledger.store_token_counts(self._model, fresh)
+            known.update(fresh)
+        return {doc.path: known[keys[doc.path]] for doc in documents}
