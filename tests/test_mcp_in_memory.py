@@ -1,0 +1,247 @@
+"""The MCP tools and resources, through a real MCP client connected in memory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from anthropic import AsyncAnthropic
+from mcp import Client
+
+from conftest import Control
+from corpus_cache.backend import Backend
+from corpus_cache.catalog import load_catalog
+from corpus_cache.config import Settings
+from corpus_cache.engine import Engine
+from corpus_cache.ledger import Ledger
+from corpus_cache.mcp_server import build_server
+from corpus_fixture import FACTS, write_corpus
+
+pytestmark = pytest.mark.anyio
+
+TOOLS = ["ask", "search", "list_documents", "read_document", "cache_status"]
+
+
+@asynccontextmanager
+async def serving(
+    corpus: Path, base_url: str, state: Path, mode: str = "auto", model: str = "claude-sonnet-5-5"
+) -> AsyncIterator[tuple[Client, Engine]]:
+    settings = Settings(corpus=corpus, state_dir=state, model=model)
+    ledger = Ledger(settings.ledger_path)
+    client = AsyncAnthropic(base_url=base_url, api_key="test-key", max_retries=0)
+    engine = Engine(settings, load_catalog(), Backend(client, "anthropic"), ledger)
+    await engine.refresh()
+    try:
+        async with Client(build_server(engine), mode=mode) as mcp:  # type: ignore[arg-type]
+            yield mcp, engine
+    finally:
+        await client.close()
+        ledger.close()
+
+
+@pytest.fixture(params=["auto", "legacy"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "corpus")
+
+
+async def test_tools_are_listed_in_a_fixed_order_with_schemas(
+    corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path, mode: str
+) -> None:
+    async with serving(corpus, running_emulator.base_url, tmp_path / "s", mode) as (mcp, _):
+        tools = (await mcp.list_tools()).tools
+    assert [t.name for t in tools] == TOOLS
+    assert all(t.output_schema is not None for t in tools)
+    assert all(t.description for t in tools)
+
+
+async def test_ask_answers_with_citations_to_file_and_line(
+    corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path, mode: str
+) -> None:
+    async with serving(corpus, running_emulator.base_url, tmp_path / "s", mode) as (mcp, _):
+        result = await mcp.call_tool(
+            "ask", {"question": "When does the on-call rotation hand over?"}
+        )
+    assert not result.is_error
+    out = result.structured_content
+    assert out is not None
+    assert out["backend"] == "offline-emulator"  # labelled by the server that answered
+    assert "offline emulator" in out["answer"]
+    cited = [c for c in out["citations"] if c["path"] == "oncall.md"]
+    assert cited, out["citations"]
+    text = (corpus / "oncall.md").read_text().splitlines()
+    quote_line = cited[0]["start_line"]
+    assert "hands over every Tuesday" in text[quote_line - 1]
+    assert "oncall.md:" in result.content[0].text  # type: ignore[union-attr]
+
+
+async def test_the_second_question_reads_the_cache_and_the_ledger_matches_the_api(
+    corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    async with serving(corpus, running_emulator.base_url, tmp_path / "s") as (mcp, engine):
+        first = await mcp.call_tool("ask", {"question": "Which port does Kestrel listen on?"})
+        second = await mcp.call_tool("ask", {"question": "When are deploys frozen?"})
+        rows = engine.ledger.requests(engine.corpus_key)
+    one, two = first.structured_content["usage"], second.structured_content["usage"]  # type: ignore[index]
+    prompt = sum(v for k, v in two.items() if k != "output_tokens")
+    assert one["cache_write_5m_tokens"] > 0
+    assert two["cache_read_tokens"] >= 0.9 * prompt
+
+    logged = {e["id"]: e["usage"] for e in emulator.log() if e["path"] == "/v1/messages"}
+    assert len(rows) == 2
+    for row in rows:
+        usage = logged[row["message_id"]]
+        assert row["input_tokens"] == usage["input_tokens"]
+        assert row["cache_read_tokens"] == usage["cache_read_input_tokens"]
+        creation = usage["cache_creation"]
+        assert row["cache_write_5m_tokens"] == creation["ephemeral_5m_input_tokens"]
+        assert row["cache_write_1h_tokens"] == creation["ephemeral_1h_input_tokens"]
+        assert row["output_tokens"] == usage["output_tokens"]
+    assert rows[0]["cost_usd"] < rows[0]["uncached_cost_usd"]  # the read was cheaper
+
+
+async def test_local_tools_cost_nothing(
+    corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path, mode: str
+) -> None:
+    async with serving(corpus, running_emulator.base_url, tmp_path / "s", mode) as (mcp, _):
+        before = len(emulator.log())
+        search = await mcp.call_tool("search", {"query": "Kestrel port", "limit": 3})
+        listing = await mcp.call_tool("list_documents", {})
+        read = await mcp.call_tool(
+            "read_document", {"path": "oncall.md", "start_line": 1, "end_line": 3}
+        )
+        status = await mcp.call_tool("cache_status", {})
+        assert len(emulator.log()) == before
+    assert search.structured_content["hits"][0]["path"] == "architecture/routing.md"  # type: ignore[index]
+    assert listing.structured_content["total"] == len(FACTS)  # type: ignore[index]
+    assert read.structured_content["text"].startswith("# oncall.md")  # type: ignore[index]
+    assert status.structured_content["cached"] is True  # type: ignore[index]
+    assert status.structured_content["blocks"]  # type: ignore[index]
+
+
+async def test_read_document_refuses_paths_outside_the_corpus(
+    corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path, mode: str
+) -> None:
+    secret = tmp_path / "outside.md"
+    secret.write_text("TOP SECRET outside the corpus\n")
+    os.symlink(secret, corpus / "link.md")
+    async with serving(corpus, running_emulator.base_url, tmp_path / "s", mode) as (mcp, _):
+        for path, message in [
+            ("../outside.md", "outside the corpus"),
+            (str(secret), "absolute"),
+            ("link.md", "symlink to a file outside the corpus"),
+            ("missing.md", "not a document of this corpus"),
+        ]:
+            result = await mcp.call_tool("read_document", {"path": path})
+            assert result.is_error, path
+            text = result.content[0].text  # type: ignore[union-attr]
+            assert message in text
+            assert "TOP SECRET" not in text
+
+
+async def test_secrets_never_reach_the_api(
+    corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    (corpus / ".env").write_text("API_TOKEN=sk-ant-envsecret-0001\n")
+    (corpus / "certs").mkdir()
+    (corpus / "certs" / "server.pem").write_text("-----BEGIN PRIVATE KEY-----\npemsecret0002\n")
+    async with serving(corpus, running_emulator.base_url, tmp_path / "s") as (mcp, _):
+        await mcp.call_tool("ask", {"question": "What is the API token?"})
+        listing = await mcp.call_tool("list_documents", {})
+    bodies = str([entry.get("body") for entry in emulator.log(bodies=True)])
+    assert "Kestrel" in bodies  # the corpus itself was sent
+    assert "envsecret" not in bodies
+    assert "pemsecret" not in bodies
+    assert listing.structured_content["skipped"] == {"secret file": 2}  # type: ignore[index]
+
+
+async def test_bad_arguments_are_clear_errors(
+    corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path, mode: str
+) -> None:
+    async with serving(corpus, running_emulator.base_url, tmp_path / "s", mode) as (mcp, _):
+        cases = [
+            ("ask", {}, "question"),
+            ("ask", {"question": "   "}, "question is empty"),
+            ("search", {"query": "x", "limit": 0}, "limit"),
+            ("read_document", {"path": "oncall.md", "start_line": 0}, "start_line"),
+            ("read_document", {"path": "oncall.md", "start_line": 9999}, "past the end"),
+            ("list_documents", {"offset": -1}, "offset"),
+        ]
+        for tool, arguments, message in cases:
+            result = await mcp.call_tool(tool, arguments)
+            assert result.is_error, (tool, arguments)
+            assert message in result.content[0].text, result.content  # type: ignore[union-attr]
+
+
+async def test_an_api_failure_is_an_error_result_and_charges_nothing(
+    corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    async with serving(corpus, running_emulator.base_url, tmp_path / "s") as (mcp, engine):
+        emulator.fault(status=529, error_type="overloaded_error")
+        failed = await mcp.call_tool("ask", {"question": "When are deploys frozen?"})
+        recovered = await mcp.call_tool("ask", {"question": "When are deploys frozen?"})
+        totals = engine.totals()
+        rows = engine.ledger.requests(engine.corpus_key)  # newest first
+    assert failed.is_error
+    assert "529" in failed.content[0].text  # type: ignore[union-attr]
+    assert not recovered.is_error
+    assert (totals.requests, totals.errors) == (2, 1)
+    assert rows[-1]["outcome"] == "error"
+    assert rows[-1]["cost_usd"] == 0
+
+
+async def test_long_documents_are_read_in_bounded_pages(
+    tmp_path: Path, running_emulator: Any, emulator: Control
+) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    (corpus / "long.md").write_text("".join(f"line {n}\n" for n in range(1, 2001)))
+    async with serving(corpus, running_emulator.base_url, tmp_path / "s") as (mcp, _):
+        page = await mcp.call_tool("read_document", {"path": "long.md"})
+        out = page.structured_content
+        assert out is not None
+        assert (out["start_line"], out["end_line"], out["total_lines"]) == (1, 400, 2000)
+        assert out["next_start_line"] == 401
+        last = await mcp.call_tool("read_document", {"path": "long.md", "start_line": 1901})
+        assert last.structured_content["next_start_line"] is None  # type: ignore[index]
+
+
+async def test_resources_serve_the_index_each_document_and_the_stats(
+    corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path, mode: str
+) -> None:
+    async with serving(corpus, running_emulator.base_url, tmp_path / "s", mode) as (mcp, _):
+        listed = {str(r.uri) for r in (await mcp.list_resources()).resources}
+        index = await mcp.read_resource("corpus://index")
+        doc = await mcp.read_resource("corpus://doc/architecture/routing.md")
+        stats = await mcp.read_resource("corpus://stats")
+    assert {"corpus://index", "corpus://stats", "corpus://doc/oncall.md"} <= listed
+    assert '"architecture/routing.md"' in index.contents[0].text  # type: ignore[union-attr]
+    assert "Kestrel" in doc.contents[0].text  # type: ignore[union-attr]
+    assert '"min_cacheable_tokens": 512' in stats.contents[0].text  # type: ignore[union-attr]
+
+
+async def test_a_corpus_below_the_minimum_is_served_uncached_and_says_so(
+    tmp_path: Path, running_emulator: Any, emulator: Control
+) -> None:
+    corpus = tmp_path / "tiny"
+    corpus.mkdir()
+    (corpus / "note.md").write_text("The office opens at eight.\n")
+    async with serving(
+        corpus, running_emulator.base_url, tmp_path / "s", model="claude-haiku-4-5"
+    ) as (
+        mcp,
+        _,
+    ):
+        status = await mcp.call_tool("cache_status", {})
+        answer = await mcp.call_tool("ask", {"question": "When does the office open?"})
+    assert status.structured_content["cached"] is False  # type: ignore[index]
+    assert "below the 4,096-token minimum" in status.content[0].text  # type: ignore[union-attr]
+    usage = answer.structured_content["usage"]  # type: ignore[index]
+    assert usage["cache_read_tokens"] == usage["cache_write_5m_tokens"] == 0

@@ -1,0 +1,94 @@
+"""The request builder: cache-friendly, deterministic, and citations mapped to lines."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from corpus_cache.corpus.documents import Document, Snapshot
+from corpus_cache.plan.layout import PlannedDocument, plan_layout
+from corpus_cache.request import INSTRUCTIONS, build_request, map_answer
+
+
+def snapshot(texts: dict[str, str]) -> Snapshot:
+    docs = tuple(
+        Document.from_text(path, text, size=len(text), mtime_ns=0)
+        for path, text in sorted(texts.items())
+    )
+    return Snapshot(Path("/corpus"), 1, time.time(), docs, ())
+
+
+TEXTS = {f"doc{i}.md": f"Title {i}\nline two of {i}\nline three of {i}\n" for i in range(9)}
+
+
+def plan_for(snap: Snapshot, tokens: int = 400) -> Any:
+    return plan_layout(
+        [PlannedDocument(d.path, tokens) for d in snap.documents],
+        min_cacheable_tokens=512,
+        instructions_tokens=60,
+    )
+
+
+def test_documents_carry_citations_and_breakpoints_close_each_block() -> None:
+    snap = snapshot(TEXTS)
+    plan = plan_for(snap)
+    params = build_request(plan, snap, "What is on line two?", model="m", max_tokens=100)
+    content = params["messages"][0]["content"]
+    documents = content[:-1]
+    assert all(block["citations"] == {"enabled": True} for block in documents)
+    marked = [i for i, block in enumerate(documents) if "cache_control" in block]
+    ends = []
+    position = -1
+    for block in plan.blocks:
+        position += len(block.paths)
+        ends.append(position)
+    assert marked == ends
+    assert content[-1] == {"type": "text", "text": "What is on line two?"}
+    assert params["system"] == [{"type": "text", "text": INSTRUCTIONS}]
+
+
+def test_two_questions_share_every_byte_before_the_question() -> None:
+    snap = snapshot(TEXTS)
+    plan = plan_for(snap)
+    first = build_request(plan, snap, "First question?", model="m", max_tokens=100)
+    second = build_request(plan, snap, "Another one entirely?", model="m", max_tokens=100)
+    assert first["system"] == second["system"]
+    assert first["messages"][0]["content"][:-1] == second["messages"][0]["content"][:-1]
+
+
+def citation(index: int, text: str, quote: str) -> SimpleNamespace:
+    start = text.index(quote)
+    return SimpleNamespace(
+        type="char_location",
+        document_index=index,
+        start_char_index=start,
+        end_char_index=start + len(quote),
+        cited_text=quote,
+    )
+
+
+def test_citations_map_to_path_and_lines() -> None:
+    snap = snapshot(TEXTS)
+    plan = plan_for(snap)
+    doc3 = TEXTS["doc3.md"]
+    content = [
+        SimpleNamespace(type="text", text="Intro. ", citations=None),
+        SimpleNamespace(
+            type="text",
+            text="Line two says so.\n",
+            citations=[citation(3, doc3, "line two of 3\nline three")],
+        ),
+    ]
+    mapped = map_answer(content, plan, snap)
+    assert mapped.text == "Intro. Line two says so. [1]"
+    (cited,) = mapped.citations
+    assert (cited.path, cited.start_line, cited.end_line) == ("doc3.md", 2, 3)
+    assert cited.quote == "line two of 3\nline three"
+
+
+def test_a_citation_to_an_unknown_document_is_dropped() -> None:
+    snap = snapshot(TEXTS)
+    content = [SimpleNamespace(type="text", text="x", citations=[citation(99, "abc", "b")])]
+    assert map_answer(content, plan_for(snap), snap).citations == ()
