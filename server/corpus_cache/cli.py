@@ -121,6 +121,16 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    corpus = args.corpus.expanduser().resolve()
+    if not corpus.is_dir():
+        print(f"corpus-cache: demo corpus not found: {corpus}", file=sys.stderr)
+        return 2
+    return demo_main(corpus)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corpus-cache",
@@ -182,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--corpus", type=Path, help="only this corpus (default: all)")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(run=_stats)
+
+    demo = commands.add_parser(
+        "demo",
+        help="serve a folder over stdio, ask two questions with an MCP client, show the savings",
+    )
+    demo.add_argument(
+        "--corpus", type=Path, default=Path("corpora/handbook"), help="default: corpora/handbook"
+    )
+    demo.set_defaults(run=_demo)
     return parser
 
 

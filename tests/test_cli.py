@@ -1,0 +1,107 @@
+"""The `corpus-cache` command, run as a user runs it: a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anthropic
+import pytest
+
+from corpus_fixture import write_corpus
+
+
+def run(args: list[str], state: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    env["CORPUS_CACHE_STATE_DIR"] = str(state)
+    return subprocess.run(
+        [sys.executable, "-m", "corpus_cache", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_emulator_command_serves_the_messages_api(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "corpus_cache", "emulator", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        client = anthropic.Anthropic(
+            base_url=f"http://127.0.0.1:{port}", api_key="k", max_retries=5
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                models = [m.id for m in client.models.list()]
+                break
+            except anthropic.APIConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        assert "claude-sonnet-5-5" in models
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_the_emulator_refuses_a_public_address_unless_told(tmp_path: Path) -> None:
+    result = run(["emulator", "--host", "0.0.0.0"], tmp_path)
+    assert result.returncode == 2
+    assert "loopback" in result.stderr
+
+
+def test_ask_prints_a_cited_answer_and_stats_sees_it(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    state = tmp_path / "state"
+    asked = run(["ask", "--corpus", str(corpus), "--json", "Which port does Kestrel use?"], state)
+    assert asked.returncode == 0, asked.stderr
+    result = json.loads(asked.stdout)
+    assert result["backend"] == "offline-emulator"
+    assert any(c["path"] == "architecture/routing.md" for c in result["citations"])
+
+    stats = run(["stats", "--json"], state)
+    assert json.loads(stats.stdout)["all time"]["requests"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ask", "--corpus", "/nonexistent/folder", "q"], "corpus folder not found"),
+        (["ask", "--corpus", ".", "--model", "claude-imaginary-1", "q"], "unknown model"),
+    ],
+)
+def test_bad_input_is_explained_without_a_traceback(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = run(args, tmp_path / "state")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_demo_asks_twice_and_reports_the_savings(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    result = run(["demo", "--corpus", str(corpus)], tmp_path / "state", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Tools: ask, search, list_documents, read_document, cache_status" in result.stdout
+    assert "Cache statistics" in result.stdout
+    assert "hit rate:" in result.stdout
+    second = result.stdout.split("Q2:")[1]
+    assert "0 tokens written to cache" in second
