@@ -9,16 +9,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import pytest
 
+from conftest import Control
 from corpus_fixture import write_corpus
 
 
-def run(args: list[str], state: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], state: Path, timeout: float = 60, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     env["CORPUS_CACHE_STATE_DIR"] = str(state)
+    env.update(env_extra or {})
     return subprocess.run(
         [sys.executable, "-m", "corpus_cache", *args],
         capture_output=True,
@@ -105,3 +110,15 @@ def test_the_demo_asks_twice_and_reports_the_savings(tmp_path: Path) -> None:
     assert "hit rate:" in result.stdout
     second = result.stdout.split("Q2:")[1]
     assert "0 tokens written to cache" in second
+
+
+def test_a_refused_api_key_is_explained(
+    tmp_path: Path, running_emulator: Any, emulator: Control
+) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    emulator.fault(count=50, status=401, error_type="authentication_error", path="/v1/messages*")
+    env = {"ANTHROPIC_API_KEY": "sk-wrong", "ANTHROPIC_BASE_URL": running_emulator.base_url}
+    result = run(["ask", "--corpus", str(corpus), "q?"], tmp_path / "state", env_extra=env)
+    assert result.returncode == 2
+    assert "refused the API key" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -11,6 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+import anthropic
 from anthropic import AsyncAnthropic
 
 from .catalog import Catalog
@@ -55,3 +56,19 @@ def backend_of_response(headers: object, default: str) -> str:
     if get is not None and get(EMULATOR_HEADER):
         return OFFLINE_EMULATOR
     return default
+
+
+def describe_api_error(exc: anthropic.APIError) -> str:
+    if isinstance(exc, anthropic.APITimeoutError):
+        return "the Anthropic API did not answer in time (after retries); try again shortly"
+    if isinstance(exc, anthropic.APIConnectionError):
+        return f"cannot reach the Anthropic API: {exc}"
+    if isinstance(exc, anthropic.AuthenticationError):
+        return "the Anthropic API refused the API key: check ANTHROPIC_API_KEY"
+    if isinstance(exc, anthropic.RateLimitError):
+        return "the Anthropic API is rate-limiting this key (after retries); try again shortly"
+    if isinstance(exc, anthropic.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        detail = body.get("error", {}).get("message", str(exc)) if body else str(exc)
+        return f"the Anthropic API answered {exc.status_code}: {detail}"
+    return f"the Anthropic API call failed: {exc}"

@@ -12,7 +12,7 @@ from typing import Any
 
 import anthropic
 
-from .backend import Backend, backend_of_response
+from .backend import Backend, backend_of_response, describe_api_error
 from .catalog import Catalog, ModelSpec
 from .config import Settings
 from .corpus.documents import Document, Snapshot
@@ -148,7 +148,7 @@ class Engine:
         except anthropic.APIError as exc:
             latency = (time.perf_counter() - started) * 1000
             self._record_failure("ask", corpus, exc, latency)
-            raise ApiCallError(_describe_api_error(exc)) from exc
+            raise ApiCallError(describe_api_error(exc)) from exc
         latency = (time.perf_counter() - started) * 1000
         backend = backend_of_response(raw.headers, self.backend.kind)
         usage = Usage.from_api(message.usage)
@@ -182,7 +182,7 @@ class Engine:
             RequestRecord(
                 kind=kind, corpus=self.corpus_key, model=self.model.id,
                 backend=self.backend.kind, outcome="error", snapshot=corpus.snapshot.version,
-                latency_ms=latency, error=_describe_api_error(exc),
+                latency_ms=latency, error=describe_api_error(exc),
             )
         )  # fmt: skip
 
@@ -239,19 +239,3 @@ class Engine:
 
 def _reason_kind(reason: str) -> str:
     return reason.split(" (")[0].split(":")[0]
-
-
-def _describe_api_error(exc: anthropic.APIError) -> str:
-    if isinstance(exc, anthropic.APITimeoutError):
-        return "the Anthropic API did not answer in time (after retries); try again shortly"
-    if isinstance(exc, anthropic.APIConnectionError):
-        return f"cannot reach the Anthropic API: {exc}"
-    if isinstance(exc, anthropic.AuthenticationError):
-        return "the Anthropic API refused the API key: check ANTHROPIC_API_KEY"
-    if isinstance(exc, anthropic.RateLimitError):
-        return "the Anthropic API is rate-limiting this key (after retries); try again shortly"
-    if isinstance(exc, anthropic.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        detail = body.get("error", {}).get("message", str(exc)) if body else str(exc)
-        return f"the Anthropic API answered {exc.status_code}: {detail}"
-    return f"the Anthropic API call failed: {exc}"

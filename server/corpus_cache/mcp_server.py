@@ -368,7 +368,7 @@ def build_server(engine: Engine) -> MCPServer:
     @server.resource(
         "corpus://index",
         name="index",
-        description="Every document of the corpus with its resource URI and tokens",
+        description="Every document of the corpus with its URI and tokens, and what was left out",
         mime_type="application/json",
     )
     def index_resource() -> str:
@@ -382,7 +382,13 @@ def build_server(engine: Engine) -> MCPServer:
             }
             for d in corpus.snapshot.documents
         ]
-        body = {"snapshot_version": corpus.snapshot.version, "documents": documents}
+        skipped = [{"path": s.path, "reason": s.reason} for s in corpus.snapshot.skipped]
+        body = {
+            "snapshot_version": corpus.snapshot.version,
+            "documents": documents,
+            "left_out": skipped[:1000],
+            "left_out_total": len(skipped),
+        }
         return json.dumps(body, indent=1)
 
     @server.resource(

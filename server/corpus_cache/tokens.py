@@ -13,11 +13,14 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+import anthropic
 import anyio
 from anthropic import AsyncAnthropic
 from anthropic.types import MessageParam
 
+from .backend import describe_api_error
 from .corpus.documents import Document
+from .errors import ApiCallError
 from .ledger import Ledger
 from .request import document_block
 
@@ -41,10 +44,16 @@ class TokenCounter:
         self._limit = anyio.Semaphore(concurrency)
         self._baseline: int | None = None
 
-    async def _count(self, content: list[dict[str, Any]]) -> int:
+    async def _count(self, content: list[dict[str, Any]], system: str | None = None) -> int:
         message = cast(MessageParam, {"role": "user", "content": content})
+        extra: dict[str, Any] = {"system": [{"type": "text", "text": system}]} if system else {}
         async with self._limit:
-            result = await self._client.messages.count_tokens(model=self._model, messages=[message])
+            try:
+                result = await self._client.messages.count_tokens(
+                    model=self._model, messages=[message], **extra
+                )
+            except anthropic.APIError as exc:
+                raise ApiCallError(f"cannot count tokens: {describe_api_error(exc)}") from exc
         return result.input_tokens
 
     async def _baseline_tokens(self) -> int:
@@ -55,13 +64,8 @@ class TokenCounter:
     async def count_system(self, text: str) -> int:
         """Tokens that a fixed system text adds to every request."""
         baseline = await self._baseline_tokens()
-        async with self._limit:
-            result = await self._client.messages.count_tokens(
-                model=self._model,
-                system=[{"type": "text", "text": text}],
-                messages=[{"role": "user", "content": [{"type": "text", "text": "?"}]}],
-            )
-        return max(0, result.input_tokens - baseline)
+        with_system = await self._count([_PROBE], system=text)
+        return max(0, with_system - baseline)
 
     async def count(
         self,
