@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corpus_cache.catalog import load_catalog
-from corpus_cache.emulator.prompt import Prompt, parse_messages_request
+from corpus_cache.emulator.positions import Prompt
+from corpus_cache.emulator.prompt import parse_messages_request
 from corpus_cache.emulator.prompt_cache import PromptCache
 from prompts import words
 

@@ -76,7 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from .mcp_server import ask_result, render_answer
+    from .results import ask_result, render_answer
     from .runtime import running_engine
 
     settings = _settings(args)

@@ -8,18 +8,31 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Annotated
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.resources import FunctionResource
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp.types import CallToolResult, ToolAnnotations
+from pydantic import Field
 
 from . import __version__
-from .engine import Answer, Engine
+from .engine import Engine
 from .errors import CorpusCacheError
+from .results import (
+    AskResult,
+    CacheStatus,
+    DocumentList,
+    DocumentOut,
+    DocumentText,
+    SearchHitOut,
+    SearchResult,
+    ask_result,
+    render_answer,
+    render_status,
+    result,
+    status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,183 +47,6 @@ INSTRUCTIONS = (
     "cache keeps repeat questions cheap). `cache_status` reports the cache layout and "
     "spending."
 )
-
-
-# --- structured results ---------------------------------------------------------------
-
-
-class CitationOut(BaseModel):
-    path: str
-    start_line: int
-    end_line: int
-    quote: str
-
-
-class UsageOut(BaseModel):
-    input_tokens: int
-    cache_read_tokens: int
-    cache_write_5m_tokens: int
-    cache_write_1h_tokens: int
-    output_tokens: int
-
-
-class AskResult(BaseModel):
-    answer: str
-    citations: list[CitationOut]
-    usage: UsageOut
-    cost_usd: float
-    uncached_cost_usd: float
-    backend: str = Field(description="'anthropic', or 'offline-emulator' (extractive, not Claude)")
-    model: str
-    snapshot_version: int
-    snapshot_time: str
-
-
-class SearchHitOut(BaseModel):
-    path: str
-    start_line: int
-    end_line: int
-    score: float
-    snippet: str
-
-
-class SearchResult(BaseModel):
-    query: str
-    hits: list[SearchHitOut]
-
-
-class DocumentOut(BaseModel):
-    path: str
-    bytes: int
-    lines: int
-    tokens: int
-    block: int
-
-
-class DocumentList(BaseModel):
-    documents: list[DocumentOut]
-    total: int
-    offset: int
-    next_offset: int | None
-    skipped: dict[str, int] = Field(description="files left out, counted by reason")
-
-
-class DocumentText(BaseModel):
-    path: str
-    start_line: int
-    end_line: int
-    total_lines: int
-    text: str
-    next_start_line: int | None = Field(description="where to continue, if the range was cut")
-
-
-class BlockOut(BaseModel):
-    block: int
-    documents: int
-    tokens: int
-    prefix_tokens: int
-    ttl: str | None
-    first: str | None
-    last: str | None
-
-
-class SpendOut(BaseModel):
-    requests: int
-    errors: int
-    hit_rate: float
-    cache_read_tokens: int
-    cache_write_tokens: int
-    input_tokens: int
-    output_tokens: int
-    spent_usd: float
-    uncached_usd: float
-    saved_usd: float
-
-
-class CacheStatus(BaseModel):
-    corpus: str
-    model: str
-    backend: str
-    min_cacheable_tokens: int
-    cached: bool
-    note: str
-    documents: int
-    corpus_tokens: int
-    instructions_tokens: int
-    blocks: list[BlockOut]
-    skipped: dict[str, int]
-    snapshot_version: int
-    snapshot_time: str
-    spend: SpendOut
-
-
-# --- rendering ------------------------------------------------------------------------
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
-
-
-def _result(text: str, structured: BaseModel) -> CallToolResult:
-    return CallToolResult(
-        content=[TextContent(type="text", text=text)],
-        structured_content=structured.model_dump(mode="json"),
-    )
-
-
-def ask_result(answer: Answer) -> AskResult:
-    usage = answer.usage
-    return AskResult(
-        answer=answer.text,
-        citations=[CitationOut(**vars(c)) for c in answer.citations],
-        usage=UsageOut(
-            input_tokens=usage.input_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            cache_write_5m_tokens=usage.cache_write_5m_tokens,
-            cache_write_1h_tokens=usage.cache_write_1h_tokens,
-            output_tokens=usage.output_tokens,
-        ),
-        cost_usd=round(answer.cost_usd, 6),
-        uncached_cost_usd=round(answer.uncached_cost_usd, 6),
-        backend=answer.backend,
-        model=answer.model,
-        snapshot_version=answer.snapshot_version,
-        snapshot_time=_iso(answer.snapshot_time),
-    )
-
-
-def render_answer(result: AskResult) -> str:
-    lines = [result.answer, ""]
-    if result.citations:
-        lines.append("Sources:")
-        for number, c in enumerate(result.citations, start=1):
-            span = (
-                f"{c.start_line}" if c.start_line == c.end_line else f"{c.start_line}-{c.end_line}"
-            )
-            quote = " ".join(c.quote.split())
-            quote = quote if len(quote) <= 200 else quote[:197] + "..."
-            lines.append(f"[{number}] {c.path}:{span} “{quote}”")
-        lines.append("")
-    u = result.usage
-    prompt = (
-        u.input_tokens + u.cache_read_tokens + u.cache_write_5m_tokens + u.cache_write_1h_tokens
-    )
-    source = (
-        "offline emulator (extractive, not Claude)"
-        if result.backend == "offline-emulator"
-        else "Claude"
-    )
-    lines.append(
-        f"— answered by {source}, {result.model}; {u.cache_read_tokens:,} of {prompt:,} prompt "
-        f"tokens read from cache; ${result.cost_usd:.4f} "
-        f"(uncached ${result.uncached_cost_usd:.4f}); "
-        f"corpus snapshot v{result.snapshot_version} of {result.snapshot_time}"
-    )
-    return "\n".join(lines)
-
-
-def _tool_error(exc: CorpusCacheError) -> ToolError:
-    return ToolError(str(exc))
 
 
 # --- the server -----------------------------------------------------------------------
@@ -235,8 +71,8 @@ def build_server(engine: Engine) -> MCPServer:
             answer = await engine.ask(question)
         except CorpusCacheError as exc:
             raise _tool_error(exc) from exc
-        result = ask_result(answer)
-        return _result(render_answer(result), result)
+        out = ask_result(answer)
+        return result(render_answer(out), out)
 
     @server.tool(
         description="Search the corpus locally (BM25) for passages matching the words of a "
@@ -265,12 +101,12 @@ def build_server(engine: Engine) -> MCPServer:
             ],
         )
         if not out.hits:
-            return _result(f"No passage matches {query!r}.", out)
+            return result(f"No passage matches {query!r}.", out)
         text = "\n\n".join(
             f"{h.path}:{h.start_line}-{h.end_line} (score {h.score:.2f})\n{h.snippet.rstrip()}"
             for h in out.hits
         )
-        return _result(text, out)
+        return result(text, out)
 
     @server.tool(
         description="List the documents of the corpus with their size in tokens and the cache "
@@ -308,7 +144,7 @@ def build_server(engine: Engine) -> MCPServer:
         if out.skipped:
             left_out = ", ".join(f"{n} {reason}" for reason, n in out.skipped.items())
             lines.append(f"Left out: {left_out}.")
-        return _result("\n".join(lines), out)
+        return result("\n".join(lines), out)
 
     @server.tool(
         description="Read lines of one document of the corpus, by its path as list_documents "
@@ -353,7 +189,7 @@ def build_server(engine: Engine) -> MCPServer:
         )
         footer = f"\n[{doc.path}: lines {start_line}-{last} of {total}"
         footer += f"; continue at start_line={out.next_start_line}]" if out.next_start_line else "]"
-        return _result(numbered + footer, out)
+        return result(numbered + footer, out)
 
     @server.tool(
         description="Report the cache: the layout of the corpus in cached blocks, tokens per "
@@ -363,7 +199,7 @@ def build_server(engine: Engine) -> MCPServer:
     )
     def cache_status() -> Annotated[CallToolResult, CacheStatus]:
         out = status(engine)
-        return _result(render_status(out), out)
+        return result(render_status(out), out)
 
     @server.resource(
         "corpus://index",
@@ -417,6 +253,10 @@ def build_server(engine: Engine) -> MCPServer:
     return server
 
 
+def _tool_error(exc: CorpusCacheError) -> ToolError:
+    return ToolError(str(exc))
+
+
 def _document_resource(engine: Engine, path: str) -> FunctionResource:
     def read() -> str:
         try:
@@ -427,49 +267,3 @@ def _document_resource(engine: Engine, path: str) -> FunctionResource:
     return FunctionResource.from_function(
         read, uri=f"corpus://doc/{path}", name=path, mime_type="text/plain"
     )
-
-
-def status(engine: Engine) -> CacheStatus:
-    corpus = engine.current
-    plan = corpus.plan
-    totals = engine.totals()
-    return CacheStatus(
-        corpus=str(engine.settings.corpus),
-        model=engine.model.id,
-        backend=engine.backend.kind,
-        min_cacheable_tokens=engine.model.min_cacheable_tokens,
-        cached=plan.cached,
-        note=plan.note,
-        documents=len(corpus.snapshot.documents),
-        corpus_tokens=corpus.corpus_tokens,
-        instructions_tokens=plan.instructions_tokens,
-        blocks=[BlockOut(**b) for b in engine.describe_plan()],
-        skipped=engine.skipped_summary(),
-        snapshot_version=corpus.snapshot.version,
-        snapshot_time=_iso(corpus.snapshot.created_at),
-        spend=SpendOut(**totals.as_dict()),
-    )
-
-
-def render_status(out: CacheStatus) -> str:
-    lines = [
-        f"Corpus {out.corpus}: {out.documents} documents, {out.corpus_tokens:,} tokens "
-        f"(snapshot v{out.snapshot_version} of {out.snapshot_time}).",
-        f"Model {out.model} via {out.backend}; minimum cacheable prefix "
-        f"{out.min_cacheable_tokens:,} tokens.",
-        f"Layout: {out.note}.",
-    ]
-    for b in out.blocks:
-        ttl = f"breakpoint, TTL {b.ttl}" if b.ttl else "no breakpoint"
-        lines.append(
-            f"  block {b.block}: {b.documents} documents, {b.tokens:,} tokens "
-            f"(prefix {b.prefix_tokens:,}), {ttl}"
-        )
-    s = out.spend
-    lines.append(
-        f"Spend: {s.requests} requests, hit rate {s.hit_rate:.1%}, spent ${s.spent_usd:.4f} vs "
-        f"${s.uncached_usd:.4f} uncached (saved ${s.saved_usd:.4f})."
-    )
-    if out.skipped:
-        lines.append("Left out: " + ", ".join(f"{n} {r}" for r, n in out.skipped.items()) + ".")
-    return "\n".join(lines)

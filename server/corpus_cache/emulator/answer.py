@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .prompt import Source
+from .positions import Source
 
 PREAMBLE = (
     "[offline emulator: an extractive answer, not written by Claude] "

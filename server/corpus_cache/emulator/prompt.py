@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from ..catalog import Catalog, ModelSpec, UnknownModelError
-from .errors import ApiError, invalid, not_found
+from .errors import invalid, not_found
+from .positions import TTL_SECONDS, MessagesRequest, Position, Prompt, Section, Source, Ttl
 from .tokenizer import FRAMING, count_text
-
-Ttl = Literal["5m", "1h"]
-Section = Literal["tools", "system", "messages"]
+from .validation import (
+    check_context,
+    check_fields,
+    check_sampling,
+    check_warming,
+    structured_output,
+)
 
 MAX_BREAKPOINTS = 4
-TTL_SECONDS: dict[Ttl, int] = {"5m": 300, "1h": 3600}
 
 _MESSAGES_FIELDS = {
     "model", "messages", "max_tokens", "system", "tools", "tool_choice", "stream",
@@ -41,55 +44,6 @@ _CACHEABLE_MESSAGE_BLOCKS = {
     "server_tool_use", "web_search_tool_result",
 }  # fmt: skip
 _KNOWN_MESSAGE_BLOCKS = _CACHEABLE_MESSAGE_BLOCKS | {"thinking", "redacted_thinking"}
-
-
-@dataclass(frozen=True)
-class Position:
-    section: Section
-    tokens: int
-    cumulative_tokens: int
-    prefix_hash: str
-    breakpoint: Ttl | None
-
-
-@dataclass(frozen=True)
-class Source:
-    """Text the extractive answer may quote: a system block or a document."""
-
-    text: str
-    document_index: int | None  # None for system text
-    title: str | None
-    citable: bool
-
-
-@dataclass(frozen=True)
-class Prompt:
-    model: ModelSpec
-    positions: tuple[Position, ...]
-    breakpoints: tuple[int, ...]  # position indices, ascending
-    question: str
-    sources: tuple[Source, ...]
-    citations: bool
-    section_hashes: dict[str, str]  # for cache diagnostics
-    message_hashes: tuple[str, ...]
-
-    @property
-    def total_tokens(self) -> int:
-        return self.positions[-1].cumulative_tokens if self.positions else 0
-
-    def ttl_at(self, index: int) -> Ttl:
-        ttl = self.positions[index].breakpoint
-        assert ttl is not None
-        return ttl
-
-
-@dataclass(frozen=True)
-class MessagesRequest:
-    prompt: Prompt
-    max_tokens: int
-    stream: bool
-    previous_message_id: str | None
-    wants_diagnostics: bool
 
 
 def _canonical(value: Any) -> bytes:
@@ -212,7 +166,7 @@ class _PromptWalker:
             raise invalid(
                 "citations: citations must be enabled on all documents of a request or on none"
             )
-        if enabled == {True} and _structured_output(self.body):
+        if enabled == {True} and structured_output(self.body):
             raise invalid("citations cannot be used together with a structured output format")
         return Prompt(
             model=self.b.model,
@@ -425,64 +379,10 @@ class _PromptWalker:
         return ""
 
 
-def _structured_output(body: dict[str, Any]) -> bool:
-    config = body.get("output_config")
-    return bool(body.get("output_format")) or bool(
-        isinstance(config, dict) and config.get("format")
-    )
-
-
-def _check_fields(body: dict[str, Any], allowed: set[str]) -> None:
-    extra = sorted(set(body) - allowed)
-    if extra:
-        raise invalid(f"{extra[0]}: Extra inputs are not permitted")
-
-
-def _check_sampling(body: dict[str, Any]) -> None:
-    for name, low, high in (("temperature", 0.0, 1.0), ("top_p", 0.0, 1.0)):
-        value = body.get(name)
-        if value is not None and (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not low <= value <= high
-        ):
-            raise invalid(f"{name}: Input should be a number between {low} and {high}")
-    top_k = body.get("top_k")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
-        raise invalid("top_k: Input should be a non-negative integer")
-    stops = body.get("stop_sequences")
-    if stops is not None and (
-        not isinstance(stops, list) or not all(isinstance(s, str) for s in stops)
-    ):
-        raise invalid("stop_sequences: Input should be a list of strings")
-
-
-def _check_warming(body: dict[str, Any], stream: bool) -> None:
-    """`max_tokens: 0` only warms the cache; the API refuses it where output is implied."""
-    if stream:
-        raise invalid("max_tokens: 0 is not supported with stream: true")
-    choice = body.get("tool_choice")
-    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
-        raise invalid("max_tokens: 0 is not supported with a forced tool_choice")
-    if _structured_output(body):
-        raise invalid("max_tokens: 0 is not supported with a structured output format")
-    thinking = body.get("thinking")
-    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
-        raise invalid("max_tokens: 0 is not supported with extended thinking enabled")
-
-
-def _check_context(prompt: Prompt) -> None:
-    if prompt.total_tokens > prompt.model.context_window:
-        raise invalid(
-            f"prompt is too long: {prompt.total_tokens} tokens > "
-            f"{prompt.model.context_window} maximum"
-        )
-
-
 def parse_messages_request(body: Any, catalog: Catalog) -> MessagesRequest:
     if not isinstance(body, dict):
         raise invalid("request body must be a JSON object")
-    _check_fields(body, _MESSAGES_FIELDS)
+    check_fields(body, _MESSAGES_FIELDS)
     model = resolve_model(catalog, body)
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
@@ -498,8 +398,8 @@ def parse_messages_request(body: Any, catalog: Catalog) -> MessagesRequest:
     if not isinstance(stream, bool):
         raise invalid("stream: Input should be a valid boolean")
     if max_tokens == 0:
-        _check_warming(body, stream)
-    _check_sampling(body)
+        check_warming(body, stream)
+    check_sampling(body)
     diagnostics = body.get("diagnostics")
     if diagnostics is not None and not isinstance(diagnostics, dict):
         raise invalid("diagnostics: Input should be a valid dictionary")
@@ -507,25 +407,13 @@ def parse_messages_request(body: Any, catalog: Catalog) -> MessagesRequest:
     if previous is not None and not isinstance(previous, str):
         raise invalid("diagnostics.previous_message_id: Input should be a valid string")
     prompt = _PromptWalker(body, model).walk()
-    _check_context(prompt)
+    check_context(prompt)
     return MessagesRequest(prompt, max_tokens, stream, previous, diagnostics is not None)
 
 
 def parse_count_tokens_request(body: Any, catalog: Catalog) -> Prompt:
     if not isinstance(body, dict):
         raise invalid("request body must be a JSON object")
-    _check_fields(body, _COUNT_FIELDS)
+    check_fields(body, _COUNT_FIELDS)
     model = resolve_model(catalog, body)
     return _PromptWalker(body, model).walk()
-
-
-__all__ = [
-    "TTL_SECONDS",
-    "ApiError",
-    "MessagesRequest",
-    "Position",
-    "Prompt",
-    "Source",
-    "parse_count_tokens_request",
-    "parse_messages_request",
-]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .prompt import TTL_SECONDS, Prompt, Ttl
+from .positions import TTL_SECONDS, Prompt, Ttl
 
 LOOKBACK = 20
 

@@ -12,7 +12,8 @@ from ..catalog import Catalog, ModelSpec
 from .answer import answer_blocks
 from .control import FaultPlan, RequestLog, VirtualClock
 from .errors import not_found
-from .prompt import MessagesRequest, Prompt, parse_count_tokens_request, parse_messages_request
+from .positions import MessagesRequest, Prompt
+from .prompt import parse_count_tokens_request, parse_messages_request
 from .prompt_cache import CacheOutcome, PromptCache
 from .tokenizer import count_text
 

@@ -1,0 +1,228 @@
+"""What the MCP tools return: structured results and the text a person or model reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from mcp.types import CallToolResult, TextContent
+from pydantic import BaseModel, Field
+
+from .engine import Answer, Engine
+
+# --- structured results ---------------------------------------------------------------
+
+
+class CitationOut(BaseModel):
+    path: str
+    start_line: int
+    end_line: int
+    quote: str
+
+
+class UsageOut(BaseModel):
+    input_tokens: int
+    cache_read_tokens: int
+    cache_write_5m_tokens: int
+    cache_write_1h_tokens: int
+    output_tokens: int
+
+
+class AskResult(BaseModel):
+    answer: str
+    citations: list[CitationOut]
+    usage: UsageOut
+    cost_usd: float
+    uncached_cost_usd: float
+    backend: str = Field(description="'anthropic', or 'offline-emulator' (extractive, not Claude)")
+    model: str
+    snapshot_version: int
+    snapshot_time: str
+
+
+class SearchHitOut(BaseModel):
+    path: str
+    start_line: int
+    end_line: int
+    score: float
+    snippet: str
+
+
+class SearchResult(BaseModel):
+    query: str
+    hits: list[SearchHitOut]
+
+
+class DocumentOut(BaseModel):
+    path: str
+    bytes: int
+    lines: int
+    tokens: int
+    block: int
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentOut]
+    total: int
+    offset: int
+    next_offset: int | None
+    skipped: dict[str, int] = Field(description="files left out, counted by reason")
+
+
+class DocumentText(BaseModel):
+    path: str
+    start_line: int
+    end_line: int
+    total_lines: int
+    text: str
+    next_start_line: int | None = Field(description="where to continue, if the range was cut")
+
+
+class BlockOut(BaseModel):
+    block: int
+    documents: int
+    tokens: int
+    prefix_tokens: int
+    ttl: str | None
+    first: str | None
+    last: str | None
+
+
+class SpendOut(BaseModel):
+    requests: int
+    errors: int
+    hit_rate: float
+    cache_read_tokens: int
+    cache_write_tokens: int
+    input_tokens: int
+    output_tokens: int
+    spent_usd: float
+    uncached_usd: float
+    saved_usd: float
+
+
+class CacheStatus(BaseModel):
+    corpus: str
+    model: str
+    backend: str
+    min_cacheable_tokens: int
+    cached: bool
+    note: str
+    documents: int
+    corpus_tokens: int
+    instructions_tokens: int
+    blocks: list[BlockOut]
+    skipped: dict[str, int]
+    snapshot_version: int
+    snapshot_time: str
+    spend: SpendOut
+
+
+# --- rendering ------------------------------------------------------------------------
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def result(text: str, structured: BaseModel) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)],
+        structured_content=structured.model_dump(mode="json"),
+    )
+
+
+def ask_result(answer: Answer) -> AskResult:
+    usage = answer.usage
+    return AskResult(
+        answer=answer.text,
+        citations=[CitationOut(**vars(c)) for c in answer.citations],
+        usage=UsageOut(
+            input_tokens=usage.input_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_5m_tokens=usage.cache_write_5m_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            output_tokens=usage.output_tokens,
+        ),
+        cost_usd=round(answer.cost_usd, 6),
+        uncached_cost_usd=round(answer.uncached_cost_usd, 6),
+        backend=answer.backend,
+        model=answer.model,
+        snapshot_version=answer.snapshot_version,
+        snapshot_time=iso(answer.snapshot_time),
+    )
+
+
+def render_answer(result: AskResult) -> str:
+    lines = [result.answer, ""]
+    if result.citations:
+        lines.append("Sources:")
+        for number, c in enumerate(result.citations, start=1):
+            span = (
+                f"{c.start_line}" if c.start_line == c.end_line else f"{c.start_line}-{c.end_line}"
+            )
+            quote = " ".join(c.quote.split())
+            quote = quote if len(quote) <= 200 else quote[:197] + "..."
+            lines.append(f"[{number}] {c.path}:{span} “{quote}”")
+        lines.append("")
+    u = result.usage
+    prompt = (
+        u.input_tokens + u.cache_read_tokens + u.cache_write_5m_tokens + u.cache_write_1h_tokens
+    )
+    source = (
+        "offline emulator (extractive, not Claude)"
+        if result.backend == "offline-emulator"
+        else "Claude"
+    )
+    lines.append(
+        f"— answered by {source}, {result.model}; {u.cache_read_tokens:,} of {prompt:,} prompt "
+        f"tokens read from cache; ${result.cost_usd:.4f} "
+        f"(uncached ${result.uncached_cost_usd:.4f}); "
+        f"corpus snapshot v{result.snapshot_version} of {result.snapshot_time}"
+    )
+    return "\n".join(lines)
+
+
+def status(engine: Engine) -> CacheStatus:
+    corpus = engine.current
+    plan = corpus.plan
+    totals = engine.totals()
+    return CacheStatus(
+        corpus=str(engine.settings.corpus),
+        model=engine.model.id,
+        backend=engine.backend.kind,
+        min_cacheable_tokens=engine.model.min_cacheable_tokens,
+        cached=plan.cached,
+        note=plan.note,
+        documents=len(corpus.snapshot.documents),
+        corpus_tokens=corpus.corpus_tokens,
+        instructions_tokens=plan.instructions_tokens,
+        blocks=[BlockOut(**b) for b in engine.describe_plan()],
+        skipped=engine.skipped_summary(),
+        snapshot_version=corpus.snapshot.version,
+        snapshot_time=iso(corpus.snapshot.created_at),
+        spend=SpendOut(**totals.as_dict()),
+    )
+
+
+def render_status(out: CacheStatus) -> str:
+    lines = [
+        f"Corpus {out.corpus}: {out.documents} documents, {out.corpus_tokens:,} tokens "
+        f"(snapshot v{out.snapshot_version} of {out.snapshot_time}).",
+        f"Model {out.model} via {out.backend}; minimum cacheable prefix "
+        f"{out.min_cacheable_tokens:,} tokens.",
+        f"Layout: {out.note}.",
+    ]
+    for b in out.blocks:
+        ttl = f"breakpoint, TTL {b.ttl}" if b.ttl else "no breakpoint"
+        lines.append(
+            f"  block {b.block}: {b.documents} documents, {b.tokens:,} tokens "
+            f"(prefix {b.prefix_tokens:,}), {ttl}"
+        )
+    s = out.spend
+    lines.append(
+        f"Spend: {s.requests} requests, hit rate {s.hit_rate:.1%}, spent ${s.spent_usd:.4f} vs "
+        f"${s.uncached_usd:.4f} uncached (saved ${s.saved_usd:.4f})."
+    )
+    if out.skipped:
+        lines.append("Left out: " + ", ".join(f"{n} {r}" for r, n in out.skipped.items()) + ".")
+    return "\n".join(lines)
