@@ -17,9 +17,10 @@ from typing import Any
 import anyio
 from mcp import Client, StdioServerParameters
 
+# Two facts of the sample handbook (corpora/handbook.facts.json).
 QUESTIONS = (
-    "When does the on-call rotation hand over to the next engineer?",
-    "How long does the incident commander have to publish a postmortem after a SEV-1?",
+    "When are production deploys frozen every week?",
+    "Who is notified when a page goes 30 minutes without acknowledgement?",
 )
 
 

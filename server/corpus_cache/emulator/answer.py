@@ -28,7 +28,9 @@ MAX_SENTENCES = 3
 
 # A sentence ends at . ! ? before whitespace, at a blank line, or before a line that starts
 # a Markdown structure (heading, list item, quote, table row); single newlines are wrapping.
-_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n|\n(?=\s*(?:[#>|*+-]|\d+[.)])\s?)")
+_BOUNDARY = re.compile(
+    r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n|\n(?=[ \t]*(?:#{1,6}\s|[*+-]\s|>|\||\d+[.)]\s))"
+)
 _TERM = re.compile(r"\w+", re.UNICODE)
 _STOPWORDS = frozenset(
     [
@@ -80,6 +82,7 @@ _STOPWORDS = frozenset(
 )
 _K1 = 1.2
 _B = 0.75
+_SHORT = 6  # terms
 
 
 def _stem(term: str) -> str:
@@ -165,6 +168,8 @@ def best_passages(question: str, sources: tuple[Source, ...], limit: int) -> lis
                 norm = _K1 * (1 - _B + _B * ix.lengths[sentence] / average)
                 scores[sentence] = scores.get(sentence, 0.0) + idf * tf * (_K1 + 1) / (tf + norm)
         for sentence, score in scores.items():
+            # A heading or a fragment says little on its own: short sentences weigh less.
+            score *= min(1.0, ix.lengths[sentence] / _SHORT)
             start, end = ix.spans[sentence]
             scored.append((-score, s, start, Passage(source, start, end, score)))
     scored.sort(key=lambda item: item[:3])
