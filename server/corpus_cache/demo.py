@@ -34,7 +34,8 @@ def _print_answer(number: int, question: str, result: dict[str, Any]) -> None:
     _out(f"\nQ{number}: {question}")
     _out(textwrap.indent(result["answer"], "    "))
     for index, citation in enumerate(result["citations"], start=1):
-        lines = f"{citation['start_line']}-{citation['end_line']}"
+        start, end = citation["start_line"], citation["end_line"]
+        lines = f"{start}" if start == end else f"{start}-{end}"
         _out(f"    [{index}] {citation['path']}:{lines}")
     _out(
         f"    usage: {usage['cache_write_5m_tokens'] + usage['cache_write_1h_tokens']:,} tokens "
