@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
+import anyio
 
 from .backend import Backend, backend_of_response, describe_api_error
 from .catalog import Catalog, ModelSpec
@@ -50,6 +51,9 @@ class Corpus:
         return sum(self.tokens.values())
 
 
+SwapListener = Callable[["Corpus | None", "Corpus"], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class Answer:
     text: str
@@ -77,6 +81,12 @@ class Engine:
         self._corpus: Corpus | None = None
         self._version = 0
         self._instructions_tokens: int | None = None
+        self._refreshing = anyio.Lock()
+        self._listeners: list[SwapListener] = []
+
+    def on_swap(self, listener: SwapListener) -> None:
+        """Call `listener(old, new)` after every swap of the live corpus (old is None at first)."""
+        self._listeners.append(listener)
 
     @property
     def corpus_key(self) -> str:
@@ -89,7 +99,17 @@ class Engine:
         return self._corpus
 
     async def refresh(self, progress: Callable[[int, int], None] | None = None) -> Corpus:
-        """Rescan the folder and swap in a new corpus; unchanged files are not re-read."""
+        """Rescan the folder and swap in a new corpus; unchanged files are not re-read.
+        Refreshes run one at a time; questions keep the corpus they started with."""
+        async with self._refreshing:
+            old = self._corpus
+            new = await self._rebuild(progress)
+            self._corpus = new  # one assignment: a question sees the old corpus or the new
+        for listener in self._listeners:
+            await listener(old, new)
+        return new
+
+    async def _rebuild(self, progress: Callable[[int, int], None] | None) -> Corpus:
         previous = {d.path: d for d in self._corpus.snapshot.documents} if self._corpus else {}
         result = scan(
             self.settings.corpus, ScanOptions(max_file_bytes=self.settings.max_file_bytes), previous
@@ -107,7 +127,6 @@ class Engine:
             self.settings.corpus, self._version, time.time(), result.documents, result.skipped
         )
         corpus = Corpus(snapshot, tokens, plan, SearchIndex(snapshot))
-        self._corpus = corpus  # one assignment: a question sees the old corpus or the new
         log.info(
             "corpus v%d: %d documents, %d tokens, %d left out; %s",
             snapshot.version, len(snapshot.documents), corpus.corpus_tokens,
