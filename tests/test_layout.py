@@ -1,82 +1,282 @@
-"""The first layout planner, as properties over generated corpora."""
+"""The cache-optimal planner, as properties over generated corpora and edits."""
 
 from __future__ import annotations
 
-from hypothesis import given
+import dataclasses
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from corpus_cache.plan.anchors import LOOKBACK, MAX_ANCHORS, select_breakpoints
 from corpus_cache.plan.layout import (
     MAX_CORPUS_BREAKPOINTS,
-    PlannedDocument,
-    plan_layout,
+    Layout,
+    Plan,
+    plan_corpus,
+    plan_shard,
     safe_minimum,
 )
+from corpus_cache.plan.stability import HOT_WINDOW, DocInfo
 
-documents = st.lists(
-    st.builds(
-        PlannedDocument,
-        path=st.from_regex(r"[a-z]{1,8}(/[a-z]{1,8})?\.md", fullmatch=True),
-        tokens=st.integers(1, 20_000),
-    ),
-    max_size=60,
-    unique_by=lambda d: d.path,
-)
+NOW = 2_000_000_000.0
+DAY = 86_400.0
+TOKENS: dict[str, int] = {}  # tokens per path, for the lookback simulator
+
+
+@st.composite
+def corpora(draw: st.DrawFn, max_docs: int = 40) -> list[DocInfo]:
+    count = draw(st.integers(1, max_docs))
+    docs = []
+    for i in range(count):
+        age = draw(st.one_of(st.floats(2 * DAY, 900 * DAY), st.floats(0, HOT_WINDOW * 0.9)))
+        docs.append(
+            DocInfo(
+                path=f"{draw(st.sampled_from(['a', 'b', 'docs', 'src']))}/f{i:03d}.md",
+                tokens=draw(st.integers(1, 6_000)),
+                key=f"k{i}-0",
+                last_change=NOW - age,
+                first_seen=NOW - age,
+            )
+        )
+    return docs
+
+
 minimums = st.sampled_from([512, 1024, 2048, 4096])
 
 
-@given(documents, minimums, st.integers(0, 3_000))
-def test_every_breakpoint_prefix_is_above_the_minimum(docs, minimum, instructions) -> None:  # type: ignore[no-untyped-def]
-    plan = plan_layout(docs, min_cacheable_tokens=minimum, instructions_tokens=instructions)
-    for block in plan.blocks:
+def plan(docs: list[DocInfo], minimum: int, now: float = NOW, previous: Plan | None = None) -> Plan:
+    return plan_shard(
+        docs, min_cacheable_tokens=minimum, instructions_tokens=120, now=now, previous=previous
+    )
+
+
+def edited(docs: list[DocInfo], index: int, at: float) -> list[DocInfo]:
+    doc = docs[index]
+    changed = dataclasses.replace(doc, key=doc.key + "'", last_change=at, edits=doc.edits + 1)
+    return [*docs[:index], changed, *docs[index + 1 :]]
+
+
+Prefix = tuple[tuple[str, str], ...]
+
+
+def prefix_at(p: Plan, position: int) -> Prefix:
+    """What a cache entry written at this document position holds."""
+    return tuple(zip(p.order, p.keys, strict=True))[: position + 1]
+
+
+def anchor_prefixes(p: Plan) -> set[Prefix]:
+    return {prefix_at(p, a) for a in p.anchors}
+
+
+def next_request_reads(p: Plan, cached: set[Prefix], turn: int = 0) -> int:
+    """Tokens the next request reads, by the API's rules: each marked breakpoint looks back
+    at most 20 positions for an entry; the longest hit is read."""
+    alive = {a for a in p.anchors if prefix_at(p, a) in cached}
+    marked = select_breakpoints(p.anchors, alive, slots=MAX_CORPUS_BREAKPOINTS, turn=turn)
+    assert len(marked) <= MAX_CORPUS_BREAKPOINTS
+    through: list[int] = []
+    running = p.instructions_tokens
+    order_tokens = TOKENS
+    for path in p.order:
+        running += order_tokens[path]
+        through.append(running)
+    hits = [
+        q for b in marked for q in range(b, max(-1, b - LOOKBACK), -1) if prefix_at(p, q) in cached
+    ]
+    return through[max(hits)] if hits else 0
+
+
+def block_index_of(p: Plan, path: str) -> int:
+    return next(i for i, b in enumerate(p.blocks) if path in b.paths)
+
+
+@given(corpora(), minimums)
+def test_every_breakpoint_prefix_is_above_the_minimum(docs: list[DocInfo], minimum: int) -> None:
+    for block in plan(docs, minimum).blocks:
         if block.ttl is not None:
             assert block.prefix_tokens >= safe_minimum(minimum)
 
 
-@given(documents, minimums)
-def test_at_most_three_breakpoints_leaving_one_for_conversations(docs, minimum) -> None:  # type: ignore[no-untyped-def]
-    plan = plan_layout(docs, min_cacheable_tokens=minimum, instructions_tokens=100)
-    assert plan.breakpoints <= MAX_CORPUS_BREAKPOINTS
+@given(corpora(), minimums, st.data())
+def test_a_request_marks_at_most_three_anchors_always_the_end(
+    docs: list[DocInfo], minimum: int, data: st.DataObject
+) -> None:
+    p = plan(docs, minimum)
+    assert len(p.anchors) <= MAX_ANCHORS
+    if not p.anchors:
+        return
+    alive = data.draw(st.sets(st.sampled_from(p.anchors)))
+    marked = select_breakpoints(p.anchors, alive, slots=3, turn=data.draw(st.integers(0, 9)))
+    assert len(marked) <= MAX_CORPUS_BREAKPOINTS
+    assert marked[-1] == p.anchors[-1]
+    assert set(marked) <= set(p.anchors)
 
 
-@given(documents, minimums)
-def test_every_document_is_placed_once_in_path_order(docs, minimum) -> None:  # type: ignore[no-untyped-def]
-    plan = plan_layout(docs, min_cacheable_tokens=minimum, instructions_tokens=100)
-    assert plan.order == tuple(sorted(d.path for d in docs))
-    assert plan.total_tokens == 100 + sum(d.tokens for d in docs)
+@given(corpora(), minimums)
+def test_every_document_is_placed_exactly_once(docs: list[DocInfo], minimum: int) -> None:
+    p = plan(docs, minimum)
+    assert sorted(p.order) == sorted(d.path for d in docs)
+    assert p.total_tokens == 120 + sum(d.tokens for d in docs)
 
 
-@given(documents, minimums)
-def test_the_same_documents_in_any_order_give_the_same_plan(docs, minimum) -> None:  # type: ignore[no-untyped-def]
-    forward = plan_layout(docs, min_cacheable_tokens=minimum, instructions_tokens=50)
-    backward = plan_layout(docs[::-1], min_cacheable_tokens=minimum, instructions_tokens=50)
-    assert forward == backward
+@given(corpora(), minimums)
+def test_plans_are_deterministic_whatever_the_input_order(
+    docs: list[DocInfo], minimum: int
+) -> None:
+    assert plan(docs, minimum) == plan(list(reversed(docs)), minimum) == plan(docs, minimum)
 
 
-@given(documents, minimums)
-def test_a_corpus_over_the_minimum_is_cached_and_one_under_is_not(docs, minimum) -> None:  # type: ignore[no-untyped-def]
-    plan = plan_layout(docs, min_cacheable_tokens=minimum, instructions_tokens=10)
-    if not docs:
-        assert not plan.cached
-        assert plan.blocks == ()
-    elif plan.total_tokens >= safe_minimum(minimum):
-        assert plan.cached
-        assert plan.blocks[-1].ttl is not None  # the whole corpus sits before a breakpoint
-    else:
-        assert not plan.cached
-        assert plan.breakpoints == 0
-        assert "below" in plan.note
+@given(corpora(), minimums)
+def test_stable_documents_come_before_hot_ones(docs: list[DocInfo], minimum: int) -> None:
+    p = plan(docs, minimum)
+    ordered = sorted(docs, key=lambda d: p.order.index(d.path))
+    hot = [NOW - d.last_change < HOT_WINDOW for d in ordered]
+    assert hot == sorted(hot)
+
+
+@settings(max_examples=200)
+@given(corpora(), minimums, st.data())
+def test_an_edit_invalidates_only_the_blocks_from_its_own_onward(
+    docs: list[DocInfo], minimum: int, data: st.DataObject
+) -> None:
+    TOKENS.clear()
+    TOKENS.update({d.path: d.tokens for d in docs})
+    before = plan(docs, minimum)
+    if not before.cached:
+        return
+    index = data.draw(st.integers(0, len(docs) - 1))
+    block = block_index_of(before, docs[index].path)
+    after = plan(edited(docs, index, NOW + 60), minimum, NOW + 60, previous=before)
+    # With every entry of the previous plan alive, the next request reads everything up to
+    # the block holding the edited document, and rewrites only from there.
+    expected = before.blocks[block - 1].prefix_tokens if block else 0
+    assert next_request_reads(after, anchor_prefixes(before)) >= expected
+
+
+@settings(max_examples=200)
+@given(corpora(), minimums, st.data())
+def test_after_its_first_edit_a_documents_edits_rewrite_at_most_the_tail_block(
+    docs: list[DocInfo], minimum: int, data: st.DataObject
+) -> None:
+    TOKENS.clear()
+    TOKENS.update({d.path: d.tokens for d in docs})
+    index = data.draw(st.integers(0, len(docs) - 1))
+    first = plan(docs, minimum)
+    once = edited(docs, index, NOW + 60)
+    second = plan(once, minimum, NOW + 60, previous=first)
+    twice = edited(once, index, NOW + 120)
+    TOKENS[docs[index].path] = twice[index].tokens
+    third = plan(twice, minimum, NOW + 120, previous=second)
+    if not second.cached or len(second.blocks) < 2:
+        return
+    assert block_index_of(second, docs[index].path) == len(second.blocks) - 1
+    # The second edit rewrites the tail block at most: everything before it is read.
+    assert next_request_reads(third, anchor_prefixes(second)) >= second.blocks[-2].prefix_tokens
+
+
+def test_an_edit_to_a_cold_document_moves_only_that_document() -> None:
+    docs = [
+        DocInfo(f"doc{i:02d}.md", 2_000, f"k{i}", NOW - (100 - i) * DAY, first_seen=NOW - 200 * DAY)
+        for i in range(20)
+    ]
+    before = plan(docs, 1024)
+    after = plan(edited(docs, 3, NOW), 1024, NOW, previous=before)
+    assert after.order == (*(p for p in before.order if p != "doc03.md"), "doc03.md")
+
+
+def test_anchors_close_the_stable_part_and_each_hot_document() -> None:
+    cold = [
+        DocInfo(f"cold{i:02d}.md", 3_000, f"c{i}", NOW - 300 * DAY, first_seen=NOW - 300 * DAY)
+        for i in range(20)
+    ]
+    hot = [
+        DocInfo(f"hot{i}.md", 1_000, f"h{i}", NOW - 600 * (3 - i), edits=5, first_seen=NOW - DAY)
+        for i in range(3)
+    ]
+    p = plan(cold + hot, 1024)
+    assert p.order[-3:] == ("hot0.md", "hot1.md", "hot2.md")
+    # An anchor closes the cold part and each hot document, so any edit rewrites one file.
+    assert {19, 20, 21, 22} <= set(p.anchors)
 
 
 def test_a_small_corpus_is_served_uncached_and_says_why() -> None:
-    plan = plan_layout(
-        [PlannedDocument("a.md", 100)], min_cacheable_tokens=1024, instructions_tokens=80
+    p = plan([DocInfo("a.md", 100, "k", NOW - DAY * 9)], 1024)
+    assert not p.cached
+    assert p.note.startswith("the corpus is 220 tokens, below the 1,024-token minimum")
+
+
+# --- shards ---------------------------------------------------------------------------
+
+
+def layout(docs: list[DocInfo], budget: int, previous: Layout | None = None) -> Layout:
+    return plan_corpus(
+        docs, min_cacheable_tokens=1024, instructions_tokens=120, budget_tokens=budget,
+        now=NOW, previous=previous,
+    )  # fmt: skip
+
+
+@given(corpora(max_docs=60), st.integers(8_000, 60_000))
+def test_every_shard_fits_the_budget(docs: list[DocInfo], budget: int) -> None:
+    result = layout(docs, budget)
+    for shard in result.shards:
+        assert shard.plan.total_tokens <= budget
+    placed = [path for shard in result.shards for path in shard.plan.order]
+    assert sorted(placed + list(result.oversized)) == sorted(d.path for d in docs)
+
+
+@given(corpora(max_docs=60), st.integers(8_000, 40_000), st.integers(1, 3_000))
+def test_a_new_file_does_not_move_existing_ones(
+    docs: list[DocInfo], budget: int, size: int
+) -> None:
+    before = layout(docs, budget)
+    newcomer = DocInfo("new/zzz.md", size, "new", NOW, first_seen=NOW)
+    after = layout([*docs, newcomer], budget, previous=before)
+    old, new = before.shard_of(), after.shard_of()
+    assert all(new[path] == shard for path, shard in old.items())
+
+
+# --- the optimiser against brute force ------------------------------------------------
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 60), st.floats(0, 1)), min_size=2, max_size=9),
+    st.integers(0, 120),
+    st.integers(1, 4),
+    st.data(),
+)
+def test_the_cut_optimiser_finds_the_cheapest_cuts(
+    docs: list[tuple[int, float]], minimum: int, cuts: int, data: st.DataObject
+) -> None:
+    import itertools
+
+    from corpus_cache.plan.breakpoints import choose_cuts
+
+    prefix, running = [], 10
+    for tokens, _ in docs:
+        running += tokens
+        prefix.append(running)
+    rates = [rate for _, rate in docs]
+    n = len(docs)
+    eligible = [i for i in range(n - 1) if prefix[i] >= minimum]
+    must = data.draw(st.sampled_from([None, *eligible]))
+
+    def cost(chosen: tuple[int, ...]) -> float:
+        total, start, spent = prefix[-1], -1, 0.0
+        for end in [*chosen, n - 1]:
+            spent += (total - (prefix[start] if start >= 0 else 0)) * sum(
+                rates[start + 1 : end + 1]
+            )
+            start = end
+        return spent
+
+    best = min(
+        cost(c)
+        for k in range(cuts + 1)
+        for c in itertools.combinations(eligible, k)
+        if must is None or must in c
     )
-    assert not plan.cached
-    assert plan.note.startswith("the corpus is 180 tokens, below the 1,024-token minimum")
-
-
-def test_a_large_corpus_uses_three_blocks_of_similar_size() -> None:
-    docs = [PlannedDocument(f"doc{i:02d}.md", 1_000) for i in range(30)]
-    plan = plan_layout(docs, min_cacheable_tokens=1024, instructions_tokens=100)
-    assert [len(b.paths) for b in plan.blocks] == [10, 10, 10]
-    assert [b.ttl for b in plan.blocks] == ["5m", "5m", "5m"]
+    got = choose_cuts(prefix, rates, minimum=minimum, cuts=cuts, must=must)
+    assert len(got) <= cuts
+    assert all(prefix[c] >= minimum for c in got)
+    assert must is None or must in got
+    assert cost(tuple(got)) <= best * (1 + 1e-9) + 1e-12

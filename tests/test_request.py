@@ -7,8 +7,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from corpus_cache.corpus.documents import Document, Snapshot
-from corpus_cache.plan.layout import PlannedDocument, plan_layout
+from corpus_cache.plan.layout import plan_shard
+from corpus_cache.plan.stability import DocInfo
 from corpus_cache.request import INSTRUCTIONS, build_request, map_answer
 
 
@@ -24,29 +27,44 @@ TEXTS = {f"doc{i}.md": f"Title {i}\nline two of {i}\nline three of {i}\n" for i 
 
 
 def plan_for(snap: Snapshot, tokens: int = 400) -> Any:
-    return plan_layout(
-        [PlannedDocument(d.path, tokens) for d in snap.documents],
+    return plan_shard(
+        [DocInfo(d.path, tokens, d.sha256, last_change=0.0) for d in snap.documents],
         min_cacheable_tokens=512,
         instructions_tokens=60,
+        now=1e9,
     )
 
 
-def test_documents_carry_citations_and_breakpoints_close_each_block() -> None:
+def test_documents_carry_citations_and_marked_anchors_carry_cache_control() -> None:
     snap = snapshot(TEXTS)
     plan = plan_for(snap)
-    params = build_request(plan, snap, "What is on line two?", model="m", max_tokens=100)
+    assert len(plan.anchors) > 3  # more anchors than one request may mark
+    marked = [plan.anchors[0], plan.anchors[2], plan.anchors[-1]]
+    params = build_request(
+        plan, snap, "What is on line two?", model="m", max_tokens=100, marked=marked
+    )
     content = params["messages"][0]["content"]
     documents = content[:-1]
     assert all(block["citations"] == {"enabled": True} for block in documents)
-    marked = [i for i, block in enumerate(documents) if "cache_control" in block]
-    ends = []
-    position = -1
-    for block in plan.blocks:
-        position += len(block.paths)
-        ends.append(position)
-    assert marked == ends
+    assert [i for i, block in enumerate(documents) if "cache_control" in block] == marked
     assert content[-1] == {"type": "text", "text": "What is on line two?"}
     assert params["system"] == [{"type": "text", "text": INSTRUCTIONS}]
+
+
+def test_by_default_the_last_three_anchors_are_marked() -> None:
+    snap = snapshot(TEXTS)
+    plan = plan_for(snap)
+    params = build_request(plan, snap, "Q?", model="m", max_tokens=100)
+    documents = params["messages"][0]["content"][:-1]
+    marked = [i for i, block in enumerate(documents) if "cache_control" in block]
+    assert marked == list(plan.anchors[-3:])
+
+
+def test_more_than_three_marked_anchors_are_refused() -> None:
+    snap = snapshot(TEXTS)
+    plan = plan_for(snap)
+    with pytest.raises(ValueError, match="at most 3"):
+        build_request(plan, snap, "Q?", model="m", max_tokens=100, marked=plan.anchors[:4])
 
 
 def test_two_questions_share_every_byte_before_the_question() -> None:

@@ -46,8 +46,13 @@ M001_INITIAL = """
         CREATE INDEX requests_by_corpus_time ON requests (corpus, at);
 """
 
+M002_SHARD_AND_TTL = """
+        ALTER TABLE requests ADD COLUMN shard INTEGER;
+        ALTER TABLE requests ADD COLUMN ttl TEXT;
+"""
+
 # Ordered; each runs once, in one transaction with the version bump.
-MIGRATIONS: list[str] = [M001_INITIAL]
+MIGRATIONS: list[str] = [M001_INITIAL, M002_SHARD_AND_TTL]
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ class RequestRecord:
     latency_ms: float | None = None
     error: str | None = None
     at: float | None = None
+    shard: int | None = None
+    ttl: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,15 +172,16 @@ class Ledger:
             cursor = self._db.execute(
                 """INSERT INTO requests (at, kind, corpus, model, backend, snapshot, message_id,
                     input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens,
-                    output_tokens, cost_usd, uncached_cost_usd, latency_ms, outcome, error)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    output_tokens, cost_usd, uncached_cost_usd, latency_ms, outcome, error,
+                    shard, ttl)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     record.at if record.at is not None else time.time(),
                     record.kind, record.corpus, record.model, record.backend, record.snapshot,
                     record.message_id, u.input_tokens, u.cache_read_tokens,
                     u.cache_write_5m_tokens, u.cache_write_1h_tokens, u.output_tokens,
                     record.cost_usd, record.uncached_cost_usd, record.latency_ms,
-                    record.outcome, record.error,
+                    record.outcome, record.error, record.shard, record.ttl,
                 ),
             )  # fmt: skip
         return int(cursor.lastrowid or 0)

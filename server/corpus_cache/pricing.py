@@ -65,3 +65,29 @@ def uncached_cost_usd(usage: Usage, model: ModelSpec) -> float:
 def hit_rate(cache_read_tokens: int, prompt_tokens: int) -> float:
     """Share of all prompt tokens that were read from the cache."""
     return cache_read_tokens / prompt_tokens if prompt_tokens else 0.0
+
+
+def project_question(
+    cached_prefix_tokens: int,
+    uncached_tokens: int,
+    model: ModelSpec,
+    *,
+    question_tokens: int = 50,
+    output_tokens: int = 500,
+    ttl: str = "5m",
+) -> tuple[float, float, float]:
+    """(cold, warm, uncached) dollars for one question against a prefix.
+
+    Cold writes the cached prefix, warm reads it, uncached sends it all at the input price.
+    """
+    tail = uncached_tokens + question_tokens
+    write = Usage(
+        input_tokens=tail,
+        cache_write_5m_tokens=cached_prefix_tokens if ttl == "5m" else 0,
+        cache_write_1h_tokens=cached_prefix_tokens if ttl == "1h" else 0,
+        output_tokens=output_tokens,
+    )
+    read = Usage(
+        input_tokens=tail, cache_read_tokens=cached_prefix_tokens, output_tokens=output_tokens
+    )
+    return cost_usd(write, model), cost_usd(read, model), uncached_cost_usd(read, model)

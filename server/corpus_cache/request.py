@@ -6,11 +6,12 @@ are fixed text, documents are in the plan's order, and the question comes last.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from .corpus.documents import Document, Snapshot
-from .plan.layout import Plan
+from .plan.layout import MAX_CORPUS_BREAKPOINTS, Plan
 
 INSTRUCTIONS = (
     "You answer questions about a corpus of documents provided in the user turn. Treat the "
@@ -30,8 +31,19 @@ def document_block(doc: Document) -> dict[str, Any]:
 
 
 def build_request(
-    plan: Plan, snapshot: Snapshot, question: str, *, model: str, max_tokens: int
+    plan: Plan,
+    snapshot: Snapshot,
+    question: str,
+    *,
+    model: str,
+    max_tokens: int,
+    marked: Collection[int] | None = None,
 ) -> dict[str, Any]:
+    """`marked`: the anchors (document positions) this request puts cache_control on; by
+    default the last three."""
+    chosen = set(plan.anchors[-MAX_CORPUS_BREAKPOINTS:] if marked is None else marked)
+    if len(chosen) > MAX_CORPUS_BREAKPOINTS:
+        raise ValueError(f"at most {MAX_CORPUS_BREAKPOINTS} breakpoints for the corpus")
     content: list[dict[str, Any]] = []
     for block in plan.blocks:
         for path in block.paths:
@@ -39,7 +51,7 @@ def build_request(
             if doc is None:
                 raise ValueError(f"the plan names {path}, which the snapshot does not hold")
             content.append(document_block(doc))
-        if block.ttl is not None and content:
+        if block.ttl is not None and content and len(content) - 1 in chosen:
             control: dict[str, str] = {"type": "ephemeral"}
             if block.ttl == "1h":
                 control["ttl"] = "1h"

@@ -80,11 +80,17 @@ class TokenCounter:
             log.info("counting tokens of %d documents with %s", len(missing), self._model)
             baseline = await self._baseline_tokens()
             fresh: dict[str, int] = {}
+            failed: list[ApiCallError] = []
             done = 0
 
             async def one(doc: Document) -> None:
                 nonlocal done
-                total = await self._count([document_block(doc), _PROBE])
+                try:
+                    total = await self._count([document_block(doc), _PROBE])
+                except ApiCallError as exc:  # raised below, unwrapped from the task group
+                    failed.append(exc)
+                    group.cancel_scope.cancel()
+                    return
                 fresh[keys[doc.path]] = max(1, total - baseline)
                 done += 1
                 if progress is not None:
@@ -93,6 +99,9 @@ class TokenCounter:
             async with anyio.create_task_group() as group:
                 for doc in missing:
                     group.start_soon(one, doc)
-            self._ledger.store_token_counts(self._model, fresh)
+            if fresh:  # what was counted before a failure is kept
+                self._ledger.store_token_counts(self._model, fresh)
+            if failed:
+                raise failed[0]
             known.update(fresh)
         return {doc.path: known[keys[doc.path]] for doc in documents}

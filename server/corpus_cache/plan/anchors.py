@@ -1,0 +1,64 @@
+"""Which of a plan's anchors one request marks with cache_control. Pure.
+
+A plan may keep more cache entries alive than one request has breakpoints: an entry
+written by an earlier request stays readable while something refreshes it, and a
+breakpoint finds a live entry up to 20 positions behind it (the API's lookback). So a
+plan has up to `MAX_ANCHORS` anchors (block ends whose entries are worth keeping) and
+each request marks at most `slots` of them:
+
+- when something changed, the anchors nearest the end among those after the last live
+  one, so that the rewrite leaves fresh entries where the next edit is likely; the
+  first of them within the lookback of the live anchor it reads through (else that
+  anchor itself is marked);
+- otherwise, and with slots to spare, live anchors in rotation, so that each is
+  refreshed before its TTL runs out;
+- always the last anchor, the end of the corpus.
+
+A breakpoint adds no cost of its own: a request pays for what it reads and for what lies
+between what it reads and its last breakpoint, however many breakpoints are in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+LOOKBACK = 20  # positions a breakpoint searches backwards, itself included
+MAX_ANCHORS = 5  # block ends kept alive per shard, the end of the corpus included
+
+
+def select_breakpoints(
+    anchors: Sequence[int],
+    alive: Collection[int],
+    *,
+    slots: int,
+    turn: int,
+) -> list[int]:
+    """Anchor positions (ascending) to mark on this request.
+
+    `anchors` are the positions of the plan's block ends, ascending, the last being the end
+    of the corpus; `alive` those whose entries are believed live for the current content;
+    `turn` counts requests, for the rotation.
+    """
+    if not anchors or slots <= 0:
+        return []
+    end = anchors[-1]
+    live = [a for a in anchors if a in alive]
+    read = live[-1] if live else None
+    chosen: set[int] = {end}
+    if read != end:
+        # The whole range after `read` is rewritten whichever anchors are marked in it, so
+        # mark the ones nearest the end: that is where the next edits land.
+        dead = [a for a in anchors[:-1] if read is None or a > read]
+        wanted = dead[len(dead) - (slots - 1) :] if slots > 1 else []
+        if read is not None and (wanted[0] if wanted else end) - read >= LOOKBACK:
+            wanted = wanted[1:] if wanted else wanted
+            chosen.add(read)  # out of the lookback's reach: mark the live anchor itself
+        chosen.update(wanted)
+    spare = [a for a in live if a not in chosen]
+    if spare:
+        start = turn % len(spare)
+        for a in spare[start:] + spare[:start]:
+            if len(chosen) >= slots:
+                break
+            chosen.add(a)
+    return sorted(chosen)
