@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint bench demo clean
+.PHONY: test lint bench demo clean test-clients
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,5 +26,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/emulator_overhead.py
 
+# Opt-in, not part of `test`: installs the MCP Inspector and Claude Code from npm into .clients/.
+test-clients: $(STAMP)
+	$(BIN)/python tests/clients/run_clients.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .clients .pytest_cache .mypy_cache .ruff_cache .hypothesis
