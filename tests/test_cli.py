@@ -105,7 +105,8 @@ def test_the_demo_asks_twice_and_reports_the_savings(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus")
     result = run(["demo", "--corpus", str(corpus)], tmp_path / "state", timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "Tools: ask, search, list_documents, read_document, cache_status" in result.stdout
+    tools = "Tools: ask, search, list_documents, read_document, cache_status, refresh"
+    assert tools in result.stdout
     assert "Cache statistics" in result.stdout
     assert "hit rate:" in result.stdout
     second = result.stdout.split("Q2:")[1]

@@ -23,7 +23,7 @@ from corpus_fixture import FACTS, write_corpus
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = ["ask", "search", "list_documents", "read_document", "cache_status"]
+TOOLS = ["ask", "search", "list_documents", "read_document", "cache_status", "refresh"]
 
 
 @asynccontextmanager

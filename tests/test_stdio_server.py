@@ -39,7 +39,8 @@ async def test_every_tool_and_resource_works_over_stdio(tmp_path: Path, mode: st
     )
     async with Client(params, mode=mode) as client:  # type: ignore[arg-type]
         tools = [t.name for t in (await client.list_tools()).tools]
-        assert tools == ["ask", "search", "list_documents", "read_document", "cache_status"]
+        expected = ["ask", "search", "list_documents", "read_document", "cache_status"]
+        assert tools == [*expected, "refresh"]
 
         first = await client.call_tool("ask", {"question": "Which port does Kestrel listen on?"})
         second = await client.call_tool("ask", {"question": "When are deploys frozen?"})

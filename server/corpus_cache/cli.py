@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -18,7 +19,14 @@ from . import __version__
 from .catalog import CatalogError, UnknownModelError, load_catalog
 from .config import DEFAULT_MODEL, Settings
 from .corpus.scan import CorpusNotFoundError
-from .errors import CorpusCacheError
+from .errors import CorpusCacheError, SetupError
+from .install import add_install_command
+
+if TYPE_CHECKING:
+    from mcp.server import MCPServer
+
+DEFAULT_HTTP_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8765
 
 
 def _is_loopback(host: str) -> bool:
@@ -57,22 +65,58 @@ def _settings(args: argparse.Namespace) -> Settings:
         "model": getattr(args, "model", None),
         "offline": True if getattr(args, "offline", False) else None,
         "models_file": args.models_file,
+        "ask_deadline": getattr(args, "ask_deadline", None),
+        "watch": False if getattr(args, "no_watch", False) else None,
+        "poll": True if getattr(args, "poll", False) else None,
+        "debounce_ms": getattr(args, "debounce_ms", None),
+        "auth_token": getattr(args, "auth_token", None),
     }
     return Settings(**{k: v for k, v in given.items() if v is not None})
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .mcp_server import build_server
-    from .runtime import running_engine
-
     settings = _settings(args)
+    _check_transport(args, settings)  # before importing and indexing, which take a while
+
+    from .mcp_server import build_server
+    from .runtime import running_engine, watching
 
     async def run() -> None:
         async with running_engine(settings) as engine:
-            await build_server(engine).run_stdio_async()
+            server = build_server(engine)
+            async with watching(engine):
+                await _serve_mcp(server, args, settings)
 
     anyio.run(run)
     return 0
+
+
+def _auth_token(settings: Settings) -> str | None:
+    token = settings.auth_token.get_secret_value() if settings.auth_token else ""
+    return token or None
+
+
+def _check_transport(args: argparse.Namespace, settings: Settings) -> None:
+    from .http_transport import check_bind
+
+    if args.transport == "http":
+        check_bind(args.host or DEFAULT_HTTP_HOST, _auth_token(settings))
+        return
+    given = [flag for flag, value in (("--host", args.host), ("--port", args.port)) if value]
+    if args.auth_token:
+        given.append("--auth-token")
+    if given:
+        raise SetupError(f"{', '.join(given)} apply to --transport http only")
+
+
+async def _serve_mcp(server: MCPServer, args: argparse.Namespace, settings: Settings) -> None:
+    if args.transport == "http":
+        from .http_transport import serve_http
+
+        host, port = args.host or DEFAULT_HTTP_HOST, args.port or DEFAULT_HTTP_PORT
+        await serve_http(server, host, port, _auth_token(settings))
+    else:
+        await server.run_stdio_async()
 
 
 def _ask(args: argparse.Namespace) -> int:
@@ -85,6 +129,21 @@ def _ask(args: argparse.Namespace) -> int:
         async with running_engine(settings) as engine:
             result = ask_result(await engine.ask(args.question))
         return result.model_dump_json(indent=2) if args.json else render_answer(result)
+
+    print(anyio.run(run))
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .plan_report import plan_report, render_plan
+    from .runtime import running_engine
+
+    settings = _settings(args)
+
+    async def run() -> str:
+        async with running_engine(settings) as engine:
+            report = plan_report(engine)
+        return json.dumps(report, indent=2) if args.json else render_plan(report, args.all)
 
     print(anyio.run(run))
     return 0
@@ -173,11 +232,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        help="serve a folder over MCP (stdio)",
-        description="Serve a folder of documents over MCP on stdio, for Claude Desktop and "
-        "Claude Code. Without ANTHROPIC_API_KEY, answers come from the offline emulator.",
+        help="serve a folder over MCP (stdio, or streamable HTTP)",
+        description="Serve a folder of documents over MCP, on stdio for Claude Desktop and "
+        "Claude Code, or over streamable HTTP at /mcp. Without ANTHROPIC_API_KEY, answers "
+        "come from the offline emulator.",
     )
     corpus_options(serve)
+    serve.add_argument(
+        "--transport", choices=("stdio", "http"), default="stdio", help="default: stdio"
+    )
+    serve.add_argument(
+        "--host",
+        help=f"address to bind with --transport http (default: {DEFAULT_HTTP_HOST}); any "
+        "other than loopback needs --auth-token",
+    )
+    serve.add_argument(
+        "--port", type=int, help=f"port with --transport http (default: {DEFAULT_HTTP_PORT})"
+    )
+    serve.add_argument(
+        "--auth-token",
+        help="bearer token every HTTP request must carry (default: $CORPUS_CACHE_AUTH_TOKEN)",
+    )
+    serve.add_argument(
+        "--ask-deadline",
+        type=float,
+        help="seconds an `ask` may take before it ends with an error; keep it below your "
+        "client's timeout (default: 50, or $CORPUS_CACHE_ASK_DEADLINE)",
+    )
+    serve.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="do not watch the folder: edits are picked up by the refresh tool or a restart",
+    )
+    serve.add_argument(
+        "--poll",
+        action="store_true",
+        help="watch by polling the folder every second, for network mounts and other "
+        "filesystems whose change events do not arrive",
+    )
+    serve.add_argument(
+        "--debounce-ms",
+        type=int,
+        help="milliseconds of quiet after a change before the folder is rescanned, so a burst "
+        "of saves is one rescan (default: 100)",
+    )
     serve.set_defaults(run=_serve)
 
     ask = commands.add_parser("ask", help="ask one question about a folder and print the answer")
@@ -185,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question", help="the question")
     ask.add_argument("--json", action="store_true", help="print the structured result")
     ask.set_defaults(run=_ask)
+
+    plan = commands.add_parser(
+        "plan",
+        help="show how a folder is laid out in cache blocks and what a question costs",
+    )
+    corpus_options(plan)
+    plan.add_argument("--json", action="store_true", help="print JSON")
+    plan.add_argument("--all", action="store_true", help="list every document of every block")
+    plan.set_defaults(run=_plan)
 
     stats = commands.add_parser(
         "stats", help="requests, hit rate, dollars spent and saved, from the ledger"
@@ -201,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--corpus", type=Path, default=Path("corpora/handbook"), help="default: corpora/handbook"
     )
     demo.set_defaults(run=_demo)
+
+    add_install_command(commands)
     return parser
 
 

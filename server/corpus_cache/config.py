@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
@@ -25,6 +25,34 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(2 * 1024 * 1024, gt=0, description="larger files are left out")
     max_answer_tokens: int = Field(1024, gt=0, description="max_tokens of an answer")
     request_timeout: float = Field(50.0, gt=0, description="seconds before an API call gives up")
+    watch: bool = Field(True, description="watch the folder and refresh after every change")
+    poll: bool = Field(
+        False, description="watch by polling, for filesystems whose change events do not arrive"
+    )
+    debounce_ms: int = Field(
+        100, ge=0, description="milliseconds of quiet after a change before the folder is rescanned"
+    )
+    budget_tokens: int | None = Field(
+        None, gt=0, description="tokens of corpus per request (default: window less reserve)"
+    )
+    reserve_tokens: int = Field(
+        16_000, ge=0, description="tokens kept free in the window for question and answer"
+    )
+    fan_out: int = Field(1, ge=1, le=8, description="shards consulted per question")
+    ask_deadline: float = Field(
+        50.0,
+        gt=0,
+        description="seconds an MCP `ask` may take before it ends with an error; keep it below "
+        "the client's own timeout (Claude Desktop gives up after about 60 s)",
+    )
+    heartbeat_interval: float = Field(
+        5.0, gt=0, description="seconds between progress notifications while an answer is awaited"
+    )
+    auth_token: SecretStr | None = Field(
+        None,
+        description="bearer token the HTTP transport requires (CORPUS_CACHE_AUTH_TOKEN); "
+        "required when binding anything but loopback",
+    )
 
     @field_validator("corpus")
     @classmethod

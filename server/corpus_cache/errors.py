@@ -21,3 +21,12 @@ class CorpusTooLargeError(CorpusCacheError):
 
 class ApiCallError(CorpusCacheError):
     """The Messages API call failed after the SDK's retries."""
+
+
+class DeadlineExceededError(CorpusCacheError):
+    """A tool call ran past its deadline and was given up."""
+
+
+class SetupError(CorpusCacheError):
+    """The command cannot start as configured (a bind without a token, an unreadable
+    client configuration, ...)."""

@@ -8,17 +8,32 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from mcp.server import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.mcpserver.resources import FunctionResource
-from mcp.types import CallToolResult, ToolAnnotations
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp.types import CallToolResult, Resource, ToolAnnotations
 from pydantic import Field
 
 from . import __version__
+from .bounds import (
+    LIST_BUDGET_CHARS,
+    SNIPPET_CHARS,
+    bound_answer,
+    bound_status,
+    page_of_lines,
+    take_within,
+)
+from .corpus.documents import Document
+from .corpus.scan import CorpusNotFoundError
 from .engine import Engine
 from .errors import CorpusCacheError
+from .guidance import INSTRUCTIONS, add_prompts
+from .heartbeat import with_heartbeat
+from .notifications import DOCUMENT_URI_PREFIX, document_uri, notify_changes
+from .refresh import RefreshResult, refresh_corpus, render_refresh
 from .results import (
     AskResult,
     CacheStatus,
@@ -33,19 +48,15 @@ from .results import (
     result,
     status,
 )
+from .search import Hit
 
 log = logging.getLogger(__name__)
 
-READ_MAX_LINES = 400
-READ_MAX_CHARS = 40_000
-SNIPPET_CHARS = 600
-
-INSTRUCTIONS = (
-    "corpus-cache serves one folder of documents. Use `search` (free, local) to find where "
-    "something is, `read_document` to read exact lines, and `ask` to have Claude answer a "
-    "question against the whole cached corpus with citations (it costs API tokens; the "
-    "cache keeps repeat questions cheap). `cache_status` reports the cache layout and "
-    "spending."
+DEADLINE_ADVICE = (
+    "it was given up so that your MCP client does not time out first. Ask again: the API may "
+    "be slow or overloaded right now, and a repeated question reads the cache and is quicker. "
+    "If your client waits longer, raise the deadline with `corpus-cache serve --ask-deadline "
+    "SECONDS` or CORPUS_CACHE_ASK_DEADLINE."
 )
 
 
@@ -53,42 +64,68 @@ INSTRUCTIONS = (
 
 
 def build_server(engine: Engine) -> MCPServer:
-    server = MCPServer(
-        "corpus-cache", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
+    bus = InMemorySubscriptionBus()
+    server = _CorpusServer(
+        engine,
+        "corpus-cache",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        log_level="WARNING",
+        subscriptions=bus,
     )
-    read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+    read_only = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+    add_prompts(server)
 
     @server.tool(
+        title="Ask the corpus",
         description="Answer a question with Claude against the whole corpus, which is sent as "
         "prompt-cached documents. Returns the answer with citations (file and line), the "
-        "token usage and its cost. Costs API tokens; repeat questions read the cache.",
+        "token usage and its cost. Costs API tokens; repeat questions read the cache. "
+        "Sends progress while it waits; gives up with an error before the client would.",
         annotations=ToolAnnotations(read_only_hint=True, open_world_hint=True),
     )
     async def ask(
         question: Annotated[str, Field(description="the question, in natural language")],
+        ctx: Context[Any, Any],
     ) -> Annotated[CallToolResult, AskResult]:
         try:
-            answer = await engine.ask(question)
+            answer = await with_heartbeat(
+                lambda: engine.ask(question),
+                ctx.report_progress,
+                interval=engine.settings.heartbeat_interval,
+                deadline=engine.settings.ask_deadline,
+                waiting_for="waiting for the answer",
+                on_deadline=DEADLINE_ADVICE,
+            )
         except CorpusCacheError as exc:
             raise _tool_error(exc) from exc
-        out = ask_result(answer)
+        out = bound_answer(ask_result(answer))
         return result(render_answer(out), out)
 
     @server.tool(
+        title="Search the corpus",
         description="Search the corpus locally (BM25) for passages matching the words of a "
-        "query. Free: no API call. Returns paths, line ranges and snippets.",
+        "query. Free: no API call. Returns paths, line ranges and snippets, best first; "
+        "paged: pass next_offset as offset for more.",
         annotations=read_only,
     )
     def search(
         query: Annotated[str, Field(description="words to look for")],
-        limit: Annotated[int, Field(ge=1, le=50, description="how many passages")] = 10,
+        limit: Annotated[int, Field(ge=1, le=50, description="passages per page")] = 10,
+        offset: Annotated[
+            int, Field(ge=0, le=1000, description="passages to skip: next_offset of a page")
+        ] = 0,
     ) -> Annotated[CallToolResult, SearchResult]:
         try:
-            hits = engine.search(query, limit)
+            found = engine.search(query, offset + limit + 1)
         except CorpusCacheError as exc:
             raise _tool_error(exc) from exc
+        hits = take_within(found[offset : offset + limit], _hit_chars, LIST_BUDGET_CHARS)
+        more = len(found) > offset + len(hits)
         out = SearchResult(
             query=query,
+            offset=offset,
+            next_offset=offset + len(hits) if more else None,
             hits=[
                 SearchHitOut(
                     path=h.passage.path,
@@ -101,14 +138,17 @@ def build_server(engine: Engine) -> MCPServer:
             ],
         )
         if not out.hits:
-            return result(f"No passage matches {query!r}.", out)
+            return result(f"No {'more ' if offset else ''}passage matches {query!r}.", out)
         text = "\n\n".join(
             f"{h.path}:{h.start_line}-{h.end_line} (score {h.score:.2f})\n{h.snippet.rstrip()}"
             for h in out.hits
         )
+        if out.next_offset is not None:
+            text += f"\n\nMore: call search with offset={out.next_offset}."
         return result(text, out)
 
     @server.tool(
+        title="List the documents",
         description="List the documents of the corpus with their size in tokens and the cache "
         "block holding each, and count the files left out by reason. Paged.",
         annotations=read_only,
@@ -120,7 +160,7 @@ def build_server(engine: Engine) -> MCPServer:
         corpus = engine.current
         blocks = engine.block_of()
         docs = corpus.snapshot.documents
-        page = docs[offset : offset + limit]
+        page = take_within(docs[offset : offset + limit], _document_chars, LIST_BUDGET_CHARS)
         out = DocumentList(
             documents=[
                 DocumentOut(
@@ -128,16 +168,20 @@ def build_server(engine: Engine) -> MCPServer:
                     bytes=d.size,
                     lines=d.line_count,
                     tokens=corpus.tokens.get(d.path, 0),
-                    block=blocks.get(d.path, 0),
+                    shard=blocks.get(d.path, (0, 0))[0],
+                    block=blocks.get(d.path, (0, 0))[1],
                 )
                 for d in page
             ],
             total=len(docs),
             offset=offset,
-            next_offset=offset + limit if offset + limit < len(docs) else None,
+            next_offset=offset + len(page) if offset + len(page) < len(docs) else None,
             skipped=engine.skipped_summary(),
         )
-        lines = [f"{d.path}  ({d.tokens:,} tokens, block {d.block})" for d in out.documents]
+        lines = [
+            f"{d.path}  ({d.tokens:,} tokens, shard {d.shard} block {d.block})"
+            for d in out.documents
+        ]
         lines.append(f"{len(page)} of {len(docs)} documents shown.")
         if out.next_offset is not None:
             lines.append(f"More: call list_documents with offset={out.next_offset}.")
@@ -147,6 +191,7 @@ def build_server(engine: Engine) -> MCPServer:
         return result("\n".join(lines), out)
 
     @server.tool(
+        title="Read a document",
         description="Read lines of one document of the corpus, by its path as list_documents "
         "shows it. Long ranges are cut; the result says where to continue.",
         annotations=read_only,
@@ -167,15 +212,11 @@ def build_server(engine: Engine) -> MCPServer:
             raise ToolError(
                 f"{doc.path} has {total} lines; start_line {start_line} is past the end"
             )
-        last = min(end_line or total, total, start_line + READ_MAX_LINES - 1)
         if end_line is not None and end_line < start_line:
             raise ToolError(f"end_line {end_line} is before start_line {start_line}")
-        text = doc.lines(start_line, last) if total else ""
-        if len(text) > READ_MAX_CHARS:
-            text = text[:READ_MAX_CHARS]
-            last = start_line + text.count("\n") - 1 if text.count("\n") else start_line
-            text = doc.lines(start_line, max(start_line, last))
         wanted_end = min(end_line or total, total)
+        page = page_of_lines(doc, start_line, wanted_end)
+        text, last = (page.text, page.end_line) if total else ("", 0)
         out = DocumentText(
             path=doc.path,
             start_line=start_line,
@@ -183,23 +224,50 @@ def build_server(engine: Engine) -> MCPServer:
             total_lines=total,
             text=text,
             next_start_line=last + 1 if last < wanted_end else None,
+            line_cut=page.line_cut,
         )
         numbered = "\n".join(
             f"{n:>6}  {line}" for n, line in enumerate(text.splitlines(), start=start_line)
         )
         footer = f"\n[{doc.path}: lines {start_line}-{last} of {total}"
+        if page.line_cut:
+            footer += f"; line {last} is longer than a page and was cut short"
         footer += f"; continue at start_line={out.next_start_line}]" if out.next_start_line else "]"
         return result(numbered + footer, out)
 
     @server.tool(
+        title="Cache status",
         description="Report the cache: the layout of the corpus in cached blocks, tokens per "
         "block, the model's minimum cacheable length, the hit rate, and dollars spent versus "
         "what the same requests would have cost uncached.",
         annotations=read_only,
     )
     def cache_status() -> Annotated[CallToolResult, CacheStatus]:
-        out = status(engine)
+        out = bound_status(status(engine))
         return result(render_status(out), out)
+
+    @server.tool(
+        title="Rescan the folder",
+        description="Rescan the corpus folder now and say what changed. The folder is watched, "
+        "so saved edits are picked up within a second anyway. With warm=true, also write the "
+        "cache ahead of the next question (costs a cache write per cached shard).",
+        annotations=ToolAnnotations(
+            read_only_hint=False,
+            destructive_hint=False,
+            idempotent_hint=True,
+            open_world_hint=True,
+        ),
+    )
+    async def refresh(
+        warm: Annotated[
+            bool, Field(description="also write the prompt cache (max_tokens 0 requests)")
+        ] = False,
+    ) -> Annotated[CallToolResult, RefreshResult]:
+        try:
+            out = await refresh_corpus(engine, warm_cache=warm)
+        except (CorpusCacheError, CorpusNotFoundError) as exc:
+            raise ToolError(str(exc)) from exc
+        return result(render_refresh(out), out)
 
     @server.resource(
         "corpus://index",
@@ -212,7 +280,7 @@ def build_server(engine: Engine) -> MCPServer:
         documents = [
             {
                 "path": d.path,
-                "uri": f"corpus://doc/{d.path}",
+                "uri": document_uri(d.path),
                 "tokens": corpus.tokens.get(d.path, 0),
                 "bytes": d.size,
             }
@@ -237,7 +305,7 @@ def build_server(engine: Engine) -> MCPServer:
         return status(engine).model_dump_json(indent=1)
 
     @server.resource(
-        "corpus://doc/{+path}",
+        DOCUMENT_URI_PREFIX + "{+path}",
         name="document",
         description="The text of one document of the corpus",
         mime_type="text/plain",
@@ -246,24 +314,39 @@ def build_server(engine: Engine) -> MCPServer:
         try:
             return engine.document(path).text
         except CorpusCacheError as exc:
-            raise ValueError(str(exc)) from exc
+            raise ResourceNotFoundError(str(exc)) from exc
 
-    for doc in engine.current.snapshot.documents:
-        server.add_resource(_document_resource(engine, doc.path))
+    notify_changes(server, engine, bus)
     return server
+
+
+class _CorpusServer(MCPServer):
+    """An MCPServer whose resource list holds one resource per document of the live corpus.
+
+    MCPServer 2.3 can add a resource but not remove one, so documents are not registered
+    one by one: they are listed from the current snapshot whenever the list is asked for,
+    and read through the `corpus://doc/{+path}` template. The list is never stale, and a
+    deleted document is gone from it with the snapshot that dropped it."""
+
+    def __init__(self, engine: Engine, name: str, **options: Any) -> None:
+        super().__init__(name, **options)
+        self._engine = engine
+
+    async def list_resources(self) -> list[Resource]:
+        documents = [
+            Resource(uri=document_uri(doc.path), name=doc.path, mime_type="text/plain")
+            for doc in self._engine.current.snapshot.documents
+        ]
+        return [*await super().list_resources(), *documents]
+
+
+def _hit_chars(hit: Hit) -> int:
+    return min(len(hit.passage.text), SNIPPET_CHARS) + len(hit.passage.path) + 60
+
+
+def _document_chars(doc: Document) -> int:
+    return len(doc.path) + 80
 
 
 def _tool_error(exc: CorpusCacheError) -> ToolError:
     return ToolError(str(exc))
-
-
-def _document_resource(engine: Engine, path: str) -> FunctionResource:
-    def read() -> str:
-        try:
-            return engine.document(path).text
-        except CorpusCacheError as exc:
-            raise ValueError(str(exc)) from exc
-
-    return FunctionResource.from_function(
-        read, uri=f"corpus://doc/{path}", name=path, mime_type="text/plain"
-    )

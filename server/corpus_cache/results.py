@@ -37,6 +37,12 @@ class AskResult(BaseModel):
     model: str
     snapshot_version: int
     snapshot_time: str
+    shards: list[int] = Field(description="the shard(s) that answered")
+    corpus_share: float = Field(description="share of the corpus's tokens those shards hold")
+    documents_not_consulted: int
+    more_citations: int = Field(
+        default=0, description="citations left out to keep the result small"
+    )
 
 
 class SearchHitOut(BaseModel):
@@ -50,10 +56,13 @@ class SearchHitOut(BaseModel):
 class SearchResult(BaseModel):
     query: str
     hits: list[SearchHitOut]
+    offset: int = 0
+    next_offset: int | None = Field(default=None, description="pass as offset for the next page")
 
 
 class DocumentOut(BaseModel):
     path: str
+    shard: int
     bytes: int
     lines: int
     tokens: int
@@ -75,9 +84,13 @@ class DocumentText(BaseModel):
     total_lines: int
     text: str
     next_start_line: int | None = Field(description="where to continue, if the range was cut")
+    line_cut: bool = Field(
+        default=False, description="the one line shown is longer than a page and was cut short"
+    )
 
 
 class BlockOut(BaseModel):
+    shard: int
     block: int
     documents: int
     tokens: int
@@ -110,11 +123,17 @@ class CacheStatus(BaseModel):
     documents: int
     corpus_tokens: int
     instructions_tokens: int
+    budget_tokens: int = Field(description="most corpus tokens one request carries")
+    shards: int
     blocks: list[BlockOut]
+    too_large: list[str] = Field(description="documents larger than the budget on their own")
     skipped: dict[str, int]
     snapshot_version: int
     snapshot_time: str
     spend: SpendOut
+    blocks_not_shown: int = Field(
+        default=0, description="blocks left out of `blocks` to keep it small"
+    )
 
 
 # --- rendering ------------------------------------------------------------------------
@@ -149,6 +168,9 @@ def ask_result(answer: Answer) -> AskResult:
         model=answer.model,
         snapshot_version=answer.snapshot_version,
         snapshot_time=iso(answer.snapshot_time),
+        shards=list(answer.shards),
+        corpus_share=round(answer.corpus_share, 4),
+        documents_not_consulted=answer.documents_not_consulted,
     )
 
 
@@ -163,6 +185,8 @@ def render_answer(result: AskResult) -> str:
             quote = " ".join(c.quote.split())
             quote = quote if len(quote) <= 200 else quote[:197] + "..."
             lines.append(f"[{number}] {c.path}:{span} “{quote}”")
+        if result.more_citations:
+            lines.append(f"(and {result.more_citations} more sources, left out for length)")
         lines.append("")
     u = result.usage
     prompt = (
@@ -178,25 +202,36 @@ def render_answer(result: AskResult) -> str:
         f"tokens read from cache; ${result.cost_usd:.4f} "
         f"(uncached ${result.uncached_cost_usd:.4f}); "
         f"corpus snapshot v{result.snapshot_version} of {result.snapshot_time}"
+        + (
+            f"; shard(s) {', '.join(map(str, result.shards))} hold "
+            f"{result.corpus_share:.0%} of the corpus, {result.documents_not_consulted} "
+            "documents were not consulted"
+            if result.documents_not_consulted
+            else ""
+        )
     )
     return "\n".join(lines)
 
 
 def status(engine: Engine) -> CacheStatus:
     corpus = engine.current
-    plan = corpus.plan
+    plans = [shard.plan for shard in corpus.shards]
     totals = engine.totals()
+    notes = sorted({plan.note for plan in plans})
     return CacheStatus(
         corpus=str(engine.settings.corpus),
         model=engine.model.id,
         backend=engine.backend.kind,
         min_cacheable_tokens=engine.model.min_cacheable_tokens,
-        cached=plan.cached,
-        note=plan.note,
+        cached=any(plan.cached for plan in plans),
+        note="; ".join(notes) if len(plans) == 1 else f"{len(plans)} shards: " + "; ".join(notes),
         documents=len(corpus.snapshot.documents),
         corpus_tokens=corpus.corpus_tokens,
-        instructions_tokens=plan.instructions_tokens,
-        blocks=[BlockOut(**b) for b in engine.describe_plan()],
+        instructions_tokens=plans[0].instructions_tokens,
+        budget_tokens=corpus.layout.budget_tokens,
+        shards=len(plans),
+        blocks=[BlockOut(**b) for b in engine.describe_layout()],
+        too_large=list(corpus.layout.oversized),
         skipped=engine.skipped_summary(),
         snapshot_version=corpus.snapshot.version,
         snapshot_time=iso(corpus.snapshot.created_at),
@@ -214,8 +249,9 @@ def render_status(out: CacheStatus) -> str:
     ]
     for b in out.blocks:
         ttl = f"breakpoint, TTL {b.ttl}" if b.ttl else "no breakpoint"
+        where = f"shard {b.shard} block {b.block}" if out.shards > 1 else f"block {b.block}"
         lines.append(
-            f"  block {b.block}: {b.documents} documents, {b.tokens:,} tokens "
+            f"  {where}: {b.documents} documents, {b.tokens:,} tokens "
             f"(prefix {b.prefix_tokens:,}), {ttl}"
         )
     s = out.spend
@@ -223,6 +259,8 @@ def render_status(out: CacheStatus) -> str:
         f"Spend: {s.requests} requests, hit rate {s.hit_rate:.1%}, spent ${s.spent_usd:.4f} vs "
         f"${s.uncached_usd:.4f} uncached (saved ${s.saved_usd:.4f})."
     )
+    if out.blocks_not_shown:
+        lines.append(f"  ... and {out.blocks_not_shown} more blocks, left out for length")
     if out.skipped:
         lines.append("Left out: " + ", ".join(f"{n} {r}" for r, n in out.skipped.items()) + ".")
     return "\n".join(lines)

@@ -1,13 +1,17 @@
-"""Open everything an engine needs (catalog, backend, ledger), index once, close it all."""
+"""Open everything an engine needs (catalog, backend, ledger), index once, close it all;
+and keep the engine's corpus in step with its folder while a server runs."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import anyio
+
 from .backend import open_backend
 from .catalog import load_catalog
 from .config import Settings
+from .corpus.watch import FolderWatcher
 from .engine import Engine
 from .ledger import Ledger
 
@@ -27,3 +31,25 @@ async def running_engine(
     finally:
         await backend.close()
         ledger.close()
+
+
+@asynccontextmanager
+async def watching(engine: Engine) -> AsyncIterator[FolderWatcher | None]:
+    """Refresh `engine` after every burst of changes in its folder while the block runs;
+    yields None when the settings turn watching off."""
+    settings = engine.settings
+    if not settings.watch:
+        yield None
+        return
+    watcher = FolderWatcher(
+        settings.corpus,
+        engine.refresh,
+        debounce=settings.debounce_ms / 1000,
+        poll=settings.poll,
+    )
+    async with anyio.create_task_group() as group:
+        await group.start(watcher.run)
+        try:
+            yield watcher
+        finally:
+            group.cancel_scope.cancel()

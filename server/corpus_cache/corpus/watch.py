@@ -1,0 +1,364 @@
+"""Watch the corpus folder and refresh once per burst of changes.
+
+Watchdog reports events on its own threads. Each event that can matter is left in an
+inbox under a lock, and only the first of a burst crosses to the event loop (one
+`anyio.from_thread.run_sync` per burst, not per event). The loop then waits until the
+folder has been quiet for the debounce interval, never longer than `max_delay` after the
+burst began, and calls `refresh()` once: a `git checkout` of thousands of files is one
+rebuild. Debouncing lives here and nowhere else.
+
+`refresh()` rescans the whole folder (unchanged files are not re-read), so what changed
+is only counted for the log: a rescan also re-evaluates edited `.gitignore` files, moves
+in and out of the folder, and whole directories at once.
+
+The folder itself may disappear (deleted, moved away, a network mount dropping). The last
+snapshot is kept, a warning goes to the log, and once a folder is back at the same path it
+is rescanned and watched again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+from anyio.from_thread import run_sync as run_in_loop
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserverVFS
+
+from ..errors import CorpusCacheError
+from .rules import PRUNED_DIRECTORIES
+from .scan import CorpusNotFoundError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEBOUNCE = 0.1
+POLL_INTERVAL = 1.0  # seconds between two looks at the folder in polling mode
+ROOT_CHECK_INTERVAL = 1.0  # how often to check that the folder is still the one watched
+RETRY_DELAYS = (1.0, 2.0, 5.0, 15.0, 60.0)  # after a refresh fails, e.g. the API is away
+
+# Opening and reading a file (as the scan does) is not a change: leaving those event
+# kinds out keeps a rescan from waking the watcher again.
+EVENT_TYPES: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileAttribEvent, FileDeletedEvent,
+    FileMovedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
+]  # fmt: skip
+
+
+# --- filters: (relative path, is a directory) -> bool ------------------------------------
+
+
+def in_pruned_folder(relative: str, is_directory: bool) -> bool:
+    """Under a folder the scan prunes whole (.git, node_modules, ...): changes nothing."""
+    parts = relative.split(os.sep)
+    folders = parts if is_directory else parts[:-1]
+    return any(part in PRUNED_DIRECTORIES for part in folders)
+
+
+PathFilter = Callable[[str, bool], bool]
+DEFAULT_IGNORES: tuple[PathFilter, ...] = (in_pruned_folder,)
+
+
+# --- the watchdog side -----------------------------------------------------------------
+
+
+class _Inbox:
+    """Where watchdog's threads leave changed paths for the event loop."""
+
+    def __init__(self, token: anyio.lowlevel.EventLoopToken) -> None:
+        self._token = token
+        self._lock = threading.Lock()
+        self._paths: set[str] = set()
+        self._root_gone = False
+        self._last_event = 0.0  # time.monotonic(), the clock anyio's asyncio backend uses
+        self._signalled = False
+        self._open = True
+        self.wake = anyio.Event()  # touched on the loop thread only
+
+    @property
+    def last_event(self) -> float:
+        with self._lock:
+            return self._last_event
+
+    def put(self, paths: list[str], root_gone: bool = False) -> None:
+        """From a watchdog thread: record, and wake the loop if this starts a burst."""
+        with self._lock:
+            self._paths.update(paths)
+            self._root_gone = self._root_gone or root_gone
+            self._last_event = time.monotonic()
+            if self._signalled or not self._open:
+                return
+            self._signalled = True
+        with contextlib.suppress(anyio.RunFinishedError):  # the server is shutting down
+            run_in_loop(self._set_wake, token=self._token)
+
+    def poke(self) -> None:
+        """From the loop: behave as if an event arrived (a catch-up rescan)."""
+        with self._lock:
+            self._last_event = time.monotonic()
+            self._signalled = True
+        self.wake.set()
+
+    def _set_wake(self) -> None:
+        self.wake.set()
+
+    def take(self) -> tuple[set[str], bool]:
+        """On the loop: the paths since the last take, and whether the folder itself went.
+        The next event starts a new burst."""
+        with self._lock:
+            paths, self._paths = self._paths, set()
+            root_gone, self._root_gone = self._root_gone, False
+            self._signalled = False
+            self.wake = anyio.Event()  # replaced before any later put can schedule a wake
+            return paths, root_gone
+
+    def close(self) -> None:
+        with self._lock:
+            self._open = False
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, root: str, inbox: _Inbox, ignores: tuple[PathFilter, ...]) -> None:
+        self._root = root
+        self._prefix = root.rstrip(os.sep) + os.sep
+        self._inbox = inbox
+        self._ignores = ignores
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        paths = [os.fsdecode(p) for p in (event.src_path, event.dest_path) if p]
+        if event.is_directory and event.event_type == "deleted" and self._root in paths:
+            self._inbox.put([], root_gone=True)
+            return
+        relevant = [
+            relative
+            for path in paths
+            if path.startswith(self._prefix)
+            and not any(
+                ignored(relative := path[len(self._prefix) :], event.is_directory)
+                for ignored in self._ignores
+            )
+        ]
+        if relevant:
+            self._inbox.put(relevant)
+
+
+def _scandir_pruned(path: str | None) -> Iterator[os.DirEntry[str]]:
+    """os.scandir without the folders the scan prunes, so polling never walks them."""
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name in PRUNED_DIRECTORIES and entry.is_dir(follow_symlinks=False):
+                continue
+            yield entry
+
+
+# --- the event loop side ---------------------------------------------------------------
+
+
+@dataclass
+class WatchStats:
+    """What the watcher has done, for logs, tests and benchmarks."""
+
+    refreshes: int = 0
+    failures: int = 0
+    events: int = 0
+    polling: bool = False
+    folder_missing: bool = False
+
+
+class FolderWatcher:
+    """Calls `refresh()` after each burst of changes under `root`.
+
+    Run it in a task group with `await group.start(watcher.run)`: it returns once the
+    folder is watched, and stops watching when the task group is cancelled."""
+
+    def __init__(
+        self,
+        root: Path,
+        refresh: Callable[[], Awaitable[object]],
+        *,
+        debounce: float = DEFAULT_DEBOUNCE,
+        poll: bool = False,
+        max_delay: float | None = None,
+        ignores: tuple[PathFilter, ...] = DEFAULT_IGNORES,
+    ) -> None:
+        self.root = root
+        self._refresh = refresh
+        self.debounce = max(0.0, debounce)
+        # A folder that never goes quiet (a log written every few ms) still gets refreshed.
+        self.max_delay = max_delay if max_delay is not None else max(1.0, 10 * self.debounce)
+        self._poll = poll
+        self._ignores = ignores
+        self.stats = WatchStats(polling=poll)
+        self._observer: BaseObserver | None = None
+        self._inbox: _Inbox | None = None
+        self._identity: tuple[int, int] | None = None
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        inbox = self._inbox = _Inbox(anyio.lowlevel.current_token())
+        try:
+            watching = await self._start_observer()
+            task_status.started()
+            while True:
+                if watching:
+                    # Whatever changed since the last scan sent no event: rescan once.
+                    inbox.poke()
+                    await self._watch_until_the_folder_goes(inbox)
+                await self._wait_for_the_folder()
+                watching = await self._start_observer()
+        finally:
+            inbox.close()
+            with anyio.CancelScope(shield=True):
+                await self._stop_observer()
+
+    # --- watching ----------------------------------------------------------------------
+
+    async def _watch_until_the_folder_goes(self, inbox: _Inbox) -> None:
+        while True:
+            with anyio.move_on_after(ROOT_CHECK_INTERVAL):
+                await inbox.wake.wait()
+            if not inbox.wake.is_set():
+                if self._folder_replaced():
+                    return
+                continue
+            await self._settle(inbox)
+            changed, root_gone = inbox.take()
+            if root_gone or self._folder_replaced():
+                return
+            self.stats.events += len(changed)
+            if not await self._refresh_with_retries():
+                return
+
+    async def _settle(self, inbox: _Inbox) -> None:
+        """Wait until no event arrived for `debounce` seconds, or `max_delay` passed."""
+        deadline = time.monotonic() + self.max_delay
+        while True:
+            now = time.monotonic()
+            quiet_at = min(inbox.last_event + self.debounce, deadline)
+            if now >= quiet_at:
+                return
+            await anyio.sleep(quiet_at - now)
+
+    async def _refresh_with_retries(self) -> bool:
+        """Refresh; on failure, retry with backoff. False when the folder is gone."""
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                await self._refresh()
+            except CorpusNotFoundError:
+                return False
+            except (CorpusCacheError, OSError) as exc:
+                self.stats.failures += 1
+                if delay is None:
+                    log.error("refresh of %s failed again: %s; waiting for the next change",
+                              self.root, exc)  # fmt: skip
+                    return True
+                log.warning("refresh of %s failed: %s; retrying in %g s", self.root, exc, delay)
+                await anyio.sleep(delay)
+            else:
+                self.stats.refreshes += 1
+                return True
+        return True
+
+    # --- the folder itself -------------------------------------------------------------
+
+    def _current_identity(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.root)
+        except OSError:
+            return None
+        return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
+
+    def _folder_replaced(self) -> bool:
+        """The folder is gone, or another folder now sits at its path."""
+        return self._current_identity() != self._identity
+
+    async def _wait_for_the_folder(self) -> None:
+        await self._stop_observer()
+        if self._current_identity() is not None:
+            log.warning("the corpus folder %s was replaced: rescanning and watching it", self.root)
+            return
+        self.stats.folder_missing = True
+        log.warning(
+            "the corpus folder %s is gone: serving the last snapshot until it comes back",
+            self.root,
+        )
+        while True:  # nothing can send an event about a folder that is not there
+            await anyio.sleep(ROOT_CHECK_INTERVAL / 4)
+            if self._current_identity() is not None:
+                break
+        log.warning("the corpus folder %s is back: rescanning and watching it again", self.root)
+        self.stats.folder_missing = False
+
+    # --- the observer ------------------------------------------------------------------
+
+    def _require_inbox(self) -> _Inbox:
+        if self._inbox is None:
+            raise RuntimeError("the watcher is not running")
+        return self._inbox
+
+    def _new_observer(self, poll: bool) -> BaseObserver:
+        if poll:
+            return PollingObserverVFS(os.stat, _scandir_pruned, polling_interval=POLL_INTERVAL)
+        return Observer()
+
+    async def _start_observer(self) -> bool:
+        """Watch the folder; False if it is not there to watch."""
+        inbox = self._require_inbox()
+        root = str(self.root)
+        handler = _Handler(root, inbox, self._ignores)
+        while True:
+            self._identity = self._current_identity()
+            if self._identity is None:
+                return False
+            observer = self._new_observer(self.stats.polling)
+            observer.schedule(handler, root, recursive=True, event_filter=EVENT_TYPES)
+            try:
+                # Native watchers add one watch per folder: a big tree takes a while.
+                await anyio.to_thread.run_sync(observer.start)
+            except OSError as exc:
+                if self._current_identity() is None:
+                    return False
+                if self.stats.polling:
+                    raise
+                log.warning(
+                    "cannot watch %s with native file events (%s); polling every %g s instead",
+                    root, exc, POLL_INTERVAL,
+                )  # fmt: skip
+                self.stats.polling = True
+                continue
+            self._observer = observer
+            log.info("watching %s for changes (%s)", root,
+                     "polling" if self.stats.polling else "native events")  # fmt: skip
+            return True
+
+    async def _stop_observer(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is None:
+            return
+        observer.stop()
+        # Joined on a worker thread: a watchdog thread may be waiting for this loop.
+        await anyio.to_thread.run_sync(observer.join)

@@ -1,0 +1,79 @@
+"""Writing the cache ahead of a question.
+
+For each shard laid out with breakpoints, one request carrying exactly the prefix an ask
+would send, with `max_tokens: 0`: nothing is generated, the cache is written (or, if it
+was still warm, read and its time to live refreshed). Each request is recorded in the
+ledger as kind "warm", priced like any other.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import anthropic
+
+from .backend import backend_of_response, describe_api_error
+from .engine import Corpus, Engine
+from .errors import ApiCallError
+from .ledger import RequestRecord
+from .pricing import Usage, cost_usd, uncached_cost_usd
+
+# After the last breakpoint, so it is never cached and its wording does not matter.
+WARM_QUESTION = "(Warming the cache: no answer is wanted.)"
+
+
+@dataclass(frozen=True)
+class Warmed:
+    shard: int
+    usage: Usage
+    cost_usd: float
+    uncached_cost_usd: float
+    latency_ms: float
+
+
+async def warm(engine: Engine, corpus: Corpus | None = None) -> list[Warmed]:
+    """Warm every cached shard of `corpus` (default: the live one), in shard order.
+
+    Shards below the model's minimum cacheable length have nothing to warm and are left
+    out; so is an empty corpus."""
+    corpus = corpus if corpus is not None else engine.current
+    warmed: list[Warmed] = []
+    for shard in corpus.shards:
+        if not shard.plan.cached:
+            continue
+        # max_tokens 0 is set after: the request must be what an ask would send.
+        params, answered = engine.request_for(
+            corpus, shard, WARM_QUESTION, max_tokens=engine.settings.max_answer_tokens
+        )
+        params["max_tokens"] = 0
+        ttl = shard.plan.blocks[-1].ttl if shard.plan.blocks else None
+        record = RequestRecord(
+            kind="warm", corpus=engine.corpus_key, model=engine.model.id,
+            backend=engine.backend.kind, outcome="ok", snapshot=corpus.snapshot.version,
+            shard=shard.number, ttl=ttl,
+        )  # fmt: skip
+        started = time.perf_counter()
+        try:
+            raw = await engine.backend.client.messages.with_raw_response.create(**params)
+            message = await raw.parse()
+        except anthropic.APIError as exc:
+            latency = (time.perf_counter() - started) * 1000
+            engine.ledger.record(
+                replace(record, outcome="error", latency_ms=latency, error=describe_api_error(exc))
+            )
+            raise ApiCallError(f"warming the cache failed: {describe_api_error(exc)}") from exc
+        latency = (time.perf_counter() - started) * 1000
+        usage = Usage.from_api(message.usage)
+        answered(usage)
+        cost = cost_usd(usage, engine.model)
+        uncached = uncached_cost_usd(usage, engine.model)
+        engine.ledger.record(
+            replace(
+                record, backend=backend_of_response(raw.headers, engine.backend.kind),
+                usage=usage, cost_usd=cost, uncached_cost_usd=uncached,
+                message_id=message.id, latency_ms=latency,
+            )
+        )  # fmt: skip
+        warmed.append(Warmed(shard.number, usage, cost, uncached, latency))
+    return warmed

@@ -1,0 +1,95 @@
+"""An engine on a real folder, the watcher running on it, and ways to wait for what the
+watcher does without sleeping: on the swaps the engine reports, under a deadline."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anthropic import AsyncAnthropic
+
+from corpus_cache.backend import Backend
+from corpus_cache.catalog import load_catalog
+from corpus_cache.config import Settings
+from corpus_cache.corpus.documents import Snapshot
+from corpus_cache.corpus.watch import FolderWatcher
+from corpus_cache.engine import Corpus, Engine
+from corpus_cache.ledger import Ledger
+
+DEADLINE = 10.0  # generous: a loaded machine may be slow, a passing test is not
+
+
+@asynccontextmanager
+async def open_engine(
+    corpus: Path, base_url: str, state: Path, **settings: Any
+) -> AsyncIterator[Engine]:
+    config = Settings(corpus=corpus, state_dir=state, **settings)
+    ledger = Ledger(config.ledger_path)
+    client = AsyncAnthropic(base_url=base_url, api_key="test-key", max_retries=0)
+    engine = Engine(config, load_catalog(), Backend(client, "anthropic"), ledger)
+    await engine.refresh()
+    try:
+        yield engine
+    finally:
+        await client.close()
+        ledger.close()
+
+
+class Swaps:
+    """Counts the engine's corpus swaps and waits for a snapshot that satisfies a test."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.count = 0
+        self._swapped = anyio.Event()
+        engine.on_swap(self._on_swap)
+
+    async def _on_swap(self, old: Corpus | None, new: Corpus) -> None:
+        self.count += 1
+        self._swapped.set()
+        self._swapped = anyio.Event()
+
+    async def until(self, test: Callable[[Snapshot], bool], deadline: float = DEADLINE) -> Snapshot:
+        with anyio.fail_after(deadline):
+            while True:
+                swapped = self._swapped
+                snapshot = self.engine.current.snapshot
+                if test(snapshot):
+                    return snapshot
+                await swapped.wait()
+
+
+async def condition(test: Callable[[], bool], deadline: float = DEADLINE) -> None:
+    """Wait for a state that no event announces (the watcher noticing a folder is gone)."""
+    with anyio.fail_after(deadline):
+        while True:
+            if test():
+                return
+            await anyio.sleep(0.01)
+
+
+@asynccontextmanager
+async def watched(
+    engine: Engine, *, poll: bool = False, debounce: float = 0.05
+) -> AsyncIterator[FolderWatcher]:
+    """The watcher running on the engine's folder, past its first catch-up rescan."""
+    watcher = FolderWatcher(engine.settings.corpus, engine.refresh, debounce=debounce, poll=poll)
+    async with anyio.create_task_group() as group:
+        await group.start(watcher.run)
+        await condition(lambda: watcher.stats.refreshes >= 1)
+        try:
+            yield watcher
+        finally:
+            group.cancel_scope.cancel()
+
+
+def paths(snapshot: Snapshot) -> set[str]:
+    return {doc.path for doc in snapshot.documents}
+
+
+def text_of(snapshot: Snapshot, path: str) -> str | None:
+    doc = snapshot.get(path)
+    return doc.text if doc is not None else None
