@@ -25,6 +25,13 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/emulator_overhead.py
+	$(BIN)/python bench/freshness.py
+	$(BIN)/python bench/planning.py
+	$(BIN)/python bench/routing.py
+	$(BIN)/python bench/traces.py --kind edit-heavy --questions 150 --out bench/results/edit-heavy.jsonl
+	$(BIN)/python bench/cost.py --trace bench/results/edit-heavy.jsonl --json bench/results/cost-edit-heavy.json
+	$(BIN)/python bench/traces.py --kind rare --questions 500 --out bench/results/rare.jsonl
+	$(BIN)/python bench/cost.py --trace bench/results/rare.jsonl --json bench/results/cost-rare.json
 
 # Opt-in, not part of `test`: installs the MCP Inspector and Claude Code from npm into .clients/.
 test-clients: $(STAMP)

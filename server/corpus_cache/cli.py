@@ -64,6 +64,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         "corpus": getattr(args, "corpus", None),
         "model": getattr(args, "model", None),
         "offline": True if getattr(args, "offline", False) else None,
+        "budget_tokens": getattr(args, "budget_tokens", None),
+        "fan_out": getattr(args, "fan_out", None),
         "models_file": args.models_file,
         "ask_deadline": getattr(args, "ask_deadline", None),
         "watch": False if getattr(args, "no_watch", False) else None,
@@ -228,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
             "--offline",
             action="store_true",
             help="answer with the built-in emulator even if ANTHROPIC_API_KEY is set",
+        )
+        command.add_argument(
+            "--budget-tokens",
+            type=int,
+            help="most corpus tokens per request; a larger corpus is split into shards "
+            "(default: the model's window less a reserve, below a price tier if any)",
+        )
+        command.add_argument(
+            "--fan-out", type=int, help="shards that answer each question (default: 1)"
         )
 
     serve = commands.add_parser(

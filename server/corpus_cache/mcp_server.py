@@ -87,10 +87,19 @@ def build_server(engine: Engine) -> MCPServer:
     async def ask(
         question: Annotated[str, Field(description="the question, in natural language")],
         ctx: Context[Any, Any],
+        fan_out: Annotated[
+            int | None,
+            Field(
+                ge=1,
+                le=8,
+                description="for a corpus split into shards: how many of the best-matching "
+                "shards answer, in parallel (default 1)",
+            ),
+        ] = None,
     ) -> Annotated[CallToolResult, AskResult]:
         try:
             answer = await with_heartbeat(
-                lambda: engine.ask(question),
+                lambda: engine.ask(question, fan_out),
                 ctx.report_progress,
                 interval=engine.settings.heartbeat_interval,
                 deadline=engine.settings.ask_deadline,

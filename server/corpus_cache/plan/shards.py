@@ -9,14 +9,14 @@ a folder's documents tend to share a shard.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from pathlib import PurePosixPath
 
 from .stability import DocInfo
 
 
 def _folder(path: str) -> str:
-    return str(PurePosixPath(path).parent)
+    return path.rpartition("/")[0]
 
 
 def assign_shards(
@@ -54,20 +54,23 @@ def assign_shards(
             load -= doc.tokens
 
     loads = {n: sum(d.tokens for d in m) for n, m in shards.items()}
+    folders = {n: Counter(_folder(d.path) for d in m) for n, m in shards.items()}
     for doc in sorted(pending, key=lambda d: d.path):
         folder = _folder(doc.path)
         same_folder = sorted(
-            (n for n, m in shards.items() if any(_folder(d.path) == folder for d in m)),
-            key=lambda n: (-sum(_folder(d.path) == folder for d in shards[n]), n),
+            (n for n in shards if folders[n][folder]), key=lambda n: (-folders[n][folder], n)
         )
-        by_room = sorted(loads, key=lambda n: (loads[n], n))
-        target = next((n for n in [*same_folder, *by_room] if loads[n] + doc.tokens <= room), None)
+        target = next((n for n in same_folder if loads[n] + doc.tokens <= room), None)
+        if target is None:
+            roomiest = min(loads, key=lambda n: (loads[n], n), default=None)
+            if roomiest is not None and loads[roomiest] + doc.tokens <= room:
+                target = roomiest
         if target is None:
             target = max(loads, default=-1) + 1
-            shards[target] = []
-            loads[target] = 0
+            shards[target], loads[target], folders[target] = [], 0, Counter()
         shards[target].append(doc)
         loads[target] += doc.tokens
+        folders[target][folder] += 1
     assignment = {d.path: n for n, members in shards.items() for d in members}
     assert set(assignment) == set(by_path)
     return _renumbered(assignment, previous), oversized

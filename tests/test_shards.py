@@ -1,0 +1,68 @@
+"""A corpus over the budget: shards, routing, fan-out, and the answer saying what it covered."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from anthropic import AsyncAnthropic
+
+from conftest import Control
+from corpus_cache.backend import Backend
+from corpus_cache.catalog import load_catalog
+from corpus_cache.config import Settings
+from corpus_cache.engine import Engine
+from corpus_cache.ledger import Ledger
+from corpus_fixture import FACTS, write_corpus
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def engine(running_emulator: Any, emulator: Control, tmp_path: Path) -> AsyncIterator[Engine]:
+    corpus = write_corpus(tmp_path / "corpus", filler_sentences=90)
+    settings = Settings(corpus=corpus, state_dir=tmp_path / "state", budget_tokens=4_500)
+    ledger = Ledger(settings.ledger_path)
+    client = AsyncAnthropic(base_url=running_emulator.base_url, api_key="k", max_retries=0)
+    engine = Engine(settings, load_catalog(), Backend(client, "anthropic"), ledger)
+    await engine.refresh()
+    yield engine
+    await client.close()
+    ledger.close()
+
+
+async def test_a_corpus_over_the_budget_is_split_into_shards_that_fit(engine: Engine) -> None:
+    corpus = engine.current
+    assert len(corpus.shards) >= 2
+    for shard in corpus.shards:
+        assert shard.plan.total_tokens <= 4_500
+    placed = sorted(p for s in corpus.shards for p in s.plan.order)
+    assert placed == sorted(FACTS)
+
+
+async def test_a_question_routes_to_the_shard_holding_its_answer(engine: Engine) -> None:
+    shard_of = engine.current.layout.shard_of()
+    answer = await engine.ask("Which port does the routing engine Kestrel listen on?")
+    assert answer.shards == (shard_of["architecture/routing.md"],)
+    assert any(c.path == "architecture/routing.md" for c in answer.citations)
+    assert 0 < answer.corpus_share < 1
+    assert answer.documents_not_consulted > 0
+
+
+async def test_fan_out_asks_several_shards_in_parallel_and_merges(engine: Engine) -> None:
+    answer = await engine.ask("When are deploys frozen and who is on call?", fan_out=2)
+    assert len(answer.shards) == 2
+    assert len(set(answer.shards)) == 2
+    assert "From shard" in answer.text
+    rows = engine.ledger.requests(engine.corpus_key)
+    assert sorted(r["shard"] for r in rows) == sorted(answer.shards)
+
+
+async def test_each_shard_has_its_own_cached_prefix(engine: Engine) -> None:
+    question = "Which port does the routing engine Kestrel listen on?"
+    first = await engine.ask(question)
+    again = await engine.ask(question)
+    assert first.usage.cache_write_tokens > 0
+    assert again.usage.cache_read_tokens == first.usage.cache_write_tokens
