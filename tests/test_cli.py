@@ -123,3 +123,20 @@ def test_a_refused_api_key_is_explained(
     assert result.returncode == 2
     assert "refused the API key" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_plan_shows_blocks_and_the_cost_of_a_question(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    result = run(["plan", "--corpus", str(corpus), "--json"], tmp_path / "state")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    (shard,) = report["shards"]
+    documents = [d["path"] for b in shard["blocks"] for d in b["documents"]]
+    assert sorted(documents) == sorted(
+        p.relative_to(corpus).as_posix() for p in corpus.rglob("*.md")
+    )
+    cost = shard["question_cost_usd"]
+    assert cost["warm"] < cost["uncached"] < cost["cold"]
+    table = run(["plan", "--corpus", str(corpus)], tmp_path / "state")
+    assert "one question:" in table.stdout
+    assert "cold" in table.stdout

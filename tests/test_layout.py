@@ -280,3 +280,13 @@ def test_the_cut_optimiser_finds_the_cheapest_cuts(
     assert all(prefix[c] >= minimum for c in got)
     assert must is None or must in got
     assert cost(tuple(got)) <= best * (1 + 1e-9) + 1e-12
+
+
+def test_the_default_budget_is_the_window_less_a_reserve_and_below_a_price_tier() -> None:
+    from corpus_cache.catalog import load_catalog
+    from corpus_cache.plan.budget import default_budget
+
+    catalog = load_catalog()
+    assert default_budget(catalog.get("claude-sonnet-5-5"), 16_000) == 984_000
+    assert default_budget(catalog.get("claude-haiku-4-5"), 16_000) == 184_000
+    assert default_budget(catalog.get("claude-haiku-5-5"), 16_000) == 84_000  # 5x above 100k
