@@ -51,8 +51,13 @@ M002_SHARD_AND_TTL = """
         ALTER TABLE requests ADD COLUMN ttl TEXT;
 """
 
+M003_CACHE_MISS_REASON = """
+        ALTER TABLE requests ADD COLUMN cache_miss_reason TEXT;
+        ALTER TABLE requests ADD COLUMN cache_missed_tokens INTEGER;
+"""
+
 # Ordered; each runs once, in one transaction with the version bump.
-MIGRATIONS: list[str] = [M001_INITIAL, M002_SHARD_AND_TTL]
+MIGRATIONS: list[str] = [M001_INITIAL, M002_SHARD_AND_TTL, M003_CACHE_MISS_REASON]
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class RequestRecord:
     at: float | None = None
     shard: int | None = None
     ttl: str | None = None
+    cache_miss_reason: str | None = None  # from the API's cache diagnostics, when it gave one
+    cache_missed_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -173,8 +180,8 @@ class Ledger:
                 """INSERT INTO requests (at, kind, corpus, model, backend, snapshot, message_id,
                     input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens,
                     output_tokens, cost_usd, uncached_cost_usd, latency_ms, outcome, error,
-                    shard, ttl)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    shard, ttl, cache_miss_reason, cache_missed_tokens)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     record.at if record.at is not None else time.time(),
                     record.kind, record.corpus, record.model, record.backend, record.snapshot,
@@ -182,6 +189,7 @@ class Ledger:
                     u.cache_write_5m_tokens, u.cache_write_1h_tokens, u.output_tokens,
                     record.cost_usd, record.uncached_cost_usd, record.latency_ms,
                     record.outcome, record.error, record.shard, record.ttl,
+                    record.cache_miss_reason, record.cache_missed_tokens,
                 ),
             )  # fmt: skip
         return int(cursor.lastrowid or 0)
@@ -220,3 +228,55 @@ class Ledger:
                 params,
             ).fetchone()
         return Totals(*row)
+
+    def history(self, corpus: str | None = None) -> list[dict[str, Any]]:
+        """Every request, oldest first."""
+        where, params = _where(corpus, None)
+        return self._rows(f"SELECT * FROM requests {where} ORDER BY at, id", params)
+
+    def requests_by_kind(
+        self, corpus: str | None = None, since: float | None = None
+    ) -> dict[str, tuple[int, int]]:
+        """kind -> (requests, of which errors)."""
+        where, params = _where(corpus, since)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT kind, COUNT(*), COALESCE(SUM(outcome != 'ok'), 0) FROM requests {where} "
+                "GROUP BY kind ORDER BY kind",
+                params,
+            ).fetchall()
+        return {kind: (count, errors) for kind, count, errors in rows}
+
+    def last_by_shard(
+        self, corpus: str | None = None, *, touched_cache: bool = False
+    ) -> list[dict[str, Any]]:
+        """The last successful request of each (corpus, shard); with `touched_cache`, the last
+        that read or wrote the cache."""
+        where, params = _where(corpus, None)
+        clauses = [where or "WHERE 1", "shard IS NOT NULL", "outcome = 'ok'"]
+        if touched_cache:
+            clauses.append("cache_read_tokens + cache_write_5m_tokens + cache_write_1h_tokens > 0")
+        # SQLite takes the bare columns of an aggregate query from the row MAX() picked.
+        return self._rows(
+            f"SELECT *, MAX(id) AS last_id FROM requests {' AND '.join(clauses)} "
+            "GROUP BY corpus, shard ORDER BY corpus, shard",
+            params,
+        )
+
+    def _rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
+        with self._lock:
+            cursor = self._db.execute(query, params)
+            names = [c[0] for c in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _where(corpus: str | None, since: float | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if corpus is not None:
+        clauses.append("corpus = ?")
+        params.append(corpus)
+    if since is not None:
+        clauses.append("at >= ?")
+        params.append(since)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
