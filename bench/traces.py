@@ -17,6 +17,8 @@ writes one. Kinds:
   folders, the edits go to the few living documents (here two: a changelog-like page and
   a FAQ-like page), not to random pages.
 - sparse: a day of occasional use, questions 10 to 50 minutes apart, an edit now and then.
+- bursty: working sessions of 3 to 10 questions a minute or two apart, separated by
+  breaks of 20 minutes to 2 hours; an edit every few questions.
 """
 
 from __future__ import annotations
@@ -104,6 +106,9 @@ def generate(
     elif kind == "sparse":
         hot = rng.sample(files, 4)
         gap, edit_every = (600.0, 3000.0), 6
+    elif kind == "bursty":
+        hot = rng.sample(files, 3)
+        gap, edit_every = (40.0, 120.0), 4
     else:
         raise ValueError(f"unknown trace kind {kind!r}")
     if kind != "edit-heavy":
@@ -112,9 +117,15 @@ def generate(
     t = 0.0
     edits = 0
     last = rng.choice(hot)
+    burst_left = rng.randint(3, 10)
     for number in range(questions):
         events.append(Event(t, "ask", question=next(ask)))
         t += rng.uniform(*gap)
+        if kind == "bursty":
+            burst_left -= 1
+            if burst_left == 0:
+                t += rng.uniform(1_200.0, 7_200.0)
+                burst_left = rng.randint(3, 10)
         if (number + 1) % edit_every == 0:
             path = last if rng.random() < locality else rng.choice(hot)
             last = path
@@ -127,7 +138,7 @@ def generate(
 def main() -> None:
     parser = argparse.ArgumentParser(description="Write a trace of questions and edits.")
     parser.add_argument("--corpus", type=Path, default=Path("corpora/handbook"))
-    parser.add_argument("--kind", choices=["edit-heavy", "rare", "sparse"], required=True)
+    parser.add_argument("--kind", choices=["edit-heavy", "rare", "sparse", "bursty"], required=True)
     parser.add_argument("--questions", type=int, default=100)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--locality", type=float, default=0.7)

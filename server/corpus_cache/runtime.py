@@ -3,6 +3,7 @@ and keep the engine's corpus in step with its folder while a server runs."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,8 @@ from .config import Settings
 from .corpus.watch import FolderWatcher
 from .engine import Engine
 from .ledger import Ledger
+
+log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
@@ -51,5 +54,31 @@ async def watching(engine: Engine) -> AsyncIterator[FolderWatcher | None]:
         await group.start(watcher.run)
         try:
             yield watcher
+        finally:
+            group.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def keeping_warm(engine: Engine, check_every: float = 15.0) -> AsyncIterator[None]:
+    """Send the keep-warm requests the TTL policy asks for while the block runs. A failed
+    keep-warm request is logged and retried at the next due time; it never stops serving."""
+    from .errors import CorpusCacheError
+    from .warm import keep_warm_due
+
+    async def loop() -> None:
+        while True:
+            due = engine.next_ping_at()
+            wait = check_every if due is None else max(0.0, due - engine.clock())
+            await anyio.sleep(min(wait, check_every))
+            if due is not None and engine.clock() >= due:
+                try:
+                    await keep_warm_due(engine)
+                except CorpusCacheError as exc:
+                    log.warning("keep-warm request failed: %s", exc)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(loop)
+        try:
+            yield
         finally:
             group.cancel_scope.cancel()

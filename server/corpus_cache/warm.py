@@ -17,6 +17,7 @@ from .backend import backend_of_response, describe_api_error
 from .engine import Corpus, Engine
 from .errors import ApiCallError
 from .ledger import RequestRecord
+from .plan.layout import Shard
 from .pricing import Usage, cost_usd, uncached_cost_usd
 
 # After the last breakpoint, so it is never cached and its wording does not matter.
@@ -38,42 +39,55 @@ async def warm(engine: Engine, corpus: Corpus | None = None) -> list[Warmed]:
     Shards below the model's minimum cacheable length have nothing to warm and are left
     out; so is an empty corpus."""
     corpus = corpus if corpus is not None else engine.current
-    warmed: list[Warmed] = []
-    for shard in corpus.shards:
-        if not shard.plan.cached:
-            continue
-        # max_tokens 0 is set after: the request must be what an ask would send.
-        params, answered = engine.request_for(
-            corpus, shard, WARM_QUESTION, max_tokens=engine.settings.max_answer_tokens
-        )
-        params["max_tokens"] = 0
-        ttl = shard.plan.blocks[-1].ttl if shard.plan.blocks else None
-        record = RequestRecord(
-            kind="warm", corpus=engine.corpus_key, model=engine.model.id,
-            backend=engine.backend.kind, outcome="ok", snapshot=corpus.snapshot.version,
-            shard=shard.number, ttl=ttl,
-        )  # fmt: skip
-        started = time.perf_counter()
-        try:
-            raw = await engine.backend.client.messages.with_raw_response.create(**params)
-            message = await raw.parse()
-        except anthropic.APIError as exc:
-            latency = (time.perf_counter() - started) * 1000
-            engine.ledger.record(
-                replace(record, outcome="error", latency_ms=latency, error=describe_api_error(exc))
-            )
-            raise ApiCallError(f"warming the cache failed: {describe_api_error(exc)}") from exc
+    return [
+        await warm_shard(engine, corpus, shard, "warm")
+        for shard in corpus.shards
+        if shard.plan.cached
+    ]
+
+
+async def keep_warm_due(engine: Engine) -> list[Warmed]:
+    """Send the keep-warm requests the policy has due now (kind "keep-warm")."""
+    corpus = engine.current
+    sent = []
+    for shard in engine.shards_due(engine.clock()):
+        sent.append(await warm_shard(engine, corpus, shard, "keep-warm"))
+        engine.pinged(shard.number)
+    return sent
+
+
+async def warm_shard(engine: Engine, corpus: Corpus, shard: Shard, kind: str) -> Warmed:
+    """One `max_tokens: 0` request carrying exactly the prefix an ask on `shard` would."""
+    # max_tokens 0 is set after: the request must be what an ask would send.
+    params, answered = engine.request_for(
+        corpus, shard, WARM_QUESTION, max_tokens=engine.settings.max_answer_tokens
+    )
+    params["max_tokens"] = 0
+    record = RequestRecord(
+        kind=kind, corpus=engine.corpus_key, model=engine.model.id,
+        backend=engine.backend.kind, outcome="ok", snapshot=corpus.snapshot.version,
+        shard=shard.number,
+    )  # fmt: skip
+    started = time.perf_counter()
+    try:
+        raw = await engine.backend.client.messages.with_raw_response.create(**params)
+        message = await raw.parse()
+    except anthropic.APIError as exc:
         latency = (time.perf_counter() - started) * 1000
-        usage = Usage.from_api(message.usage)
-        answered(usage)
-        cost = cost_usd(usage, engine.model)
-        uncached = uncached_cost_usd(usage, engine.model)
         engine.ledger.record(
-            replace(
-                record, backend=backend_of_response(raw.headers, engine.backend.kind),
-                usage=usage, cost_usd=cost, uncached_cost_usd=uncached,
-                message_id=message.id, latency_ms=latency,
-            )
-        )  # fmt: skip
-        warmed.append(Warmed(shard.number, usage, cost, uncached, latency))
-    return warmed
+            replace(record, outcome="error", latency_ms=latency, error=describe_api_error(exc))
+        )
+        raise ApiCallError(f"warming the cache failed: {describe_api_error(exc)}") from exc
+    latency = (time.perf_counter() - started) * 1000
+    usage = Usage.from_api(message.usage)
+    ttl = answered(usage)
+    cost = cost_usd(usage, engine.model)
+    uncached = uncached_cost_usd(usage, engine.model)
+    engine.ledger.record(
+        replace(
+            record, backend=backend_of_response(raw.headers, engine.backend.kind),
+            usage=usage, cost_usd=cost, uncached_cost_usd=uncached,
+            message_id=message.id, latency_ms=latency, ttl=ttl,
+        )
+    )  # fmt: skip
+    return Warmed(shard.number, usage, cost, uncached, latency)

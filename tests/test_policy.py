@@ -1,0 +1,131 @@
+"""The TTL and keep-warm policy: hand-worked cases and properties."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from anthropic import AsyncAnthropic
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import Control
+from corpus_cache.backend import Backend
+from corpus_cache.catalog import load_catalog
+from corpus_cache.config import Settings
+from corpus_cache.engine import Engine
+from corpus_cache.ledger import Ledger
+from corpus_cache.policy import Prices, _expected, decide
+from corpus_cache.results import render_status, status
+from corpus_fixture import write_corpus
+
+SONNET_4_6 = Prices(read=0.1, write_5m=1.25, write_1h=2.0)
+SONNET_5_5 = Prices(read=0.05, write_5m=1.25, write_1h=2.0)
+
+
+def test_questions_a_minute_apart_keep_5_minute_entries_without_pings() -> None:
+    decision = decide([60.0] * 20, stable_tokens=50_000, tail_tokens=5_000, prices=SONNET_4_6)
+    assert (decision.stable_ttl, decision.max_pings) == ("5m", 0)
+    assert "1.0 minutes apart" in decision.reason
+
+
+def test_a_few_gaps_of_7_minutes_are_bridged_by_one_keep_warm_ping() -> None:
+    # One ping (0.1 of the prefix) per gap beats a rewrite (1.25), and, over three gaps,
+    # the extra 0.75 that 1-hour entries cost to write.
+    decision = decide([420.0] * 3, stable_tokens=50_000, tail_tokens=0, prices=SONNET_4_6)
+    assert (decision.stable_ttl, decision.max_pings) == ("5m", 1)
+    assert decision.ping_every == 270.0
+    assert "keep-warm" in decision.reason
+
+
+def test_many_gaps_of_7_minutes_buy_1_hour_entries_instead() -> None:
+    decision = decide([420.0] * 20, stable_tokens=50_000, tail_tokens=0, prices=SONNET_4_6)
+    assert (decision.stable_ttl, decision.max_pings) == ("1h", 0)
+
+
+def test_a_sparse_day_buys_1_hour_entries() -> None:
+    gaps = [600.0, 1_800.0, 3_000.0, 1_200.0, 2_400.0] * 4
+    decision = decide(gaps, stable_tokens=60_000, tail_tokens=2_000, prices=SONNET_5_5)
+    assert (decision.stable_ttl, decision.tail_ttl) == ("1h", "1h")
+    assert "1-hour" in decision.reason
+
+
+def test_frequent_edits_of_a_large_tail_keep_it_at_5_minutes() -> None:
+    # Questions every 3 minutes, an edit before almost every one: the tail is rewritten
+    # anyway, and 1.25x per rewrite beats 2x.
+    decision = decide(
+        [180.0] * 20, stable_tokens=60_000, tail_tokens=20_000, prices=SONNET_5_5,
+        edits_per_question=0.9,
+    )  # fmt: skip
+    assert decision.tail_ttl == "5m"
+
+
+def test_a_forced_ttl_is_respected() -> None:
+    decision = decide(
+        [60.0] * 5, stable_tokens=1_000, tail_tokens=0, prices=SONNET_4_6, forced="1h"
+    )
+    assert decision.stable_ttl == "1h"
+
+
+def test_with_no_gaps_seen_a_working_session_is_assumed() -> None:
+    decision = decide([], stable_tokens=1_000, tail_tokens=0, prices=SONNET_4_6)
+    assert decision.stable_ttl == "5m"
+    assert "no gaps observed yet" in decision.reason
+
+
+gaps = st.lists(st.floats(1, 20_000), min_size=1, max_size=30)
+prices = st.sampled_from([SONNET_4_6, SONNET_5_5, Prices(0.025, 1.25, 2.0)])
+
+
+@given(gaps, st.integers(1, 100_000), st.integers(0, 20_000), prices)
+def test_the_decision_is_never_worse_than_a_fixed_strategy(
+    observed: list[float], stable: int, tail: int, price: Prices
+) -> None:
+    decision = decide(observed, stable_tokens=stable, tail_tokens=tail, prices=price)
+    fixed = [
+        _expected(observed, stable=stable, tail=tail, prices=price, stable_ttl=ttl, pings=pings)
+        for ttl in ("5m", "1h")
+        for pings in (0, 24)  # let it lapse, or keep it warm throughout
+    ]
+    assert decision.expected_cost <= min(fixed) + 1e-9
+
+
+@given(gaps, st.integers(1, 100_000), prices)
+def test_one_hour_entries_always_precede_five_minute_ones(
+    observed: list[float], stable: int, price: Prices
+) -> None:
+    decision = decide(observed, stable_tokens=stable, tail_tokens=100, prices=price)
+    assert not (decision.stable_ttl == "5m" and decision.tail_ttl == "1h")
+
+
+# --- in the engine --------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_cache_status_explains_the_policy_and_it_follows_the_gaps(
+    tmp_path: Path, running_emulator: Any, emulator: Control
+) -> None:
+    clock = [1_900_000_000.0]
+    emulator.freeze(clock[0])
+    corpus = write_corpus(tmp_path / "corpus")
+    settings = Settings(corpus=corpus, state_dir=tmp_path / "state")
+    ledger = Ledger(settings.ledger_path)
+    client = AsyncAnthropic(base_url=running_emulator.base_url, api_key="k", max_retries=0)
+    engine = Engine(
+        settings, load_catalog(), Backend(client, "anthropic"), ledger, clock=lambda: clock[0]
+    )
+    await engine.refresh()
+    first = status(engine).cache_policy[0]
+    assert first.decision == "5m"
+    assert "no gaps observed yet" in first.reason
+    assert "Cache policy: 5-minute cache entries" in render_status(status(engine))
+    for _ in range(6):  # a question every 20 minutes
+        await engine.ask("When are deploys frozen?")
+        clock[0] += 1_200
+        emulator.advance(1_200)
+    later = status(engine).cache_policy[0]
+    assert later.stable_ttl == "1h"
+    assert "20.0 minutes apart" in later.reason
+    await client.close()
+    ledger.close()
