@@ -82,7 +82,17 @@ def test_ask_prints_a_cited_answer_and_stats_sees_it(tmp_path: Path) -> None:
     assert any(c["path"] == "architecture/routing.md" for c in result["citations"])
 
     stats = run(["stats", "--json"], state)
-    assert json.loads(stats.stdout)["all time"]["requests"] == 1
+    figures = json.loads(stats.stdout)
+    assert figures["periods"]["all time"]["requests"] == 1
+    assert figures["periods"]["all time"]["by_kind"]["ask"] == 1
+    (shard,) = figures["shards"]
+    assert shard["warm"] is True
+    assert shard["tokens"] > 0
+
+    page = tmp_path / "report.html"
+    report = run(["report", "--html", str(page)], state)
+    assert report.returncode == 0, report.stderr
+    assert 'data-chart="cumulative-spend"' in page.read_text()
 
 
 @pytest.mark.parametrize(

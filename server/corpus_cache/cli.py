@@ -66,6 +66,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "offline": True if getattr(args, "offline", False) else None,
         "budget_tokens": getattr(args, "budget_tokens", None),
         "fan_out": getattr(args, "fan_out", None),
+        "max_usd_per_day": getattr(args, "max_usd_per_day", None),
         "models_file": args.models_file,
         "ask_deadline": getattr(args, "ask_deadline", None),
         "watch": False if getattr(args, "no_watch", False) else None,
@@ -81,12 +82,12 @@ def _serve(args: argparse.Namespace) -> int:
     _check_transport(args, settings)  # before importing and indexing, which take a while
 
     from .mcp_server import build_server
-    from .runtime import running_engine, watching
+    from .runtime import keeping_warm, running_engine, watching
 
     async def run() -> None:
         async with running_engine(settings) as engine:
             server = build_server(engine)
-            async with watching(engine):
+            async with watching(engine), keeping_warm(engine):
                 await _serve_mcp(server, args, settings)
 
     anyio.run(run)
@@ -151,34 +152,63 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stats(args: argparse.Namespace) -> int:
+def _ledger_path() -> Path:
     from .config import Settings as _S
-    from .ledger import Ledger
 
     state_dir = _S.model_fields["state_dir"].get_default(call_default_factory=True)
-    env_dir = os.environ.get("CORPUS_CACHE_STATE_DIR")
-    ledger_path = Path(env_dir or state_dir) / "ledger.sqlite3"
+    return Path(os.environ.get("CORPUS_CACHE_STATE_DIR") or state_dir) / "ledger.sqlite3"
+
+
+def _corpus_key(args: argparse.Namespace) -> str | None:
+    return str(args.corpus.expanduser().resolve()) if args.corpus else None
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from .ledger import Ledger
+    from .stats import collect_stats, render_stats
+
+    ledger_path = _ledger_path()
     if not ledger_path.exists():
         print(f"no ledger yet at {ledger_path}: nothing has been asked", file=sys.stderr)
         return 0
     ledger = Ledger(ledger_path)
-    corpus = str(args.corpus.expanduser().resolve()) if args.corpus else None
-    day = time.time() - 86_400
-    periods = {
-        "last 24 hours": ledger.totals(corpus, since=day),
-        "last 7 days": ledger.totals(corpus, since=time.time() - 7 * 86_400),
-        "all time": ledger.totals(corpus),
-    }
-    ledger.close()
-    if args.json:
-        print(json.dumps({name: t.as_dict() for name, t in periods.items()}, indent=2))
-        return 0
-    print(f"{'':16}{'requests':>9}{'hit rate':>10}{'spent':>12}{'uncached':>12}{'saved':>12}")
-    for name, t in periods.items():
-        print(
-            f"{name:16}{t.requests:>9}{t.hit_rate:>10.1%}{t.cost_usd:>12.4f}"
-            f"{t.uncached_cost_usd:>12.4f}{t.saved_usd:>12.4f}"
+    try:
+        stats = collect_stats(ledger, _corpus_key(args), time.time())
+    finally:
+        ledger.close()
+    print(json.dumps(stats.as_dict(), indent=2) if args.json else render_stats(stats))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .ledger import Ledger
+    from .report_html import render_report
+    from .stats import collect_stats
+
+    layout = None
+    if args.corpus:
+        from .plan_report import plan_report
+        from .runtime import running_engine
+
+        settings = _settings(args)
+
+        async def run() -> dict[str, object]:
+            async with running_engine(settings) as engine:
+                return plan_report(engine)
+
+        layout = anyio.run(run)
+    ledger = Ledger(_ledger_path())
+    try:
+        corpus = _corpus_key(args)
+        page = render_report(
+            ledger.history(corpus), collect_stats(ledger, corpus, time.time()), layout
         )
+    finally:
+        ledger.close()
+    out: Path = args.html.expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    print(f"wrote {out.resolve()}", file=sys.stderr)
     return 0
 
 
@@ -241,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
             "--fan-out", type=int, help="shards that answer each question (default: 1)"
         )
 
+    def budget_option(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--max-usd-per-day",
+            type=float,
+            help="refuse, sending nothing, a question that would take the last 24 hours' "
+            "spend on this corpus over this many dollars (default: no cap, or "
+            "$CORPUS_CACHE_MAX_USD_PER_DAY)",
+        )
+
     serve = commands.add_parser(
         "serve",
         help="serve a folder over MCP (stdio, or streamable HTTP)",
@@ -249,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "come from the offline emulator.",
     )
     corpus_options(serve)
+    budget_option(serve)
     serve.add_argument(
         "--transport", choices=("stdio", "http"), default="stdio", help="default: stdio"
     )
@@ -291,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ask = commands.add_parser("ask", help="ask one question about a folder and print the answer")
     corpus_options(ask)
+    budget_option(ask)
     ask.add_argument("question", help="the question")
     ask.add_argument("--json", action="store_true", help="print the structured result")
     ask.set_defaults(run=_ask)
@@ -305,11 +346,25 @@ def build_parser() -> argparse.ArgumentParser:
     plan.set_defaults(run=_plan)
 
     stats = commands.add_parser(
-        "stats", help="requests, hit rate, dollars spent and saved, from the ledger"
+        "stats",
+        help="spent, uncached, saved, hit rate and requests (today, 7 days, all time), and "
+        "each shard's tokens, TTL and warm-until, from the ledger",
     )
     stats.add_argument("--corpus", type=Path, help="only this corpus (default: all)")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(run=_stats)
+
+    report = commands.add_parser(
+        "report",
+        help="write a self-contained HTML page of spend, savings, hit rate and tokens",
+        description="Write one HTML file (inline CSS and SVG charts, nothing fetched) from the "
+        "ledger: cumulative spend against the uncached counterfactual, hit rate over time, "
+        "tokens per shard and request kind, cache miss reasons; with --corpus, also the "
+        "current layout of that folder.",
+    )
+    report.add_argument("--html", type=Path, required=True, help="the file to write")
+    report.add_argument("--corpus", type=Path, help="only this corpus, and show its current layout")
+    report.set_defaults(run=_report)
 
     demo = commands.add_parser(
         "demo",

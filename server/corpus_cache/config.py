@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator
@@ -39,6 +40,27 @@ class Settings(BaseSettings):
         16_000, ge=0, description="tokens kept free in the window for question and answer"
     )
     fan_out: int = Field(1, ge=1, le=8, description="shards consulted per question")
+    ttl: Literal["auto", "5m", "1h"] = Field(
+        "auto", description="cache TTL: chosen from the gaps between questions, or fixed"
+    )
+    max_usd_per_day: float | None = Field(
+        None,
+        gt=0,
+        description="refuse a question, sending nothing, that would take the last 24 hours' "
+        "spend on this corpus over this many dollars (default: no cap)",
+    )
+    session_idle_minutes: float = Field(
+        30.0, gt=0, description="a conversation (ask's `session`) ends after this idle time"
+    )
+    max_sessions: int = Field(
+        100, ge=1, description="conversations kept; beyond, the least recently used ends"
+    )
+    session_max_turns: int = Field(
+        20, ge=1, description="questions a conversation keeps; older ones are dropped"
+    )
+    session_max_tokens: int = Field(
+        50_000, ge=1, description="tokens of conversation kept; older turns are dropped"
+    )
     ask_deadline: float = Field(
         50.0,
         gt=0,

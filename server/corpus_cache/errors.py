@@ -23,6 +23,16 @@ class ApiCallError(CorpusCacheError):
     """The Messages API call failed after the SDK's retries."""
 
 
+class BudgetExceededError(CorpusCacheError):
+    """A question would take the day's spend over --max-usd-per-day; nothing was sent."""
+
+    def __init__(self, message: str, *, spent_usd: float, estimate_usd: float, cap_usd: float):
+        super().__init__(message)
+        self.spent_usd = spent_usd
+        self.estimate_usd = estimate_usd
+        self.cap_usd = cap_usd
+
+
 class DeadlineExceededError(CorpusCacheError):
     """A tool call ran past its deadline and was given up."""
 

@@ -96,10 +96,19 @@ def build_server(engine: Engine) -> MCPServer:
                 "shards answer, in parallel (default 1)",
             ),
         ] = None,
+        session: Annotated[
+            str | None,
+            Field(
+                max_length=100,
+                description="to ask follow-up questions in one conversation: 'new' (or an id "
+                "of your own) starts one, and the result's `session` continues it; follow-ups "
+                "reuse the cached corpus and cache the conversation so far",
+            ),
+        ] = None,
     ) -> Annotated[CallToolResult, AskResult]:
         try:
             answer = await with_heartbeat(
-                lambda: engine.ask(question, fan_out),
+                lambda: engine.ask(question, fan_out, session),
                 ctx.report_progress,
                 interval=engine.settings.heartbeat_interval,
                 deadline=engine.settings.ask_deadline,

@@ -6,7 +6,7 @@ are fixed text, documents are in the plan's order, and the question comes last.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +38,13 @@ def build_request(
     model: str,
     max_tokens: int,
     marked: Collection[int] | None = None,
+    conversation: Sequence[tuple[str, str]] = (),
+    ttls: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
-    """`marked`: the anchors (document positions) this request puts cache_control on; by
-    default the last three."""
+    """`marked`: the anchors (document positions) this request puts cache_control on, by
+    default the last three; `ttls`: their TTLs, by default each block's own.
+    `conversation`: the (question, answer) pairs of a session so far, oldest first; see
+    `conversation_messages`."""
     chosen = set(plan.anchors[-MAX_CORPUS_BREAKPOINTS:] if marked is None else marked)
     if len(chosen) > MAX_CORPUS_BREAKPOINTS:
         raise ValueError(f"at most {MAX_CORPUS_BREAKPOINTS} breakpoints for the corpus")
@@ -53,16 +57,57 @@ def build_request(
             content.append(document_block(doc))
         if block.ttl is not None and content and len(content) - 1 in chosen:
             control: dict[str, str] = {"type": "ephemeral"}
-            if block.ttl == "1h":
+            if (ttls or {}).get(len(content) - 1, block.ttl) == "1h":
                 control["ttl"] = "1h"
             content[-1]["cache_control"] = control
-    content.append({"type": "text", "text": question})
     return {
         "model": model,
         "max_tokens": max_tokens,
         "system": [{"type": "text", "text": INSTRUCTIONS}],
-        "messages": [{"role": "user", "content": content}],
+        "messages": conversation_messages(content, conversation, question),
     }
+
+
+def marked_anchors(params: dict[str, Any]) -> tuple[int, ...]:
+    """The document positions a request built by `build_request` marks with cache_control."""
+    content = params["messages"][0]["content"]
+    return tuple(
+        i for i, b in enumerate(content) if b.get("type") == "document" and "cache_control" in b
+    )
+
+
+NO_ANSWER = "(no answer)"  # an empty text block is rejected, and cannot carry cache_control
+
+
+def conversation_messages(
+    corpus_content: list[dict[str, Any]],
+    conversation: Sequence[tuple[str, str]],
+    question: str,
+) -> list[dict[str, Any]]:
+    """The corpus blocks, then the conversation as alternating user and assistant turns
+    (the first question in the same user turn as the corpus), then `question`.
+
+    The last block of the conversation so far (the previous answer) carries the fourth
+    breakpoint, the one the corpus leaves free: the next follow-up, whose conversation
+    extends this one, reads everything up to it from the cache. Always 5-minute, so that
+    it comes after any 1-hour corpus breakpoint as the API requires."""
+    messages: list[dict[str, Any]] = []
+    user = list(corpus_content)
+    for asked, answered in conversation:
+        user.append({"type": "text", "text": asked})
+        messages.append({"role": "user", "content": user})
+        messages.append(
+            {
+                "role": "assistant",
+                "content": [{"type": "text", "text": answered if answered.strip() else NO_ANSWER}],
+            }
+        )
+        user = []
+    if conversation:
+        messages[-1]["content"][-1]["cache_control"] = {"type": "ephemeral"}
+    user.append({"type": "text", "text": question})
+    messages.append({"role": "user", "content": user})
+    return messages
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,23 @@ class AskResult(BaseModel):
     more_citations: int = Field(
         default=0, description="citations left out to keep the result small"
     )
+    estimated_usd: float = Field(
+        default=0.0, description="what the question was estimated to cost before it was sent"
+    )
+    session: str | None = Field(
+        default=None, description="the conversation's id: pass it as `session` to follow up"
+    )
+    session_turns: int = Field(
+        default=0, description="questions the session holds, this one included"
+    )
+    session_dropped_turns: int = Field(
+        default=0, description="oldest turns dropped before this question to stay within bounds"
+    )
+    session_snapshot_is_live: bool = Field(
+        default=True,
+        description="false when the folder changed since the session began: the session keeps "
+        "the snapshot it started with; start a new session to see the changes",
+    )
 
 
 class SearchHitOut(BaseModel):
@@ -113,6 +130,16 @@ class SpendOut(BaseModel):
     saved_usd: float
 
 
+class PolicyOut(BaseModel):
+    shard: int
+    decision: str
+    stable_ttl: str
+    tail_ttl: str
+    keep_warm_every_seconds: float | None
+    max_keep_warm_requests: int
+    reason: str
+
+
 class CacheStatus(BaseModel):
     corpus: str
     model: str
@@ -131,6 +158,9 @@ class CacheStatus(BaseModel):
     snapshot_version: int
     snapshot_time: str
     spend: SpendOut
+    cache_policy: list[PolicyOut] = Field(
+        default_factory=list, description="per shard: the TTL and keep-warm decision, and why"
+    )
     blocks_not_shown: int = Field(
         default=0, description="blocks left out of `blocks` to keep it small"
     )
@@ -171,6 +201,11 @@ def ask_result(answer: Answer) -> AskResult:
         shards=list(answer.shards),
         corpus_share=round(answer.corpus_share, 4),
         documents_not_consulted=answer.documents_not_consulted,
+        estimated_usd=round(answer.estimated_usd, 6),
+        session=answer.session,
+        session_turns=answer.session_turns,
+        session_dropped_turns=answer.session_dropped_turns,
+        session_snapshot_is_live=answer.session_snapshot_is_live,
     )
 
 
@@ -197,10 +232,23 @@ def render_answer(result: AskResult) -> str:
         if result.backend == "offline-emulator"
         else "Claude"
     )
+    if result.session is not None:
+        note = f"Session {result.session}, question {result.session_turns}"
+        if result.session_dropped_turns:
+            note += (
+                f"; its {result.session_dropped_turns} oldest turn(s) were dropped to stay "
+                "within the session's length"
+            )
+        if not result.session_snapshot_is_live:
+            note += (
+                "; answered from the snapshot the session began with: the folder has changed "
+                "since, start a new session to see the changes"
+            )
+        lines.append(note + ".")
     lines.append(
         f"— answered by {source}, {result.model}; {u.cache_read_tokens:,} of {prompt:,} prompt "
         f"tokens read from cache; ${result.cost_usd:.4f} "
-        f"(uncached ${result.uncached_cost_usd:.4f}); "
+        f"(uncached ${result.uncached_cost_usd:.4f}, estimated ${result.estimated_usd:.4f}); "
         f"corpus snapshot v{result.snapshot_version} of {result.snapshot_time}"
         + (
             f"; shard(s) {', '.join(map(str, result.shards))} hold "
@@ -236,6 +284,19 @@ def status(engine: Engine) -> CacheStatus:
         snapshot_version=corpus.snapshot.version,
         snapshot_time=iso(corpus.snapshot.created_at),
         spend=SpendOut(**totals.as_dict()),
+        cache_policy=[
+            PolicyOut(
+                shard=shard.number,
+                decision=d.name,
+                stable_ttl=d.stable_ttl,
+                tail_ttl=d.tail_ttl,
+                keep_warm_every_seconds=d.ping_every,
+                max_keep_warm_requests=d.max_pings,
+                reason=d.reason,
+            )
+            for shard in corpus.shards
+            if shard.plan.cached and (d := engine.ttl_decision(shard))
+        ],
     )
 
 
@@ -259,6 +320,9 @@ def render_status(out: CacheStatus) -> str:
         f"Spend: {s.requests} requests, hit rate {s.hit_rate:.1%}, spent ${s.spent_usd:.4f} vs "
         f"${s.uncached_usd:.4f} uncached (saved ${s.saved_usd:.4f})."
     )
+    for policy in out.cache_policy:
+        where = f"Shard {policy.shard}: " if out.shards > 1 else ""
+        lines.append(f"Cache policy: {where}{policy.reason}")
     if out.blocks_not_shown:
         lines.append(f"  ... and {out.blocks_not_shown} more blocks, left out for length")
     if out.skipped:
