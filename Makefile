@@ -32,6 +32,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/cost.py --trace bench/results/edit-heavy.jsonl --json bench/results/cost-edit-heavy.json
 	$(BIN)/python bench/traces.py --kind rare --questions 500 --out bench/results/rare.jsonl
 	$(BIN)/python bench/cost.py --trace bench/results/rare.jsonl --json bench/results/cost-rare.json
+	$(BIN)/python bench/traces.py --kind bursty --questions 60 --out bench/results/bursty.jsonl
+	$(BIN)/python bench/cost.py --trace bench/results/bursty.jsonl --json bench/results/cost-bursty.json
+	$(BIN)/python bench/traces.py --kind sparse --questions 60 --out bench/results/sparse.jsonl
+	$(BIN)/python bench/cost.py --trace bench/results/sparse.jsonl --json bench/results/cost-sparse.json
 
 # Opt-in, not part of `test`: installs the MCP Inspector and Claude Code from npm into .clients/.
 test-clients: $(STAMP)

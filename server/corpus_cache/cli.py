@@ -66,6 +66,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "offline": True if getattr(args, "offline", False) else None,
         "budget_tokens": getattr(args, "budget_tokens", None),
         "fan_out": getattr(args, "fan_out", None),
+        "ttl": getattr(args, "ttl", None),
         "max_usd_per_day": getattr(args, "max_usd_per_day", None),
         "models_file": args.models_file,
         "ask_deadline": getattr(args, "ask_deadline", None),
@@ -269,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_argument(
             "--fan-out", type=int, help="shards that answer each question (default: 1)"
+        )
+        command.add_argument(
+            "--ttl",
+            choices=("auto", "5m", "1h"),
+            help="cache TTL: auto (default) chooses from the gaps between questions; "
+            "5m or 1h fixes it",
         )
 
     def budget_option(command: argparse.ArgumentParser) -> None:

@@ -30,7 +30,7 @@ MIN_TOKEN_CHARS = 16
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 TOKEN_HINT = (
     "pass --auth-token TOKEN or set CORPUS_CACHE_AUTH_TOKEN (make one with "
-    "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`); clients then send "
+    "`python3 -c 'import secrets; print(secrets.token_hex(32))'`); clients then send "
     "`Authorization: Bearer TOKEN`"
 )
 

@@ -108,7 +108,7 @@ def free_port() -> int:
 @contextmanager
 def http_server(env: dict[str, str], token: str) -> Iterator[str]:
     port = free_port()
-    command = [*SERVE, "--transport", "http", "--port", str(port), "--auth-token", token]
+    command = [*SERVE, "--transport", "http", "--port", str(port), f"--auth-token={token}"]
     print(f"\nStarting: {shlex.join(command[:-1])} <token>", flush=True)
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -223,7 +223,7 @@ def main() -> int:
     npm_env = {**base, "PATH": f"{node}{os.pathsep}{base['PATH']}"}
     bin_dir = install_clients(npm_env)
     checks = Checks()
-    token = secrets.token_urlsafe(32)
+    token = secrets.token_hex(24)  # no leading "-" to confuse a command line
     with tempfile.TemporaryDirectory(prefix="corpus-cache-clients-") as temporary:
         home = Path(temporary)
         env = {
