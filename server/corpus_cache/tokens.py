@@ -8,6 +8,7 @@ never reused across models (their tokenizers differ).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -31,7 +32,13 @@ _PROBE = {"type": "text", "text": "?"}
 
 def content_key(doc: Document) -> str:
     """What a count depends on: the document's title (its path) and its text."""
-    return hashlib.sha256(f"{doc.path}\0{doc.sha256}".encode()).hexdigest()
+    return _content_key(doc.path, doc.sha256)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _content_key(path: str, sha256: str) -> str:
+    # Cached: every rescan asks again for every document, and few of them changed.
+    return hashlib.sha256(f"{path}\0{sha256}".encode()).hexdigest()
 
 
 class TokenCounter:
@@ -43,6 +50,7 @@ class TokenCounter:
         self._ledger = ledger
         self._limit = anyio.Semaphore(concurrency)
         self._baseline: int | None = None
+        self._recent: dict[str, int] = {}
 
     async def _count(self, content: list[dict[str, Any]], system: str | None = None) -> int:
         message = cast(MessageParam, {"role": "user", "content": content})
@@ -74,7 +82,12 @@ class TokenCounter:
     ) -> dict[str, int]:
         """Tokens per document path. Only documents never counted for this model hit the API."""
         keys = {doc.path: content_key(doc) for doc in documents}
-        known = self._ledger.token_counts(self._model, keys.values())
+        # The last call's counts are kept in memory: a rescan after a save asks SQLite only
+        # about what changed.
+        known = {key: self._recent[key] for key in keys.values() if key in self._recent}
+        if len(known) < len(keys):
+            unknown = [key for key in keys.values() if key not in known]
+            known.update(self._ledger.token_counts(self._model, unknown))
         missing = [doc for doc in documents if keys[doc.path] not in known]
         if missing:
             log.info("counting tokens of %d documents with %s", len(missing), self._model)
@@ -104,4 +117,5 @@ class TokenCounter:
             if failed:
                 raise failed[0]
             known.update(fresh)
+        self._recent = {key: known[key] for key in keys.values()}
         return {doc.path: known[keys[doc.path]] for doc in documents}

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from pathspec import GitIgnoreSpec
 
 from .documents import Document, Skipped
+from .extract import EXTRACTED_SUFFIXES, ExtractionError, extract
 from .rules import BINARY_SUFFIXES, LOCK_FILES, PRUNED_DIRECTORIES, SECRET_PATTERNS
 
 DEFAULT_MAX_FILE_BYTES = 2 * 1024 * 1024
@@ -21,7 +23,8 @@ _SECRETS = GitIgnoreSpec.from_lines(SECRET_PATTERNS)
 
 @dataclass(frozen=True)
 class ScanOptions:
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # for text, and for text extracted
+    max_extracted_file_bytes: int = 50 * 1024 * 1024  # a PDF or DOCX file itself
     include_secrets: bool = False  # only ever set by an explicit user flag
 
 
@@ -36,7 +39,9 @@ class CorpusNotFoundError(FileNotFoundError):
     pass
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def is_secret(rel_path: str) -> bool:
+    # Cached: a watched folder is rescanned after every save, and its paths barely change.
     return _SECRETS.match_file(rel_path)
 
 
@@ -128,12 +133,17 @@ def _walk(root: Path, options: ScanOptions) -> Iterator[tuple[str, os.stat_resul
 
 
 def _reason_to_skip_by_name(rel: str, size: int, options: ScanOptions) -> str | None:
-    name = PurePosixPath(rel).name
+    name = rel.rpartition("/")[2]
     if name in LOCK_FILES:
         return "lock file"
-    if PurePosixPath(rel).suffix.lower() in BINARY_SUFFIXES:
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix in BINARY_SUFFIXES:
         return "binary file type"
-    if size > options.max_file_bytes:
+    if suffix in EXTRACTED_SUFFIXES:
+        limit = options.max_extracted_file_bytes
+        if size > limit:
+            return f"larger than the {limit:,}-byte limit for PDF and DOCX ({size:,} bytes)"
+    elif size > options.max_file_bytes:
         return f"larger than the {options.max_file_bytes:,}-byte limit ({size:,} bytes)"
     if size == 0:
         return "empty file"
@@ -174,21 +184,34 @@ def scan(
             skipped.append(item)
             continue
         rel, info = item
+        known = previous.get(rel)
+        if known is not None and (known.size, known.mtime_ns) == (info.st_size, info.st_mtime_ns):
+            documents.append(known)  # admitted before, by these same rules
+            reused += 1
+            continue
         reason = _reason_to_skip_by_name(rel, info.st_size, options)
         if reason is not None:
             skipped.append(Skipped(rel, reason))
             continue
-        known = previous.get(rel)
-        if known is not None and (known.size, known.mtime_ns) == (info.st_size, info.st_mtime_ns):
-            documents.append(known)
-            reused += 1
-            continue
-        text = _read_text(root / rel)
+        pages: tuple[int, ...] = ()
+        if os.path.splitext(rel)[1].lower() in EXTRACTED_SUFFIXES:
+            try:
+                extracted = extract(root / rel)
+            except ExtractionError as exc:
+                skipped.append(Skipped(rel, str(exc)))
+                continue
+            if len(extracted.text.encode()) > options.max_file_bytes:
+                skipped.append(Skipped(rel, "extracted text larger than the limit"))
+                continue
+            text: str | Skipped = extracted.text
+            pages = extracted.page_lines
+        else:
+            text = _read_text(root / rel)
         if isinstance(text, Skipped):
             skipped.append(Skipped(rel, text.reason))
             continue
         documents.append(
-            Document.from_text(rel, text, size=info.st_size, mtime_ns=info.st_mtime_ns)
+            Document.from_text(rel, text, size=info.st_size, mtime_ns=info.st_mtime_ns, pages=pages)
         )
     documents.sort(key=lambda d: d.path)
     skipped.sort(key=lambda s: s.path)

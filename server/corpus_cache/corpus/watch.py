@@ -24,6 +24,7 @@ import os
 import stat
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,12 @@ from .rules import PRUNED_DIRECTORIES
 from .scan import CorpusNotFoundError
 
 log = logging.getLogger(__name__)
+
+# Folders created faster than watchdog adds their watches (`mkdir -p a/b/c`) make it warn
+# that it replaced a watch it had just added: a benign race, and noise in the server log.
+warnings.filterwarnings(
+    "ignore", message="Callback with id", category=RuntimeWarning, module="watchdog"
+)
 
 DEFAULT_DEBOUNCE = 0.1
 POLL_INTERVAL = 1.0  # seconds between two looks at the folder in polling mode
