@@ -116,6 +116,7 @@ class Citation:
     start_line: int
     end_line: int
     quote: str
+    page: int | None = None  # for a document extracted from a PDF
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ def map_answer(content: list[Any], plan: Plan, snapshot: Snapshot) -> MappedAnsw
                     start_line=doc.line_of(cited.start_char_index),
                     end_line=doc.line_of(end),
                     quote=cited.cited_text,
+                    page=doc.page_of(doc.line_of(cited.start_char_index)),
                 )
             )
             markers.append(f"[{len(citations)}]")

@@ -17,6 +17,7 @@ class CitationOut(BaseModel):
     start_line: int
     end_line: int
     quote: str
+    page: int | None = Field(default=None, description="the PDF page, for a PDF's text")
 
 
 class UsageOut(BaseModel):
@@ -219,7 +220,8 @@ def render_answer(result: AskResult) -> str:
             )
             quote = " ".join(c.quote.split())
             quote = quote if len(quote) <= 200 else quote[:197] + "..."
-            lines.append(f"[{number}] {c.path}:{span} “{quote}”")
+            page = f" (page {c.page})" if c.page is not None else ""
+            lines.append(f"[{number}] {c.path}:{span}{page} “{quote}”")
         if result.more_citations:
             lines.append(f"(and {result.more_citations} more sources, left out for length)")
         lines.append("")

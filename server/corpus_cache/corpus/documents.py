@@ -18,16 +18,19 @@ class Document:
     size: int
     mtime_ns: int
     line_starts: tuple[int, ...] = field(repr=False)
+    pages: tuple[int, ...] = ()  # extracted PDFs: the line where each page starts
 
     @classmethod
-    def from_text(cls, path: str, text: str, *, size: int, mtime_ns: int) -> Document:
+    def from_text(
+        cls, path: str, text: str, *, size: int, mtime_ns: int, pages: tuple[int, ...] = ()
+    ) -> Document:
         starts = [0]
         index = text.find("\n")
         while index != -1:
             starts.append(index + 1)
             index = text.find("\n", index + 1)
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        return cls(path, text, digest, size, mtime_ns, tuple(starts))
+        return cls(path, text, digest, size, mtime_ns, tuple(starts), pages)
 
     @property
     def line_count(self) -> int:
@@ -37,6 +40,12 @@ class Document:
     def line_of(self, char_index: int) -> int:
         """1-based line number of a character offset."""
         return bisect.bisect_right(self.line_starts, max(0, char_index))
+
+    def page_of(self, line: int) -> int | None:
+        """The PDF page a line belongs to, for documents extracted from a PDF."""
+        if not self.pages:
+            return None
+        return max(1, bisect.bisect_right(self.pages, line))
 
     def lines(self, start: int, end: int) -> str:
         """Lines start..end (1-based, inclusive) as text."""

@@ -67,7 +67,7 @@ BINARY_SUFFIXES = frozenset(
         ".png .jpg .jpeg .gif .bmp .ico .webp .tiff .psd .heic .mp3 .wav .flac .ogg .m4a .mp4 "
         ".mov .avi .mkv .webm .zip .tar .gz .tgz .bz2 .xz .7z .rar .zst .jar .war .whl .egg "
         ".exe .dll .so .dylib .o .a .lib .bin .dat .class .pyc .pyo .wasm .ttf .otf .woff "
-        ".woff2 .eot .sqlite .sqlite3 .db .pdf .docx .doc .xlsx .xls .pptx .ppt .odt .ods "
+        ".woff2 .eot .sqlite .sqlite3 .db .doc .xlsx .xls .pptx .ppt .odt .ods "
         ".key .numbers .pages .parquet .feather .arrow .npy .npz .pkl .pickle .h5 .onnx .pt "
         ".ckpt .safetensors .iso .dmg .img"
     ).split()
