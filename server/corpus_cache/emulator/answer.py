@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
 from .positions import Source
 
 PREAMBLE = (
@@ -110,8 +112,8 @@ def _sentence_spans(text: str) -> list[tuple[int, int]]:
 @dataclass(frozen=True)
 class _SentenceIndex:
     spans: tuple[tuple[int, int], ...]
-    lengths: tuple[int, ...]
-    postings: dict[str, tuple[tuple[int, int], ...]]  # term → ((sentence, tf), ...)
+    lengths: np.ndarray  # terms per sentence
+    postings: dict[str, tuple[np.ndarray, np.ndarray]]  # term -> (sentences, term counts)
 
 
 @lru_cache(maxsize=2048)
@@ -132,7 +134,14 @@ def _index(text: str) -> _SentenceIndex:
         lengths.append(len(words))
         for term, tf in Counter(words).items():
             postings.setdefault(term, []).append((sentence, tf))
-    return _SentenceIndex(tuple(spans), tuple(lengths), {t: tuple(p) for t, p in postings.items()})
+    arrays = {
+        term: (
+            np.array([p[0] for p in pairs], dtype=np.int64),
+            np.array([p[1] for p in pairs], dtype=np.float64),
+        )
+        for term, pairs in postings.items()
+    }
+    return _SentenceIndex(tuple(spans), np.array(lengths, dtype=np.float64), arrays)
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,8 @@ class Passage:
 
 
 def best_passages(question: str, sources: tuple[Source, ...], limit: int) -> list[Passage]:
+    """BM25 over sentences, short sentences discounted; ties go to the earlier source and
+    the earlier sentence, so the answer is deterministic."""
     query = sorted(set(terms(question)))
     if not query or limit <= 0:
         return []
@@ -155,22 +166,28 @@ def best_passages(question: str, sources: tuple[Source, ...], limit: int) -> lis
     total = sum(len(ix.spans) for ix in indexes)
     if total == 0:
         return []
-    average = sum(sum(ix.lengths) for ix in indexes) / total
-    df = {t: sum(len(ix.postings.get(t, ())) for ix in indexes) for t in query}
+    average = sum(float(ix.lengths.sum()) for ix in indexes) / total
+    df = {t: sum(len(ix.postings[t][0]) for ix in indexes if t in ix.postings) for t in query}
+    idf = {t: math.log(1 + (total - n + 0.5) / (n + 0.5)) for t, n in df.items() if n}
     scored: list[tuple[float, int, int, Passage]] = []
     for s, (source, ix) in enumerate(zip(sources, indexes, strict=True)):
-        scores: dict[int, float] = {}
-        for term in query:
-            if not df[term]:
-                continue
-            idf = math.log(1 + (total - df[term] + 0.5) / (df[term] + 0.5))
-            for sentence, tf in ix.postings.get(term, ()):
-                norm = _K1 * (1 - _B + _B * ix.lengths[sentence] / average)
-                scores[sentence] = scores.get(sentence, 0.0) + idf * tf * (_K1 + 1) / (tf + norm)
-        for sentence, score in scores.items():
-            # A heading or a fragment says little on its own: short sentences weigh less.
-            score *= min(1.0, ix.lengths[sentence] / _SHORT)
+        present = [t for t in query if t in ix.postings and t in idf]
+        if not present:
+            continue
+        scores = np.zeros(len(ix.spans))
+        for term in present:
+            sentences, tf = ix.postings[term]
+            norm = _K1 * (1 - _B + _B * ix.lengths[sentences] / average)
+            scores[sentences] += idf[term] * tf * (_K1 + 1) / (tf + norm)
+        # A heading or a fragment says little on its own: short sentences weigh less.
+        scores *= np.minimum(1.0, ix.lengths / _SHORT)
+        hits = np.flatnonzero(scores > 0)
+        if len(hits) > limit:  # keep the best `limit`, and everything tied with the last
+            cutoff = np.partition(scores[hits], len(hits) - limit)[len(hits) - limit]
+            hits = hits[scores[hits] >= cutoff]
+        for sentence in hits.tolist():
             start, end = ix.spans[sentence]
+            score = float(scores[sentence])
             scored.append((-score, s, start, Passage(source, start, end, score)))
     scored.sort(key=lambda item: item[:3])
     return [item[3] for item in scored[:limit]]

@@ -46,8 +46,28 @@ _CACHEABLE_MESSAGE_BLOCKS = {
 _KNOWN_MESSAGE_BLOCKS = _CACHEABLE_MESSAGE_BLOCKS | {"thinking", "redacted_thinking"}
 
 
+def _digested(value: Any) -> Any:
+    """The value with every long string replaced by its SHA-256: the same identity, without
+    escaping a document's whole text into JSON on every request."""
+    if isinstance(value, str) and len(value) > 1024:
+        return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    if isinstance(value, dict):
+        return {k: _digested(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_digested(v) for v in value]
+    return value
+
+
 def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The value as JSON, keys sorted: what the tokenizer counts for tools and inputs."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def _identity(value: Any) -> bytes:
+    """What a block contributes to the prefix hash."""
+    return _canonical(_digested(value))
 
 
 def _without_cache_control(block: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +121,7 @@ class _Builder:
             if name not in self._entered:
                 self._entered.add(name)
                 self._hash = hashlib.sha256(self._hash + b"|" + self.salts[name]).digest()
-        self._hash = hashlib.sha256(self._hash + _canonical(_without_cache_control(block))).digest()
+        self._hash = hashlib.sha256(self._hash + _identity(_without_cache_control(block))).digest()
         tokens += self._pending_framing
         self._pending_framing = 0
         cumulative = (self.positions[-1].cumulative_tokens if self.positions else 0) + tokens
@@ -137,8 +157,8 @@ class _PromptWalker:
         self.documents: list[tuple[str, bool]] = []  # (where, citations enabled)
         salts: dict[Section, bytes] = {
             "tools": b"",
-            "system": _canonical({"citations": self._citations_requested()}),
-            "messages": _canonical(
+            "system": _identity({"citations": self._citations_requested()}),
+            "messages": _identity(
                 {"tool_choice": body.get("tool_choice"), "thinking": body.get("thinking")}
             ),
         }
