@@ -129,3 +129,63 @@ async def test_cache_status_explains_the_policy_and_it_follows_the_gaps(
     assert "20.0 minutes apart" in later.reason
     await client.close()
     ledger.close()
+
+
+def _engine(tmp_path: Path, base_url: str, clock: list[float], **settings: Any) -> Engine:
+    corpus = tmp_path / "corpus"
+    if not corpus.exists():
+        write_corpus(corpus)
+    config = Settings(corpus=corpus, state_dir=tmp_path / "state", **settings)
+    client = AsyncAnthropic(base_url=base_url, api_key="k", max_retries=0)
+    return Engine(
+        config, load_catalog(), Backend(client, "anthropic"), Ledger(config.ledger_path),
+        clock=lambda: clock[0],
+    )  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_a_restart_remembers_how_questions_arrive(
+    tmp_path: Path, running_emulator: Any, emulator: Control
+) -> None:
+    clock = [1_900_000_000.0]
+    emulator.freeze(clock[0])
+    first = _engine(tmp_path, running_emulator.base_url, clock)
+    await first.refresh()
+    for _ in range(4):
+        await first.ask("When are deploys frozen?")
+        clock[0] += 1_500
+        emulator.advance(1_500)
+    first.ledger.close()
+    await first.backend.client.close()
+    again = _engine(tmp_path, running_emulator.base_url, clock)
+    await again.refresh()
+    decision = again.ttl_decision(again.current.shards[0])
+    assert "25.0 minutes apart" in decision.reason
+    again.ledger.close()
+    await again.backend.client.close()
+
+
+@pytest.mark.anyio
+async def test_prewarm_writes_the_cache_after_a_change_and_says_what_it_cost(
+    tmp_path: Path, running_emulator: Any, emulator: Control
+) -> None:
+    from corpus_cache.warm import prewarm_after_changes
+
+    clock = [1_900_000_000.0]
+    engine = _engine(tmp_path, running_emulator.base_url, clock, prewarm=True)
+    await engine.refresh()
+    prewarm_after_changes(engine)
+    await engine.refresh()  # nothing changed: nothing to warm
+    assert engine.last_prewarm is None
+    path = engine.settings.corpus / "deploys.md"
+    path.write_text(path.read_text() + "Deploys need two approvals.\n")
+    await engine.refresh()
+    assert engine.last_prewarm is not None
+    assert engine.last_prewarm.cost_usd > 0
+    kinds = [row["kind"] for row in engine.ledger.requests(engine.corpus_key)]
+    assert kinds == ["warm"]
+    assert "pre-warmed at" in render_status(status(engine))
+    answer = await engine.ask("How many approvals do deploys need?")
+    assert answer.usage.cache_write_tokens == 0  # the question found the cache written
+    engine.ledger.close()
+    await engine.backend.client.close()

@@ -67,6 +67,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "budget_tokens": getattr(args, "budget_tokens", None),
         "fan_out": getattr(args, "fan_out", None),
         "ttl": getattr(args, "ttl", None),
+        "prewarm": True if getattr(args, "prewarm", False) else None,
         "max_usd_per_day": getattr(args, "max_usd_per_day", None),
         "models_file": args.models_file,
         "ask_deadline": getattr(args, "ask_deadline", None),
@@ -270,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_argument(
             "--fan-out", type=int, help="shards that answer each question (default: 1)"
+        )
+        command.add_argument(
+            "--prewarm",
+            action="store_true",
+            help="after a change in the folder, write the cache ahead of the next question",
         )
         command.add_argument(
             "--ttl",

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         16_000, ge=0, description="tokens kept free in the window for question and answer"
     )
     fan_out: int = Field(1, ge=1, le=8, description="shards consulted per question")
+    prewarm: bool = Field(
+        False, description="after a change, write the cache ahead of the next question"
+    )
     ttl: Literal["auto", "5m", "1h"] = Field(
         "auto", description="cache TTL: chosen from the gaps between questions, or fixed"
     )

@@ -155,7 +155,8 @@ class Engine:
         self._refreshing = anyio.Lock()
         self._entries: dict[str, float] = {}  # anchor identity -> when we expect it to expire
         self._turn = 0
-        self._asked: dict[int, list[float]] = {}  # shard -> times of its questions
+        self._asked: dict[int, list[float]] = self._asked_before()  # shard -> question times
+        self.last_prewarm: Any = None  # warm.Prewarmed, after a change, with --prewarm
         self._pings: dict[int, tuple[float, int]] = {}  # shard -> (after question at, sent)
         self._listeners: list[SwapListener] = []
         self._sessions: Sessions[_Pin] = Sessions(
@@ -494,7 +495,8 @@ class Engine:
         cost, uncached = cost_usd(usage, self.model), uncached_cost_usd(usage, self.model)
         self.ledger.record(
             RequestRecord(
-                kind="ask", corpus=self.corpus_key, model=self.model.id, backend=backend,
+                at=self.clock(), kind="ask", corpus=self.corpus_key, model=self.model.id,
+                backend=backend,
                 outcome="ok", usage=usage, cost_usd=cost, uncached_cost_usd=uncached,
                 snapshot=corpus.snapshot.version, message_id=message.id, latency_ms=latency,
                 shard=shard.number, ttl=ttl, cache_miss_reason=miss_reason,
@@ -569,7 +571,7 @@ class Engine:
         # A failed call bills nothing: no usage, no cost.
         self.ledger.record(
             RequestRecord(
-                kind=kind, corpus=self.corpus_key, model=self.model.id,
+                at=self.clock(), kind=kind, corpus=self.corpus_key, model=self.model.id,
                 backend=self.backend.kind, outcome="error", snapshot=corpus.snapshot.version,
                 latency_ms=latency, error=describe_api_error(exc), shard=shard,
             )
@@ -673,6 +675,15 @@ class Engine:
         return params, answered
 
     # --- the TTL and keep-warm policy (policy.py) ---------------------------------------
+
+    def _asked_before(self) -> dict[int, list[float]]:
+        """Question times per shard from the ledger, so that a restart does not forget how
+        questions arrive (the policy decides from the gaps between them)."""
+        asked: dict[int, list[float]] = {}
+        for row in reversed(self.ledger.requests(self.corpus_key, limit=200)):
+            if row["kind"] == "ask" and row["outcome"] == "ok" and row["shard"] is not None:
+                asked.setdefault(int(row["shard"]), []).append(float(row["at"]))
+        return asked
 
     def gaps(self, shard: int) -> list[float]:
         times = self._asked.get(shard, [])

@@ -159,6 +159,9 @@ class CacheStatus(BaseModel):
     snapshot_version: int
     snapshot_time: str
     spend: SpendOut
+    last_prewarm: str | None = Field(
+        default=None, description="the last pre-warm after a change (--prewarm), and its cost"
+    )
     cache_policy: list[PolicyOut] = Field(
         default_factory=list, description="per shard: the TTL and keep-warm decision, and why"
     )
@@ -286,6 +289,12 @@ def status(engine: Engine) -> CacheStatus:
         snapshot_version=corpus.snapshot.version,
         snapshot_time=iso(corpus.snapshot.created_at),
         spend=SpendOut(**totals.as_dict()),
+        last_prewarm=(
+            f"shard(s) {', '.join(map(str, engine.last_prewarm.shards))} pre-warmed at "
+            f"{iso(engine.last_prewarm.at)} for ${engine.last_prewarm.cost_usd:.4f}"
+            if engine.last_prewarm is not None
+            else None
+        ),
         cache_policy=[
             PolicyOut(
                 shard=shard.number,
@@ -322,6 +331,8 @@ def render_status(out: CacheStatus) -> str:
         f"Spend: {s.requests} requests, hit rate {s.hit_rate:.1%}, spent ${s.spent_usd:.4f} vs "
         f"${s.uncached_usd:.4f} uncached (saved ${s.saved_usd:.4f})."
     )
+    if out.last_prewarm:
+        lines.append(f"After the last change, {out.last_prewarm}.")
     for policy in out.cache_policy:
         where = f"Shard {policy.shard}: " if out.shards > 1 else ""
         lines.append(f"Cache policy: {where}{policy.reason}")

@@ -15,6 +15,7 @@ from .config import Settings
 from .corpus.watch import FolderWatcher
 from .engine import Engine
 from .ledger import Ledger
+from .warm import prewarm_after_changes
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ async def running_engine(
     try:
         engine = Engine(settings, catalog, backend, ledger)
         await engine.refresh(progress)
+        prewarm_after_changes(engine)
         yield engine
     finally:
         await backend.close()

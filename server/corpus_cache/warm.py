@@ -46,6 +46,36 @@ async def warm(engine: Engine, corpus: Corpus | None = None) -> list[Warmed]:
     ]
 
 
+@dataclass(frozen=True)
+class Prewarmed:
+    at: float
+    shards: tuple[int, ...]
+    cost_usd: float
+
+
+def prewarm_after_changes(engine: Engine) -> None:
+    """With `prewarm` set, warm each shard whose cached prefix a refresh changed, and keep
+    what it cost on the engine for cache_status."""
+
+    async def on_swap(old: Corpus | None, new: Corpus) -> None:
+        if old is None or not engine.settings.prewarm:
+            return
+        changed = [
+            shard
+            for shard in new.shards
+            if shard.plan.cached
+            and new.anchor_ids.get(shard.number) != old.anchor_ids.get(shard.number)
+        ]
+        if not changed:
+            return
+        warmed = [await warm_shard(engine, new, shard, "warm") for shard in changed]
+        engine.last_prewarm = Prewarmed(
+            engine.clock(), tuple(w.shard for w in warmed), sum(w.cost_usd for w in warmed)
+        )
+
+    engine.on_swap(on_swap)
+
+
 async def keep_warm_due(engine: Engine) -> list[Warmed]:
     """Send the keep-warm requests the policy has due now (kind "keep-warm")."""
     corpus = engine.current
@@ -64,7 +94,7 @@ async def warm_shard(engine: Engine, corpus: Corpus, shard: Shard, kind: str) ->
     )
     params["max_tokens"] = 0
     record = RequestRecord(
-        kind=kind, corpus=engine.corpus_key, model=engine.model.id,
+        at=engine.clock(), kind=kind, corpus=engine.corpus_key, model=engine.model.id,
         backend=engine.backend.kind, outcome="ok", snapshot=corpus.snapshot.version,
         shard=shard.number,
     )  # fmt: skip
