@@ -8,16 +8,12 @@ from typing import Any
 
 import docx
 import pytest
-from anthropic import AsyncAnthropic
 
 from conftest import Control
-from corpus_cache.backend import Backend
-from corpus_cache.catalog import load_catalog
-from corpus_cache.config import Settings
 from corpus_cache.corpus.scan import scan
 from corpus_cache.engine import Engine
-from corpus_cache.ledger import Ledger
 from corpus_cache.results import ask_result, render_answer
+from engines import engine_on
 
 
 def pdf_bytes(pages: list[str]) -> bytes:
@@ -99,14 +95,8 @@ async def engine(running_emulator: Any, emulator: Control, tmp_path: Path) -> As
     pages = [f"Page {n} of the safety manual covers routine item {n}." for n in range(1, 4)]
     pages[1] = "Forklift batteries are charged in bay seven overnight."
     (corpus / "manual.pdf").write_bytes(pdf_bytes(pages))
-    settings = Settings(corpus=corpus, state_dir=tmp_path / "state")
-    ledger = Ledger(settings.ledger_path)
-    client = AsyncAnthropic(base_url=running_emulator.base_url, api_key="k", max_retries=0)
-    engine = Engine(settings, load_catalog(), Backend(client, "anthropic"), ledger)
-    await engine.refresh()
-    yield engine
-    await client.close()
-    ledger.close()
+    async with engine_on(corpus, running_emulator.base_url, tmp_path / "state") as engine:
+        yield engine
 
 
 @pytest.mark.anyio

@@ -8,15 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from anthropic import AsyncAnthropic
 
 from conftest import Control
-from corpus_cache.backend import Backend
-from corpus_cache.catalog import load_catalog
-from corpus_cache.config import Settings
 from corpus_cache.demo import QUESTIONS
 from corpus_cache.engine import Engine
-from corpus_cache.ledger import Ledger
+from engines import engine_on
 
 ROOT = Path(__file__).parent.parent / "corpora"
 FACTS: list[dict[str, str]] = json.loads((ROOT / "handbook.facts.json").read_text())
@@ -26,14 +22,10 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 async def engine(running_emulator: Any, emulator: Control, tmp_path: Path) -> AsyncIterator[Engine]:
-    settings = Settings(corpus=ROOT / "handbook", state_dir=tmp_path, model="claude-sonnet-4-6")
-    ledger = Ledger(settings.ledger_path)
-    client = AsyncAnthropic(base_url=running_emulator.base_url, api_key="k", max_retries=0)
-    engine = Engine(settings, load_catalog(), Backend(client, "anthropic"), ledger)
-    await engine.refresh()
-    yield engine
-    await client.close()
-    ledger.close()
+    async with engine_on(
+        ROOT / "handbook", running_emulator.base_url, tmp_path, model="claude-sonnet-4-6"
+    ) as engine:
+        yield engine
 
 
 def test_every_fact_is_written_verbatim_in_its_document() -> None:

@@ -6,19 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from anthropic import AsyncAnthropic
 from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import Control
-from corpus_cache.backend import Backend
-from corpus_cache.catalog import load_catalog
-from corpus_cache.config import Settings
-from corpus_cache.engine import Engine
-from corpus_cache.ledger import Ledger
 from corpus_cache.policy import Prices, _expected, decide
 from corpus_cache.results import render_status, status
 from corpus_fixture import write_corpus
+from engines import engine_on
 
 SONNET_4_6 = Prices(read=0.1, write_5m=1.25, write_1h=2.0)
 SONNET_5_5 = Prices(read=0.05, write_5m=1.25, write_1h=2.0)
@@ -109,38 +104,19 @@ async def test_cache_status_explains_the_policy_and_it_follows_the_gaps(
     clock = [1_900_000_000.0]
     emulator.freeze(clock[0])
     corpus = write_corpus(tmp_path / "corpus")
-    settings = Settings(corpus=corpus, state_dir=tmp_path / "state")
-    ledger = Ledger(settings.ledger_path)
-    client = AsyncAnthropic(base_url=running_emulator.base_url, api_key="k", max_retries=0)
-    engine = Engine(
-        settings, load_catalog(), Backend(client, "anthropic"), ledger, clock=lambda: clock[0]
-    )
-    await engine.refresh()
-    first = status(engine).cache_policy[0]
-    assert first.decision == "5m"
-    assert "no gaps observed yet" in first.reason
-    assert "Cache policy: 5-minute cache entries" in render_status(status(engine))
-    for _ in range(6):  # a question every 20 minutes
-        await engine.ask("When are deploys frozen?")
-        clock[0] += 1_200
-        emulator.advance(1_200)
-    later = status(engine).cache_policy[0]
+    base = running_emulator.base_url
+    async with engine_on(corpus, base, tmp_path / "state", clock=lambda: clock[0]) as engine:
+        first = status(engine).cache_policy[0]
+        assert first.decision == "5m"
+        assert "no gaps observed yet" in first.reason
+        assert "Cache policy: 5-minute cache entries" in render_status(status(engine))
+        for _ in range(6):  # a question every 20 minutes
+            await engine.ask("When are deploys frozen?")
+            clock[0] += 1_200
+            emulator.advance(1_200)
+        later = status(engine).cache_policy[0]
     assert later.stable_ttl == "1h"
     assert "20.0 minutes apart" in later.reason
-    await client.close()
-    ledger.close()
-
-
-def _engine(tmp_path: Path, base_url: str, clock: list[float], **settings: Any) -> Engine:
-    corpus = tmp_path / "corpus"
-    if not corpus.exists():
-        write_corpus(corpus)
-    config = Settings(corpus=corpus, state_dir=tmp_path / "state", **settings)
-    client = AsyncAnthropic(base_url=base_url, api_key="k", max_retries=0)
-    return Engine(
-        config, load_catalog(), Backend(client, "anthropic"), Ledger(config.ledger_path),
-        clock=lambda: clock[0],
-    )  # fmt: skip
 
 
 @pytest.mark.anyio
@@ -149,20 +125,16 @@ async def test_a_restart_remembers_how_questions_arrive(
 ) -> None:
     clock = [1_900_000_000.0]
     emulator.freeze(clock[0])
-    first = _engine(tmp_path, running_emulator.base_url, clock)
-    await first.refresh()
-    for _ in range(4):
-        await first.ask("When are deploys frozen?")
-        clock[0] += 1_500
-        emulator.advance(1_500)
-    first.ledger.close()
-    await first.backend.client.close()
-    again = _engine(tmp_path, running_emulator.base_url, clock)
-    await again.refresh()
-    decision = again.ttl_decision(again.current.shards[0])
+    corpus = write_corpus(tmp_path / "corpus")
+    base, state = running_emulator.base_url, tmp_path / "state"
+    async with engine_on(corpus, base, state, clock=lambda: clock[0]) as first:
+        for _ in range(4):
+            await first.ask("When are deploys frozen?")
+            clock[0] += 1_500
+            emulator.advance(1_500)
+    async with engine_on(corpus, base, state, clock=lambda: clock[0]) as again:
+        decision = again.ttl_decision(again.current.shards[0])
     assert "25.0 minutes apart" in decision.reason
-    again.ledger.close()
-    await again.backend.client.close()
 
 
 @pytest.mark.anyio
@@ -171,21 +143,20 @@ async def test_prewarm_writes_the_cache_after_a_change_and_says_what_it_cost(
 ) -> None:
     from corpus_cache.warm import prewarm_after_changes
 
-    clock = [1_900_000_000.0]
-    engine = _engine(tmp_path, running_emulator.base_url, clock, prewarm=True)
-    await engine.refresh()
-    prewarm_after_changes(engine)
-    await engine.refresh()  # nothing changed: nothing to warm
-    assert engine.last_prewarm is None
-    path = engine.settings.corpus / "deploys.md"
-    path.write_text(path.read_text() + "Deploys need two approvals.\n")
-    await engine.refresh()
-    assert engine.last_prewarm is not None
-    assert engine.last_prewarm.cost_usd > 0
-    kinds = [row["kind"] for row in engine.ledger.requests(engine.corpus_key)]
-    assert kinds == ["warm"]
-    assert "pre-warmed at" in render_status(status(engine))
-    answer = await engine.ask("How many approvals do deploys need?")
-    assert answer.usage.cache_write_tokens == 0  # the question found the cache written
-    engine.ledger.close()
-    await engine.backend.client.close()
+    corpus = write_corpus(tmp_path / "corpus")
+    async with engine_on(
+        corpus, running_emulator.base_url, tmp_path / "state", prewarm=True
+    ) as engine:
+        prewarm_after_changes(engine)
+        await engine.refresh()  # nothing changed: nothing to warm
+        assert engine.last_prewarm is None
+        path = corpus / "deploys.md"
+        path.write_text(path.read_text() + "Deploys need two approvals.\n")
+        await engine.refresh()
+        assert engine.last_prewarm is not None
+        assert engine.last_prewarm.cost_usd > 0
+        kinds = [row["kind"] for row in engine.ledger.requests(engine.corpus_key)]
+        assert kinds == ["warm"]
+        assert "pre-warmed at" in render_status(status(engine))
+        answer = await engine.ask("How many approvals do deploys need?")
+        assert answer.usage.cache_write_tokens == 0  # the question found the cache written

@@ -7,15 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from anthropic import AsyncAnthropic
 
 from conftest import Control
-from corpus_cache.backend import Backend
-from corpus_cache.catalog import load_catalog
-from corpus_cache.config import Settings
 from corpus_cache.engine import Engine
-from corpus_cache.ledger import Ledger
 from corpus_fixture import FACTS, write_corpus
+from engines import engine_on
 
 pytestmark = pytest.mark.anyio
 
@@ -23,14 +19,10 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 async def engine(running_emulator: Any, emulator: Control, tmp_path: Path) -> AsyncIterator[Engine]:
     corpus = write_corpus(tmp_path / "corpus", filler_sentences=90)
-    settings = Settings(corpus=corpus, state_dir=tmp_path / "state", budget_tokens=4_500)
-    ledger = Ledger(settings.ledger_path)
-    client = AsyncAnthropic(base_url=running_emulator.base_url, api_key="k", max_retries=0)
-    engine = Engine(settings, load_catalog(), Backend(client, "anthropic"), ledger)
-    await engine.refresh()
-    yield engine
-    await client.close()
-    ledger.close()
+    async with engine_on(
+        corpus, running_emulator.base_url, tmp_path / "state", budget_tokens=4_500
+    ) as engine:
+        yield engine
 
 
 async def test_a_corpus_over_the_budget_is_split_into_shards_that_fit(engine: Engine) -> None:

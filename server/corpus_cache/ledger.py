@@ -208,15 +208,7 @@ class Ledger:
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def totals(self, corpus: str | None = None, since: float | None = None) -> Totals:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if corpus is not None:
-            clauses.append("corpus = ?")
-            params.append(corpus)
-        if since is not None:
-            clauses.append("at >= ?")
-            params.append(since)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = _where(corpus, since)
         with self._lock:
             row = self._db.execute(
                 f"""SELECT COUNT(*), COALESCE(SUM(outcome != 'ok'), 0),

@@ -1,0 +1,40 @@
+"""An engine on a test corpus, talking to the session's emulator over loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from anthropic import AsyncAnthropic
+
+from corpus_cache.backend import Backend
+from corpus_cache.catalog import load_catalog
+from corpus_cache.config import Settings
+from corpus_cache.engine import Engine
+from corpus_cache.ledger import Ledger
+
+
+@asynccontextmanager
+async def engine_on(
+    corpus: Path,
+    base_url: str,
+    state: Path,
+    *,
+    api_key: str = "k",
+    clock: Callable[[], float] | None = None,
+    **settings: Any,
+) -> AsyncIterator[Engine]:
+    """An indexed engine; its SDK client and ledger are closed on the way out."""
+    config = Settings(corpus=corpus, state_dir=state, **settings)
+    ledger = Ledger(config.ledger_path)
+    client = AsyncAnthropic(base_url=base_url, api_key=api_key, max_retries=0)
+    extra = {"clock": clock} if clock is not None else {}
+    engine = Engine(config, load_catalog(), Backend(client, "anthropic"), ledger, **extra)
+    try:
+        await engine.refresh()
+        yield engine
+    finally:
+        await client.close()
+        ledger.close()
