@@ -22,7 +22,7 @@ async def engine_on(
     base_url: str,
     state: Path,
     *,
-    api_key: str = "k",
+    api_key: str = "test-key",
     clock: Callable[[], float] | None = None,
     **settings: Any,
 ) -> AsyncIterator[Engine]:

@@ -5,37 +5,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
 
 import anyio
-from anthropic import AsyncAnthropic
 
-from corpus_cache.backend import Backend
-from corpus_cache.catalog import load_catalog
-from corpus_cache.config import Settings
 from corpus_cache.corpus.documents import Snapshot
 from corpus_cache.corpus.watch import FolderWatcher
 from corpus_cache.engine import Corpus, Engine
-from corpus_cache.ledger import Ledger
 
 DEADLINE = 10.0  # generous: a loaded machine may be slow, a passing test is not
-
-
-@asynccontextmanager
-async def open_engine(
-    corpus: Path, base_url: str, state: Path, **settings: Any
-) -> AsyncIterator[Engine]:
-    config = Settings(corpus=corpus, state_dir=state, **settings)
-    ledger = Ledger(config.ledger_path)
-    client = AsyncAnthropic(base_url=base_url, api_key="test-key", max_retries=0)
-    engine = Engine(config, load_catalog(), Backend(client, "anthropic"), ledger)
-    await engine.refresh()
-    try:
-        yield engine
-    finally:
-        await client.close()
-        ledger.close()
 
 
 class Swaps:

@@ -3,46 +3,23 @@ against the emulator over loopback; the tool surface through a real MCP client i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from anthropic import AsyncAnthropic
 from mcp import Client
 
 from conftest import Control
-from corpus_cache.backend import Backend
-from corpus_cache.catalog import load_catalog
 from corpus_cache.cli import _settings, build_parser
-from corpus_cache.config import Settings
-from corpus_cache.engine import Engine
 from corpus_cache.errors import ApiCallError, BudgetExceededError, InvalidArgumentError
-from corpus_cache.ledger import Ledger
 from corpus_cache.mcp_server import build_server
 from corpus_cache.request import NO_ANSWER, conversation_messages
 from corpus_cache.sessions import Sessions, Turn, trim_turns
 from corpus_fixture import write_corpus
+from engines import engine_on
 
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def running(
-    corpus: Path, base_url: str, state: Path, **settings: Any
-) -> AsyncIterator[Engine]:
-    config = Settings(corpus=corpus, state_dir=state, **settings)
-    ledger = Ledger(config.ledger_path)
-    client = AsyncAnthropic(base_url=base_url, api_key="test-key", max_retries=0)
-    engine = Engine(config, load_catalog(), Backend(client, "anthropic"), ledger)
-    await engine.refresh()
-    try:
-        yield engine
-    finally:
-        await client.close()
-        ledger.close()
 
 
 @pytest.fixture
@@ -114,7 +91,7 @@ async def test_a_follow_up_sends_the_same_prefix_then_the_conversation_and_reads
     corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path
 ) -> None:
     async with (
-        running(corpus, running_emulator.base_url, tmp_path / "s") as engine,
+        engine_on(corpus, running_emulator.base_url, tmp_path / "s") as engine,
         Client(build_server(engine)) as mcp,  # type: ignore[arg-type]
     ):
         first = await mcp.call_tool(
@@ -166,7 +143,7 @@ async def test_a_follow_up_sends_the_same_prefix_then_the_conversation_and_reads
 async def test_a_session_keeps_its_snapshot_and_drops_its_oldest_turns(
     corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path
 ) -> None:
-    async with running(
+    async with engine_on(
         corpus, running_emulator.base_url, tmp_path / "s", session_max_turns=2
     ) as engine:
         first = await engine.ask("Which port does Kestrel listen on?", session="mine")
@@ -197,7 +174,7 @@ async def test_a_session_keeps_its_snapshot_and_drops_its_oldest_turns(
 async def test_a_question_over_the_daily_cap_is_refused_with_the_figures_and_not_sent(
     corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path
 ) -> None:
-    async with running(corpus, running_emulator.base_url, tmp_path / "s") as engine:
+    async with engine_on(corpus, running_emulator.base_url, tmp_path / "s") as engine:
         cold = await engine.ask("Which port does Kestrel listen on?")
         warm = await engine.ask("When are deploys frozen?")
         assert cold.estimated_usd >= cold.cost_usd > 0
@@ -237,7 +214,7 @@ def test_the_cap_is_a_flag_of_serve_and_ask(tmp_path: Path) -> None:
 async def test_concurrent_questions_on_a_cold_prefix_write_it_once(
     corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path
 ) -> None:
-    async with running(corpus, running_emulator.base_url, tmp_path / "s") as engine:
+    async with engine_on(corpus, running_emulator.base_url, tmp_path / "s") as engine:
         emulator.fault(kind="delay", delay=1.0)  # the first response begins a second late
         answers: list[Any] = []
 
@@ -262,7 +239,7 @@ async def test_concurrent_questions_on_a_cold_prefix_write_it_once(
 async def test_when_the_writer_fails_before_it_begins_a_waiting_question_writes(
     corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path
 ) -> None:
-    async with running(corpus, running_emulator.base_url, tmp_path / "s") as engine:
+    async with engine_on(corpus, running_emulator.base_url, tmp_path / "s") as engine:
         emulator.fault(status=529, error_type="overloaded_error")
         outcomes: list[str] = []
 

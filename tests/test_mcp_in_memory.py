@@ -4,49 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from anthropic import AsyncAnthropic
-from mcp import Client
 
 from conftest import Control
-from corpus_cache.backend import Backend
-from corpus_cache.catalog import load_catalog
-from corpus_cache.config import Settings
-from corpus_cache.engine import Engine
-from corpus_cache.ledger import Ledger
-from corpus_cache.mcp_server import build_server
 from corpus_fixture import FACTS, write_corpus
+from mcp_session import serving
 
 pytestmark = pytest.mark.anyio
 
 TOOLS = ["ask", "search", "list_documents", "read_document", "cache_status", "refresh"]
-
-
-@asynccontextmanager
-async def serving(
-    corpus: Path,
-    base_url: str,
-    state: Path,
-    mode: str = "auto",
-    model: str = "claude-sonnet-5-5",
-    api_key: str = "test-key",
-) -> AsyncIterator[tuple[Client, Engine]]:
-    settings = Settings(corpus=corpus, state_dir=state, model=model)
-    ledger = Ledger(settings.ledger_path)
-    client = AsyncAnthropic(base_url=base_url, api_key=api_key, max_retries=0)
-    engine = Engine(settings, load_catalog(), Backend(client, "anthropic"), ledger)
-    await engine.refresh()
-    try:
-        async with Client(build_server(engine), mode=mode) as mcp:  # type: ignore[arg-type]
-            yield mcp, engine
-    finally:
-        await client.close()
-        ledger.close()
 
 
 @pytest.fixture(params=["auto", "legacy"])

@@ -23,7 +23,8 @@ from conftest import Control
 from corpus_cache.engine import Engine
 from corpus_cache.mcp_server import build_server
 from corpus_fixture import write_corpus
-from live_folder import DEADLINE, Swaps, open_engine, paths, watched
+from engines import engine_on
+from live_folder import DEADLINE, Swaps, paths, watched
 
 pytestmark = [
     pytest.mark.anyio,
@@ -79,7 +80,7 @@ class Inbox:
 async def live_server(
     corpus: Path, base_url: str, state: Path, mode: str, inbox: Inbox | None = None
 ) -> AsyncIterator[tuple[Client, Engine, Swaps]]:
-    async with open_engine(corpus, base_url, state) as engine:
+    async with engine_on(corpus, base_url, state) as engine:
         swaps = Swaps(engine)
         client = Client(build_server(engine), mode=mode, message_handler=inbox)  # type: ignore[arg-type]
         async with client as mcp, watched(engine):

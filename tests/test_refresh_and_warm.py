@@ -12,7 +12,8 @@ from conftest import Control
 from corpus_cache.mcp_server import build_server
 from corpus_cache.warm import WARM_QUESTION
 from corpus_fixture import write_corpus
-from live_folder import Swaps, open_engine, watched
+from engines import engine_on
+from live_folder import Swaps, watched
 
 pytestmark = pytest.mark.anyio
 
@@ -41,7 +42,7 @@ async def test_refresh_rescans_now_and_says_what_changed(
     corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path, mode: str
 ) -> None:
     async with (
-        open_engine(corpus, running_emulator.base_url, tmp_path / "s", watch=False) as engine,
+        engine_on(corpus, running_emulator.base_url, tmp_path / "s", watch=False) as engine,
         Client(build_server(engine), mode=mode) as mcp,  # type: ignore[arg-type]
     ):
         (corpus / "runbook.md").write_text("Restart the router with `kestrel restart`.\n")
@@ -66,7 +67,7 @@ async def test_refresh_with_warm_writes_the_cache_the_next_question_reads(
     corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path
 ) -> None:
     async with (
-        open_engine(corpus, running_emulator.base_url, tmp_path / "s", watch=False) as engine,
+        engine_on(corpus, running_emulator.base_url, tmp_path / "s", watch=False) as engine,
         Client(build_server(engine)) as mcp,
     ):
         warmed = await mcp.call_tool("refresh", {"warm": True})
@@ -108,7 +109,7 @@ async def test_warming_a_corpus_too_short_to_cache_sends_nothing(
     corpus.mkdir()
     (corpus / "note.md").write_text("The office opens at eight.\n")
     async with (
-        open_engine(
+        engine_on(
             corpus, running_emulator.base_url, tmp_path / "s", model="claude-haiku-4-5"
         ) as engine,
         Client(build_server(engine)) as mcp,
@@ -122,7 +123,7 @@ async def test_warming_a_corpus_too_short_to_cache_sends_nothing(
 async def test_after_an_edit_the_next_ask_sends_the_new_text_and_rewrites_only_from_it(
     corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path
 ) -> None:
-    async with open_engine(corpus, running_emulator.base_url, tmp_path / "s") as engine:
+    async with engine_on(corpus, running_emulator.base_url, tmp_path / "s") as engine:
         swaps = Swaps(engine)
         first = await engine.ask("When does the on-call rotation hand over?")
         edited = engine.current.shards[0].plan.order[-1]  # in the last cached block

@@ -17,7 +17,7 @@ from corpus_cache.pricing import Usage
 from corpus_cache.report_html import render_report
 from corpus_cache.stats import collect_stats, render_stats
 from corpus_fixture import write_corpus
-from live_folder import open_engine
+from engines import engine_on
 
 NOON = datetime(2026, 11, 20, 12, 0).astimezone().timestamp()  # local noon: "today" is safe
 DAY = 86_400.0
@@ -219,7 +219,7 @@ async def test_the_engine_records_the_cache_miss_reason_of_the_api_diagnostics(
     tmp_path: Path, running_emulator: Any, emulator: Control
 ) -> None:
     corpus = write_corpus(tmp_path / "corpus")
-    async with open_engine(corpus, running_emulator.base_url, tmp_path / "s", watch=False) as e:
+    async with engine_on(corpus, running_emulator.base_url, tmp_path / "s", watch=False) as e:
         first = e.current.shards[0].plan.order[0]  # in the first block: everything is missed
         await e.ask("When does the on-call rotation hand over?")
         (corpus / first).write_text((corpus / first).read_text() + "\nA new line.\n")

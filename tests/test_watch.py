@@ -15,7 +15,8 @@ import pytest
 from conftest import Control
 from corpus_cache.corpus.watch import FolderWatcher
 from corpus_cache.engine import Engine
-from live_folder import Swaps, condition, open_engine, paths, text_of, watched
+from engines import engine_on
+from live_folder import Swaps, condition, paths, text_of, watched
 
 pytestmark = [
     pytest.mark.anyio,
@@ -38,7 +39,7 @@ def folder(tmp_path: Path) -> Path:
 async def live(
     folder: Path, emulator_url: str, state: Path, **options: Any
 ) -> AsyncIterator[tuple[Engine, Swaps, FolderWatcher]]:
-    async with open_engine(folder, emulator_url, state) as engine:
+    async with engine_on(folder, emulator_url, state) as engine:
         swaps = Swaps(engine)
         async with watched(engine, **options) as watcher:
             yield engine, swaps, watcher
