@@ -90,15 +90,14 @@ def test_binary_large_empty_and_lock_files_are_left_out_with_a_reason(tmp_path: 
     write(tmp_path, "huge.md", "x" * 2_000)
     write(tmp_path, "empty.md", "")
     write(tmp_path, "package-lock.json", "{}")
-    write(tmp_path, "latin1.txt", "caf\xe9".encode("latin-1"))
     skipped = reasons(tmp_path, max_file_bytes=1_000)
     assert paths(tmp_path) == ["doc.md", "huge.md"]  # the default limit admits huge.md
     assert skipped == {
         "blob.data": "binary content",
         "empty.md": "empty file",
-        "huge.md": "larger than the 1,000-byte limit (2,000 bytes)",
+        "huge.md": "larger than the 1,000-byte limit (2,000 bytes); raise it with "
+        "--max-file-bytes or CORPUS_CACHE_MAX_FILE_BYTES",
         "image.png": "binary file type",
-        "latin1.txt": "not UTF-8 text",
         "package-lock.json": "lock file",
     }
 

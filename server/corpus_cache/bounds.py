@@ -28,6 +28,7 @@ ANSWER_MAX_CHARS = 10_000  # an answer; 1,024 answer tokens is about 4,000 chara
 MAX_CITATIONS = 20
 QUOTE_CHARS = 240  # one cited quote in the structured result
 MAX_BLOCKS_SHOWN = 40  # cache_status lists at most this many cache blocks
+ERROR_MAX_CHARS = 2_000  # an error message, which may quote what the caller sent
 
 
 def clip(text: str, limit: int) -> str:

@@ -65,6 +65,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         "model": getattr(args, "model", None),
         "offline": True if getattr(args, "offline", False) else None,
         "budget_tokens": getattr(args, "budget_tokens", None),
+        "max_file_bytes": getattr(args, "max_file_bytes", None),
+        "allow_secret_content": True if getattr(args, "allow_secret_content", False) else None,
         "fan_out": getattr(args, "fan_out", None),
         "ttl": getattr(args, "ttl", None),
         "prewarm": True if getattr(args, "prewarm", False) else None,
@@ -271,6 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_argument(
             "--fan-out", type=int, help="shards that answer each question (default: 1)"
+        )
+        command.add_argument(
+            "--max-file-bytes",
+            type=int,
+            help="larger text files, and PDF or DOCX files whose text is larger, are left out "
+            "(default: 2097152, or $CORPUS_CACHE_MAX_FILE_BYTES)",
+        )
+        command.add_argument(
+            "--allow-secret-content",
+            action="store_true",
+            help="send files whose text looks like a private key or an API or cloud "
+            "credential; by default they are left out with a warning",
         )
         command.add_argument(
             "--prewarm",

@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     models_file: Path | None = Field(None, description="a TOML file of model table overrides")
     offline: bool = Field(False, description="use the built-in emulator even with an API key")
     max_file_bytes: int = Field(2 * 1024 * 1024, gt=0, description="larger files are left out")
+    allow_secret_content: bool = Field(
+        False,
+        description="send files whose text looks like a private key or an API or cloud "
+        "credential (by default they are left out, with a warning)",
+    )
     max_answer_tokens: int = Field(1024, gt=0, description="max_tokens of an answer")
     request_timeout: float = Field(50.0, gt=0, description="seconds before an API call gives up")
     watch: bool = Field(True, description="watch the folder and refresh after every change")

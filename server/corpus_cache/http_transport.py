@@ -86,8 +86,11 @@ class BearerTokenMiddleware:
         self._token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._authorized(Headers(scope=scope)):
+        if scope["type"] == "lifespan" or self._authorized(Headers(scope=scope)):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # a WebSocket: refused before it is accepted
+            await send({"type": "websocket.close", "code": 1008})
             return
         response = JSONResponse(
             {

@@ -19,10 +19,12 @@ from pydantic import Field
 
 from . import __version__
 from .bounds import (
+    ERROR_MAX_CHARS,
     LIST_BUDGET_CHARS,
     SNIPPET_CHARS,
     bound_answer,
     bound_status,
+    clip,
     page_of_lines,
     take_within,
 )
@@ -140,6 +142,7 @@ def build_server(engine: Engine) -> MCPServer:
             raise _tool_error(exc) from exc
         hits = take_within(found[offset : offset + limit], _hit_chars, LIST_BUDGET_CHARS)
         more = len(found) > offset + len(hits)
+        query = clip(query, SNIPPET_CHARS)  # echoed back: a huge query must not swell the result
         out = SearchResult(
             query=query,
             offset=offset,
@@ -188,6 +191,7 @@ def build_server(engine: Engine) -> MCPServer:
                     tokens=corpus.tokens.get(d.path, 0),
                     shard=blocks.get(d.path, (0, 0))[0],
                     block=blocks.get(d.path, (0, 0))[1],
+                    encoding_note=d.encoding_note or None,
                 )
                 for d in page
             ],
@@ -197,7 +201,8 @@ def build_server(engine: Engine) -> MCPServer:
             skipped=engine.skipped_summary(),
         )
         lines = [
-            f"{d.path}  ({d.tokens:,} tokens, shard {d.shard} block {d.block})"
+            f"{d.path}  ({d.tokens:,} tokens, shard {d.shard} block {d.block}"
+            + (f"; {d.encoding_note})" if d.encoding_note else ")")
             for d in out.documents
         ]
         lines.append(f"{len(page)} of {len(docs)} documents shown.")
@@ -248,6 +253,8 @@ def build_server(engine: Engine) -> MCPServer:
             f"{n:>6}  {line}" for n, line in enumerate(text.splitlines(), start=start_line)
         )
         footer = f"\n[{doc.path}: lines {start_line}-{last} of {total}"
+        if doc.encoding_note:
+            footer += f"; {doc.encoding_note}"
         if page.line_cut:
             footer += f"; line {last} is longer than a page and was cut short"
         footer += f"; continue at start_line={out.next_start_line}]" if out.next_start_line else "]"
@@ -301,6 +308,7 @@ def build_server(engine: Engine) -> MCPServer:
                 "uri": document_uri(d.path),
                 "tokens": corpus.tokens.get(d.path, 0),
                 "bytes": d.size,
+                **({"encoding_note": d.encoding_note} if d.encoding_note else {}),
             }
             for d in corpus.snapshot.documents
         ]
@@ -332,7 +340,7 @@ def build_server(engine: Engine) -> MCPServer:
         try:
             return engine.document(path).text
         except CorpusCacheError as exc:
-            raise ResourceNotFoundError(str(exc)) from exc
+            raise ResourceNotFoundError(clip(str(exc), ERROR_MAX_CHARS)) from exc
 
     notify_changes(server, engine, bus)
     return server
@@ -363,8 +371,8 @@ def _hit_chars(hit: Hit) -> int:
 
 
 def _document_chars(doc: Document) -> int:
-    return len(doc.path) + 80
+    return len(doc.path) + len(doc.encoding_note) + 80
 
 
 def _tool_error(exc: CorpusCacheError) -> ToolError:
-    return ToolError(str(exc))
+    return ToolError(clip(str(exc), ERROR_MAX_CHARS))  # it may quote a huge argument

@@ -49,6 +49,7 @@ class TokenCounter:
         self._model = model
         self._ledger = ledger
         self._limit = anyio.Semaphore(concurrency)
+        self._concurrency = concurrency
         self._baseline: int | None = None
         self._recent: dict[str, int] = {}
 
@@ -109,9 +110,17 @@ class TokenCounter:
                 if progress is not None:
                     progress(done, len(missing))
 
+            # A few workers share one queue: a task per document would hold memory for all
+            # of them at once (about 4 KB each, 400 MB for a 100,000-file folder).
+            queue = iter(missing)
+
+            async def worker() -> None:
+                for doc in queue:
+                    await one(doc)
+
             async with anyio.create_task_group() as group:
-                for doc in missing:
-                    group.start_soon(one, doc)
+                for _ in range(min(self._concurrency, len(missing))):
+                    group.start_soon(worker)
             if fresh:  # what was counted before a failure is kept
                 self._ledger.store_token_counts(self._model, fresh)
             if failed:

@@ -19,10 +19,18 @@ class Document:
     mtime_ns: int
     line_starts: tuple[int, ...] = field(repr=False)
     pages: tuple[int, ...] = ()  # extracted PDFs: the line where each page starts
+    encoding_note: str = ""  # how the bytes were read, when they were not plain UTF-8
 
     @classmethod
     def from_text(
-        cls, path: str, text: str, *, size: int, mtime_ns: int, pages: tuple[int, ...] = ()
+        cls,
+        path: str,
+        text: str,
+        *,
+        size: int,
+        mtime_ns: int,
+        pages: tuple[int, ...] = (),
+        encoding_note: str = "",
     ) -> Document:
         starts = [0]
         index = text.find("\n")
@@ -30,7 +38,7 @@ class Document:
             starts.append(index + 1)
             index = text.find("\n", index + 1)
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        return cls(path, text, digest, size, mtime_ns, tuple(starts), pages)
+        return cls(path, text, digest, size, mtime_ns, tuple(starts), pages, encoding_note)
 
     @property
     def line_count(self) -> int:

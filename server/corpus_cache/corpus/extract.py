@@ -14,7 +14,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .reading import UnreadableError, read_regular_file
+
 EXTRACTED_SUFFIXES = frozenset({".pdf", ".docx"})
+MAX_EXTRACTED_FILE_BYTES = 50 * 1024 * 1024  # a PDF or DOCX file itself
 
 # pypdf warns on stderr-bound loggers about every oddity of real-world PDFs.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
@@ -71,13 +74,18 @@ def _docx(data: bytes) -> Extracted:
     return Extracted(text + "\n")
 
 
-def extract(path: Path) -> Extracted:
+def extract(path: Path, limit: int = MAX_EXTRACTED_FILE_BYTES) -> Extracted:
     """The text of a PDF or DOCX file. Raises ExtractionError with a reason a user can read."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ExtractionError(f"cannot be read: {exc.strerror}") from exc
-    suffix = path.suffix.lower()
+        data = read_regular_file(path, limit)
+    except UnreadableError as exc:
+        raise ExtractionError(str(exc)) from exc
+    return extract_data(data, path.suffix)
+
+
+def extract_data(data: bytes, suffix: str) -> Extracted:
+    """The text of a PDF or DOCX file's bytes, by the file's suffix."""
+    suffix = suffix.lower()
     if suffix == ".pdf":
         return _pdf(data)
     if suffix == ".docx":

@@ -1,7 +1,9 @@
 """What is left out of a corpus by default, as data.
 
 Secret files are never sent to the API by default: they are matched by name before any
-content is read. Folders that hold tools' state rather than documents are pruned whole.
+content is read, case-insensitively and after Unicode compatibility folding (so the
+patterns are written in lower case). Secrets inside other files are found by content:
+see secret_content.py. Folders that hold tools' state rather than documents are pruned whole.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import stat
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,20 +14,28 @@ from pathlib import Path
 from pathspec import GitIgnoreSpec
 
 from .documents import Document, Skipped
-from .extract import EXTRACTED_SUFFIXES, ExtractionError, extract
+from .encodings import Decoded, NotTextError, decode
+from .extract import EXTRACTED_SUFFIXES, MAX_EXTRACTED_FILE_BYTES, ExtractionError, extract_data
+from .names import name_problem, shown
+from .reading import UnreadableError, kind_of, read_regular_file
 from .rules import BINARY_SUFFIXES, LOCK_FILES, PRUNED_DIRECTORIES, SECRET_PATTERNS
+from .secret_content import describe, find_secrets
 
 DEFAULT_MAX_FILE_BYTES = 2 * 1024 * 1024
-_SNIFF_BYTES = 8192
+_MAX_GITIGNORE_BYTES = 1024 * 1024
+RAISE_THE_LIMIT = "raise it with --max-file-bytes or CORPUS_CACHE_MAX_FILE_BYTES"
 
 _SECRETS = GitIgnoreSpec.from_lines(SECRET_PATTERNS)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ScanOptions:
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # for text, and for text extracted
-    max_extracted_file_bytes: int = 50 * 1024 * 1024  # a PDF or DOCX file itself
+    max_extracted_file_bytes: int = MAX_EXTRACTED_FILE_BYTES  # a PDF or DOCX file itself
     include_secrets: bool = False  # only ever set by an explicit user flag
+    allow_secret_content: bool = False  # likewise: files whose text holds a key or token
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,28 @@ class CorpusNotFoundError(FileNotFoundError):
 @functools.lru_cache(maxsize=1 << 16)
 def is_secret(rel_path: str) -> bool:
     # Cached: a watched folder is rescanned after every save, and its paths barely change.
-    return _SECRETS.match_file(rel_path)
+    # Look-alikes fold away: `.ENV`, `ID_RSA`, a full-width `．env`, `.e<zero-width space>nv`.
+    folded = unicodedata.normalize("NFKC", rel_path).casefold()
+    return _SECRETS.match_file("".join(c for c in folded if unicodedata.category(c) != "Cf"))
+
+
+def _gitignore_rules(lines: list[str]) -> tuple[GitIgnoreSpec, list[str]]:
+    """The rules of a .gitignore, and the lines that are not patterns (a lone backslash):
+    git skips those and applies the others, and so does the scan."""
+    try:
+        return GitIgnoreSpec.from_lines(lines), []
+    except ValueError:
+        pass
+    kept: list[str] = []
+    unreadable: list[str] = []
+    for line in lines:
+        try:
+            GitIgnoreSpec.from_lines([line])
+        except ValueError:
+            unreadable.append(line)
+        else:
+            kept.append(line)
+    return GitIgnoreSpec.from_lines(kept), unreadable
 
 
 class _IgnoreStack:
@@ -51,13 +82,21 @@ class _IgnoreStack:
     def __init__(self) -> None:
         self._specs: list[tuple[str, GitIgnoreSpec]] = []
 
-    def push_folder(self, root: Path, rel_dir: str) -> None:
+    def push_folder(self, root: Path, rel_dir: str) -> str | None:
+        """Apply the folder's .gitignore; the reason, if it cannot be read."""
         gitignore = root / rel_dir / ".gitignore" if rel_dir else root / ".gitignore"
+        if gitignore.is_symlink():
+            return "a symlink, which git does not follow for .gitignore: its rules are not applied"
         try:
-            lines = gitignore.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            return
-        self._specs.append((rel_dir, GitIgnoreSpec.from_lines(lines)))
+            raw = read_regular_file(gitignore, _MAX_GITIGNORE_BYTES, follow_symlinks=False)
+        except UnreadableError as exc:
+            return f"{exc}; its rules are not applied"
+        lines = raw.decode("utf-8", errors="replace").splitlines()
+        spec, unreadable = _gitignore_rules(lines)
+        self._specs.append((rel_dir, spec))
+        if unreadable:
+            return f"rule {unreadable[0]!r} is not a pattern git reads, so it is not applied"
+        return None
 
     def ignored(self, rel_path: str, is_dir: bool) -> bool:
         for base, spec in self._specs:
@@ -69,18 +108,25 @@ class _IgnoreStack:
         return False
 
 
-def _walk(root: Path, options: ScanOptions) -> Iterator[tuple[str, os.stat_result] | Skipped]:
+def _walk(root: Path, options: ScanOptions) -> Iterator[tuple[str, os.stat_result, bool] | Skipped]:
+    """(path, stat, is a symlink) of each file to read, and what is left out on the way.
+    Depth first with a stack of its own: no nesting is too deep for it."""
     ignores = _IgnoreStack()
     real_root = root.resolve()
-
-    def visit(rel_dir: str) -> Iterator[tuple[str, os.stat_result] | Skipped]:
-        ignores.push_folder(root, rel_dir)
+    folders = [""]
+    while folders:
+        rel_dir = folders.pop()
+        subfolders: list[str] = []
         folder = root / rel_dir if rel_dir else root
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
             yield Skipped(rel_dir or ".", f"folder cannot be read: {exc.strerror}")
-            return
+            continue
+        if any(entry.name == ".gitignore" for entry in entries):
+            problem = ignores.push_folder(root, rel_dir)
+            if problem is not None:
+                yield Skipped(f"{rel_dir}/.gitignore" if rel_dir else ".gitignore", problem)
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             try:
@@ -96,8 +142,10 @@ def _walk(root: Path, options: ScanOptions) -> Iterator[tuple[str, os.stat_resul
                     yield Skipped(rel + "/", "secret folder (never sent by default)")
                 elif ignores.ignored(rel, is_dir=True):
                     yield Skipped(rel + "/", "ignored by .gitignore")
+                elif (problem := name_problem(entry.name)) is not None:
+                    yield Skipped(rel + "/", problem)
                 else:
-                    yield from visit(rel)
+                    subfolders.append(rel)
                 continue
             if entry.name == ".gitignore":
                 continue
@@ -107,6 +155,10 @@ def _walk(root: Path, options: ScanOptions) -> Iterator[tuple[str, os.stat_resul
             if ignores.ignored(rel, is_dir=False):
                 yield Skipped(rel, "ignored by .gitignore")
                 continue
+            problem = name_problem(entry.name)
+            if problem is not None:
+                yield Skipped(rel, problem)
+                continue
             if is_link:
                 try:
                     target = Path(entry.path).resolve(strict=True)
@@ -114,22 +166,30 @@ def _walk(root: Path, options: ScanOptions) -> Iterator[tuple[str, os.stat_resul
                     yield Skipped(rel, "broken or looping symlink")
                     continue
                 if not target.is_relative_to(real_root):
-                    yield Skipped(rel, "symlink to a file outside the corpus")
+                    kind = "folder" if target.is_dir() else "file"
+                    yield Skipped(rel, f"symlink to a {kind} outside the corpus")
+                    continue
+                if not options.include_secrets and is_secret(
+                    target.relative_to(real_root).as_posix()
+                ):
+                    yield Skipped(rel, "symlink to a secret file (never sent by default)")
                     continue
                 if target.is_dir():
                     yield Skipped(rel, "symlink to a folder (not followed)")
                     continue
             try:
                 info = entry.stat(follow_symlinks=True)
+            except FileNotFoundError:
+                yield Skipped(rel, "vanished before it could be read")
+                continue
             except OSError as exc:
                 yield Skipped(rel, f"cannot be read: {exc.strerror}")
                 continue
             if not stat.S_ISREG(info.st_mode):
-                yield Skipped(rel, "not a regular file")
+                yield Skipped(rel, f"not a regular file ({kind_of(info.st_mode)})")
                 continue
-            yield rel, info
-
-    yield from visit("")
+            yield rel, info, is_link
+        folders.extend(reversed(subfolders))
 
 
 def _reason_to_skip_by_name(rel: str, size: int, options: ScanOptions) -> str | None:
@@ -144,26 +204,23 @@ def _reason_to_skip_by_name(rel: str, size: int, options: ScanOptions) -> str | 
         if size > limit:
             return f"larger than the {limit:,}-byte limit for PDF and DOCX ({size:,} bytes)"
     elif size > options.max_file_bytes:
-        return f"larger than the {options.max_file_bytes:,}-byte limit ({size:,} bytes)"
+        limit = options.max_file_bytes
+        return f"larger than the {limit:,}-byte limit ({size:,} bytes); {RAISE_THE_LIMIT}"
     if size == 0:
         return "empty file"
     return None
 
 
-def _read_text(path: Path) -> str | Skipped:
+def _read_text(path: Path, limit: int, is_link: bool) -> Decoded | Skipped:
+    """Text by the policy of encodings.py; a file found not to be a symlink is not followed
+    if it has become one."""
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        return Skipped("", f"cannot be read: {exc.strerror}")
-    if b"\x00" in raw[:_SNIFF_BYTES]:
-        return Skipped("", "binary content")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return Skipped("", "not UTF-8 text")
-    if not text.strip():
+        decoded = decode(read_regular_file(path, limit, follow_symlinks=is_link))
+    except (UnreadableError, NotTextError) as exc:
+        return Skipped("", str(exc))
+    if not decoded.text.strip():
         return Skipped("", "blank file")
-    return text
+    return decoded
 
 
 def scan(
@@ -183,7 +240,7 @@ def scan(
         if isinstance(item, Skipped):
             skipped.append(item)
             continue
-        rel, info = item
+        rel, info, is_link = item
         known = previous.get(rel)
         if known is not None and (known.size, known.mtime_ns) == (info.st_size, info.st_mtime_ns):
             documents.append(known)  # admitted before, by these same rules
@@ -194,25 +251,52 @@ def scan(
             skipped.append(Skipped(rel, reason))
             continue
         pages: tuple[int, ...] = ()
-        if os.path.splitext(rel)[1].lower() in EXTRACTED_SUFFIXES:
+        note = ""
+        suffix = os.path.splitext(rel)[1].lower()
+        if suffix in EXTRACTED_SUFFIXES:
             try:
-                extracted = extract(root / rel)
-            except ExtractionError as exc:
+                data = read_regular_file(
+                    root / rel, options.max_extracted_file_bytes, follow_symlinks=is_link
+                )
+                extracted = extract_data(data, suffix)
+            except (UnreadableError, ExtractionError) as exc:
                 skipped.append(Skipped(rel, str(exc)))
                 continue
             if len(extracted.text.encode()) > options.max_file_bytes:
-                skipped.append(Skipped(rel, "extracted text larger than the limit"))
+                limit = options.max_file_bytes
+                reason = f"extracted text larger than the {limit:,}-byte limit; {RAISE_THE_LIMIT}"
+                skipped.append(Skipped(rel, reason))
                 continue
             text: str | Skipped = extracted.text
             pages = extracted.page_lines
         else:
-            text = _read_text(root / rel)
+            read = _read_text(root / rel, options.max_file_bytes, is_link)
+            text = read if isinstance(read, Skipped) else read.text
+            note = "" if isinstance(read, Skipped) else read.note
         if isinstance(text, Skipped):
             skipped.append(Skipped(rel, text.reason))
             continue
-        documents.append(
-            Document.from_text(rel, text, size=info.st_size, mtime_ns=info.st_mtime_ns, pages=pages)
-        )
+        if not options.allow_secret_content and (found := find_secrets(text)):
+            what = describe(found)
+            skipped.append(Skipped(rel, f"secret content: {what} (never sent by default)"))
+            _warn_secret_content(str(root / rel), info.st_size, info.st_mtime_ns, what)
+            continue
+        document = Document.from_text(
+            rel, text, size=info.st_size, mtime_ns=info.st_mtime_ns, pages=pages,
+            encoding_note=note,
+        )  # fmt: skip
+        documents.append(document)
     documents.sort(key=lambda d: d.path)
-    skipped.sort(key=lambda s: s.path)
+    # Left-out names are shown escaped: one may hold a line break or bytes that are not UTF-8.
+    skipped = sorted((Skipped(shown(s.path), s.reason) for s in skipped), key=lambda s: s.path)
     return ScanResult(tuple(documents), tuple(skipped), reused)
+
+
+@functools.lru_cache(maxsize=1024)
+def _warn_secret_content(path: str, size: int, mtime_ns: int, what: str) -> None:
+    # Once per version of the file, not on every rescan the watcher makes.
+    log.warning(
+        "left out %s: it holds %s. Remove the secret, or pass --allow-secret-content "
+        "to send files like it to the API",
+        path, what,
+    )  # fmt: skip

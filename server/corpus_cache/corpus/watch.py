@@ -14,11 +14,17 @@ in and out of the folder, and whole directories at once.
 The folder itself may disappear (deleted, moved away, a network mount dropping). The last
 snapshot is kept, a warning goes to the log, and once a folder is back at the same path it
 is rescanned and watched again.
+
+watchdog walks the folder recursively, natively and when polling alike, so a tree nested
+deeper than Python's recursion limit cannot be watched: then the watcher looks at the
+folder's names, sizes and times every few seconds and rescans when they change. If one of
+watchdog's threads dies (a deep tree moved in), the folder is watched again from scratch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import stat
@@ -66,6 +72,7 @@ DEFAULT_DEBOUNCE = 0.1
 POLL_INTERVAL = 1.0  # seconds between two looks at the folder in polling mode
 ROOT_CHECK_INTERVAL = 1.0  # how often to check that the folder is still the one watched
 RETRY_DELAYS = (1.0, 2.0, 5.0, 15.0, 60.0)  # after a refresh fails, e.g. the API is away
+RESCAN_INTERVAL = 2.0  # seconds between two looks at a folder that cannot be watched
 
 # Opening and reading a file (as the scan does) is not a change: leaving those event
 # kinds out keeps a rescan from waking the watcher again.
@@ -172,11 +179,45 @@ class _Handler(FileSystemEventHandler):
             self._inbox.put(relevant)
 
 
+def tree_fingerprint(root: str) -> str:
+    """A digest of every name, size and modification time under `root` but the pruned
+    folders: it changes when anything a rescan would see changes. Walked with a stack of its
+    own, so no nesting is too deep for it."""
+    digest = hashlib.blake2b(digest_size=16)
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            digest.update(f"{folder}\0{exc.errno}\n".encode(errors="surrogateescape"))
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            line = f"{entry.path}\0{info.st_mode}\0{info.st_size}\0{info.st_mtime_ns}\n"
+            digest.update(line.encode(errors="surrogateescape"))
+            if stat.S_ISDIR(info.st_mode) and entry.name not in PRUNED_DIRECTORIES:
+                folders.append(entry.path)
+    return digest.hexdigest()
+
+
 def _scandir_pruned(path: str | None) -> Iterator[os.DirEntry[str]]:
-    """os.scandir without the folders the scan prunes, so polling never walks them."""
+    """os.scandir without the folders the scan prunes or does not follow, so polling never
+    walks them. watchdog's polling walk follows symlinks: a link to a parent folder would
+    have it walk the tree again at every level, forever."""
     with os.scandir(path) as entries:
         for entry in entries:
-            if entry.name in PRUNED_DIRECTORIES and entry.is_dir(follow_symlinks=False):
+            if entry.is_symlink():
+                try:
+                    if entry.is_dir():
+                        continue
+                except OSError:  # a link in a loop: nothing behind it to watch
+                    continue
+            elif entry.name in PRUNED_DIRECTORIES and entry.is_dir(follow_symlinks=False):
                 continue
             yield entry
 
@@ -193,6 +234,7 @@ class WatchStats:
     events: int = 0
     polling: bool = False
     folder_missing: bool = False
+    rescanning: bool = False  # the folder cannot be watched: it is looked at every few seconds
 
 
 class FolderWatcher:
@@ -222,6 +264,7 @@ class FolderWatcher:
         self._observer: BaseObserver | None = None
         self._inbox: _Inbox | None = None
         self._identity: tuple[int, int] | None = None
+        self._fingerprint = ""  # of the folder, while it is rescanned instead of watched
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -246,11 +289,15 @@ class FolderWatcher:
 
     async def _watch_until_the_folder_goes(self, inbox: _Inbox) -> None:
         while True:
-            with anyio.move_on_after(ROOT_CHECK_INTERVAL):
+            with anyio.move_on_after(
+                RESCAN_INTERVAL if self.stats.rescanning else ROOT_CHECK_INTERVAL
+            ):
                 await inbox.wake.wait()
             if not inbox.wake.is_set():
-                if self._folder_replaced():
+                if self._folder_replaced() or self._observer_died():
                     return
+                if self.stats.rescanning and await self._folder_changed():
+                    inbox.poke()
                 continue
             await self._settle(inbox)
             changed, root_gone = inbox.take()
@@ -303,10 +350,31 @@ class FolderWatcher:
         """The folder is gone, or another folder now sits at its path."""
         return self._current_identity() != self._identity
 
+    def _observer_died(self) -> bool:
+        """One of watchdog's threads ended on an error (its traceback went to stderr): the
+        observer looks alive, and hears nothing."""
+        observer = self._observer
+        if observer is None:
+            return False
+        # The inotify observer reads the kernel's events on a thread that is not an emitter.
+        threads = [*observer.emitters, getattr(observer, "_inotify_fd", None)]
+        if all(t.is_alive() for t in threads if isinstance(t, threading.Thread)):
+            return False
+        log.warning("watching %s stopped on an error: watching it again", self.root)
+        return True
+
+    async def _folder_changed(self) -> bool:
+        fingerprint = await anyio.to_thread.run_sync(tree_fingerprint, str(self.root))
+        changed, self._fingerprint = fingerprint != self._fingerprint, fingerprint
+        return changed
+
     async def _wait_for_the_folder(self) -> None:
         await self._stop_observer()
-        if self._current_identity() is not None:
-            log.warning("the corpus folder %s was replaced: rescanning and watching it", self.root)
+        identity = self._current_identity()
+        if identity is not None:
+            if identity != self._identity:
+                log.warning("the corpus folder %s was replaced: rescanning and watching it",
+                            self.root)  # fmt: skip
             return
         self.stats.folder_missing = True
         log.warning(
@@ -337,6 +405,7 @@ class FolderWatcher:
         inbox = self._require_inbox()
         root = str(self.root)
         handler = _Handler(root, inbox, self._ignores)
+        self.stats.rescanning = False
         while True:
             self._identity = self._current_identity()
             if self._identity is None:
@@ -346,6 +415,15 @@ class FolderWatcher:
             try:
                 # Native watchers add one watch per folder: a big tree takes a while.
                 await anyio.to_thread.run_sync(observer.start)
+            except RecursionError:
+                await anyio.to_thread.run_sync(observer.stop)  # the threads it did start
+                log.warning(
+                    "cannot watch %s: its folders are nested too deeply for the file watcher; "
+                    "looking for changes every %g s instead", root, RESCAN_INTERVAL,
+                )  # fmt: skip
+                self.stats.rescanning = True
+                self._fingerprint = await anyio.to_thread.run_sync(tree_fingerprint, root)
+                return True
             except OSError as exc:
                 if self._current_identity() is None:
                     return False
