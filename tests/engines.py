@@ -24,12 +24,16 @@ async def engine_on(
     *,
     api_key: str = "test-key",
     clock: Callable[[], float] | None = None,
+    max_retries: int = 0,
     **settings: Any,
 ) -> AsyncIterator[Engine]:
-    """An indexed engine; its SDK client and ledger are closed on the way out."""
+    """An indexed engine; its SDK client and ledger are closed on the way out. The SDK does
+    not retry unless `max_retries` says so."""
     config = Settings(corpus=corpus, state_dir=state, **settings)
     ledger = Ledger(config.ledger_path)
-    client = AsyncAnthropic(base_url=base_url, api_key=api_key, max_retries=0)
+    client = AsyncAnthropic(
+        base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=config.request_timeout
+    )
     extra = {"clock": clock} if clock is not None else {}
     engine = Engine(config, load_catalog(), Backend(client, "anthropic"), ledger, **extra)
     try:

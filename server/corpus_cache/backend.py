@@ -7,11 +7,14 @@ Either way the product's code path is the same: the SDK over HTTP.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import anthropic
+import httpx2
 from anthropic import AsyncAnthropic
 
 from .catalog import Catalog
@@ -22,6 +25,25 @@ log = logging.getLogger(__name__)
 EMULATOR_HEADER = "x-corpus-cache-emulator"
 ANTHROPIC = "anthropic"
 OFFLINE_EMULATOR = "offline-emulator"
+
+# Retries after a 408, 409, 429, 5xx or a connection failure, so up to 3 attempts. The SDK
+# waits what retry-after says, else about 0.5 s then 1 s; a wait past `ask_deadline` ends
+# at the deadline instead.
+API_RETRIES = 2
+
+
+class IncompleteResponseError(Exception):
+    """A response stream ended before `message_stop`: what arrived is not the answer."""
+
+
+# What a Messages API call can fail with: the SDK's errors, and, once a response streams,
+# a connection that breaks, a body that is not JSON, and a stream that stops early.
+API_FAILURES: tuple[type[Exception], ...] = (
+    anthropic.APIError,
+    httpx2.TransportError,
+    json.JSONDecodeError,
+    IncompleteResponseError,
+)
 
 
 @dataclass
@@ -38,7 +60,7 @@ class Backend:
 
 def open_backend(catalog: Catalog, *, offline: bool, timeout: float) -> Backend:
     if not offline and os.environ.get("ANTHROPIC_API_KEY"):
-        return Backend(AsyncAnthropic(timeout=timeout), ANTHROPIC)
+        return Backend(AsyncAnthropic(timeout=timeout, max_retries=API_RETRIES), ANTHROPIC)
     emulator = start_in_thread(catalog=catalog)
     log.warning(
         "no ANTHROPIC_API_KEY%s: answering with the offline emulator at %s "
@@ -46,7 +68,12 @@ def open_backend(catalog: Catalog, *, offline: bool, timeout: float) -> Backend:
         " used (--offline)" if offline else "",
         emulator.base_url,
     )
-    client = AsyncAnthropic(base_url=emulator.base_url, api_key="offline-emulator", timeout=timeout)
+    client = AsyncAnthropic(
+        base_url=emulator.base_url,
+        api_key="offline-emulator",
+        timeout=timeout,
+        max_retries=API_RETRIES,
+    )
     return Backend(client, OFFLINE_EMULATOR, emulator)
 
 
@@ -58,17 +85,81 @@ def backend_of_response(headers: object, default: str) -> str:
     return default
 
 
-def describe_api_error(exc: anthropic.APIError) -> str:
+def describe_api_error(exc: BaseException) -> str:
+    """What went wrong with a Messages API call and what to do, for the user; says how many
+    attempts were made when the SDK retried."""
+    tries = _attempts(exc)
     if isinstance(exc, anthropic.APITimeoutError):
-        return "the Anthropic API did not answer in time (after retries); try again shortly"
+        return (
+            f"the Anthropic API did not answer in time{tries}; try again shortly, or allow "
+            "longer with CORPUS_CACHE_REQUEST_TIMEOUT"
+        )
     if isinstance(exc, anthropic.APIConnectionError):
-        return f"cannot reach the Anthropic API: {exc}"
-    if isinstance(exc, anthropic.AuthenticationError):
-        return "the Anthropic API refused the API key: check ANTHROPIC_API_KEY"
-    if isinstance(exc, anthropic.RateLimitError):
-        return "the Anthropic API is rate-limiting this key (after retries); try again shortly"
+        cause = f" ({exc.__cause__})" if exc.__cause__ and str(exc.__cause__) else ""
+        return (
+            f"cannot reach the Anthropic API at {exc.request.url.host}:{exc.request.url.port}"
+            f"{tries}{cause}; check the network connection and ANTHROPIC_BASE_URL"
+        )
     if isinstance(exc, anthropic.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        detail = body.get("error", {}).get("message", str(exc)) if body else str(exc)
-        return f"the Anthropic API answered {exc.status_code}: {detail}"
+        return _describe_status(exc, tries)
+    if isinstance(exc, anthropic.APIResponseValidationError):
+        return "the Anthropic API's response was not in the shape expected; ask again"
+    if isinstance(exc, httpx2.TimeoutException):
+        return "the Anthropic API stopped sending in the middle of the answer; ask again"
+    if isinstance(exc, httpx2.TransportError):
+        return (
+            "the connection to the Anthropic API broke while the answer was arriving "
+            f"({type(exc).__name__}); ask again"
+        )
+    if isinstance(exc, json.JSONDecodeError):
+        return f"the Anthropic API's response could not be read (not JSON: {exc.msg}); ask again"
+    if isinstance(exc, IncompleteResponseError):
+        return "the Anthropic API's response ended before the answer was complete; ask again"
     return f"the Anthropic API call failed: {exc}"
+
+
+def may_have_been_billed(exc: BaseException) -> bool:
+    """False when the API surely did not process the request: it answered with an error
+    status, or no connection was made. Otherwise it may have, and may bill it."""
+    if isinstance(exc, anthropic.APIStatusError):
+        return exc.status_code < 400  # an error event in a response that had begun
+    if isinstance(exc, anthropic.APIConnectionError) and not isinstance(
+        exc, anthropic.APITimeoutError
+    ):
+        return not isinstance(exc.__cause__, httpx2.ConnectError)
+    return True
+
+
+def _attempts(exc: BaseException) -> str:
+    if not isinstance(exc, anthropic.APIError):
+        return ""
+    try:
+        retries = int(exc.request.headers.get("x-stainless-retry-count", "0"))
+    except ValueError:
+        return ""
+    return f" after {retries + 1} attempts" if retries else ""
+
+
+def _describe_status(exc: anthropic.APIStatusError, tries: str) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    found = body.get("error")
+    error: dict[str, Any] = found if isinstance(found, dict) else {}
+    kind = error.get("type")
+    detail = error.get("message") or str(exc)
+    status = exc.status_code
+    # A 200 whose stream carried an error event: the API failed after it began answering.
+    code = f"{status}" if status >= 400 else f"{kind}, in the middle of the answer"
+    if status == 529 or kind == "overloaded_error":
+        return f"the Anthropic API is overloaded ({code}){tries}; try again in a minute"
+    if status == 429 or kind == "rate_limit_error":
+        wait = exc.response.headers.get("retry-after")
+        when = f"in {wait} s" if wait else "shortly"
+        return f"the Anthropic API is rate-limiting this key ({code}){tries}; try again {when}"
+    if status == 401 or kind == "authentication_error":
+        return "the Anthropic API refused the API key: check ANTHROPIC_API_KEY"
+    if status >= 500 or status < 400:
+        return (
+            f"the Anthropic API failed with an internal error ({code}){tries}: {detail}; "
+            "try again shortly"
+        )
+    return f"the Anthropic API answered {status}: {detail}"

@@ -63,7 +63,8 @@ async def watching(engine: Engine) -> AsyncIterator[FolderWatcher | None]:
 @asynccontextmanager
 async def keeping_warm(engine: Engine, check_every: float = 15.0) -> AsyncIterator[None]:
     """Send the keep-warm requests the TTL policy asks for while the block runs. A failed
-    keep-warm request is logged and retried at the next due time; it never stops serving."""
+    keep-warm request is logged and tried again `check_every` seconds later (it stays due);
+    it never stops serving."""
     from .errors import CorpusCacheError
     from .warm import keep_warm_due
 
@@ -76,7 +77,8 @@ async def keeping_warm(engine: Engine, check_every: float = 15.0) -> AsyncIterat
                 try:
                     await keep_warm_due(engine)
                 except CorpusCacheError as exc:
-                    log.warning("keep-warm request failed: %s", exc)
+                    log.warning("keep-warm failed, trying again in %g s: %s", check_every, exc)
+                    await anyio.sleep(check_every)  # it is still due: do not hammer the API
 
     async with anyio.create_task_group() as group:
         group.start_soon(loop)

@@ -18,7 +18,7 @@ from ..catalog import Catalog
 from .control import Fault
 from .errors import ApiError, invalid
 from .service import Completion, EmulatorService
-from .sse import message_events
+from .sse import error_event, message_events
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
@@ -67,6 +67,7 @@ def build_app(catalog: Catalog, service: EmulatorService | None = None) -> Starl
 
         async def wrapped(request: Request) -> Response:
             request_id = emulator.next_id("req")
+            workspace: str | None = None
             try:
                 workspace = _workspace(request)
                 if not request.headers.get("anthropic-version"):
@@ -75,6 +76,10 @@ def build_app(catalog: Catalog, service: EmulatorService | None = None) -> Starl
                 if fault is not None:
                     raise fault.to_error()
                 if emulator.faults.take(request.url.path, "malformed") is not None:
+                    emulator.log.record(
+                        {"id": request_id, "path": request.url.path, "status": 200,
+                         "time": emulator.clock.now(), "workspace": workspace, "malformed": True}
+                    )  # fmt: skip
                     return Response(
                         b'{"type": "message", "id": "msg_', media_type="application/json"
                     )
@@ -82,7 +87,8 @@ def build_app(catalog: Catalog, service: EmulatorService | None = None) -> Starl
             except ApiError as error:
                 emulator.log.record(
                     {"id": request_id, "path": request.url.path, "status": error.status,
-                     "time": emulator.clock.now(), "error": error.body()["error"]}
+                     "time": emulator.clock.now(), "workspace": workspace,
+                     "error": error.body()["error"]}
                 )  # fmt: skip
                 return _error_response(error, request_id)
             response.headers["request-id"] = request_id
@@ -96,7 +102,9 @@ def build_app(catalog: Catalog, service: EmulatorService | None = None) -> Starl
         if fault is not None:
             await anyio.sleep(fault.delay)
 
-    def record(completion: Completion, body: Any, stream: bool, work: float) -> None:
+    def record(
+        completion: Completion, body: Any, stream: bool, work: float, cut: Fault | None
+    ) -> None:
         prompt_usage = completion.message["usage"]
         emulator.log.record(
             {
@@ -111,6 +119,7 @@ def build_app(catalog: Catalog, service: EmulatorService | None = None) -> Starl
                 "hit_position": completion.outcome.hit_position,
                 "written_positions": list(completion.outcome.written_positions),
                 "emulator_seconds": round(work, 6),
+                **({"truncated": cut.ending} if cut is not None else {}),
                 "body": body,
             }
         )
@@ -128,13 +137,24 @@ def build_app(catalog: Catalog, service: EmulatorService | None = None) -> Starl
             emulator.abandon(completion)
             raise
         emulator.begin(completion)
-        record(completion, body, parsed.stream, work)
+        cut = emulator.faults.take(request.url.path, "truncated") if parsed.stream else None
+        record(completion, body, parsed.stream, work, cut)
         if not parsed.stream:
             return JSONResponse(completion.message)
 
         async def events() -> AsyncIterator[bytes]:
-            for event in message_events(completion.message):
+            chunks = list(message_events(completion.message))
+            if cut is not None:
+                chunks = chunks[: max(1, len(chunks) // 2)]  # message_start and some text
+            for event in chunks:
                 yield event
+            if cut is None:
+                return
+            await anyio.sleep(cut.delay)
+            if cut.ending == "error":
+                yield error_event(cut.error_type, cut.message)
+            elif cut.ending == "drop":
+                raise ConnectionAbortedError("the stream was cut by an injected fault")
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

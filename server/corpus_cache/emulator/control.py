@@ -69,18 +69,25 @@ def _number(value: Any, name: str) -> float:
     return float(value)
 
 
+KINDS = ("error", "delay", "malformed", "truncated")
+ENDINGS = ("end", "drop", "error")
+
+
 @dataclass
 class Fault:
-    """The next `remaining` matching requests fail, hang, or answer garbage."""
+    """The next `remaining` matching requests fail, hang, answer garbage, or (streamed)
+    stop half-way: "truncated", after stalling `delay` seconds, ends the stream ("end"),
+    cuts the connection ("drop") or sends an error event ("error", of `error_type`)."""
 
     remaining: int
-    kind: str  # "error" | "delay" | "malformed"
+    kind: str  # "error" | "delay" | "malformed" | "truncated"
     status: int = 529
     error_type: str = "overloaded_error"
     message: str = "Overloaded (injected by the emulator)"
     retry_after: float | None = None
     delay: float = 0.0
     path: str = "/v1/messages"
+    ending: str | None = None  # of a truncated stream
 
     def matches(self, path: str) -> bool:
         return path == self.path or (self.path.endswith("*") and path.startswith(self.path[:-1]))
@@ -101,21 +108,25 @@ class FaultPlan:
 
     def add(self, body: dict[str, Any]) -> Fault:
         kind = body.get("kind", "delay" if "delay" in body and "status" not in body else "error")
-        if kind not in ("error", "delay", "malformed"):
-            raise invalid("kind: expected 'error', 'delay' or 'malformed'")
+        if kind not in KINDS:
+            raise invalid(f"kind: expected one of {', '.join(map(repr, KINDS))}")
         count = body.get("count", 1)
         if not isinstance(count, int) or count < 1:
             raise invalid("count: expected a positive integer")
         fault = Fault(remaining=count, kind=kind, path=str(body.get("path", "/v1/messages")))
-        if kind == "error":
+        if kind in ("error", "truncated"):
             error_type = str(body.get("error_type", "overloaded_error"))
             fault.error_type = error_type
             fault.status = int(body.get("status", STATUS_FOR_ERROR_TYPE.get(error_type, 500)))
             fault.message = str(body.get("message", f"{error_type} (injected by the emulator)"))
             if body.get("retry_after") is not None:
                 fault.retry_after = _number(body["retry_after"], "retry_after")
-        if kind == "delay":
+        if kind in ("delay", "truncated"):
             fault.delay = _number(body.get("delay", 0), "delay")
+        if kind == "truncated":
+            fault.ending = str(body.get("ending", "end"))
+            if fault.ending not in ENDINGS:
+                raise invalid(f"ending: expected one of {', '.join(map(repr, ENDINGS))}")
         self._faults.append(fault)
         return fault
 

@@ -53,3 +53,8 @@ def message_events(message: dict[str, Any]) -> Iterator[bytes]:
     delta = {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]}
     yield _event("message_delta", {"type": "message_delta", "delta": delta, "usage": final_usage})
     yield _event("message_stop", {"type": "message_stop"})
+
+
+def error_event(error_type: str, message: str) -> bytes:
+    """An error in a response that has begun, as the API sends it in the stream."""
+    return _event("error", {"type": "error", "error": {"type": error_type, "message": message}})
