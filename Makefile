@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint bench demo clean test-clients
+.PHONY: test lint bench demo clean test-clients reliability fuzz soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,23 @@ bench: $(STAMP)
 	$(BIN)/python bench/cost.py --trace bench/results/bursty.jsonl --json bench/results/cost-bursty.json
 	$(BIN)/python bench/traces.py --kind sparse --questions 60 --out bench/results/sparse.jsonl
 	$(BIN)/python bench/cost.py --trace bench/results/sparse.jsonl --json bench/results/cost-sparse.json
+
+# The heavy versions of the reliability tests (a few minutes): 100 SIGKILLs of the server
+# during ledger writes; 20 runs of 50 questions racing edits.
+reliability: $(STAMP)
+	CORPUS_CACHE_KILL_ROUNDS=100 $(BIN)/python -m pytest -q -s tests/test_kill_during_writes.py
+	CORPUS_CACHE_CONSISTENCY_ROUNDS=20 $(BIN)/python -m pytest -q tests/test_concurrent_asks.py
+
+# The fuzz targets at full size (several minutes): 10,000 cases of arguments to every tool
+# through a real MCP client, and 10,000 generated folder trees through the scan and planner
+# (and a share of each in the other protocol era, on resources, and through the tools).
+fuzz: $(STAMP)
+	CORPUS_CACHE_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q tests/fuzz --hypothesis-show-statistics
+
+# An hour of simulated traffic with edits and API faults, on the emulator's virtual clock,
+# in a few minutes: memory and open file descriptors must stay flat.
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --json bench/results/soak.json
 
 # Opt-in, not part of `test`: installs the MCP Inspector and Claude Code from npm into .clients/.
 test-clients: $(STAMP)

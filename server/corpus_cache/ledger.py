@@ -126,6 +126,9 @@ class Ledger:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
+        # Autocommit: each record() commits before it returns, so before its answer is sent.
+        # WAL with synchronous=NORMAL: a returned commit survives the process being killed;
+        # only a power cut can lose the last few (synchronous=FULL would fsync every one).
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

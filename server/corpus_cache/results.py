@@ -61,6 +61,10 @@ class AskResult(BaseModel):
         description="false when the folder changed since the session began: the session keeps "
         "the snapshot it started with; start a new session to see the changes",
     )
+    message_ids: list[str] = Field(
+        default_factory=list,
+        description="the API's id of each shard's response, as the ledger records it",
+    )
 
 
 class SearchHitOut(BaseModel):
@@ -85,6 +89,9 @@ class DocumentOut(BaseModel):
     lines: int
     tokens: int
     block: int
+    encoding_note: str | None = Field(
+        default=None, description="how the file's bytes were read, when they were not UTF-8"
+    )
 
 
 class DocumentList(BaseModel):
@@ -210,6 +217,7 @@ def ask_result(answer: Answer) -> AskResult:
         session_turns=answer.session_turns,
         session_dropped_turns=answer.session_dropped_turns,
         session_snapshot_is_live=answer.session_snapshot_is_live,
+        message_ids=list(answer.message_ids),
     )
 
 
