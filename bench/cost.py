@@ -19,7 +19,10 @@ cache entry, written at the first question and then either kept alive across eac
 (by keep-warm reads, with the 5-minute or the 1-hour TTL) or rewritten, whichever the
 optimum prefers knowing every future gap (a dynamic program over the entry's TTL); every
 question reads the prefix; and every edit or new file writes only that document's tokens,
-at the cheaper 5-minute rate.
+at the cheaper 5-minute rate. The prefix is the corpus as it is: the old copies of edited
+documents corpus-cache carries in its prefix are not in it. A live 5-minute entry may turn
+into a 1-hour one at no cost (a request that reads it and writes a 1-hour breakpoint a few
+tokens later pays for those tokens only), after one read if it was only just written.
 """
 
 from __future__ import annotations
@@ -92,6 +95,9 @@ class Replay:
     question_usages: list[Usage] = field(default_factory=list)
     question_times: list[float] = field(default_factory=list)
     edit_tokens: list[int] = field(default_factory=list)
+    # Tokens of edited documents' old copies in each question's prefix (corpus-cache keeps
+    # them while their cached prefix lives); the bound's corpus does not hold them.
+    superseded_tokens: list[int] = field(default_factory=list)
 
 
 def _fixed_request(engine: Engine, question: str, ttl: str | None) -> dict[str, Any]:
@@ -176,6 +182,9 @@ async def replay(
                 continue
             if strategy == "corpus-cache":
                 usage = (await engine.ask(event.question)).usage
+                result.superseded_tokens.append(
+                    sum(s.plan.superseded_tokens for s in engine.current.shards)
+                )
             else:
                 usage = await send(_fixed_request(engine, event.question, fixed_ttl.get(strategy)))
                 last_request = now[0]
@@ -200,10 +209,14 @@ def lower_bound(observed: Replay, model: ModelSpec) -> Tally:
     bound = Tally()
     read = model.cache_read_multiplier
     w5, w1 = model.cache_write_5m_multiplier, model.cache_write_1h_multiplier
-    prefixes = [u.prompt_tokens - u.input_tokens for u in observed.question_usages]
+    old_copies = observed.superseded_tokens or [0] * len(observed.question_usages)
+    prefixes = [
+        u.prompt_tokens - u.input_tokens - old
+        for u, old in zip(observed.question_usages, old_copies, strict=True)
+    ]
     # best[ttl]: least cost so far (in tokens at the input price) with the prefix's entry
     # of that TTL alive after this question.
-    best = {"5m": w5 * prefixes[0], "1h": w1 * prefixes[0]} if prefixes else {}
+    best = {"5m": w5 * prefixes[0], "1h": min(w1, w5 + read) * prefixes[0]} if prefixes else {}
     for i in range(1, len(prefixes)):
         gap = observed.question_times[i] - observed.question_times[i - 1]
         p = prefixes[i]
@@ -212,15 +225,18 @@ def lower_bound(observed: Replay, model: ModelSpec) -> Tally:
             "1h": best["1h"] + (_keep_alive(gap, 3600.0) + 1) * read * p,
         }
         cheapest = min(best.values())
+        written_5m = cheapest + w5 * p
         best = {
-            "5m": min(carried["5m"], cheapest + w5 * p),
-            "1h": min(carried["1h"], cheapest + w1 * p),
+            "5m": min(carried["5m"], written_5m),
+            # A live 5-minute entry becomes a 1-hour one for the price of the few marker
+            # tokens, at this question if it was alive before it, else at a read after.
+            "1h": min(carried["1h"], cheapest + w1 * p, carried["5m"], written_5m + read * p),
         }
     input_price, _ = model.prices_at(prefixes[0] if prefixes else 0)
     bound.usd += (min(best.values()) if best else 0.0) * input_price * 1e-6
-    for usage in observed.question_usages:
+    for usage, prefix in zip(observed.question_usages, prefixes, strict=True):
         bound.add(Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens), model)
-        bound.cache_read_tokens += usage.prompt_tokens - usage.input_tokens
+        bound.cache_read_tokens += prefix
     for tokens in observed.edit_tokens:
         bound.add(Usage(cache_write_5m_tokens=tokens), model)
     return bound

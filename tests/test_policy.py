@@ -10,7 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import Control
-from corpus_cache.policy import Prices, _expected, decide
+from corpus_cache.policy import (
+    Prices,
+    _expected,
+    _expected_with_upgrade,
+    considered_gaps,
+    decide,
+)
 from corpus_cache.results import render_status, status
 from corpus_fixture import write_corpus
 from engines import engine_on
@@ -19,31 +25,42 @@ SONNET_4_6 = Prices(read=0.1, write_5m=1.25, write_1h=2.0)
 SONNET_5_5 = Prices(read=0.05, write_5m=1.25, write_1h=2.0)
 
 
-def test_questions_a_minute_apart_keep_5_minute_entries_without_pings() -> None:
+def test_questions_a_minute_apart_keep_5_minute_entries_and_send_nothing_between_them() -> None:
     decision = decide([60.0] * 20, stable_tokens=50_000, tail_tokens=5_000, prices=SONNET_4_6)
-    assert (decision.stable_ttl, decision.max_pings) == ("5m", 0)
-    assert "1.0 minutes apart" in decision.reason
+    assert decision.stable_ttl == "5m"
+    # Nothing is sent while questions come: the upgrade waits for 4.5 quiet minutes.
+    assert decision.upgrade
+    assert decision.ping_every == 3_570.0
+    assert "1.0 minutes apart (last 20 gaps)" in decision.reason
 
 
-def test_a_few_gaps_of_7_minutes_are_bridged_by_one_keep_warm_ping() -> None:
-    # One ping (0.1 of the prefix) per gap beats a rewrite (1.25), and, over three gaps,
-    # the extra 0.75 that 1-hour entries cost to write.
-    decision = decide([420.0] * 3, stable_tokens=50_000, tail_tokens=0, prices=SONNET_4_6)
-    assert (decision.stable_ttl, decision.max_pings) == ("5m", 1)
-    assert decision.ping_every == 270.0
-    assert "keep-warm" in decision.reason
+def test_gaps_longer_than_5_minutes_upgrade_instead_of_writing_1_hour_entries() -> None:
+    for gaps in ([420.0] * 3, [420.0] * 20, [600.0, 1_800.0, 3_000.0, 1_200.0, 2_400.0] * 4):
+        decision = decide(gaps, stable_tokens=60_000, tail_tokens=2_000, prices=SONNET_5_5)
+        assert decision.upgrade, gaps
+        one_hour = _expected(
+            considered_gaps(gaps), stable=60_000, tail=2_000, prices=SONNET_5_5,
+            stable_ttl="1h", tail_ttl="1h", pings=0,
+        )  # fmt: skip
+        assert decision.expected_cost < one_hour
+        assert "turned into 1-hour ones" in decision.reason
 
 
-def test_many_gaps_of_7_minutes_buy_1_hour_entries_instead() -> None:
-    decision = decide([420.0] * 20, stable_tokens=50_000, tail_tokens=0, prices=SONNET_4_6)
-    assert (decision.stable_ttl, decision.max_pings) == ("1h", 0)
-
-
-def test_a_sparse_day_buys_1_hour_entries() -> None:
-    gaps = [600.0, 1_800.0, 3_000.0, 1_200.0, 2_400.0] * 4
-    decision = decide(gaps, stable_tokens=60_000, tail_tokens=2_000, prices=SONNET_5_5)
-    assert (decision.stable_ttl, decision.tail_ttl) == ("1h", "1h")
-    assert "1-hour" in decision.reason
+def test_the_upgrade_costs_a_read_and_the_tail_at_the_1_hour_price() -> None:
+    # One gap of 10 minutes: the upgrade 4.5 minutes in (a read of the prefix, the tail
+    # written again after the marker at 2x), then the question reads.
+    cost = _expected_with_upgrade([600.0], stable=10_000, tail=1_000, prices=SONNET_5_5, pings=0)
+    assert cost == pytest.approx(0.05 * 11_000 + 2.0 * 1_000 + 0.05 * 11_000)
+    # A gap of 2 hours without pings: upgraded, then lapsed: written again at 5 minutes.
+    lapsed = _expected_with_upgrade(
+        [7_200.0], stable=10_000, tail=1_000, prices=SONNET_5_5, pings=0
+    )
+    assert lapsed == pytest.approx(0.05 * 11_000 + 2.0 * 1_000 + 1.25 * 11_000)
+    # One hourly ping bridges it.
+    bridged = _expected_with_upgrade(
+        [7_200.0], stable=10_000, tail=1_000, prices=SONNET_5_5, pings=1
+    )
+    assert bridged == pytest.approx(0.05 * 11_000 + 2.0 * 1_000 + 2 * 0.05 * 11_000)
 
 
 def test_frequent_edits_of_a_large_tail_keep_it_at_5_minutes() -> None:
@@ -69,6 +86,14 @@ def test_with_no_gaps_seen_a_working_session_is_assumed() -> None:
     assert "no gaps observed yet" in decision.reason
 
 
+def test_before_any_break_is_seen_a_break_is_still_insured_against() -> None:
+    # Only short gaps so far: an upgrade 4.5 minutes into the next silence, and an hourly
+    # ping, cost a few reads; finding the cache gone after a lunch break costs a rewrite.
+    decision = decide([60.0, 80.0], stable_tokens=70_000, tail_tokens=0, prices=SONNET_5_5)
+    assert decision.upgrade
+    assert decision.max_pings >= 1
+
+
 gaps = st.lists(st.floats(1, 20_000), min_size=1, max_size=30)
 prices = st.sampled_from([SONNET_4_6, SONNET_5_5, Prices(0.025, 1.25, 2.0)])
 
@@ -78,8 +103,9 @@ def test_the_decision_is_never_worse_than_a_fixed_strategy(
     observed: list[float], stable: int, tail: int, price: Prices
 ) -> None:
     decision = decide(observed, stable_tokens=stable, tail_tokens=tail, prices=price)
+    weighed = considered_gaps(observed)
     fixed = [
-        _expected(observed, stable=stable, tail=tail, prices=price, stable_ttl=ttl, pings=pings)
+        _expected(weighed, stable=stable, tail=tail, prices=price, stable_ttl=ttl, pings=pings)
         for ttl in ("5m", "1h")
         for pings in (0, 24)  # let it lapse, or keep it warm throughout
     ]
@@ -91,7 +117,9 @@ def test_one_hour_entries_always_precede_five_minute_ones(
     observed: list[float], stable: int, price: Prices
 ) -> None:
     decision = decide(observed, stable_tokens=stable, tail_tokens=100, prices=price)
-    assert not (decision.stable_ttl == "5m" and decision.tail_ttl == "1h")
+    # An upgrading decision writes the tail with 1 hour only once the stable part has
+    # been upgraded, so that every breakpoint of such a request is 1-hour.
+    assert decision.upgrade or not (decision.stable_ttl == "5m" and decision.tail_ttl == "1h")
 
 
 # --- in the engine --------------------------------------------------------------------
@@ -107,7 +135,7 @@ async def test_cache_status_explains_the_policy_and_it_follows_the_gaps(
     base = running_emulator.base_url
     async with engine_on(corpus, base, tmp_path / "state", clock=lambda: clock[0]) as engine:
         first = status(engine).cache_policy[0]
-        assert first.decision == "5m"
+        assert first.decision.startswith("5m>1h")
         assert "no gaps observed yet" in first.reason
         assert "Cache policy: 5-minute cache entries" in render_status(status(engine))
         for _ in range(6):  # a question every 20 minutes
@@ -115,7 +143,7 @@ async def test_cache_status_explains_the_policy_and_it_follows_the_gaps(
             clock[0] += 1_200
             emulator.advance(1_200)
         later = status(engine).cache_policy[0]
-    assert later.stable_ttl == "1h"
+    assert "turned into 1-hour ones" in later.reason
     assert "20.0 minutes apart" in later.reason
 
 
@@ -160,3 +188,40 @@ async def test_prewarm_writes_the_cache_after_a_change_and_says_what_it_cost(
         assert "pre-warmed at" in render_status(status(engine))
         answer = await engine.ask("How many approvals do deploys need?")
         assert answer.usage.cache_write_tokens == 0  # the question found the cache written
+
+
+@pytest.mark.anyio
+async def test_a_quiet_cache_is_upgraded_to_1_hour_for_the_price_of_a_marker(
+    tmp_path: Path, running_emulator: Any, emulator: Control
+) -> None:
+    from corpus_cache.request import MARKER
+    from corpus_cache.warm import keep_warm_due
+
+    clock = [1_900_000_000.0]
+    emulator.freeze(clock[0])
+    corpus = write_corpus(tmp_path / "corpus")
+    base = running_emulator.base_url
+    async with engine_on(corpus, base, tmp_path / "state", clock=lambda: clock[0]) as engine:
+        first = await engine.ask("When are deploys frozen?")
+        due = engine.next_ping_at()
+        assert due == pytest.approx(clock[0] + 270.0)
+        clock[0] = due
+        emulator.post("clock", {"set": due})
+        (upgrade,) = await keep_warm_due(engine)
+        # 50 minutes later, long after a 5-minute entry would have gone.
+        clock[0] += 3_000
+        emulator.advance(3_000)
+        later = await engine.ask("When are deploys frozen?")
+
+    written = first.usage.cache_write_5m_tokens
+    assert upgrade.usage.cache_read_tokens == written
+    assert 0 < upgrade.usage.cache_write_1h_tokens < 10  # the marker only: no tail yet
+    assert later.usage.cache_read_tokens == written + upgrade.usage.cache_write_1h_tokens
+    assert later.usage.cache_write_tokens == 0
+    calls = [e for e in emulator.log(bodies=True) if e["path"] == "/v1/messages"]
+    body = sorted(calls, key=lambda e: e["time"])[1]["body"]
+    content = body["messages"][0]["content"]
+    markers = [b for b in content if b.get("text") == MARKER]
+    assert len(markers) == 1
+    assert markers[0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert body["max_tokens"] == 0

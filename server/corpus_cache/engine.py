@@ -13,10 +13,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import anthropic
 import anyio
 
-from .backend import Backend, backend_of_response, describe_api_error
+from .backend import (
+    API_FAILURES,
+    Backend,
+    IncompleteResponseError,
+    backend_of_response,
+    describe_api_error,
+    may_have_been_billed,
+)
 from .catalog import Catalog, ModelSpec
 from .config import Settings
 from .corpus.documents import Document, Snapshot
@@ -30,13 +36,13 @@ from .errors import (
     NotInCorpusError,
 )
 from .ledger import Ledger, RequestRecord, Totals
-from .paths import corpus_relative
+from .paths import corpus_relative, normal_form
 from .plan.anchors import select_breakpoints
 from .plan.budget import default_budget
 from .plan.layout import MAX_CORPUS_BREAKPOINTS, Layout, Plan, Shard, Ttl, plan_corpus
 from .plan.route import rank_shards
 from .plan.stability import DocInfo
-from .policy import Decision, Prices, decide
+from .policy import FIVE_MINUTES, ONE_HOUR, PING_MARGIN, Decision, Prices, decide
 from .pricing import Usage, cost_usd, project_question, uncached_cost_usd
 from .request import INSTRUCTIONS, Citation, build_request, map_answer, marked_anchors
 from .search import Hit, SearchIndex
@@ -48,6 +54,18 @@ log = logging.getLogger(__name__)
 QUESTION_RESERVE = 2_000  # tokens kept free in the window for the question
 DAY_SECONDS = 86_400.0
 TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+ONE_HOUR_PING = ONE_HOUR - PING_MARGIN
+FIVE_MINUTE_PING = FIVE_MINUTES - PING_MARGIN
+MAX_MARKERS = 4  # marker blocks per shard before an upgrade waits for the next full write
+
+
+@dataclass(frozen=True)
+class KeepWarm:
+    """A keep-warm request due: when, the anchor it keeps, and whether it upgrades."""
+
+    due: float
+    target: int
+    upgrade: bool
 
 
 @dataclass(frozen=True)
@@ -60,6 +78,11 @@ class Corpus:
     index: SearchIndex = field(repr=False)
     # Per shard: anchor position -> identity of the cache entry its prefix would have.
     anchor_ids: dict[int, dict[int, str]] = field(default_factory=dict, repr=False)
+    # Old copies of edited documents the layout keeps in a live cached prefix, by (path, key).
+    superseded: dict[tuple[str, str], Document] = field(default_factory=dict, repr=False)
+    # Per shard: (anchor position, count) of the marker blocks after that document, added
+    # one by one to upgrade the cached prefix to a 1-hour entry (see `upgraded`).
+    markers: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False)
 
     @property
     def corpus_tokens(self) -> int:
@@ -96,6 +119,7 @@ class Answer:
     session_turns: int = 0  # questions the session holds, this one included
     session_dropped_turns: int = 0  # oldest turns dropped before this question, to fit
     session_snapshot_is_live: bool = True  # False: the folder changed since the session began
+    message_ids: tuple[str, ...] = ()  # the API's id of each shard's response, as the ledger has it
 
 
 @dataclass(frozen=True)
@@ -110,6 +134,7 @@ class _ShardAnswer:
     latency_ms: float
     raw_text: str = ""  # the answer's text as the API gave it, for a session's next turn
     marked: tuple[int, ...] = ()  # the anchors the request marked
+    message_id: str = ""
 
 
 @dataclass
@@ -154,6 +179,7 @@ class Engine:
         self._instructions_tokens: int | None = None
         self._refreshing = anyio.Lock()
         self._entries: dict[str, float] = {}  # anchor identity -> when we expect it to expire
+        self._entry_ttls: dict[str, Ttl] = {}  # anchor identity -> the TTL it was written with
         self._turn = 0
         self._asked: dict[int, list[float]] = self._asked_before()  # shard -> question times
         self.last_prewarm: Any = None  # warm.Prewarmed, after a change, with --prewarm
@@ -164,9 +190,9 @@ class Engine:
             max_sessions=settings.max_sessions,
             clock=clock,
         )
-        # Cold prefixes being written, by (shard, anchor identities): set once the writing
-        # response has begun, when its entries become readable.
-        self._writing: dict[tuple[int, tuple[str, ...]], anyio.Event] = {}
+        # Cache entries being written, by anchor identity: set once the writing response
+        # has begun, when its entries become readable.
+        self._writing: dict[str, anyio.Event] = {}
         self._pending_usd = 0.0  # estimates of questions sent and not yet recorded
         self._last_message: dict[int, str] = {}  # shard -> last answer's id, for diagnostics
 
@@ -197,35 +223,94 @@ class Engine:
 
     async def _rebuild(self, progress: Callable[[int, int], None] | None) -> Corpus:
         previous = {d.path: d for d in self._corpus.snapshot.documents} if self._corpus else {}
-        result = scan(
-            self.settings.corpus, ScanOptions(max_file_bytes=self.settings.max_file_bytes), previous
+        # On a worker thread: tools keep answering from the live corpus while a big folder
+        # is walked.
+        options = ScanOptions(
+            max_file_bytes=self.settings.max_file_bytes,
+            allow_secret_content=self.settings.allow_secret_content,
         )
+        result = await anyio.to_thread.run_sync(scan, self.settings.corpus, options, previous)
         tokens = await self.counter.count(result.documents, progress)
         if self._instructions_tokens is None:
             self._instructions_tokens = await self.counter.count_system(INSTRUCTIONS)
         now = self.clock()
         docs = self._observe(result.documents, tokens, now)
-        layout = plan_corpus(
-            docs,
-            min_cacheable_tokens=self.model.min_cacheable_tokens,
-            instructions_tokens=self._instructions_tokens,
-            budget_tokens=self.budget_tokens,
-            now=now,
-            previous=self._corpus.layout if self._corpus else None,
-        )
+        layout = self._plan(docs, self._corpus, now)
         self._version += 1
         snapshot = Snapshot(
             self.settings.corpus, self._version, now, result.documents, result.skipped
         )
+        markers = _carried_markers(layout, self._corpus)
         corpus = Corpus(
-            snapshot, tokens, layout, SearchIndex(snapshot), _anchor_ids(layout, self.model.id)
-        )
+            snapshot, tokens, layout, SearchIndex(snapshot),
+            _anchor_ids(layout, self.model.id, markers), _superseded(layout, self._corpus),
+            markers,
+        )  # fmt: skip
         log.info(
             "corpus v%d: %d documents, %d tokens, %d left out; %d shard(s): %s",
             snapshot.version, len(snapshot.documents), corpus.corpus_tokens,
             len(snapshot.skipped), len(layout.shards), layout.shards[0].plan.note,
         )  # fmt: skip
         return corpus
+
+    def _plan(self, docs: list[DocInfo], previous: Corpus | None, now: float) -> Layout:
+        assert self._instructions_tokens is not None
+        return plan_corpus(
+            docs,
+            min_cacheable_tokens=self.model.min_cacheable_tokens,
+            instructions_tokens=self._instructions_tokens,
+            budget_tokens=self.budget_tokens,
+            now=now,
+            previous=previous.layout if previous else None,
+            live=self._live_anchors(previous, now) if previous else None,
+        )
+
+    def _live_anchors(self, corpus: Corpus, now: float) -> dict[int, tuple[int, ...]]:
+        """Per shard, the anchors whose entries are alive as far as we know, those most
+        worth keeping first: the furthest (what the next question reads through), then
+        1-hour entries (the costliest to write again), then the others, furthest first."""
+        live: dict[int, tuple[int, ...]] = {}
+        for shard in corpus.shards:
+            ids = corpus.anchor_ids.get(shard.number, {})
+            alive = [a for a in shard.plan.anchors if self._entries.get(ids[a], 0.0) > now]
+            if alive:
+                furthest = max(alive)
+                live[shard.number] = tuple(
+                    sorted(alive, key=lambda a: (a != furthest,
+                                                 self._entry_ttls.get(ids[a]) != "1h", -a))
+                )  # fmt: skip
+        return live
+
+    async def _compacted(self) -> Corpus:
+        """The live corpus, without old copies of edited documents outside the live cache:
+        once the prefix that kept them has lapsed, the next request writes it anyway, and
+        it may as well write the current documents only."""
+        corpus = self.current
+        now = self.clock()
+        live = self._live_anchors(corpus, now)
+        if not any(
+            s.plan.superseded and max(s.plan.superseded) > max(live.get(s.number, (-1,)))
+            for s in corpus.shards
+        ):
+            return corpus
+        async with self._refreshing:
+            if self._corpus is not corpus:
+                return self.current
+            docs = [
+                DocInfo(doc.path, corpus.tokens[doc.path], h.key, h.last_change, h.edits,
+                        h.first_seen)
+                for doc in corpus.snapshot.documents
+                if (h := self._history.get(doc.path)) is not None
+            ]  # fmt: skip
+            layout = self._plan(docs, corpus, now)
+            markers = _carried_markers(layout, corpus)
+            compact = replace(
+                corpus, layout=layout, anchor_ids=_anchor_ids(layout, self.model.id, markers),
+                superseded=_superseded(layout, corpus), markers=markers,
+            )  # fmt: skip
+            self._corpus = compact
+        log.info("old copies of edited documents dropped from the layout: their cache lapsed")
+        return compact
 
     @property
     def budget_tokens(self) -> int:
@@ -279,11 +364,16 @@ class Engine:
         question = question.strip()
         if not question:
             raise InvalidArgumentError("question is empty: ask something about the documents")
+        if not question.isascii() and not _is_utf8(question):
+            raise InvalidArgumentError(
+                "question holds an unpaired surrogate, which is not text: send it as UTF-8"
+            )
         if fan_out is not None and fan_out < 1:
             raise InvalidArgumentError("fan_out must be at least 1")
         if session is not None:
             return await self._ask_in_session(question, fan_out, Sessions.check_id(session))
-        corpus = self.current  # this question's snapshot, whatever refreshes happen meanwhile
+        # This question's snapshot, whatever refreshes happen meanwhile.
+        corpus = await self._compacted()
         self._check_documents(corpus)
         chosen = self.route(question, corpus, fan_out or self.settings.fan_out)
         estimate = sum(self.estimate_usd(corpus, shard, question) for shard in chosen)
@@ -435,7 +525,8 @@ class Engine:
         marks those of its first question); by default chosen from what is believed alive.
 
         Coalescing: a request that would write a cold prefix while another request writing
-        that same prefix has not begun its response waits until it has, then reads it."""
+        that same prefix has not begun its response waits until it has, then reads it. The
+        other request may be on another snapshot that shares this one's first documents."""
         plan = shard.plan
         window = self.model.context_window
         if plan.total_tokens + QUESTION_RESERVE + self.settings.max_answer_tokens > window:
@@ -445,15 +536,13 @@ class Engine:
                 "and an answer; lower --budget-tokens"
             )
         ids = corpus.anchor_ids.get(shard.number, {})
-        key = (shard.number, tuple(ids[a] for a in plan.anchors))
-        begun: anyio.Event | None = None
         while plan.anchors:
             now = self.clock()
             if self._entries.get(ids[plan.anchors[-1]], 0.0) > now:
                 break  # warm: nothing to wait for
-            writing = self._writing.get(key)
+            cold = (ids[a] for a in plan.anchors if self._entries.get(ids[a], 0.0) <= now)
+            writing = next((self._writing[i] for i in cold if i in self._writing), None)
             if writing is None:
-                begun = self._writing[key] = anyio.Event()  # this request writes the prefix
                 break
             await writing.wait()  # its entries are readable once its response has begun
         self._asked.setdefault(shard.number, []).append(self.clock())
@@ -463,13 +552,22 @@ class Engine:
         )  # fmt: skip
         params["diagnostics"] = {"previous_message_id": self._last_message.get(shard.number)}
         ttl: str | None = None
+        # The entries this request writes, for requests that would write them too to wait on.
+        now = self.clock()
+        readable = anyio.Event()
+        writes = [ids[a] for a in marked_anchors(params) if self._entries.get(ids[a], 0.0) <= now]
+        for identity in writes:
+            self._writing.setdefault(identity, readable)
 
         def release() -> None:
-            if begun is not None and not begun.is_set():
-                begun.set()
-                if self._writing.get(key) is begun:
-                    del self._writing[key]
+            if not readable.is_set():
+                readable.set()
+                for identity in writes:
+                    if self._writing.get(identity) is readable:
+                        del self._writing[identity]
 
+        opened: Usage | None = None  # the usage message_start reported: the response began
+        stopped = False
         started = time.perf_counter()
         try:
             async with self.backend.client.messages.stream(**params) as stream:
@@ -477,14 +575,21 @@ class Engine:
                     if event.type == "message_start":
                         # The cache usage comes first: the entries this request writes are
                         # readable from now on, and requests waiting for them can go.
-                        ttl = answered(Usage.from_api(event.message.usage))
+                        opened = Usage.from_api(event.message.usage)
+                        ttl = answered(opened)
                         release()
+                    elif event.type == "message_stop":
+                        stopped = True
+                if not stopped:  # the SDK would hand back what arrived as if it were whole
+                    raise IncompleteResponseError("the stream ended before message_stop")
                 message = await stream.get_final_message()
                 headers = stream.response.headers
-        except anthropic.APIError as exc:
-            latency = (time.perf_counter() - started) * 1000
-            self._record_failure("ask", corpus, exc, latency, shard.number)
+        except API_FAILURES as exc:
+            self.record_failure("ask", corpus, shard.number, started, exc, opened)
             raise ApiCallError(describe_api_error(exc)) from exc
+        except anyio.get_cancelled_exc_class():
+            self.record_failure("ask", corpus, shard.number, started, None, opened)
+            raise
         finally:
             release()  # failed before it began: a waiting request writes the prefix itself
         latency = (time.perf_counter() - started) * 1000
@@ -507,7 +612,7 @@ class Engine:
         raw_text = "".join(b.text for b in message.content if b.type == "text")
         return _ShardAnswer(
             shard, mapped.text, mapped.citations, usage, cost, uncached, backend, latency,
-            raw_text, marked_anchors(params),
+            raw_text, marked_anchors(params), message.id,
         )  # fmt: skip
 
     def _remember_entries(
@@ -526,13 +631,18 @@ class Engine:
             for anchor in alive:  # we thought them alive; the API did not: forget them
                 self._entries.pop(ids[anchor], None)
             alive = set()
+        read = max(alive) if alive else -1
         for anchor in marked:
-            self._entries[ids[anchor]] = now + TTL_SECONDS[ttls[anchor]]
-        if alive and usage.cache_read_tokens:
-            read = max(alive)  # the entry read was refreshed, with its own TTL
-            self._entries[ids[read]] = now + TTL_SECONDS[ttls[read]]
+            if anchor > read:  # written now, with the TTL this request asked for
+                self._entry_ttls[ids[anchor]] = ttls[anchor]
+        for anchor in {*marked, read} - {-1}:
+            # A hit refreshes an entry with its own TTL: a 1-hour mark does not upgrade it.
+            ttl = self._entry_ttls.get(ids[anchor], ttls[anchor])
+            if anchor > read or anchor in alive:
+                self._entries[ids[anchor]] = now + TTL_SECONDS[ttl]
         if len(self._entries) > 10_000:
             self._entries = {k: v for k, v in self._entries.items() if v > now}
+            self._entry_ttls = {k: v for k, v in self._entry_ttls.items() if k in self._entries}
 
     def _merge(self, corpus: Corpus, parts: list[_ShardAnswer]) -> Answer:
         if len(parts) == 1:
@@ -563,17 +673,50 @@ class Engine:
             shards=tuple(p.shard.number for p in parts),
             corpus_share=covered / total if total else 1.0,
             documents_not_consulted=len(corpus.snapshot.documents) - len(consulted),
+            message_ids=tuple(p.message_id for p in parts),
         )
 
-    def _record_failure(
-        self, kind: str, corpus: Corpus, exc: anthropic.APIError, latency: float, shard: int
+    def record_failure(
+        self,
+        kind: str,
+        corpus: Corpus,
+        shard: int,
+        started: float,
+        exc: BaseException | None,
+        begun: Usage | None = None,
     ) -> None:
-        # A failed call bills nothing: no usage, no cost.
+        """Record a call that failed (`exc`) or was cancelled (None) as an error row.
+
+        It charges what the API bills: once a response has begun the API bills it, so the
+        usage its start reported (`begun`) is recorded; before that, nothing. The error
+        text says which, and when the API may bill a request no usage was seen for."""
+        seconds = time.perf_counter() - started
+        if exc is None:
+            error = (
+                f"cancelled after {seconds:.2f} s (the deadline passed, or the client "
+                "cancelled the call)"
+            )
+        else:
+            error = describe_api_error(exc)
+        if begun is not None:
+            error += (
+                "; the response had begun: the usage it reported at its start is recorded, "
+                "and the API may bill more output than that"
+            )
+        elif exc is None or may_have_been_billed(exc):
+            error += (
+                "; no usage was reported, so none is recorded, though the API may bill a "
+                "request it had begun to process"
+            )
+        usage = begun or Usage()
         self.ledger.record(
             RequestRecord(
                 at=self.clock(), kind=kind, corpus=self.corpus_key, model=self.model.id,
-                backend=self.backend.kind, outcome="error", snapshot=corpus.snapshot.version,
-                latency_ms=latency, error=describe_api_error(exc), shard=shard,
+                backend=self.backend.kind, outcome="error", usage=usage,
+                cost_usd=cost_usd(usage, self.model),
+                uncached_cost_usd=uncached_cost_usd(usage, self.model),
+                snapshot=corpus.snapshot.version, latency_ms=seconds * 1000, error=error,
+                shard=shard,
             )
         )  # fmt: skip
 
@@ -590,6 +733,10 @@ class Engine:
         relative = corpus_relative(path)
         snapshot = self.current.snapshot
         doc = snapshot.get(relative)
+        if doc is None:  # the same name in another Unicode form (é as one or two characters)
+            wanted = normal_form(relative)
+            alike = [d for d in snapshot.documents if normal_form(d.path) == wanted]
+            doc = alike[0] if len(alike) == 1 else None
         if doc is not None:
             return doc
         for skipped in snapshot.skipped:
@@ -642,30 +789,47 @@ class Engine:
         max_tokens: int,
         marked: Sequence[int] | None = None,
         conversation: Sequence[tuple[str, str]] = (),
+        through: int | None = None,
+        ttl: Ttl | None = None,
     ) -> tuple[dict[str, Any], Callable[[Usage], str | None]]:
         """The params an ask on `shard` would send now, with `max_tokens`, and the function
         to call with the usage the API returned, so the engine knows which entries live;
         it returns the TTL the request used for the end of the corpus. `marked`: the
         anchors to mark (a session's follow-ups mark those of its first question);
-        `conversation`: a session's exchanges so far."""
+        `conversation`: a session's exchanges so far; `through`: an anchor to end the
+        documents at (a keep-warm request sends only the prefix it keeps alive); `ttl`:
+        the TTL of every breakpoint, instead of the policy's (an upgrade asks 1 hour)."""
         plan = shard.plan
+        if through is not None:
+            plan = replace(plan, blocks=plan.blocks[: plan.anchors.index(through) + 1])
         ids = corpus.anchor_ids.get(shard.number, {})
         now = self.clock()
         alive = {a for a in plan.anchors if self._entries.get(ids[a], 0.0) > now}
+        alive_ids = {ids[a] for a in alive}
         if marked is None:
+            stable = [a for a in plan.anchors if a < plan.tail_start]
             marked = select_breakpoints(
-                plan.anchors, alive, slots=MAX_CORPUS_BREAKPOINTS, turn=self._turn
-            )
+                plan.anchors, alive, slots=MAX_CORPUS_BREAKPOINTS, turn=self._turn,
+                keep=stable[-1] if stable else None,
+            )  # fmt: skip
         marked = list(marked)
         self._turn += 1
         decision = self.ttl_decision(shard)
+        if ttl is None and decision.upgrade:
+            # Once the stable part is an upgraded 1-hour entry, what follows it is written
+            # with the tail's TTL; before that, everything with 5 minutes (1-hour
+            # breakpoints must come before 5-minute ones).
+            stable_id = ids.get(self.stable_anchor(shard.plan), "")
+            upgraded = stable_id in alive_ids and self._entry_ttls.get(stable_id) == "1h"
+            ttl = decision.tail_ttl if upgraded else "5m"
         ttls: dict[int, Ttl] = {
-            a: decision.stable_ttl if a < plan.tail_start else decision.tail_ttl
+            a: ttl or (decision.stable_ttl if a < plan.tail_start else decision.tail_ttl)
             for a in plan.anchors
         }
         params = build_request(
             plan, corpus.snapshot, question, model=self.model.id, max_tokens=max_tokens,
-            marked=marked, ttls=ttls, conversation=conversation,
+            marked=marked, ttls=ttls, conversation=conversation, superseded=corpus.superseded,
+            markers=corpus.markers.get(shard.number),
         )  # fmt: skip
 
         def answered(usage: Usage) -> str | None:
@@ -693,14 +857,16 @@ class Engine:
         plan = shard.plan
         stable = 0
         if plan.cached:
-            stable = max((p for p, a in zip(_ends(plan), plan.anchors, strict=True)
-                          if a < plan.tail_start), default=0)  # fmt: skip
+            # Through the anchor ending the stable part (where an upgrade's marker goes):
+            # the whole corpus when every document is recently edited.
+            stable = dict(zip(plan.anchors, _ends(plan), strict=True))[self.stable_anchor(plan)]
         forced: Ttl | None = None if self.settings.ttl == "auto" else self.settings.ttl
         asked = len(self._asked.get(shard.number, ()))
         edits = sum(self._history[p].edits for p in plan.order if p in self._history)
         return decide(
             self.gaps(shard.number),
             edits_per_question=edits / asked if asked else 0.0,
+            edit_tokens=_edit_tokens(plan),
             stable_tokens=stable,
             tail_tokens=plan.total_tokens - stable,
             prices=Prices(
@@ -711,16 +877,79 @@ class Engine:
             forced=forced,
         )
 
-    def _ping_due(self, shard: Shard) -> float | None:
+    def keep_warm_plan(self, corpus: Corpus, shard: Shard) -> KeepWarm | None:
+        """The keep-warm request the policy wants for `shard` next, and when.
+
+        - A 1-hour entry is alive: read it just before it expires, sending only the prefix
+          through it, so the request never writes.
+        - Only 5-minute entries are alive and the policy wants 1 hour (or upgrades): just
+          before the furthest expires, add a marker block after the stable part and write
+          a 1-hour breakpoint on it. The request reads the live prefix through the lookback
+          and pays the 1-hour price for the marker and what follows it only.
+        - Only 5-minute entries, kept warm by the policy: read the furthest before it expires.
+
+        Only while that is within the reach the policy pays for: the entry's life after
+        the last question, plus its pings."""
         times = self._asked.get(shard.number)
-        if not times or not shard.plan.cached:
+        plan = shard.plan
+        if not times or not plan.cached:
             return None
         decision = self.ttl_decision(shard)
-        after, sent = self._pings.get(shard.number, (0.0, 0))
-        count = sent if after == times[-1] else 0
-        if decision.ping_every is None or count >= decision.max_pings:
+        ids, now = corpus.anchor_ids.get(shard.number, {}), self.clock()
+        alive = [a for a in plan.anchors if self._entries.get(ids[a], 0.0) > now]
+        if not alive:
+            return None  # nothing alive to keep: a request would be a write
+        long = [a for a in alive if self._entry_ttls.get(ids[a]) == "1h"]
+        hour, five = ONE_HOUR_PING, FIVE_MINUTE_PING
+        if decision.upgrade:
+            reach = times[-1] + five + hour * (1 + decision.max_pings)
+        elif decision.stable_ttl == "1h":
+            reach = times[-1] + hour * (1 + decision.max_pings)
+        else:
+            reach = times[-1] + five * (1 + decision.max_pings)
+        if long:
+            target, upgrade = max(long), False
+        elif decision.upgrade or decision.stable_ttl == "1h":
+            target, upgrade = max(alive), True
+        elif decision.max_pings:
+            target, upgrade = max(alive), False
+        else:
             return None
-        return times[-1] + (count + 1) * decision.ping_every
+        due = self._entries[ids[target]] - PING_MARGIN
+        if due >= reach:
+            return None
+        if upgrade and not self._can_upgrade(corpus, shard):
+            return None
+        return KeepWarm(due, target, upgrade)
+
+    def stable_anchor(self, plan: Plan) -> int:
+        """The anchor ending the stable part (the corpus's end, if all of it is hot)."""
+        stable = [a for a in plan.anchors if a < plan.tail_start]
+        return stable[-1] if stable else plan.anchors[-1]
+
+    def _can_upgrade(self, corpus: Corpus, shard: Shard) -> bool:
+        position, count = corpus.markers.get(shard.number, (-1, 0))
+        return position != self.stable_anchor(shard.plan) or count < MAX_MARKERS
+
+    def upgraded(self, corpus: Corpus, shard: Shard) -> Corpus:
+        """`corpus` with one more marker block after `shard`'s stable part, installed as
+        the live corpus if `corpus` still is. Anchors from there on get new identities."""
+        stable = self.stable_anchor(shard.plan)
+        position, count = corpus.markers.get(shard.number, (stable, 0))
+        count = count + 1 if position == stable else 1
+        markers = {**corpus.markers, shard.number: (stable, count)}
+        new = replace(
+            corpus, markers=markers, anchor_ids=_anchor_ids(corpus.layout, self.model.id, markers)
+        )
+        if self._corpus is corpus:
+            self._corpus = new
+        return new
+
+    def _ping_due(self, shard: Shard) -> float | None:
+        if self._corpus is None:
+            return None
+        planned = self.keep_warm_plan(self._corpus, shard)
+        return planned.due if planned else None
 
     def next_ping_at(self) -> float | None:
         """When the next keep-warm request is due, if the policy wants any."""
@@ -738,7 +967,7 @@ class Engine:
         """A keep-warm request went out for `shard` since its last question."""
         last = self._asked.get(shard, [0.0])[-1]
         after, sent = self._pings.get(shard, (0.0, 0))
-        self._pings[shard] = (last, sent + 1 if after == last else 1)
+        self._pings[shard] = (last, sent + 1 if after == last else 1)  # for cache_status
 
 
 def _cache_miss(message: Any) -> tuple[str | None, int | None]:
@@ -748,6 +977,14 @@ def _cache_miss(message: Any) -> tuple[str | None, int | None]:
     if reason is None:
         return None, None
     return str(reason.type), getattr(reason, "cache_missed_input_tokens", None)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no JSON body can carry it to the API
+        return False
+    return True
 
 
 def _reason_kind(reason: str) -> str:
@@ -763,17 +1000,70 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-def _anchor_ids(layout: Layout, model: str) -> dict[int, dict[int, str]]:
+def _superseded(layout: Layout, previous: Corpus | None) -> dict[tuple[str, str], Document]:
+    """The old copies `layout` keeps, from the corpus it was planned after (they were that
+    corpus's documents, or old copies it kept itself)."""
+    kept: dict[tuple[str, str], Document] = {}
+    if previous is None:
+        return kept
+    for shard in layout.shards:
+        plan = shard.plan
+        for position in plan.superseded:
+            path, key = plan.order[position], plan.keys[position]
+            doc = previous.snapshot.get(path)
+            if doc is None or content_key(doc) != key:
+                doc = previous.superseded.get((path, key))
+            if doc is None:
+                raise RuntimeError(f"no old copy of {path} to keep in the layout")
+            kept[(path, key)] = doc
+    return kept
+
+
+def _edit_tokens(plan: Plan) -> float:
+    """Tokens an edit to the tail rewrites on average: the edited document moves to the
+    end, so with k documents in the tail, (k + 1) / 2 of them."""
+    sizes = [size for i, size in enumerate(plan.sizes) if i >= plan.tail_start]
+    if not sizes:
+        return 0.0
+    return (len(sizes) + 1) / 2 * sum(sizes) / len(sizes)
+
+
+def _carried_markers(layout: Layout, previous: Corpus | None) -> dict[int, tuple[int, int]]:
+    """The previous corpus's marker blocks, for each shard whose documents up to them are
+    unchanged and still end at an anchor there (its cached prefix is then still good)."""
+    carried: dict[int, tuple[int, int]] = {}
+    if previous is None:
+        return carried
+    before = {s.number: s.plan for s in previous.shards}
+    for shard in layout.shards:
+        if shard.number not in previous.markers or shard.number not in before:
+            continue
+        position, count = previous.markers[shard.number]
+        old, new = before[shard.number], shard.plan
+        if position in new.anchors and (
+            list(zip(old.order, old.keys, strict=True))[: position + 1]
+            == list(zip(new.order, new.keys, strict=True))[: position + 1]
+        ):
+            carried[shard.number] = (position, count)
+    return carried
+
+
+def _anchor_ids(
+    layout: Layout, model: str, markers: dict[int, tuple[int, int]] | None = None
+) -> dict[int, dict[int, str]]:
     """For each shard, each anchor's entry identity: the model and every (path, content)
-    before it, in order, as the API's prefix hash would see them."""
+    before it, in order, with any marker blocks, as the API's prefix hash would see them."""
     ids: dict[int, dict[int, str]] = {}
     for shard in layout.shards:
         plan = shard.plan
         anchors = set(plan.anchors)
+        after, count = (markers or {}).get(shard.number, (-1, 0))
         running = hashlib.sha256(f"{model}\0{INSTRUCTIONS}".encode())
         ids[shard.number] = {}
         for position, (path, key) in enumerate(zip(plan.order, plan.keys, strict=True)):
             running.update(f"\0{path}\0{key}".encode())
+            if position == after:
+                running.update(b"\0marker" * count)
             if position in anchors:
                 ids[shard.number][position] = running.copy().hexdigest()
     return ids

@@ -19,10 +19,19 @@ than from an average, and the cheapest option wins:
   TTL, the tail with 5 minutes (1h breakpoints must come before 5m ones); `1h`: both for
   an hour. The extra cost of the 1-hour write is spread over as many questions as the
   history holds; each edit rewrites the tail at the tail's write price;
-- `1h+warm(k)`: the same, with up to k pings an hour apart.
+- `1h+warm(k)`: the same, with up to k pings an hour apart;
+- `5m>1h+warm(k)`: 5-minute entries, upgraded to 1 hour when a question has not come
+  within 4.5 minutes, then up to k pings an hour apart. A hit does not change an entry's
+  TTL, but a request that reads a live entry and writes a 1-hour breakpoint a block later
+  pays the 1-hour price for that block only, and its new entry holds the whole prefix. So
+  the upgrade costs a read of the prefix (plus the tail, written again after the new
+  block), where writing 1-hour entries from the start costs 2x the prefix.
 
-Until enough gaps are seen, a prior stands in: a few gaps of a minute, a typical working
-session. The decision carries a sentence explaining it.
+Until gaps are seen, a prior stands in: a few gaps of a minute, a typical working
+session. Two breaks (40 and 100 minutes) are always counted with the gaps, their weight
+fading as gaps are seen: people come back after a break, and before the first break is
+seen they make the cheap upgrade, and an hourly ping, worth buying. The decision carries a
+sentence explaining it.
 """
 
 from __future__ import annotations
@@ -39,6 +48,10 @@ PING_MARGIN = 30.0  # ping this long before the entry would expire
 MAX_PINGS = 24
 RECENT_GAPS = 50
 PRIOR_GAPS = (60.0, 60.0, 90.0)
+# Counted with the observed gaps, always: people come back after a break, sometimes after
+# more than an hour. Their weight fades as gaps are seen; they make a cheap upgrade (and an
+# hourly ping) worth buying before the first break has been seen.
+PRIOR_BREAKS = (40 * 60.0, 100 * 60.0)
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,7 @@ class Decision:
     expected_cost: float  # per question, in prefix-token units
     name: str
     reason: str
+    upgrade: bool = False  # upgrade 5-minute entries to 1 hour when a gap outlasts them
 
 
 def _expected(
@@ -71,6 +85,7 @@ def _expected(
     pings: int,
     tail_ttl: Ttl = "5m",
     edits_per_question: float = 0.0,
+    edit_tokens: float | None = None,
 ) -> float:
     """Expected cost per question, in prefix tokens at the input price: what happens in
     each gap (pings, then a read or a rewrite of each part), edits, and the one-off extra
@@ -89,10 +104,62 @@ def _expected(
         cost += tail * (prices.read if tail_alive else write[tail_ttl])
     cost /= len(gaps)
     # Each edit rewrites (about) the tail, at the tail's write price.
-    cost += edits_per_question * tail * write[tail_ttl]
+    cost += edits_per_question * (tail if edit_tokens is None else edit_tokens) * write[tail_ttl]
     if stable_ttl == "1h":
         cost += (prices.write_1h - prices.write_5m) * stable / len(gaps)
     return cost
+
+
+def _expected_with_upgrade(
+    gaps: Sequence[float],
+    *,
+    stable: float,
+    tail: float,
+    prices: Prices,
+    pings: int,
+    tail_ttl: Ttl = "5m",
+    edits_per_question: float = 0.0,
+    edit_tokens: float | None = None,
+) -> float:
+    """Expected cost per question of `5m>1h+warm(k)`, gap by gap in order: a question
+    refreshes an upgraded entry for another hour, so it is upgraded once per lapse. Once
+    upgraded, the tail is written with `tail_ttl`: with 5 minutes, an edited tail is
+    written again after each gap longer than that."""
+    prefix = stable + tail
+    interval = ONE_HOUR - PING_MARGIN
+    upgraded = False
+    cost = 0.0
+    long_gaps = sum(1 for gap in gaps if gap > FIVE_MINUTES)
+    # The chance that the tail was edited (and so written with 5 minutes) since the last
+    # long gap: edits per question times questions per long gap, at most 1.
+    stale_tail = min(1.0, edits_per_question * len(gaps) / long_gaps) if long_gaps else 0.0
+    for gap in gaps:
+        left = gap
+        if not upgraded:
+            if gap <= FIVE_MINUTES:
+                cost += prices.read * prefix
+                continue
+            cost += prices.read * prefix + prices.write_1h * tail  # the upgrade
+            upgraded = True
+            left = gap - (FIVE_MINUTES - PING_MARGIN)
+        elif tail_ttl == "5m" and gap > FIVE_MINUTES:
+            cost += stale_tail * prices.write_5m * tail
+        sent = min(pings, int(left // interval))
+        cost += sent * prices.read * prefix
+        if left <= ONE_HOUR + pings * interval:
+            cost += prices.read * prefix
+        else:
+            cost += prices.write_5m * prefix
+            upgraded = False
+    cost /= len(gaps)
+    write = prices.write_1h if tail_ttl == "1h" else prices.write_5m
+    return cost + edits_per_question * (tail if edit_tokens is None else edit_tokens) * write
+
+
+def considered_gaps(gaps: Sequence[float]) -> list[float]:
+    """The gaps a decision weighs: the recent ones (or a working session's, before any),
+    and the prior breaks."""
+    return [*(list(gaps[-RECENT_GAPS:]) or list(PRIOR_GAPS)), *PRIOR_BREAKS]
 
 
 def decide(
@@ -103,49 +170,82 @@ def decide(
     prices: Prices,
     forced: Ttl | None = None,
     edits_per_question: float = 0.0,
+    edit_tokens: float | None = None,
 ) -> Decision:
-    """The cheapest option for the recent gaps (seconds between a shard's questions)."""
-    recent = list(gaps[-RECENT_GAPS:]) or list(PRIOR_GAPS)
+    """The cheapest option for the recent gaps (seconds between a shard's questions).
+    `edit_tokens`: what an edit rewrites, on average (by default the whole tail)."""
+    seen = list(gaps[-RECENT_GAPS:]) or list(PRIOR_GAPS)
+    recent = considered_gaps(gaps)
     stable, tail = float(stable_tokens), float(tail_tokens)
     combos: list[tuple[Ttl, Ttl]] = [("5m", "5m"), ("1h", "5m"), ("1h", "1h")]
     if forced is not None:
         combos = [(forced, forced)]
-    options: list[tuple[float, Ttl, Ttl, int]] = []
+    options: list[tuple[float, bool, Ttl, Ttl, int]] = []
     for stable_ttl, tail_ttl in combos:
         for pings in range(MAX_PINGS + 1):
             cost = _expected(
                 recent, stable=stable, tail=tail, prices=prices, stable_ttl=stable_ttl,
                 pings=pings, tail_ttl=tail_ttl, edits_per_question=edits_per_question,
+                edit_tokens=edit_tokens,
             )  # fmt: skip
-            options.append((cost, stable_ttl, tail_ttl, pings))
-    # Ties go to shorter TTLs and fewer pings: the simpler, cheaper-to-start choice.
-    cost, stable_ttl, tail_ttl, pings = min(
-        options, key=lambda o: (round(o[0], 6), o[1] == "1h", o[2] == "1h", o[3])
+            options.append((cost, False, stable_ttl, tail_ttl, pings))
+    if forced is None:
+        for upgraded_tail in ("5m", "1h"):
+            for pings in range(MAX_PINGS + 1):
+                cost = _expected_with_upgrade(
+                    recent, stable=stable, tail=tail, prices=prices, pings=pings,
+                    tail_ttl=upgraded_tail, edits_per_question=edits_per_question,
+                    edit_tokens=edit_tokens,
+                )  # fmt: skip
+                options.append((cost, True, "5m", upgraded_tail, pings))
+    # Ties go to no upgrade, shorter TTLs and fewer pings: the simpler choice.
+    cost, upgrade, stable_ttl, tail_ttl, pings = min(
+        options, key=lambda o: (round(o[0], 6), o[1], o[2] == "1h", o[3] == "1h", o[4])
     )
-    ping_every = (FIVE_MINUTES if stable_ttl == "5m" else ONE_HOUR) - PING_MARGIN
+    ping_every = (FIVE_MINUTES if stable_ttl == "5m" and not upgrade else ONE_HOUR) - PING_MARGIN
     name = stable_ttl + ("" if tail_ttl == stable_ttl else f"/{tail_ttl}")
+    name = ("5m>1h" + ("" if tail_ttl == "1h" else "/5m")) if upgrade else name
     name += f"+warm({pings})" if pings else ""
+    reason = _explain(seen, stable_ttl, tail_ttl, pings, ping_every, gaps_seen=len(gaps))
+    if upgrade:
+        reason = _explain_upgrade(seen, pings, tail_ttl, gaps_seen=len(gaps))
     return Decision(
         stable_ttl=stable_ttl,
         tail_ttl=tail_ttl,
-        ping_every=ping_every if pings else None,
+        ping_every=ping_every if pings or upgrade else None,
         max_pings=pings,
         expected_cost=cost,
         name=name,
-        reason=_explain(recent, stable_ttl, tail_ttl, pings, ping_every, gaps_seen=len(gaps)),
+        reason=reason,
+        upgrade=upgrade,
     )
+
+
+def _explain_upgrade(gaps: Sequence[float], pings: int, tail_ttl: Ttl, gaps_seen: int) -> str:
+    what = (
+        "5-minute cache entries, turned into 1-hour ones by one keep-warm request when no "
+        "question comes within 4.5 minutes (cheaper than writing 1-hour entries, which "
+        "costs 2x the input price)"
+    )
+    if tail_ttl == "1h":
+        what += "; recently edited files are then written with 1 hour too"
+    if pings:
+        what += f", then kept warm by up to {pings} hourly keep-warm request(s)"
+    return f"{what}: {_basis(gaps, gaps_seen)}."
+
+
+def _basis(gaps: Sequence[float], gaps_seen: int) -> str:
+    ordered = sorted(gaps)
+    median = ordered[len(ordered) // 2]
+    if not gaps_seen:
+        return "no gaps observed yet, so a working session is assumed"
+    return f"questions have come a median {median / 60:.1f} minutes apart (last {len(gaps)} gaps)"
 
 
 def _explain(
     gaps: Sequence[float], ttl: Ttl, tail_ttl: Ttl, pings: int, every: float, gaps_seen: int
 ) -> str:
-    ordered = sorted(gaps)
-    median = ordered[len(ordered) // 2]
-    basis = (
-        f"questions have come a median {median / 60:.1f} minutes apart (last {len(gaps)} gaps)"
-        if gaps_seen
-        else "no gaps observed yet, so a working session is assumed"
-    )
+    basis = _basis(gaps, gaps_seen)
     if ttl == "5m" and not pings:
         what = "5-minute cache entries, let lapse between distant questions: cheaper than "
         what += "keeping them warm or paying twice the input price for 1-hour entries"

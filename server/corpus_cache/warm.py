@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-import anthropic
+import anyio
 
-from .backend import backend_of_response, describe_api_error
+from .backend import API_FAILURES, backend_of_response, describe_api_error
 from .engine import Corpus, Engine
 from .errors import ApiCallError
 from .ledger import RequestRecord
@@ -77,21 +77,54 @@ def prewarm_after_changes(engine: Engine) -> None:
 
 
 async def keep_warm_due(engine: Engine) -> list[Warmed]:
-    """Send the keep-warm requests the policy has due now (kind "keep-warm")."""
-    corpus = engine.current
+    """Send the keep-warm requests the policy has due now (kind "keep-warm"). A shard whose
+    request fails stays due; the others are still sent. Raises the first failure after."""
     sent = []
+    failed: list[ApiCallError] = []
     for shard in engine.shards_due(engine.clock()):
-        sent.append(await warm_shard(engine, corpus, shard, "keep-warm"))
+        corpus = engine.current
+        planned = engine.keep_warm_plan(corpus, shard)
+        if planned is None:
+            continue
+        try:
+            if planned.upgrade:
+                corpus = engine.upgraded(corpus, shard)
+                sent.append(await warm_shard(engine, corpus, shard, "keep-warm", upgrade=True))
+            else:
+                sent.append(
+                    await warm_shard(engine, corpus, shard, "keep-warm", through=planned.target)
+                )
+        except ApiCallError as exc:
+            failed.append(exc)
+            continue
         engine.pinged(shard.number)
+    if len(failed) > 1:
+        raise ApiCallError(f"{len(failed)} keep-warm requests failed; the first: {failed[0]}")
+    if failed:
+        raise failed[0]
     return sent
 
 
-async def warm_shard(engine: Engine, corpus: Corpus, shard: Shard, kind: str) -> Warmed:
-    """One `max_tokens: 0` request carrying exactly the prefix an ask on `shard` would."""
+async def warm_shard(
+    engine: Engine,
+    corpus: Corpus,
+    shard: Shard,
+    kind: str,
+    *,
+    through: int | None = None,
+    upgrade: bool = False,
+) -> Warmed:
+    """One `max_tokens: 0` request carrying exactly the prefix an ask on `shard` would;
+    `through`: only the prefix through that anchor (a keep-warm read); `upgrade`: marking
+    the stable part's end and the corpus's end with 1-hour breakpoints."""
     # max_tokens 0 is set after: the request must be what an ask would send.
+    marked = None
+    if upgrade:
+        marked = sorted({engine.stable_anchor(shard.plan), shard.plan.anchors[-1]})
     params, answered = engine.request_for(
-        corpus, shard, WARM_QUESTION, max_tokens=engine.settings.max_answer_tokens
-    )
+        corpus, shard, WARM_QUESTION, max_tokens=engine.settings.max_answer_tokens,
+        through=through, marked=marked, ttl="1h" if upgrade else None,
+    )  # fmt: skip
     params["max_tokens"] = 0
     record = RequestRecord(
         at=engine.clock(), kind=kind, corpus=engine.corpus_key, model=engine.model.id,
@@ -102,12 +135,12 @@ async def warm_shard(engine: Engine, corpus: Corpus, shard: Shard, kind: str) ->
     try:
         raw = await engine.backend.client.messages.with_raw_response.create(**params)
         message = await raw.parse()
-    except anthropic.APIError as exc:
-        latency = (time.perf_counter() - started) * 1000
-        engine.ledger.record(
-            replace(record, outcome="error", latency_ms=latency, error=describe_api_error(exc))
-        )
+    except API_FAILURES as exc:
+        engine.record_failure(kind, corpus, shard.number, started, exc)
         raise ApiCallError(f"warming the cache failed: {describe_api_error(exc)}") from exc
+    except anyio.get_cancelled_exc_class():
+        engine.record_failure(kind, corpus, shard.number, started, None)
+        raise
     latency = (time.perf_counter() - started) * 1000
     usage = Usage.from_api(message.usage)
     ttl = answered(usage)

@@ -204,9 +204,17 @@ def citation(passage: Passage) -> dict[str, Any]:
     }
 
 
+def current_sources(sources: tuple[Source, ...]) -> tuple[Source, ...]:
+    """Of documents sharing a title, the last: a model told that a later copy replaces an
+    earlier one reads only the later one (corpus-cache keeps edited files' old copies in a
+    cached prefix and says so in its instructions)."""
+    last = {source.title: source.document_index for source in sources if source.title}
+    return tuple(s for s in sources if not s.title or last[s.title] == s.document_index)
+
+
 def answer_blocks(question: str, sources: tuple[Source, ...]) -> list[dict[str, Any]]:
     """The content blocks of an extractive answer, before any max_tokens cut."""
-    passages = best_passages(question, sources, MAX_SENTENCES)
+    passages = best_passages(question, current_sources(sources), MAX_SENTENCES)
     if not passages:
         return [{"type": "text", "text": NO_MATCH}]
     blocks: list[dict[str, Any]] = [{"type": "text", "text": PREAMBLE + "\n"}]

@@ -10,6 +10,9 @@ each request marks at most `slots` of them:
   one, so that the rewrite leaves fresh entries where the next edit is likely; the
   first of them within the lookback of the live anchor it reads through (else that
   anchor itself is marked);
+- with slots to spare, the live anchor that ends the stable part (`keep`): when the
+  volatile tail is edited, it is what the next request reads through, so it must not
+  lapse while the questions read past it;
 - otherwise, and with slots to spare, live anchors in rotation, so that each is
   refreshed before its TTL runs out;
 - always the last anchor, the end of the corpus.
@@ -32,6 +35,7 @@ def select_breakpoints(
     *,
     slots: int,
     turn: int,
+    keep: int | None = None,
 ) -> list[int]:
     """Anchor positions (ascending) to mark on this request.
 
@@ -54,6 +58,8 @@ def select_breakpoints(
             wanted = wanted[1:] if wanted else wanted
             chosen.add(read)  # out of the lookback's reach: mark the live anchor itself
         chosen.update(wanted)
+    if keep is not None and keep in alive and keep in anchors and len(chosen) < slots:
+        chosen.add(keep)
     spare = [a for a in live if a not in chosen]
     if spare:
         start = turn % len(spare)

@@ -33,12 +33,13 @@ def choose_cuts(
     *,
     minimum: int,
     cuts: int,
-    must: int | None = None,
+    must: int | Sequence[int] | None = None,
     hot_from: int | None = None,
 ) -> list[int]:
     """Indices i (a cut after document i) of up to `cuts` interior cuts, minimising the
-    expected rewrite; `must`, if given, is one of them. Exact dynamic program over the
-    candidate positions: g[j][c] is the least cost of the blocks up to cut c with j cuts.
+    expected rewrite; `must`, if given, is one of them (a sequence: all of them, up to
+    `cuts`, the last ones kept). Exact dynamic program over the candidate positions:
+    g[j][c] is the least cost of the blocks up to cut c with j cuts.
 
     `prefix[i]` is the prompt prefix through document i (instructions included); the last
     document always ends the last block.
@@ -51,40 +52,42 @@ def choose_cuts(
     total_tokens, total_rate = p[-1], cumulative[-1]
     positions = np.arange(n - 1)
     eligible = positions[p[positions] >= minimum]
-    if must is not None and not 0 <= must < n - 1:
-        must = None
-    if len(eligible) == 0:
-        return [must] if must is not None else []
+    required = sorted(
+        {m for m in ([must] if isinstance(must, int) else must or ()) if 0 <= m < n - 1}
+    )
+    required = required[-cuts:]
+    if len(eligible) == 0 or len(required) == cuts:
+        return required
     cand = _candidates(eligible, hot_from if hot_from is not None else n)
-    if must is not None and must not in cand:
-        cand = np.unique(np.append(cand, must))
+    cand = np.unique(np.concatenate([cand, np.asarray(required, dtype=cand.dtype)]))
     m = len(cand)
     pc, lc = p[cand], cumulative[cand]
     # Block from cut a (exclusive) to cut b (inclusive) costs (T - P[a]) * (L[b] - L[a]).
     step = (total_tokens - pc)[:, None] * (lc[None, :] - lc[:, None])
     step[np.tril_indices(m)] = np.inf
-    if must is not None:
-        k = int(np.searchsorted(cand, must))
-        step[:k, k + 1 :] = np.inf  # no block may jump over the required cut
-        first = np.where(cand <= must, total_tokens * lc, np.inf)
+    for required_cut in required:
+        k = int(np.searchsorted(cand, required_cut))
+        step[:k, k + 1 :] = np.inf  # no block may jump over a required cut
+    if required:
+        first = np.where(cand <= required[0], total_tokens * lc, np.inf)
     else:
         first = total_tokens * lc
     tail = (total_tokens - pc) * (total_rate - lc)
     g = first
     back: list[np.ndarray] = []
-    best_cost = np.inf if must is not None else total_tokens * total_rate  # no cut at all
+    best_cost = np.inf if required else total_tokens * total_rate  # no cut at all
     best_end, best_j = -1, 0
     for j in range(1, cuts + 1):
         if j > 1:
             through = g[:, None] + step
             back.append(np.argmin(through, axis=0))
             g = through[back[-1], np.arange(m)]
-        valid = g if must is None else np.where(cand >= must, g, np.inf)
+        valid = g if not required else np.where(cand >= required[-1], g, np.inf)
         end = int(np.argmin(valid + tail))
         if valid[end] + tail[end] < best_cost - 1e-18:
             best_cost, best_end, best_j = float(valid[end] + tail[end]), end, j
     if best_end < 0:
-        return [must] if must is not None else []
+        return required
     chosen = [best_end]
     for j in range(best_j, 1, -1):
         chosen.append(int(back[j - 2][chosen[-1]]))

@@ -8,11 +8,20 @@ conversations (anchors.py chooses which). A corpus over the budget is split into
 (shards.py). Given the previous layout, an edit moves at most the edited document and
 keeps every block before it, so it invalidates only the blocks from its own onward. Same
 inputs, same layout.
+
+Superseded copies. A cold document's first edit would rewrite everything after its old
+place, half the corpus on average, while the cost the edit cannot avoid is the document
+itself. So while the cache before the edit is alive, the edited document's old copy stays
+where it was, marked superseded (the request tells Claude a later copy with the same title
+replaces it), and the new version joins the tail: the edit writes one document, and each
+later question reads the old copy at the cache-read price. Old copies go when the prefix
+holding them lapses (the next write is full anyway), when they outgrow a share of the
+shard, or at once for a deleted or excluded file, whose text is never sent again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +33,8 @@ from .stability import DocInfo, is_hot, rates, stability_order
 Ttl = Literal["5m", "1h"]
 
 MAX_CORPUS_BREAKPOINTS = 3  # per request; the fourth is for conversations
+MAX_SUPERSEDED_SHARE = 0.25  # old copies kept, as a share of the shard's current tokens
+COLD_WEIGHT = 0.05  # how much a cold document's edits count in placing cuts (see plan_shard)
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,7 @@ class Block:
     tokens: int
     prefix_tokens: int  # the prompt up to this block's breakpoint, instructions included
     ttl: Ttl | None  # None: not cached (the corpus is below the minimum)
+    sizes: tuple[int, ...] = ()  # each document's tokens
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,16 @@ class Plan:
     cached: bool
     note: str
     tail_start: int = 0  # index in `order` of the first hot (recently edited) document
+    superseded: frozenset[int] = frozenset()  # positions holding an edited document's old copy
+
+    @property
+    def superseded_tokens(self) -> int:
+        sizes = self.sizes
+        return sum(sizes[i] for i in self.superseded)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(size for block in self.blocks for size in block.sizes)
 
     @property
     def total_tokens(self) -> int:
@@ -115,6 +137,36 @@ def _first_change(order: Sequence[DocInfo], previous: Plan | None) -> int:
     return len(order)
 
 
+def _kept_prefix(
+    docs: Sequence[DocInfo], previous: Plan, warm_through: int, room: int
+) -> list[DocInfo]:
+    """The previous plan's first documents, as they were, up to where its live cache ends:
+    unchanged documents, and the old copies of edited ones worth carrying (stable ones
+    with more than their own size after them, so moving them would rewrite more than they
+    cost) within `room` tokens. Stops at the first deleted or excluded document."""
+    current = {d.path: d for d in docs}
+    entries = list(zip(previous.order, previous.keys, previous.sizes, strict=True))[:warm_through]
+    after = [0] * (len(entries) + 1)
+    for i in range(len(entries) - 1, -1, -1):
+        after[i] = after[i + 1] + entries[i][2]
+    kept: list[DocInfo] = []
+    placed: set[str] = set()  # documents whose current copy is already in the prefix
+    carried = 0
+    for i, (path, key, size) in enumerate(entries):
+        doc = current.get(path)
+        if doc is None or path in placed:
+            break
+        if doc.key == key:
+            kept.append(doc)
+            placed.add(path)
+            continue
+        if i >= previous.tail_start or after[i + 1] <= size or carried + size > room:
+            break  # recently edited, little after it, or no room: move it instead
+        kept.append(DocInfo(path, size, key, 0.0, first_seen=doc.first_seen, superseded=True))
+        carried += size
+    return kept
+
+
 def plan_shard(
     docs: Sequence[DocInfo],
     *,
@@ -124,13 +176,29 @@ def plan_shard(
     previous: Plan | None = None,
     max_anchors: int = MAX_ANCHORS,
     ttl: Ttl = "5m",
+    live: Sequence[int] = (),
+    budget_tokens: int | None = None,
 ) -> Plan:
-    order = stability_order(
-        docs,
+    """`live`: the previous plan's anchors whose cache entries are alive, those most worth
+    keeping first. The prefix through the furthest is kept as it was, edited documents'
+    old copies included (see the module's note), and the first few stay anchors."""
+    kept: list[DocInfo] = []
+    warm_through = max(live, default=-1) + 1
+    if previous is not None and previous.cached and warm_through > 0:
+        room = int(MAX_SUPERSEDED_SHARE * sum(d.tokens for d in docs))
+        if budget_tokens is not None:
+            room = min(room, budget_tokens - instructions_tokens - sum(d.tokens for d in docs))
+        kept = _kept_prefix(docs, previous, warm_through, room)
+        while kept and kept[-1].superseded:
+            kept.pop()  # an old copy is only worth carrying for what follows it
+    placed = {d.path for d in kept if not d.superseded}
+    order = kept + stability_order(
+        [d for d in docs if d.path not in placed],
         now,
         tuple(zip(previous.order, previous.keys, strict=True)) if previous else (),
         previous.tail_start if previous else 0,
     )
+    superseded = frozenset(i for i, d in enumerate(order) if d.superseded)
     hot_from = next((i for i, d in enumerate(order) if is_hot(d, now)), len(order))
     total = instructions_tokens + sum(d.tokens for d in order)
     floor = safe_minimum(min_cacheable_tokens)
@@ -139,13 +207,15 @@ def plan_shard(
     if total < floor:
         block = Block(
             tuple(d.path for d in order), tuple(d.key for d in order), total - instructions_tokens,
-            total, None,
+            total, None, tuple(d.tokens for d in order),
         )  # fmt: skip
         note = (
             f"the corpus is {total:,} tokens, below the {min_cacheable_tokens:,}-token minimum "
             "this model can cache: it is sent uncached with every question"
         )
-        return Plan((block,), instructions_tokens, min_cacheable_tokens, False, note, hot_from)
+        return Plan(
+            (block,), instructions_tokens, min_cacheable_tokens, False, note, hot_from, superseded
+        )
 
     prefix: list[int] = []
     running = instructions_tokens
@@ -153,15 +223,27 @@ def plan_shard(
         running += doc.tokens
         prefix.append(running)
     changed = _first_change(order, previous)
-    # The last unchanged anchor is what the next request reads through: keep it. Earlier
-    # ones buy nothing more now, so they are free to move where edits happen.
-    unchanged = [c for c in (previous.cuts if previous else ()) if c < changed]
+    # The last unchanged anchor is what the next request reads through: keep it, and the
+    # live ones worth most. Others buy nothing more now: they may move where edits happen.
+    unchanged = [
+        a for a in (previous.anchors if previous else ()) if a < min(changed, len(order) - 1)
+    ]
+    keep = [a for a in live if a < min(changed, len(order) - 1)][: max_anchors - 2]
+    keep += unchanged[-1:]
+    current_rates = iter(rates([d for d in order if not d.superseded], now))
+    # Old copies never change: they are dropped, not edited. A cold document's edit, while
+    # the cache is alive, leaves its old copy in place and costs about its own size
+    # wherever the cuts are, so cuts are placed for the hot tail's edits above all.
+    order_rates = [
+        0.0 if d.superseded else next(current_rates) * (1.0 if is_hot(d, now) else COLD_WEIGHT)
+        for d in order
+    ]
     cuts = choose_cuts(
         prefix,
-        rates(order, now),
+        order_rates,
         minimum=floor,
         cuts=max_anchors - 1,
-        must=unchanged[-1] if unchanged else None,
+        must=keep,
         hot_from=hot_from,
     )
     blocks: list[Block] = []
@@ -172,6 +254,7 @@ def plan_shard(
             Block(
                 tuple(d.path for d in members), tuple(d.key for d in members),
                 sum(d.tokens for d in members), prefix[end], ttl,
+                tuple(d.tokens for d in members),
             )
         )  # fmt: skip
         start = end + 1
@@ -179,7 +262,14 @@ def plan_shard(
         f"{len(blocks)} cached block(s), every breakpoint above the "
         f"{min_cacheable_tokens:,}-token minimum"
     )
-    return Plan(tuple(blocks), instructions_tokens, min_cacheable_tokens, True, note, hot_from)
+    if superseded:
+        note += (
+            f"; {len(superseded)} edited document(s) keep their old copy in the cached prefix "
+            f"({sum(order[i].tokens for i in superseded):,} tokens) until it is next rewritten"
+        )
+    return Plan(
+        tuple(blocks), instructions_tokens, min_cacheable_tokens, True, note, hot_from, superseded
+    )
 
 
 def plan_corpus(
@@ -191,8 +281,10 @@ def plan_corpus(
     now: float,
     previous: Layout | None = None,
     ttl: Ttl = "5m",
+    live: Mapping[int, Sequence[int]] | None = None,
 ) -> Layout:
-    """Shards within the budget, each laid out for the fewest expected rewrites."""
+    """Shards within the budget, each laid out for the fewest expected rewrites. `live`:
+    per shard, the previous plan's anchors whose entries are alive (see `plan_shard`)."""
     previous_shards = previous.shard_of() if previous else None
     assignment, oversized = assign_shards(
         docs, budget=budget_tokens, overhead=instructions_tokens, previous=previous_shards
@@ -212,6 +304,8 @@ def plan_corpus(
                 now=now,
                 previous=previous_plans.get(number),
                 ttl=ttl,
+                live=(live or {}).get(number, ()),
+                budget_tokens=budget_tokens,
             ),
             sum(d.tokens for d in members[number]),
         )

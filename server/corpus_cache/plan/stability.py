@@ -29,6 +29,7 @@ class DocInfo:
     last_change: float  # epoch seconds: last observed edit, or the mtime when first seen
     edits: int = 0  # edits observed while the server ran
     first_seen: float = 0.0
+    superseded: bool = False  # an edited document's old copy, kept for its cached prefix
 
 
 def is_hot(doc: DocInfo, now: float) -> bool:
