@@ -23,11 +23,16 @@ def plan_report(engine: Engine) -> dict[str, Any]:
         position = -1
         blocks = []
         for number, block in enumerate(plan.blocks, start=1):
+            first = position + 1
             position += len(block.paths)
+            documents = [
+                {"path": path, "tokens": size, "old_copy": first + i in plan.superseded}
+                for i, (path, size) in enumerate(zip(block.paths, block.sizes, strict=True))
+            ]
             blocks.append(
                 {
                     "block": number,
-                    "documents": [{"path": p, "tokens": corpus.tokens[p]} for p in block.paths],
+                    "documents": documents,
                     "tokens": block.tokens,
                     "prefix_tokens": block.prefix_tokens,
                     "breakpoint_after_document": position if block.ttl else None,
