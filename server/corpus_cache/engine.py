@@ -42,7 +42,7 @@ from .plan.budget import default_budget
 from .plan.layout import MAX_CORPUS_BREAKPOINTS, Layout, Plan, Shard, Ttl, plan_corpus
 from .plan.route import rank_shards
 from .plan.stability import DocInfo
-from .policy import FIVE_MINUTES, ONE_HOUR, PING_MARGIN, Decision, Prices, decide
+from .policy import FIVE_MINUTES, ONE_HOUR, PING_MARGIN, RECENT_GAPS, Decision, Prices, decide
 from .pricing import Usage, cost_usd, project_question, uncached_cost_usd
 from .request import INSTRUCTIONS, Citation, build_request, map_answer, marked_anchors
 from .search import Hit, SearchIndex
@@ -182,8 +182,8 @@ class Engine:
         self._entry_ttls: dict[str, Ttl] = {}  # anchor identity -> the TTL it was written with
         self._turn = 0
         self._asked: dict[int, list[float]] = self._asked_before()  # shard -> question times
+        self._questions = Counter({shard: len(times) for shard, times in self._asked.items()})
         self.last_prewarm: Any = None  # warm.Prewarmed, after a change, with --prewarm
-        self._pings: dict[int, tuple[float, int]] = {}  # shard -> (after question at, sent)
         self._listeners: list[SwapListener] = []
         self._sessions: Sessions[_Pin] = Sessions(
             idle_seconds=settings.session_idle_minutes * 60,
@@ -545,7 +545,10 @@ class Engine:
             if writing is None:
                 break
             await writing.wait()  # its entries are readable once its response has begun
-        self._asked.setdefault(shard.number, []).append(self.clock())
+        times = self._asked.setdefault(shard.number, [])
+        times.append(self.clock())
+        del times[: -(RECENT_GAPS + 1)]  # the policy weighs only the recent gaps
+        self._questions[shard.number] += 1
         params, answered = self.request_for(
             corpus, shard, question, max_tokens=self.settings.max_answer_tokens,
             marked=marked, conversation=conversation,
@@ -730,8 +733,11 @@ class Engine:
     def document(self, path: str) -> Document:
         """A document of the current snapshot. Never reads the disk, so it cannot leave the
         corpus: only files the scan admitted are served."""
-        relative = corpus_relative(path)
         snapshot = self.current.snapshot
+        exact = snapshot.get(path)
+        if exact is not None:  # as list_documents shows it, even `~notes.md` or `c:report.md`
+            return exact
+        relative = corpus_relative(path)
         doc = snapshot.get(relative)
         if doc is None:  # the same name in another Unicode form (é as one or two characters)
             wanted = normal_form(relative)
@@ -861,7 +867,7 @@ class Engine:
             # the whole corpus when every document is recently edited.
             stable = dict(zip(plan.anchors, _ends(plan), strict=True))[self.stable_anchor(plan)]
         forced: Ttl | None = None if self.settings.ttl == "auto" else self.settings.ttl
-        asked = len(self._asked.get(shard.number, ()))
+        asked = self._questions[shard.number]
         edits = sum(self._history[p].edits for p in plan.order if p in self._history)
         return decide(
             self.gaps(shard.number),
@@ -962,12 +968,6 @@ class Engine:
         if self._corpus is None:
             return []
         return [s for s in self._corpus.shards if (t := self._ping_due(s)) is not None and t <= now]
-
-    def pinged(self, shard: int) -> None:
-        """A keep-warm request went out for `shard` since its last question."""
-        last = self._asked.get(shard, [0.0])[-1]
-        after, sent = self._pings.get(shard, (0.0, 0))
-        self._pings[shard] = (last, sent + 1 if after == last else 1)  # for cache_status
 
 
 def _cache_miss(message: Any) -> tuple[str | None, int | None]:

@@ -8,6 +8,7 @@ vocabulary per process), so the rebuild after an edit tokenizes only what change
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from array import array
@@ -23,6 +24,9 @@ PASSAGE_LINES = 12  # a passage is a window of lines, so a hit can say where it 
 
 _WORDS = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default tokenizer, kept here so ids persist
 _STOPWORDS = frozenset(STOPWORDS_EN)
+
+# bm25s sets its logger to DEBUG: every index built would say so in the server's log.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ class SearchIndex:
             if self._built:
                 return
             self.passages, ids = _TOKENS.passages(self._snapshot)
-            if self.passages:
+            if any(ids):  # not when no passage has a word: bm25s would divide by zero
                 retriever = bm25s.BM25()
                 retriever.index((ids, dict(_TOKENS.vocabulary)), show_progress=False)
                 self._retriever = retriever

@@ -97,7 +97,6 @@ async def keep_warm_due(engine: Engine) -> list[Warmed]:
         except ApiCallError as exc:
             failed.append(exc)
             continue
-        engine.pinged(shard.number)
     if len(failed) > 1:
         raise ApiCallError(f"{len(failed)} keep-warm requests failed; the first: {failed[0]}")
     if failed:

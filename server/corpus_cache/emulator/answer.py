@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -116,7 +116,6 @@ class _SentenceIndex:
     postings: dict[str, tuple[np.ndarray, np.ndarray]]  # term -> (sentences, term counts)
 
 
-@lru_cache(maxsize=2048)
 def _index(text: str) -> _SentenceIndex:
     spans: list[tuple[int, int]] = []
     lengths: list[int] = []
@@ -144,6 +143,36 @@ def _index(text: str) -> _SentenceIndex:
     return _SentenceIndex(tuple(spans), np.array(lengths, dtype=np.float64), arrays)
 
 
+class _RecentIndexes:
+    """The sentence indexes of the texts the last few requests carried. A client sends the
+    same documents again and again, so each is indexed once; an index (about 11 times the
+    size of its text) goes once no recent request carries its text, so the old versions of
+    edited documents do not pile up."""
+
+    def __init__(self, requests: int) -> None:
+        self._requests = requests
+        self._lock = threading.Lock()
+        self._seen = 0
+        self._by_text: dict[str, tuple[_SentenceIndex, int]] = {}
+
+    def of(self, texts: list[str]) -> list[_SentenceIndex]:
+        with self._lock:
+            self._seen += 1
+            seen = self._seen
+            found = {t: self._by_text[t][0] for t in texts if t in self._by_text}
+        built = {t: _index(t) for t in texts if t not in found}
+        indexes = {**found, **built}
+        with self._lock:
+            self._by_text.update((t, (index, seen)) for t, index in indexes.items())
+            if seen % self._requests == 0:
+                oldest = seen - self._requests
+                self._by_text = {t: e for t, e in self._by_text.items() if e[1] > oldest}
+        return [indexes[t] for t in texts]
+
+
+_RECENT = _RecentIndexes(requests=16)
+
+
 @dataclass(frozen=True)
 class Passage:
     source: Source
@@ -162,7 +191,7 @@ def best_passages(question: str, sources: tuple[Source, ...], limit: int) -> lis
     query = sorted(set(terms(question)))
     if not query or limit <= 0:
         return []
-    indexes = [_index(source.text) for source in sources]
+    indexes = _RECENT.of([source.text for source in sources])
     total = sum(len(ix.spans) for ix in indexes)
     if total == 0:
         return []

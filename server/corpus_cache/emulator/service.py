@@ -18,6 +18,9 @@ from .prompt_cache import CacheOutcome, PromptCache
 from .tokenizer import count_text
 
 _SECTION_ORDER = {"tools": 0, "system": 1, "messages": 2}
+# Responses whose prompt a later request's diagnostics can be compared with (about 5 KB
+# each): a previous_message_id names a recent response; an older one is "not found".
+FINGERPRINTS_KEPT = 1_000
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ class EmulatorService:
 
     def _remember(self, workspace: str, message_id: str, fingerprint: Fingerprint) -> None:
         self._fingerprints[(workspace, message_id)] = fingerprint
-        while len(self._fingerprints) > 10_000:
+        while len(self._fingerprints) > FINGERPRINTS_KEPT:
             self._fingerprints.popitem(last=False)
 
     def _diagnose(
