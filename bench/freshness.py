@@ -81,7 +81,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def emulator_process() -> Iterator[str]:
+def emulator_process() -> Iterator[tuple[str, int]]:
+    """`corpus-cache emulator` on a free port: its URL and process id."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "corpus_cache", "emulator", "--port", str(port)],
@@ -99,7 +100,7 @@ def emulator_process() -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -370,7 +371,10 @@ def main() -> None:
         ("typical", args.files // 10, args.megabytes / 10),
         ("large", args.files, args.megabytes),
     ]
-    with tempfile.TemporaryDirectory(prefix="freshness-") as scratch, emulator_process() as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="freshness-") as scratch,
+        emulator_process() as (url, _),
+    ):
         results = {
             name: run_corpus(name, files, megabytes, url, Path(scratch), args)
             for name, files, megabytes in corpora

@@ -34,14 +34,11 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +57,7 @@ from corpus_cache.ledger import Ledger
 from corpus_cache.mcp_server import build_server
 from corpus_cache.runtime import keeping_warm, watching
 from corpus_cache.warm import prewarm_after_changes
-from freshness import free_port
+from freshness import emulator_process
 from synthetic import document
 
 SIM_START = 1_800_000_000.0
@@ -141,32 +138,6 @@ def proc(pid: int | str = "self") -> tuple[float, int]:
     with open(f"/proc/{pid}/status") as status:
         kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     return kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
-
-
-@contextmanager
-def emulator_process() -> Iterator[tuple[str, int]]:
-    """`corpus-cache emulator` on a free port: its URL and process id."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "corpus_cache", "emulator", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx2.get(f"{url}/v1/models")  # any answer: it is listening
-                break
-            except httpx2.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield url, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 # --- the traffic ------------------------------------------------------------------------
