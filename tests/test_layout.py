@@ -197,11 +197,25 @@ def test_anchors_close_the_stable_part_and_each_hot_document() -> None:
     assert p.order[-3:] == ("hot0.md", "hot1.md", "hot2.md")
     # An anchor closes the cold part and each hot document, so any edit rewrites one file.
     assert {19, 20, 21, 22} <= set(p.anchors)
+    assert p.stable_anchor == 19  # what a question reads through after a hot file's edit
+
+
+@given(corpora(), minimums)
+def test_the_stable_anchor_ends_the_cold_part_else_the_corpus(
+    docs: list[DocInfo], minimum: int
+) -> None:
+    p = plan(docs, minimum)
+    if not p.cached:
+        assert p.stable_anchor is None
+        return
+    before_tail = [a for a in p.anchors if a < p.tail_start]
+    assert p.stable_anchor == (before_tail[-1] if before_tail else p.anchors[-1])
 
 
 def test_a_small_corpus_is_served_uncached_and_says_why() -> None:
     p = plan([DocInfo("a.md", 100, "k", NOW - DAY * 9)], 1024)
     assert not p.cached
+    assert p.stable_anchor is None
     assert p.note.startswith("the corpus is 220 tokens, below the 1,024-token minimum")
 
 

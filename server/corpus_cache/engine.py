@@ -813,10 +813,9 @@ class Engine:
         alive = {a for a in plan.anchors if self._entries.get(ids[a], 0.0) > now}
         alive_ids = {ids[a] for a in alive}
         if marked is None:
-            stable = [a for a in plan.anchors if a < plan.tail_start]
             marked = select_breakpoints(
                 plan.anchors, alive, slots=MAX_CORPUS_BREAKPOINTS, turn=self._turn,
-                keep=stable[-1] if stable else None,
+                keep=plan.stable_anchor,
             )  # fmt: skip
         marked = list(marked)
         self._turn += 1
@@ -825,7 +824,8 @@ class Engine:
             # Once the stable part is an upgraded 1-hour entry, what follows it is written
             # with the tail's TTL; before that, everything with 5 minutes (1-hour
             # breakpoints must come before 5-minute ones).
-            stable_id = ids.get(self.stable_anchor(shard.plan), "")
+            stable = shard.plan.stable_anchor
+            stable_id = ids[stable] if stable is not None else ""
             upgraded = stable_id in alive_ids and self._entry_ttls.get(stable_id) == "1h"
             ttl = decision.tail_ttl if upgraded else "5m"
         ttls: dict[int, Ttl] = {
@@ -862,10 +862,10 @@ class Engine:
     def ttl_decision(self, shard: Shard) -> Decision:
         plan = shard.plan
         stable = 0
-        if plan.cached:
+        if plan.stable_anchor is not None:
             # Through the anchor ending the stable part (where an upgrade's marker goes):
             # the whole corpus when every document is recently edited.
-            stable = dict(zip(plan.anchors, _ends(plan), strict=True))[self.stable_anchor(plan)]
+            stable = dict(zip(plan.anchors, _ends(plan), strict=True))[plan.stable_anchor]
         forced: Ttl | None = None if self.settings.ttl == "auto" else self.settings.ttl
         asked = self._questions[shard.number]
         edits = sum(self._history[p].edits for p in plan.order if p in self._history)
@@ -928,19 +928,16 @@ class Engine:
             return None
         return KeepWarm(due, target, upgrade)
 
-    def stable_anchor(self, plan: Plan) -> int:
-        """The anchor ending the stable part (the corpus's end, if all of it is hot)."""
-        stable = [a for a in plan.anchors if a < plan.tail_start]
-        return stable[-1] if stable else plan.anchors[-1]
-
     def _can_upgrade(self, corpus: Corpus, shard: Shard) -> bool:
         position, count = corpus.markers.get(shard.number, (-1, 0))
-        return position != self.stable_anchor(shard.plan) or count < MAX_MARKERS
+        return position != shard.plan.stable_anchor or count < MAX_MARKERS
 
     def upgraded(self, corpus: Corpus, shard: Shard) -> Corpus:
         """`corpus` with one more marker block after `shard`'s stable part, installed as
         the live corpus if `corpus` still is. Anchors from there on get new identities."""
-        stable = self.stable_anchor(shard.plan)
+        stable = shard.plan.stable_anchor
+        if stable is None:
+            return corpus  # nothing cached, nothing to upgrade
         position, count = corpus.markers.get(shard.number, (stable, 0))
         count = count + 1 if position == stable else 1
         markers = {**corpus.markers, shard.number: (stable, count)}

@@ -119,7 +119,8 @@ async def warm_shard(
     # max_tokens 0 is set after: the request must be what an ask would send.
     marked = None
     if upgrade:
-        marked = sorted({engine.stable_anchor(shard.plan), shard.plan.anchors[-1]})
+        plan = shard.plan
+        marked = sorted({a for a in (plan.stable_anchor, plan.anchors[-1]) if a is not None})
     params, answered = engine.request_for(
         corpus, shard, WARM_QUESTION, max_tokens=engine.settings.max_answer_tokens,
         through=through, marked=marked, ttl="1h" if upgrade else None,

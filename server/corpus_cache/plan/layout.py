@@ -92,6 +92,15 @@ class Plan:
         return tuple(ends)
 
     @property
+    def stable_anchor(self) -> int | None:
+        """The anchor ending the stable part, before the hot tail (the corpus's end when
+        every document is hot; None when nothing is cached). It is what a question reads
+        through after the tail is edited, and where an upgrade's marker goes."""
+        anchors = self.anchors
+        stable = [a for a in anchors if a < self.tail_start]
+        return stable[-1] if stable else (anchors[-1] if anchors else None)
+
+    @property
     def cuts(self) -> tuple[int, ...]:
         """Indices of the documents that end a block, except the last."""
         ends, position = [], -1
