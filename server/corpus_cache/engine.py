@@ -156,6 +156,9 @@ class _History:
     last_change: float
     edits: int
 
+    def info(self, path: str, tokens: int) -> DocInfo:
+        return DocInfo(path, tokens, self.key, self.last_change, self.edits, self.first_seen)
+
 
 class Engine:
     def __init__(
@@ -240,12 +243,9 @@ class Engine:
         snapshot = Snapshot(
             self.settings.corpus, self._version, now, result.documents, result.skipped
         )
-        markers = _carried_markers(layout, self._corpus)
-        corpus = Corpus(
-            snapshot, tokens, layout, SearchIndex(snapshot),
-            _anchor_ids(layout, self.model.id, markers), _superseded(layout, self._corpus),
-            markers,
-        )  # fmt: skip
+        corpus = self._with_entries(
+            Corpus(snapshot, tokens, layout, SearchIndex(snapshot)), self._corpus
+        )
         log.info(
             "corpus v%d: %d documents, %d tokens, %d left out; %d shard(s): %s",
             snapshot.version, len(snapshot.documents), corpus.corpus_tokens,
@@ -264,6 +264,16 @@ class Engine:
             previous=previous.layout if previous else None,
             live=self._live_anchors(previous, now) if previous else None,
         )
+
+    def _with_entries(self, corpus: Corpus, previous: Corpus | None) -> Corpus:
+        """`corpus` with what goes with its layout, planned after `previous`: the cache
+        entries' identities, the old copies it keeps and the marker blocks it carries over."""
+        layout = corpus.layout
+        markers = _carried_markers(layout, previous)
+        return replace(
+            corpus, anchor_ids=_anchor_ids(layout, self.model.id, markers),
+            superseded=_superseded(layout, previous), markers=markers,
+        )  # fmt: skip
 
     def _live_anchors(self, corpus: Corpus, now: float) -> dict[int, tuple[int, ...]]:
         """Per shard, the anchors whose entries are alive as far as we know, those most
@@ -297,17 +307,13 @@ class Engine:
             if self._corpus is not corpus:
                 return self.current
             docs = [
-                DocInfo(doc.path, corpus.tokens[doc.path], h.key, h.last_change, h.edits,
-                        h.first_seen)
+                h.info(doc.path, corpus.tokens[doc.path])
                 for doc in corpus.snapshot.documents
                 if (h := self._history.get(doc.path)) is not None
-            ]  # fmt: skip
-            layout = self._plan(docs, corpus, now)
-            markers = _carried_markers(layout, corpus)
-            compact = replace(
-                corpus, layout=layout, anchor_ids=_anchor_ids(layout, self.model.id, markers),
-                superseded=_superseded(layout, corpus), markers=markers,
-            )  # fmt: skip
+            ]
+            compact = self._with_entries(
+                replace(corpus, layout=self._plan(docs, corpus, now)), corpus
+            )
             self._corpus = compact
         log.info("old copies of edited documents dropped from the layout: their cache lapsed")
         return compact
@@ -332,11 +338,7 @@ class Engine:
             elif seen.key != key:
                 seen = _History(key, seen.first_seen, now, seen.edits + 1)
             history[doc.path] = seen
-            docs.append(
-                DocInfo(
-                    doc.path, tokens[doc.path], key, seen.last_change, seen.edits, seen.first_seen
-                )
-            )
+            docs.append(seen.info(doc.path, tokens[doc.path]))
         self._history = history
         return docs
 
