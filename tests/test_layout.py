@@ -16,7 +16,7 @@ from corpus_cache.plan.layout import (
     plan_shard,
     safe_minimum,
 )
-from corpus_cache.plan.stability import HOT_WINDOW, DocInfo
+from corpus_cache.plan.stability import HOT_WINDOW, DocInfo, EditPattern, stability_order
 
 NOW = 2_000_000_000.0
 DAY = 86_400.0
@@ -198,6 +198,46 @@ def test_anchors_close_the_stable_part_and_each_hot_document() -> None:
     # An anchor closes the cold part and each hot document, so any edit rewrites one file.
     assert {19, 20, 21, 22} <= set(p.anchors)
     assert p.stable_anchor == 19  # what a question reads through after a hot file's edit
+
+
+def pattern_of(edits: str) -> EditPattern:
+    pattern = EditPattern()
+    for path in edits:
+        pattern = pattern.after(path)
+    return pattern
+
+
+def test_the_next_edit_is_guessed_from_how_edits_have_come() -> None:
+    # A writer revising one file at a time: the file just saved is the likeliest next.
+    writer = pattern_of("aaaabbbbbbab")
+    assert writer.repeat_chance > 0.6
+    weights = {p: writer.next_edit_weight(p, "aaaabbbbbbab".count(p)) for p in "abc"}
+    assert max(weights, key=weights.__getitem__) == "b"
+    # Going round several files: the one edited most is the likeliest, not the last.
+    rounds = pattern_of("abacabadabac")
+    assert rounds.repeat_chance < 0.2
+    weights = {p: rounds.next_edit_weight(p, "abacabadabac".count(p)) for p in "abcd"}
+    assert max(weights, key=weights.__getitem__) == "a"
+    assert EditPattern().next_edit_weight("a", 0) == 0.0
+
+
+def test_an_edit_reorders_what_it_rewrites_anyway_the_likeliest_next_edit_last() -> None:
+    cold = [DocInfo(f"c{i}.md", 3_000, f"c{i}", NOW - 300 * DAY) for i in range(5)]
+    hot = [DocInfo(f"h{i}.md", 1_000, f"h{i}", NOW - 600 * (4 - i), edits=1) for i in range(4)]
+    before = stability_order(cold + hot, NOW)
+    previous = tuple((d.path, d.key) for d in before)
+    assert [d.path for d in before[5:]] == ["h0.md", "h1.md", "h2.md", "h3.md"]
+    # h1 is edited: h0 keeps its place; h1's new version, h2 and h3 are written anyway, and
+    # go in the order of how likely each is to be edited next (per token).
+    weights = {"h1.md": 0.2, "h2.md": 0.7, "h3.md": 0.1}
+    changed = [
+        dataclasses.replace(
+            d, key=d.key + ("'" if d.path == "h1.md" else ""), edit_weight=weights.get(d.path, 0)
+        )
+        for d in hot
+    ]
+    after = stability_order(cold + changed, NOW + 60, previous, previous_tail=5)
+    assert [d.path for d in after] == [*(d.path for d in cold), "h0.md", "h3.md", "h1.md", "h2.md"]
 
 
 @given(corpora(), minimums)

@@ -187,7 +187,11 @@ async def test_prewarm_writes_the_cache_after_a_change_and_says_what_it_cost(
         assert kinds == ["warm"]
         assert "pre-warmed at" in render_status(status(engine))
         answer = await engine.ask("How many approvals do deploys need?")
-        assert answer.usage.cache_write_tokens == 0  # the question found the cache written
+    # The question found the cache written; it writes at most the marker holding it for
+    # an hour (markers.py).
+    assert answer.usage.cache_read_tokens > 0
+    assert answer.usage.cache_write_5m_tokens == 0
+    assert answer.usage.cache_write_1h_tokens < 10
 
 
 @pytest.mark.anyio

@@ -80,7 +80,8 @@ async def test_refresh_with_warm_writes_the_cache_the_next_question_reads(
 
     usage = answer.structured_content["usage"]  # type: ignore[index]
     assert usage["cache_read_tokens"] > 0
-    assert usage["cache_write_5m_tokens"] == usage["cache_write_1h_tokens"] == 0
+    assert usage["cache_write_5m_tokens"] == 0
+    assert usage["cache_write_1h_tokens"] < 10  # at most the marker holding it for an hour
 
     assert [row["kind"] for row in rows] == ["ask", "warm"]
     warm_row = rows[1]

@@ -37,9 +37,11 @@ def _print_answer(number: int, question: str, result: dict[str, Any]) -> None:
         start, end = citation["start_line"], citation["end_line"]
         lines = f"{start}" if start == end else f"{start}-{end}"
         _out(f"    [{index}] {citation['path']}:{lines}")
+    hour = usage["cache_write_1h_tokens"]
+    held = f" ({hour:,} of them held for an hour)" if hour else ""
     _out(
-        f"    usage: {usage['cache_write_5m_tokens'] + usage['cache_write_1h_tokens']:,} tokens "
-        f"written to cache, {usage['cache_read_tokens']:,} read from cache, "
+        f"    usage: {usage['cache_write_5m_tokens'] + hour:,} tokens "
+        f"written to cache{held}, {usage['cache_read_tokens']:,} read from cache, "
         f"{usage['input_tokens']:,} uncached, of {prompt:,}; "
         f"${result['cost_usd']:.4f} (uncached: ${result['uncached_cost_usd']:.4f}); "
         f"answered by {result['backend']}"

@@ -3,7 +3,6 @@ the tools do with it: ask Claude, search, read, report."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import time
@@ -11,10 +10,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
+from . import markers as marker_blocks
 from .backend import (
     API_FAILURES,
     Backend,
@@ -41,8 +41,19 @@ from .plan.anchors import select_breakpoints
 from .plan.budget import default_budget
 from .plan.layout import MAX_CORPUS_BREAKPOINTS, Layout, Plan, Shard, Ttl, plan_corpus
 from .plan.route import rank_shards
-from .plan.stability import DocInfo
-from .policy import FIVE_MINUTES, ONE_HOUR, PING_MARGIN, RECENT_GAPS, Decision, Prices, decide
+from .plan.stability import DocInfo, EditPattern
+from .policy import (
+    FIVE_MINUTES,
+    ONE_HOUR,
+    PING_MARGIN,
+    RECENT_GAPS,
+    Decision,
+    Prices,
+    anchor_ttls,
+    decide,
+    holding_tail_pays,
+    upgrades_at_question,
+)
 from .pricing import Usage, cost_usd, project_question, uncached_cost_usd
 from .request import INSTRUCTIONS, Citation, build_request, map_answer, marked_anchors
 from .search import Hit, SearchIndex
@@ -56,16 +67,19 @@ DAY_SECONDS = 86_400.0
 TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 ONE_HOUR_PING = ONE_HOUR - PING_MARGIN
 FIVE_MINUTE_PING = FIVE_MINUTES - PING_MARGIN
-MAX_MARKERS = 4  # marker blocks per shard before an upgrade waits for the next full write
+
+
+KeepWarmAction = Literal["read", "upgrade", "hold-tail"]
 
 
 @dataclass(frozen=True)
 class KeepWarm:
-    """A keep-warm request due: when, the anchor it keeps, and whether it upgrades."""
+    """A keep-warm request due: when, the anchor it keeps, and how: reading the prefix
+    through it, upgrading the stable part with a marker, or holding the tail with one."""
 
     due: float
     target: int
-    upgrade: bool
+    action: KeepWarmAction
 
 
 @dataclass(frozen=True)
@@ -80,9 +94,9 @@ class Corpus:
     anchor_ids: dict[int, dict[int, str]] = field(default_factory=dict, repr=False)
     # Old copies of edited documents the layout keeps in a live cached prefix, by (path, key).
     superseded: dict[tuple[str, str], Document] = field(default_factory=dict, repr=False)
-    # Per shard: (anchor position, count) of the marker blocks after that document, added
-    # one by one to upgrade the cached prefix to a 1-hour entry (see `upgraded`).
-    markers: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False)
+    # Per shard: anchor position -> marker blocks after that document, which turn a live
+    # cached prefix into a 1-hour entry (see markers.py).
+    markers: dict[int, dict[int, int]] = field(default_factory=dict, repr=False)
 
     @property
     def corpus_tokens(self) -> int:
@@ -156,8 +170,11 @@ class _History:
     last_change: float
     edits: int
 
-    def info(self, path: str, tokens: int) -> DocInfo:
-        return DocInfo(path, tokens, self.key, self.last_change, self.edits, self.first_seen)
+    def info(self, path: str, tokens: int, pattern: EditPattern) -> DocInfo:
+        return DocInfo(
+            path, tokens, self.key, self.last_change, self.edits, self.first_seen,
+            edit_weight=pattern.next_edit_weight(path, self.edits),
+        )  # fmt: skip
 
 
 class Engine:
@@ -177,6 +194,7 @@ class Engine:
         self.counter = TokenCounter(backend.client, self.model.id, ledger)
         self.clock = clock
         self._history: dict[str, _History] = {}
+        self._edit_pattern = EditPattern()  # for DocInfo.edit_weight
         self._corpus: Corpus | None = None
         self._version = 0
         self._instructions_tokens: int | None = None
@@ -269,9 +287,11 @@ class Engine:
         """`corpus` with what goes with its layout, planned after `previous`: the cache
         entries' identities, the old copies it keeps and the marker blocks it carries over."""
         layout = corpus.layout
-        markers = _carried_markers(layout, previous)
+        markers = marker_blocks.carried_in_layout(
+            previous.layout if previous else None, layout, previous.markers if previous else {}
+        )
         return replace(
-            corpus, anchor_ids=_anchor_ids(layout, self.model.id, markers),
+            corpus, anchor_ids=marker_blocks.anchor_ids(layout, self.model.id, markers),
             superseded=_superseded(layout, previous), markers=markers,
         )  # fmt: skip
 
@@ -307,7 +327,7 @@ class Engine:
             if self._corpus is not corpus:
                 return self.current
             docs = [
-                h.info(doc.path, corpus.tokens[doc.path])
+                h.info(doc.path, corpus.tokens[doc.path], self._edit_pattern)
                 for doc in corpus.snapshot.documents
                 if (h := self._history.get(doc.path)) is not None
             ]
@@ -329,7 +349,6 @@ class Engine:
     ) -> list[DocInfo]:
         """Update the edit history from a scan: a changed key is an edit, seen now."""
         history: dict[str, _History] = {}
-        docs: list[DocInfo] = []
         for doc in documents:
             key = content_key(doc)
             seen = self._history.get(doc.path)
@@ -337,10 +356,10 @@ class Engine:
                 seen = _History(key, now, min(now, doc.mtime_ns / 1e9), 0)
             elif seen.key != key:
                 seen = _History(key, seen.first_seen, now, seen.edits + 1)
+                self._edit_pattern = self._edit_pattern.after(doc.path)
             history[doc.path] = seen
-            docs.append(seen.info(doc.path, tokens[doc.path]))
         self._history = history
-        return docs
+        return [history[d.path].info(d.path, tokens[d.path], self._edit_pattern) for d in documents]
 
     # --- ask --------------------------------------------------------------------------
 
@@ -454,7 +473,7 @@ class Engine:
             session=found.id,
             session_turns=turns,
             session_dropped_turns=dropped,
-            session_snapshot_is_live=self._corpus is pin.corpus,
+            session_snapshot_is_live=self.current.snapshot is pin.corpus.snapshot,
         )
 
     # --- budget -----------------------------------------------------------------------
@@ -537,6 +556,8 @@ class Engine:
                 f"{self.model.id}'s {window:,}-token window allows with room for a question "
                 "and an answer; lower --budget-tokens"
             )
+        if marked is None and not conversation:
+            corpus = self._with_question_markers(corpus, shard)
         ids = corpus.anchor_ids.get(shard.number, {})
         while plan.anchors:
             now = self.clock()
@@ -813,7 +834,6 @@ class Engine:
         ids = corpus.anchor_ids.get(shard.number, {})
         now = self.clock()
         alive = {a for a in plan.anchors if self._entries.get(ids[a], 0.0) > now}
-        alive_ids = {ids[a] for a in alive}
         if marked is None:
             marked = select_breakpoints(
                 plan.anchors, alive, slots=MAX_CORPUS_BREAKPOINTS, turn=self._turn,
@@ -821,23 +841,21 @@ class Engine:
             )  # fmt: skip
         marked = list(marked)
         self._turn += 1
-        decision = self.ttl_decision(shard)
-        if ttl is None and decision.upgrade:
-            # Once the stable part is an upgraded 1-hour entry, what follows it is written
-            # with the tail's TTL; before that, everything with 5 minutes (1-hour
-            # breakpoints must come before 5-minute ones).
+        markers = corpus.markers.get(shard.number, {})
+        if ttl is not None:
+            ttls: dict[int, Ttl] = dict.fromkeys(plan.anchors, ttl)
+        else:
             stable = shard.plan.stable_anchor
-            stable_id = ids[stable] if stable is not None else ""
-            upgraded = stable_id in alive_ids and self._entry_ttls.get(stable_id) == "1h"
-            ttl = decision.tail_ttl if upgraded else "5m"
-        ttls: dict[int, Ttl] = {
-            a: ttl or (decision.stable_ttl if a < plan.tail_start else decision.tail_ttl)
-            for a in plan.anchors
-        }
+            ttls = anchor_ttls(
+                plan.anchors, tail_start=plan.tail_start, decision=self.ttl_decision(shard),
+                stable_held=stable is not None and stable in alive
+                and self._entry_ttls.get(ids[stable]) == "1h",
+                held_through=marker_blocks.held_through(markers),
+            )  # fmt: skip
         params = build_request(
             plan, corpus.snapshot, question, model=self.model.id, max_tokens=max_tokens,
             marked=marked, ttls=ttls, conversation=conversation, superseded=corpus.superseded,
-            markers=corpus.markers.get(shard.number),
+            markers=markers,
         )  # fmt: skip
 
         def answered(usage: Usage) -> str | None:
@@ -861,27 +879,31 @@ class Engine:
         times = self._asked.get(shard, [])
         return [later - earlier for earlier, later in itertools.pairwise(times)]
 
+    def _edits_per_question(self, shard: Shard) -> float:
+        asked = self._questions[shard.number]
+        # A path appears twice in a plan keeping its old copy: count its edits once.
+        paths = set(shard.plan.order) & self._history.keys()
+        return sum(self._history[p].edits for p in paths) / asked if asked else 0.0
+
+    @property
+    def _prices(self) -> Prices:
+        return Prices(
+            self.model.cache_read_multiplier,
+            self.model.cache_write_5m_multiplier,
+            self.model.cache_write_1h_multiplier,
+        )
+
     def ttl_decision(self, shard: Shard) -> Decision:
         plan = shard.plan
-        stable = 0
-        if plan.stable_anchor is not None:
-            # Through the anchor ending the stable part (where an upgrade's marker goes):
-            # the whole corpus when every document is recently edited.
-            stable = dict(zip(plan.anchors, _ends(plan), strict=True))[plan.stable_anchor]
+        stable = _stable_tokens(plan)
         forced: Ttl | None = None if self.settings.ttl == "auto" else self.settings.ttl
-        asked = self._questions[shard.number]
-        edits = sum(self._history[p].edits for p in plan.order if p in self._history)
         return decide(
             self.gaps(shard.number),
-            edits_per_question=edits / asked if asked else 0.0,
+            edits_per_question=self._edits_per_question(shard),
             edit_tokens=_edit_tokens(plan),
             stable_tokens=stable,
             tail_tokens=plan.total_tokens - stable,
-            prices=Prices(
-                self.model.cache_read_multiplier,
-                self.model.cache_write_5m_multiplier,
-                self.model.cache_write_1h_multiplier,
-            ),
+            prices=self._prices,
             forced=forced,
         )
 
@@ -895,6 +917,10 @@ class Engine:
           a 1-hour breakpoint on it. The request reads the live prefix through the lookback
           and pays the 1-hour price for the marker and what follows it only.
         - Only 5-minute entries, kept warm by the policy: read the furthest before it expires.
+        - The stable part is a 1-hour entry, the tail after it a 5-minute one (the last
+          question wrote it, after an edit): before the tail expires, add a marker after
+          it, if the read of the prefix costs less than writing the tail again after the
+          silence is expected to (policy.holding_tail_pays).
 
         Only while that is within the reach the policy pays for: the entry's life after
         the last question, plus its pings."""
@@ -915,24 +941,78 @@ class Engine:
             reach = times[-1] + hour * (1 + decision.max_pings)
         else:
             reach = times[-1] + five * (1 + decision.max_pings)
+        action: KeepWarmAction
         if long:
-            target, upgrade = max(long), False
+            target, action = max(long), "read"
+            if self._tail_worth_holding(corpus, shard, decision):
+                target, action = plan.anchors[-1], "hold-tail"
         elif decision.upgrade or decision.stable_ttl == "1h":
-            target, upgrade = max(alive), True
+            target, action = max(alive), "upgrade"
         elif decision.max_pings:
-            target, upgrade = max(alive), False
+            target, action = max(alive), "read"
         else:
             return None
         due = self._entries[ids[target]] - PING_MARGIN
         if due >= reach:
             return None
-        if upgrade and not self._can_upgrade(corpus, shard):
+        if action == "upgrade" and not self._can_upgrade(corpus, shard):
             return None
-        return KeepWarm(due, target, upgrade)
+        return KeepWarm(due, target, action)
+
+    def _tail_worth_holding(self, corpus: Corpus, shard: Shard, decision: Decision) -> bool:
+        plan = shard.plan
+        live = self._live_ttls(corpus, shard)
+        end, stable = plan.anchors[-1], plan.stable_anchor
+        if self.settings.ttl == "5m" or stable is None or end == stable:
+            return False
+        if live.get(end) != "5m" or live.get(stable) != "1h":
+            return False
+        # What the first question after the silence would write again: all after the
+        # furthest 1-hour entry (the stable part, or an earlier tail's marker).
+        held = _tokens_through(plan, max(a for a, ttl in live.items() if ttl == "1h"))
+        return holding_tail_pays(
+            self.gaps(shard.number), stable=held, tail=plan.total_tokens - held,
+            prices=self._prices,
+            edits_per_question=self._edits_per_question(shard), pings=decision.max_pings,
+        )  # fmt: skip
+
+    def _live_ttls(self, corpus: Corpus, shard: Shard) -> dict[int, Ttl]:
+        """`shard`'s anchors whose cache entries are alive, with the TTL each was written with."""
+        ids, now = corpus.anchor_ids.get(shard.number, {}), self.clock()
+        return {
+            a: self._entry_ttls.get(ids[a], "5m")
+            for a in shard.plan.anchors
+            if self._entries.get(ids[a], 0.0) > now
+        }
+
+    def _with_question_markers(self, corpus: Corpus, shard: Shard) -> Corpus:
+        """`corpus` with the markers a question on `shard` sends now (markers.for_question)."""
+        plan = shard.plan
+        if not plan.cached:
+            return corpus
+        decision = self.ttl_decision(shard)
+        stable = _stable_tokens(plan)
+        markers = corpus.markers.get(shard.number, {})
+        wanted = marker_blocks.for_question(
+            plan, markers, self._live_ttls(corpus, shard),
+            upgrade_stable=(decision.upgrade or decision.stable_ttl == "1h")
+            and upgrades_at_question(stable, plan.total_tokens - stable, self._prices),
+            hold_tail=self.settings.ttl != "5m",
+        )  # fmt: skip
+        return corpus if wanted == markers else self._with_markers(corpus, shard, wanted)
+
+    def tail_held(self, corpus: Corpus, shard: Shard) -> Corpus:
+        """`corpus` with a marker after `shard`'s tail, for a keep-warm request to hold it."""
+        markers = corpus.markers.get(shard.number, {})
+        return self._with_markers(
+            corpus, shard, marker_blocks.with_one_more(markers, shard.plan.anchors[-1])
+        )
 
     def _can_upgrade(self, corpus: Corpus, shard: Shard) -> bool:
-        position, count = corpus.markers.get(shard.number, (-1, 0))
-        return position != shard.plan.stable_anchor or count < MAX_MARKERS
+        stable = shard.plan.stable_anchor
+        return stable is not None and marker_blocks.can_add(
+            corpus.markers.get(shard.number, {}), stable
+        )
 
     def upgraded(self, corpus: Corpus, shard: Shard) -> Corpus:
         """`corpus` with one more marker block after `shard`'s stable part, installed as
@@ -940,12 +1020,18 @@ class Engine:
         stable = shard.plan.stable_anchor
         if stable is None:
             return corpus  # nothing cached, nothing to upgrade
-        position, count = corpus.markers.get(shard.number, (stable, 0))
-        count = count + 1 if position == stable else 1
-        markers = {**corpus.markers, shard.number: (stable, count)}
-        new = replace(
-            corpus, markers=markers, anchor_ids=_anchor_ids(corpus.layout, self.model.id, markers)
+        return self._with_markers(
+            corpus, shard, marker_blocks.with_one_more(corpus.markers.get(shard.number, {}), stable)
         )
+
+    def _with_markers(self, corpus: Corpus, shard: Shard, markers: dict[int, int]) -> Corpus:
+        """`corpus` with `markers` for `shard`, installed as the live corpus if `corpus`
+        still is."""
+        every = {**corpus.markers, shard.number: markers}
+        new = replace(
+            corpus, markers=every,
+            anchor_ids=marker_blocks.anchor_ids(corpus.layout, self.model.id, every),
+        )  # fmt: skip
         if self._corpus is corpus:
             self._corpus = new
         return new
@@ -990,8 +1076,15 @@ def _reason_kind(reason: str) -> str:
     return reason.split(" (")[0].split(":")[0]
 
 
-def _ends(plan: Plan) -> list[int]:
-    return [block.prefix_tokens for block in plan.blocks]
+def _stable_tokens(plan: Plan) -> int:
+    """Tokens through the anchor ending the stable part (where an upgrade's marker goes):
+    the whole corpus when every document is recently edited; 0 when nothing is cached."""
+    return 0 if plan.stable_anchor is None else _tokens_through(plan, plan.stable_anchor)
+
+
+def _tokens_through(plan: Plan, anchor: int) -> int:
+    """The prefix tokens through `anchor`'s block."""
+    return plan.blocks[plan.anchors.index(anchor)].prefix_tokens
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -1025,44 +1118,3 @@ def _edit_tokens(plan: Plan) -> float:
     if not sizes:
         return 0.0
     return (len(sizes) + 1) / 2 * sum(sizes) / len(sizes)
-
-
-def _carried_markers(layout: Layout, previous: Corpus | None) -> dict[int, tuple[int, int]]:
-    """The previous corpus's marker blocks, for each shard whose documents up to them are
-    unchanged and still end at an anchor there (its cached prefix is then still good)."""
-    carried: dict[int, tuple[int, int]] = {}
-    if previous is None:
-        return carried
-    before = {s.number: s.plan for s in previous.shards}
-    for shard in layout.shards:
-        if shard.number not in previous.markers or shard.number not in before:
-            continue
-        position, count = previous.markers[shard.number]
-        old, new = before[shard.number], shard.plan
-        if position in new.anchors and (
-            list(zip(old.order, old.keys, strict=True))[: position + 1]
-            == list(zip(new.order, new.keys, strict=True))[: position + 1]
-        ):
-            carried[shard.number] = (position, count)
-    return carried
-
-
-def _anchor_ids(
-    layout: Layout, model: str, markers: dict[int, tuple[int, int]] | None = None
-) -> dict[int, dict[int, str]]:
-    """For each shard, each anchor's entry identity: the model and every (path, content)
-    before it, in order, with any marker blocks, as the API's prefix hash would see them."""
-    ids: dict[int, dict[int, str]] = {}
-    for shard in layout.shards:
-        plan = shard.plan
-        anchors = set(plan.anchors)
-        after, count = (markers or {}).get(shard.number, (-1, 0))
-        running = hashlib.sha256(f"{model}\0{INSTRUCTIONS}".encode())
-        ids[shard.number] = {}
-        for position, (path, key) in enumerate(zip(plan.order, plan.keys, strict=True)):
-            running.update(f"\0{path}\0{key}".encode())
-            if position == after:
-                running.update(b"\0marker" * count)
-            if position in anchors:
-                ids[shard.number][position] = running.copy().hexdigest()
-    return ids

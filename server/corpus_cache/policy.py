@@ -20,12 +20,18 @@ than from an average, and the cheapest option wins:
   an hour. The extra cost of the 1-hour write is spread over as many questions as the
   history holds; each edit rewrites the tail at the tail's write price;
 - `1h+warm(k)`: the same, with up to k pings an hour apart;
-- `5m>1h+warm(k)`: 5-minute entries, upgraded to 1 hour when a question has not come
-  within 4.5 minutes, then up to k pings an hour apart. A hit does not change an entry's
-  TTL, but a request that reads a live entry and writes a 1-hour breakpoint a block later
-  pays the 1-hour price for that block only, and its new entry holds the whole prefix. So
-  the upgrade costs a read of the prefix (plus the tail, written again after the new
-  block), where writing 1-hour entries from the start costs 2x the prefix.
+- `5m>1h+warm(k)`: 5-minute entries, upgraded to 1 hour, then up to k pings an hour
+  apart. A hit does not change an entry's TTL, but a request that reads a live entry and
+  writes a 1-hour breakpoint a block later pays the 1-hour price for that block only, and
+  its new entry holds the whole prefix (markers.py). The second question within 5 minutes
+  makes the upgrade for the price of the block (and of the tail after it, written again,
+  when that costs less than a read of the prefix); failing that, a keep-warm request 4.5
+  minutes after the last question, for a read of the prefix and the tail at 2x. Writing
+  1-hour entries from the start costs 2x the prefix.
+
+A 5-minute tail behind a 1-hour stable part is held for the hour the same way, by the
+second question that reads it; so only a tail written by the last question before a
+break (just after an edit) lapses in it.
 
 Until gaps are seen, a prior stands in: a few gaps of a minute, a typical working
 session. Two breaks (40 and 100 minutes) are always counted with the gaps, their weight
@@ -93,15 +99,22 @@ def _expected(
     write = {"5m": prices.write_5m, "1h": prices.write_1h}
     life = {"5m": FIVE_MINUTES, "1h": ONE_HOUR}
     interval = life[stable_ttl] - PING_MARGIN
+    stale = _stale_tail(edits_per_question)
     cost = 0.0
     for gap in gaps:
         sent = min(pings, int(gap // interval))
         stable_alive = gap <= life[stable_ttl] + pings * interval
-        # Pings keep the tail alive only when it has the same TTL as the stable part.
-        tail_alive = stable_alive if tail_ttl == stable_ttl else gap <= life[tail_ttl]
         cost += sent * prices.read * (stable + tail)
         cost += stable * (prices.read if stable_alive else write[stable_ttl])
-        cost += tail * (prices.read if tail_alive else write[tail_ttl])
+        if tail_ttl == stable_ttl or gap <= life[tail_ttl]:
+            # Pings keep the tail alive with the stable part when they share their TTL.
+            cost += tail * (prices.read if stable_alive else write[tail_ttl])
+        elif stable_alive:
+            # A 5-minute tail behind a 1-hour stable part: held for the hour by a marker
+            # once a second question reads it; lapsed if the last question wrote it.
+            cost += tail * (stale * write[tail_ttl] + (1.0 - stale) * prices.read)
+        else:
+            cost += tail * write[tail_ttl]
     cost /= len(gaps)
     # Each edit rewrites (about) the tail, at the tail's write price.
     cost += edits_per_question * (tail if edit_tokens is None else edit_tokens) * write[tail_ttl]
@@ -129,17 +142,18 @@ def _expected_with_upgrade(
     interval = ONE_HOUR - PING_MARGIN
     upgraded = False
     cost = 0.0
-    long_gaps = sum(1 for gap in gaps if gap > FIVE_MINUTES)
-    # The chance that the tail was edited (and so written with 5 minutes) since the last
-    # long gap: edits per question times questions per long gap, at most 1.
-    stale_tail = min(1.0, edits_per_question * len(gaps) / long_gaps) if long_gaps else 0.0
+    stale_tail = _stale_tail(edits_per_question)
+    by_question = upgrades_at_question(stable, tail, prices)
     for gap in gaps:
         left = gap
         if not upgraded:
             if gap <= FIVE_MINUTES:
                 cost += prices.read * prefix
+                if by_question:  # this question reads the entry and makes the upgrade
+                    cost += prices.write_5m * tail
+                    upgraded = True
                 continue
-            cost += prices.read * prefix + prices.write_1h * tail  # the upgrade
+            cost += prices.read * prefix + prices.write_1h * tail  # the upgrade by a ping
             upgraded = True
             left = gap - (FIVE_MINUTES - PING_MARGIN)
         elif tail_ttl == "5m" and gap > FIVE_MINUTES:
@@ -154,6 +168,69 @@ def _expected_with_upgrade(
     cost /= len(gaps)
     write = prices.write_1h if tail_ttl == "1h" else prices.write_5m
     return cost + edits_per_question * (tail if edit_tokens is None else edit_tokens) * write
+
+
+def upgrades_at_question(stable: float, tail: float, prices: Prices) -> bool:
+    """Whether a question that reads a live 5-minute stable part upgrades it: it writes the
+    tail after the new marker again, which must cost less than the read of the prefix a
+    keep-warm upgrade would pay (and that upgrade writes the tail again too, at 2x)."""
+    return prices.write_5m * tail <= prices.read * (stable + tail)
+
+
+def anchor_ttls(
+    anchors: Sequence[int],
+    *,
+    tail_start: int,
+    decision: Decision,
+    stable_held: bool,
+    held_through: int | None,
+) -> dict[int, Ttl]:
+    """The TTL each anchor's breakpoint asks for on a request.
+
+    By the decision: the stable part's TTL before the tail, the tail's after; when it
+    upgrades, 5 minutes for all until the stable part is held as a 1-hour entry, then the
+    tail's TTL (a hit keeps an entry's own TTL, so a 5-minute mark on a 1-hour entry only
+    reads it). `held_through`: the last anchor followed by a marker (markers.py), whose
+    entry is (or is now written as) a 1-hour one: it and every anchor before it ask for 1
+    hour, since 1-hour breakpoints must come before 5-minute ones."""
+    ttls: dict[int, Ttl] = {}
+    for anchor in anchors:
+        if held_through is not None and anchor <= held_through:
+            ttls[anchor] = "1h"
+        elif decision.upgrade:
+            ttls[anchor] = decision.tail_ttl if stable_held else "5m"
+        else:
+            ttls[anchor] = decision.stable_ttl if anchor < tail_start else decision.tail_ttl
+    return ttls
+
+
+def holding_tail_pays(
+    gaps: Sequence[float],
+    *,
+    stable: float,
+    tail: float,
+    prices: Prices,
+    edits_per_question: float,
+    pings: int,
+) -> bool:
+    """Whether, 4.5 minutes into a silence, a keep-warm request should hold for the hour a
+    5-minute tail behind a 1-hour stable part (it costs a read of the whole prefix): when
+    that costs less than writing the tail again, which the next question does if it comes
+    while the stable part is held and the tail was not edited meanwhile."""
+    silences = [gap for gap in considered_gaps(gaps) if gap > FIVE_MINUTES - PING_MARGIN]
+    if not silences:
+        return False
+    reach = ONE_HOUR + pings * (ONE_HOUR - PING_MARGIN)
+    back = sum(1 for gap in silences if gap <= reach) / len(silences)
+    saved = back * (1.0 - _stale_tail(edits_per_question)) * prices.write_5m * tail
+    return saved > prices.read * (stable + tail)
+
+
+def _stale_tail(edits_per_question: float) -> float:
+    """The chance that the tail lapses in a break though the stable part is held: a 5-minute
+    tail is held for the hour by the second question that reads it (markers.py), so only
+    one the last question before the break wrote (after an edit) is lost."""
+    return min(1.0, edits_per_question)
 
 
 def considered_gaps(gaps: Sequence[float]) -> list[float]:

@@ -77,28 +77,27 @@ def build_request(
     conversation: Sequence[tuple[str, str]] = (),
     ttls: Mapping[int, str] | None = None,
     superseded: Mapping[tuple[str, str], Document] | None = None,
-    markers: tuple[int, int] | None = None,
+    markers: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
     """`marked`: the anchors (document positions) this request puts cache_control on, by
     default the last three; `ttls`: their TTLs, by default each block's own.
     `conversation`: the (question, answer) pairs of a session so far, oldest first; see
     `conversation_messages`. `superseded`: the old copies the plan keeps, by (path, key).
-    `markers`: (position, count): `count` marker blocks after that document, the last
-    carrying its breakpoint, if marked."""
+    `markers`: document position -> how many marker blocks follow that document, the last
+    carrying its breakpoint, if marked (see markers.py)."""
     chosen = set(plan.anchors[-MAX_CORPUS_BREAKPOINTS:] if marked is None else marked)
     if len(chosen) > MAX_CORPUS_BREAKPOINTS:
         raise ValueError(f"at most {MAX_CORPUS_BREAKPOINTS} breakpoints for the corpus")
     content: list[dict[str, Any]] = []
     documents = iter(documents_in_order(plan, snapshot, superseded or {}))
-    after, count = markers or (-1, 0)
+    after = markers or {}
     position = -1
     for block in plan.blocks:
         for _ in block.paths:
             doc, supersedes = next(documents)
             content.append(document_block(doc, supersedes=supersedes))
             position += 1
-            if position == after:
-                content.extend({"type": "text", "text": MARKER} for _ in range(count))
+            content.extend({"type": "text", "text": MARKER} for _ in range(after.get(position, 0)))
         if block.ttl is not None and content and position in chosen:
             control: dict[str, str] = {"type": "ephemeral"}
             if (ttls or {}).get(position, block.ttl) == "1h":

@@ -87,9 +87,13 @@ async def keep_warm_due(engine: Engine) -> list[Warmed]:
         if planned is None:
             continue
         try:
-            if planned.upgrade:
+            if planned.action == "upgrade":
                 corpus = engine.upgraded(corpus, shard)
                 sent.append(await warm_shard(engine, corpus, shard, "keep-warm", upgrade=True))
+            elif planned.action == "hold-tail":
+                # The marker after the tail makes the request's breakpoints 1-hour ones.
+                corpus = engine.tail_held(corpus, shard)
+                sent.append(await warm_shard(engine, corpus, shard, "keep-warm"))
             else:
                 sent.append(
                     await warm_shard(engine, corpus, shard, "keep-warm", through=planned.target)
