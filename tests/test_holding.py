@@ -29,9 +29,14 @@ from test_policy import SONNET_5_5
 T0 = 1_900_000_000.0
 
 
-def settled_corpus(root: Path) -> Path:
-    """The test corpus, untouched for a month: nothing in it is recently edited."""
+def settled_corpus(root: Path, notes: int = 0) -> Path:
+    """The test corpus, with `notes` more documents, untouched for a month: nothing in it
+    is recently edited."""
     write_corpus(root)
+    for i in range(notes):
+        (root / f"notes-{i}.md").write_text(
+            "".join(f"Note {i}.{n}: team {i} reviews item {n} every week.\n" for n in range(120))
+        )
     for path in root.rglob("*"):
         os.utime(path, (T0 - 30 * 86_400, T0 - 30 * 86_400))
     return root
@@ -56,11 +61,11 @@ class Clock:
 
 @asynccontextmanager
 async def settled_engine(
-    tmp_path: Path, running_emulator: Any, emulator: Control, **settings: Any
+    tmp_path: Path, running_emulator: Any, emulator: Control, notes: int = 0, **settings: Any
 ) -> AsyncIterator[tuple[Engine, Clock, Path]]:
     """An engine on a settled corpus, on a clock shared with the emulator."""
     clock = Clock(emulator)
-    corpus = settled_corpus(tmp_path / "corpus")
+    corpus = settled_corpus(tmp_path / "corpus", notes)
     state = tmp_path / "state"
     async with engine_on(corpus, running_emulator.base_url, state, clock=clock, **settings) as e:
         yield e, clock, corpus
@@ -144,6 +149,44 @@ async def test_a_tail_the_last_question_wrote_is_held_by_a_keep_warm_request_whe
     assert 0 < hold.usage.cache_write_1h_tokens < 10
     assert hold.usage.cache_write_5m_tokens == 0
     assert after_break.usage.cache_write_tokens == 0
+
+
+@pytest.mark.anyio
+async def test_after_a_break_an_edit_to_the_held_tails_end_writes_that_document_only(
+    tmp_path: Path, running_emulator: Any, emulator: Control
+) -> None:
+    # Enough documents that old copies are a small share of the corpus.
+    larger = settled_engine(tmp_path, running_emulator, emulator, notes=16)
+    async with larger as (engine, clock, corpus):
+        await a_break_after_editing_the_tail(engine, clock, corpus)
+        oncall = engine.current.tokens["oncall.md"]
+        answer = await engine.ask("How are swaps logged?")
+        old_copies = engine.current.shards[0].plan.superseded_tokens
+    # oncall.md written again, and not the tail before it: oncall.md's old copy stays.
+    assert answer.usage.cache_write_tokens < oncall + 100
+    assert old_copies > oncall
+    assert "logged in the rota" in answer.text
+
+
+async def a_break_after_editing_the_tail(engine: Engine, clock: Clock, corpus: Path) -> None:
+    await upgraded_then_edited(engine, clock, corpus)  # deploys.md is in the tail
+    for rel, sentence in (
+        ("incidents.md", "Every SEV-1 gets a written review."),
+        ("oncall.md", "The rotation is posted on Mondays."),
+        ("oncall.md", "Swaps need a week's notice."),  # oncall.md: the likeliest next edit
+    ):
+        edit(corpus, rel, sentence)
+        await engine.refresh()
+        clock.advance(60)
+        await engine.ask("When is the rotation posted?")
+    tail = engine.current.shards[0].plan.order[-3:]
+    assert set(tail) == {"deploys.md", "incidents.md", "oncall.md"}
+    assert tail[-1] == "oncall.md"
+    clock.advance(60)
+    await engine.ask("When is the rotation posted?")  # reads the tail again: holds it
+    clock.advance(40 * 60)  # the tail's inner entries have lapsed; the 1-hour ones live
+    edit(corpus, "oncall.md", "Swaps are logged in the rota.")
+    await engine.refresh()
 
 
 @pytest.mark.anyio

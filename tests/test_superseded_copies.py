@@ -3,6 +3,7 @@ document, never sent once that prefix lapses or the file is gone, never cited.""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -100,6 +101,86 @@ def test_an_edit_to_the_first_cold_document_costs_one_document_not_the_corpus() 
     assert after.keys[12] == "k0'"
     # The end of the old corpus stays an anchor: the next request reads through it.
     assert 11 in after.anchors
+
+
+def held_tail() -> tuple[list[DocInfo], Plan]:
+    """Nine settled documents and a tail of three edited ones (d09, d10, d11, edited in that
+    order), each in a block of its own."""
+    docs = [DocInfo(f"d{i:02d}.md", 2_000, f"k{i}", NOW - 90 * 86_400.0) for i in range(12)]
+    for i, index in enumerate((9, 10, 11)):
+        docs = edited(docs, index, NOW - 600 + 60 * i)
+    tail = plan(docs)
+    assert tail.order[-3:] == ("d09.md", "d10.md", "d11.md")
+    assert {8, 9, 10, 11} <= set(tail.anchors)
+    return docs, tail
+
+
+def test_after_a_break_an_edit_to_the_held_tails_end_writes_that_document_only() -> None:
+    docs, before = held_tail()
+    # After a break only the 1-hour entries live: the stable part's and the tail's end.
+    after = plan(edited(docs, 11, NOW), before, live=(11, 8))
+    # Moving d11 would write d09 and d10 again: its old copy stays, read through the end.
+    assert after.superseded == frozenset({11})
+    assert entries(after)[:12] == entries(before)
+    assert (after.order[12], after.keys[12]) == ("d11.md", "k11''")
+    assert 11 in after.anchors
+
+
+def test_while_the_tail_is_cached_an_edit_moves_its_document() -> None:
+    docs, before = held_tail()
+    after = plan(edited(docs, 11, NOW), before, live=before.anchors)
+    assert not after.superseded
+    assert entries(after)[:11] == entries(before)[:11]
+
+
+def test_the_tail_carries_one_old_copy_at_most() -> None:
+    docs, before = held_tail()
+    once = edited(docs, 11, NOW)
+    first = plan(once, before, live=(11, 8))
+    assert first.superseded == frozenset({11})
+    # Another break, and an edit to d10, before d11's old copy: no second old copy.
+    second = plan(edited(once, 10, NOW + 3_600), first, live=(12, 11, 8))
+    assert len([i for i in second.superseded if i >= second.tail_start]) <= 1
+    assert "d10.md" in second.order[-2:]
+
+
+def document_blocks(p: Plan, snap: Snapshot, old: dict[tuple[str, str], Document]) -> list[Any]:
+    content = build_request(p, snap, "q", model="m", max_tokens=10, superseded=old)
+    return [
+        {k: v for k, v in block.items() if k != "cache_control"}
+        for block in content["messages"][0]["content"]
+        if block["type"] == "document"
+    ]
+
+
+def test_a_block_says_the_same_whatever_comes_after_it() -> None:
+    # What a block says depends only on the documents up to it: a current copy that a later
+    # edit turns into an old one is still the block its cached prefix holds.
+    texts = {f"d{i}.md": f"Document {i} says {i}.\n" for i in range(12)}
+    versions = [snapshot(texts)]
+    for path, n in (("d1.md", 7), ("d0.md", 8), ("d0.md", 9)):
+        texts = {**texts, path: f"Document {path} now says {n}.\n"}
+        versions.append(snapshot(texts))
+    plans: list[Plan] = []
+    for v in versions:
+        infos = [
+            DocInfo(d.path, 300, d.sha256, NOW if "now" in d.text else NOW - 90 * 86_400.0)
+            for d in v.documents
+        ]
+        previous = plans[-1] if plans else None
+        # The last edit comes after a break: only the stable part and the end are cached.
+        live = previous.anchors if previous else ()
+        if previous and len(plans) == 3:
+            live = (previous.anchors[-1], previous.stable_anchor or 0)
+        plans.append(plan(infos, previous, live))
+    assert plans[-1].superseded - plans[-2].superseded  # the last edit kept an old copy
+    old_copies = {(d.path, d.sha256): d for v in versions for d in v.documents}
+    rendered = [document_blocks(p, v, old_copies) for p, v in zip(plans, versions, strict=True)]
+    for (earlier, p), (later, q) in itertools.pairwise(zip(rendered, plans, strict=True)):
+        same = 0
+        while same < min(len(p.order), len(q.order)) and entries(p)[same] == entries(q)[same]:
+            same += 1
+        assert later[:same] == earlier[:same]
 
 
 @given(

@@ -31,13 +31,15 @@ INSTRUCTIONS = (
 MARKER = "\u2042"
 
 SUPERSEDING = (
-    "The current version of this file. An earlier document with the same title is an "
-    "outdated copy: use this one."
+    "An earlier document with the same title is an outdated copy of this file: the last "
+    "document with this title is its current version."
 )
 
 
 def document_block(doc: Document, *, supersedes: bool = False) -> dict[str, Any]:
-    """`supersedes`: an outdated copy of the file comes earlier in the prompt."""
+    """`supersedes`: an outdated copy of the file comes earlier in the prompt. What a block
+    says depends only on the documents up to it, so a copy later outdated in its turn is
+    still the block its cached prefix holds."""
     block: dict[str, Any] = {
         "type": "document",
         "source": {"type": "text", "media_type": "text/plain", "data": doc.text},
@@ -55,14 +57,13 @@ def documents_in_order(
     """Each position's document (an old copy where the plan keeps one), and whether an
     old copy of it comes earlier."""
     out: list[tuple[Document, bool]] = []
-    outdated: set[str] = set()
+    earlier: set[str] = set()
     for position, (path, key) in enumerate(zip(plan.order, plan.keys, strict=True)):
         doc = superseded.get((path, key)) if position in plan.superseded else snapshot.get(path)
         if doc is None:
             raise ValueError(f"the plan names {path}, which the snapshot does not hold")
-        out.append((doc, path in outdated and position not in plan.superseded))
-        if position in plan.superseded:
-            outdated.add(path)
+        out.append((doc, path in earlier))
+        earlier.add(path)
     return out
 
 

@@ -17,6 +17,13 @@ replaces it), and the new version joins the tail: the edit writes one document, 
 later question reads the old copy at the cache-read price. Old copies go when the prefix
 holding them lapses (the next write is full anyway), when they outgrow a share of the
 shard, or at once for a deleted or excluded file, whose text is never sent again.
+
+In the hot tail an edit moves its document to the end: the documents after it are
+written again, but they are few and likely to change anyway. After a break, though, only
+the 1-hour entries live (the stable part's and the tail's end, see markers.py), and moving
+an edited tail document would write again every unchanged one back to the stable part.
+Then, if they outweigh it, its old copy stays and the new version follows, as for a cold
+document; one old copy in the tail at most, so that they do not pile up.
 """
 
 from __future__ import annotations
@@ -147,13 +154,22 @@ def _first_change(order: Sequence[DocInfo], previous: Plan | None) -> int:
 
 
 def _kept_prefix(
-    docs: Sequence[DocInfo], previous: Plan, warm_through: int, room: int
+    docs: Sequence[DocInfo], previous: Plan, live: Sequence[int], room: int
 ) -> list[DocInfo]:
     """The previous plan's first documents, as they were, up to where its live cache ends:
-    unchanged documents, and the old copies of edited ones worth carrying (stable ones
-    with more than their own size after them, so moving them would rewrite more than they
-    cost) within `room` tokens. Stops at the first deleted or excluded document."""
+    unchanged documents, and the old copies of edited ones worth carrying, within `room`
+    tokens. Stops at the first deleted or excluded document.
+
+    Worth carrying: a stable document with more than its own size after it (moving it
+    would rewrite more than it costs). In the hot tail an edit moves its document to the
+    end, unless the tail before it is no longer cached (after a break, only the 1-hour
+    entries through the stable part and the tail's end live): then moving it would also
+    write the unchanged documents back to the last live entry; if they outweigh it, the
+    tail's one old copy is carried instead. An old copy last in the kept prefix is carried
+    only for the live entry ending at it, when that saves writing more than its size."""
     current = {d.path: d for d in docs}
+    alive = set(live)
+    warm_through = max(live, default=-1) + 1
     entries = list(zip(previous.order, previous.keys, previous.sizes, strict=True))[:warm_through]
     after = [0] * (len(entries) + 1)
     for i in range(len(entries) - 1, -1, -1):
@@ -161,6 +177,10 @@ def _kept_prefix(
     kept: list[DocInfo] = []
     placed: set[str] = set()  # documents whose current copy is already in the prefix
     carried = 0
+    uncached = 0  # unchanged tokens kept since the last live entry: a move would rewrite them
+    # Position of a tail's old copy -> the unchanged tokens before it back to the last live
+    # entry, which carrying it saves writing again.
+    saved: dict[int, int] = {}
     for i, (path, key, size) in enumerate(entries):
         doc = current.get(path)
         if doc is None or path in placed:
@@ -168,11 +188,26 @@ def _kept_prefix(
         if doc.key == key:
             kept.append(doc)
             placed.add(path)
-            continue
-        if i >= previous.tail_start or after[i + 1] <= size or carried + size > room:
-            break  # recently edited, little after it, or no room: move it instead
-        kept.append(DocInfo(path, size, key, 0.0, first_seen=doc.first_seen, superseded=True))
-        carried += size
+            uncached += size
+        else:
+            in_tail = i >= previous.tail_start
+            if in_tail:
+                tail_copies = sum(1 for d in kept[previous.tail_start :] if d.superseded)
+                saves = uncached + after[i + 1]
+                if tail_copies or not uncached or saves <= size or carried + size > room:
+                    break  # its neighbours are cached, or another copy is carried: move it
+            elif after[i + 1] <= size or carried + size > room:
+                break  # little after it, or no room: move it instead
+            saved[i] = uncached if in_tail else 0
+            kept.append(DocInfo(path, size, key, 0.0, first_seen=doc.first_seen, superseded=True))
+            carried += size
+        if i in alive:
+            uncached = 0
+    while kept and kept[-1].superseded:
+        position = len(kept) - 1  # kept holds the previous plan's entries from the first
+        if position in alive and saved[position] > kept[-1].tokens:
+            break  # the live entry ending at it saves writing more than it costs
+        kept.pop()  # otherwise an old copy is only worth carrying for what follows it
     return kept
 
 
@@ -192,14 +227,11 @@ def plan_shard(
     keeping first. The prefix through the furthest is kept as it was, edited documents'
     old copies included (see the module's note), and the first few stay anchors."""
     kept: list[DocInfo] = []
-    warm_through = max(live, default=-1) + 1
-    if previous is not None and previous.cached and warm_through > 0:
+    if previous is not None and previous.cached and live:
         room = int(MAX_SUPERSEDED_SHARE * sum(d.tokens for d in docs))
         if budget_tokens is not None:
             room = min(room, budget_tokens - instructions_tokens - sum(d.tokens for d in docs))
-        kept = _kept_prefix(docs, previous, warm_through, room)
-        while kept and kept[-1].superseded:
-            kept.pop()  # an old copy is only worth carrying for what follows it
+        kept = _kept_prefix(docs, previous, live, room)
     placed = {d.path for d in kept if not d.superseded}
     order = kept + stability_order(
         [d for d in docs if d.path not in placed],
