@@ -58,3 +58,15 @@ async def test_each_shard_has_its_own_cached_prefix(engine: Engine) -> None:
     again = await engine.ask(question)
     assert first.usage.cache_write_tokens > 0
     assert again.usage.cache_read_tokens == first.usage.cache_write_tokens
+
+
+async def test_a_question_on_two_shards_holds_both_for_the_hour(engine: Engine) -> None:
+    question = "When are deploys frozen and who is on call?"
+    await engine.ask(question, fan_out=2)
+    upgrade = await engine.ask(question, fan_out=2)  # each shard's 5-minute entry, upgraded
+    assert upgrade.usage.cache_write_5m_tokens == 0
+    assert 0 < upgrade.usage.cache_write_1h_tokens < 20
+    # Both shards' markers are in the live corpus, though each shard added its own.
+    assert set(engine.current.markers) == set(upgrade.shards)
+    third = await engine.ask(question, fan_out=2)
+    assert third.usage.cache_write_tokens == 0

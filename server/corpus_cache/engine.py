@@ -459,7 +459,7 @@ class Engine:
             with self._within_budget(estimate):
                 part = await self._ask_shard(
                     question, pin.corpus, pin.shard,
-                    conversation=[t.exchange for t in kept], marked=pin.marked,
+                    conversation=[t.exchange for t in kept], marked=pin.marked, pinned=True,
                 )  # fmt: skip
             if pin.marked is None:
                 pin.marked = part.marked  # follow-ups mark the same anchors: the same prefix
@@ -541,9 +541,12 @@ class Engine:
         *,
         conversation: Sequence[tuple[str, str]] = (),
         marked: Sequence[int] | None = None,
+        pinned: bool = False,
     ) -> _ShardAnswer:
         """Ask one shard, streaming. `marked`: the anchors to mark (a session's follow-up
         marks those of its first question); by default chosen from what is believed alive.
+        `pinned`: send `corpus` as it is (a session's), without adding or dropping marker
+        blocks (markers.py) as a question otherwise may.
 
         Coalescing: a request that would write a cold prefix while another request writing
         that same prefix has not begun its response waits until it has, then reads it. The
@@ -556,7 +559,7 @@ class Engine:
                 f"{self.model.id}'s {window:,}-token window allows with room for a question "
                 "and an answer; lower --budget-tokens"
             )
-        if marked is None and not conversation:
+        if not pinned:
             corpus = self._with_question_markers(corpus, shard)
         ids = corpus.anchor_ids.get(shard.number, {})
         while plan.anchors:
@@ -1025,16 +1028,23 @@ class Engine:
         )
 
     def _with_markers(self, corpus: Corpus, shard: Shard, markers: dict[int, int]) -> Corpus:
-        """`corpus` with `markers` for `shard`, installed as the live corpus if `corpus`
-        still is."""
+        """`corpus` with `markers` for `shard`, installed in the live corpus if that is
+        `corpus`, or `corpus` with other shards' markers changed since (a question asked
+        several shards at once)."""
+        new = self._marked(corpus, shard, markers)
+        live = self._corpus
+        if live is corpus:
+            self._corpus = new
+        elif live is not None and live.layout is corpus.layout:
+            self._corpus = self._marked(live, shard, markers)
+        return new
+
+    def _marked(self, corpus: Corpus, shard: Shard, markers: dict[int, int]) -> Corpus:
         every = {**corpus.markers, shard.number: markers}
-        new = replace(
+        return replace(
             corpus, markers=every,
             anchor_ids=marker_blocks.anchor_ids(corpus.layout, self.model.id, every),
         )  # fmt: skip
-        if self._corpus is corpus:
-            self._corpus = new
-        return new
 
     def _ping_due(self, shard: Shard) -> float | None:
         if self._corpus is None:
