@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from conftest import Control
 from corpus_cache import markers
 from corpus_cache.engine import Answer, Engine
+from corpus_cache.plan.anchors import select_breakpoints
 from corpus_cache.plan.layout import Layout, Plan, Shard, plan_shard
 from corpus_cache.plan.stability import DocInfo
 from corpus_cache.policy import Decision, anchor_ttls, holding_tail_pays
@@ -325,3 +326,22 @@ def test_holding_a_tail_pays_when_it_is_large_against_the_read_of_the_prefix() -
     never = [60.0] * 10 + [20_000.0] * 4
     assert not holding_tail_pays(never, stable=72_000, tail=6_000, prices=SONNET_5_5,
                                  edits_per_question=0.25, pings=0)  # fmt: skip
+
+
+def test_the_anchor_a_marker_was_just_added_after_is_always_marked() -> None:
+    # The tail's four anchors are all dead (an edit): without `must`, the three slots go
+    # to the end and the two anchors before it.
+    anchors, alive = (4, 9, 10, 11, 12, 13), {4}
+    assert select_breakpoints(anchors, alive, slots=3, turn=0) == [11, 12, 13]
+    assert 9 in select_breakpoints(anchors, alive, slots=3, turn=0, must=9)
+
+
+def test_the_lookback_counts_marker_blocks_as_positions() -> None:
+    # The anchor after the live one is 19 documents on: in the lookback's reach...
+    anchors = (0, 19, 20)
+    assert select_breakpoints(anchors, {0}, slots=2, turn=0) == [19, 20]
+    # ...unless a marker block after its document pushes its breakpoint one further: then
+    # the live anchor itself is marked, so that the request still reads it.
+    assert select_breakpoints(anchors, {0}, slots=2, turn=0, markers={19: 1}) == [0, 20]
+    # A marker after the live anchor's own document is part of its entry: no further.
+    assert select_breakpoints(anchors, {0}, slots=2, turn=0, markers={0: 1}) == [19, 20]

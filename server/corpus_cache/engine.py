@@ -837,14 +837,17 @@ class Engine:
         ids = corpus.anchor_ids.get(shard.number, {})
         now = self.clock()
         alive = {a for a in plan.anchors if self._entries.get(ids[a], 0.0) > now}
+        markers = corpus.markers.get(shard.number, {})
         if marked is None:
+            stable = plan.stable_anchor
             marked = select_breakpoints(
                 plan.anchors, alive, slots=MAX_CORPUS_BREAKPOINTS, turn=self._turn,
-                keep=plan.stable_anchor,
+                keep=stable, markers=markers,
+                # A marker just added after the stable part: its 1-hour breakpoint is the point.
+                must=stable if stable in markers and stable not in alive else None,
             )  # fmt: skip
         marked = list(marked)
         self._turn += 1
-        markers = corpus.markers.get(shard.number, {})
         if ttl is not None:
             ttls: dict[int, Ttl] = dict.fromkeys(plan.anchors, ttl)
         else:

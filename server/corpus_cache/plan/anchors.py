@@ -12,7 +12,8 @@ each request marks at most `slots` of them:
   anchor itself is marked);
 - with slots to spare, the live anchor that ends the stable part (`keep`): when the
   volatile tail is edited, it is what the next request reads through, so it must not
-  lapse while the questions read past it;
+  lapse while the questions read past it; and, first of all, an anchor a marker block
+  was just added after (`must`): its 1-hour breakpoint is what the marker is for;
 - otherwise, and with slots to spare, live anchors in rotation, so that each is
   refreshed before its TTL runs out;
 - always the last anchor, the end of the corpus.
@@ -23,7 +24,7 @@ between what it reads and its last breakpoint, however many breakpoints are in b
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 LOOKBACK = 20  # positions a breakpoint searches backwards, itself included
 MAX_ANCHORS = 5  # block ends kept alive per shard, the end of the corpus included
@@ -36,12 +37,15 @@ def select_breakpoints(
     slots: int,
     turn: int,
     keep: int | None = None,
+    markers: Mapping[int, int] | None = None,
+    must: int | None = None,
 ) -> list[int]:
     """Anchor positions (ascending) to mark on this request.
 
     `anchors` are the positions of the plan's block ends, ascending, the last being the end
     of the corpus; `alive` those whose entries are believed live for the current content;
-    `turn` counts requests, for the rotation.
+    `turn` counts requests, for the rotation; `markers`: the marker blocks after documents
+    (markers.py), which the lookback counts as positions too.
     """
     if not anchors or slots <= 0:
         return []
@@ -49,14 +53,19 @@ def select_breakpoints(
     live = [a for a in anchors if a in alive]
     read = live[-1] if live else None
     chosen: set[int] = {end}
+    if must is not None and must in anchors and slots > 1:
+        chosen.add(must)
     if read != end:
         # The whole range after `read` is rewritten whichever anchors are marked in it, so
         # mark the ones nearest the end: that is where the next edits land.
-        dead = [a for a in anchors[:-1] if read is None or a > read]
-        wanted = dead[len(dead) - (slots - 1) :] if slots > 1 else []
-        if read is not None and (wanted[0] if wanted else end) - read >= LOOKBACK:
-            wanted = wanted[1:] if wanted else wanted
-            chosen.add(read)  # out of the lookback's reach: mark the live anchor itself
+        dead = [a for a in anchors[:-1] if (read is None or a > read) and a not in chosen]
+        room = slots - len(chosen)
+        wanted = dead[len(dead) - room :] if room > 0 else []
+        first = min(a for a in (*chosen, *wanted) if read is None or a > read)
+        if read is not None and _blocks(read, first, markers) >= LOOKBACK:
+            wanted = wanted[1:]
+            if len(chosen) + len(wanted) < slots:
+                chosen.add(read)  # out of the lookback's reach: mark the live anchor itself
         chosen.update(wanted)
     if keep is not None and keep in alive and keep in anchors and len(chosen) < slots:
         chosen.add(keep)
@@ -68,3 +77,11 @@ def select_breakpoints(
                 break
             chosen.add(a)
     return sorted(chosen)
+
+
+def _blocks(after: int, to: int, markers: Mapping[int, int] | None) -> int:
+    """How many positions back from the breakpoint on anchor `to` the lookback must walk to
+    reach the entry on anchor `after`: the documents between, and the marker blocks after
+    each of them (an anchor's breakpoint sits on its last marker block)."""
+    extra = sum(count for p, count in (markers or {}).items() if after < p <= to)
+    return to - after + extra
