@@ -63,6 +63,36 @@ def test_the_upgrade_costs_a_read_and_the_tail_at_the_1_hour_price() -> None:
     assert bridged == pytest.approx(0.05 * 11_000 + 2.0 * 1_000 + 2 * 0.05 * 11_000)
 
 
+def test_the_second_question_within_5_minutes_makes_the_upgrade() -> None:
+    # A gap of a minute, then one of 10: the second question reads the 5-minute entry and
+    # upgrades it (the tail after the marker written again, at 1.25x, costing less than a
+    # read of the prefix); the third question reads the 1-hour entry. No keep-warm request.
+    cost = _expected_with_upgrade(
+        [60.0, 600.0], stable=40_000, tail=1_000, prices=SONNET_5_5, pings=0
+    )
+    read = 0.05 * 41_000
+    assert cost == pytest.approx((read + 1.25 * 1_000 + read) / 2)
+    # A tail larger than a read of the prefix is left to the keep-warm upgrade.
+    large = _expected_with_upgrade(
+        [60.0, 600.0], stable=10_000, tail=5_000, prices=SONNET_5_5, pings=0
+    )
+    assert large == pytest.approx((0.05 * 15_000 + 0.05 * 15_000 + 2.0 * 5_000 + 0.05 * 15_000) / 2)
+
+
+def test_a_5_minute_tail_behind_a_1_hour_stable_part_lapses_only_if_just_written() -> None:
+    # One break of 50 minutes; an edit before every fourth question. The tail is held by
+    # the second question that reads it, so it is lost in the break only when the last
+    # question wrote it: with a chance of 1 in 4.
+    cost = _expected(
+        [3_000.0], stable=40_000, tail=2_000, prices=SONNET_5_5, stable_ttl="1h",
+        tail_ttl="5m", pings=0, edits_per_question=0.25,
+    )  # fmt: skip
+    gap = 0.05 * 40_000 + 2_000 * (0.25 * 1.25 + 0.75 * 0.05)
+    edits = 0.25 * 2_000 * 1.25
+    extra_1h = (2.0 - 1.25) * 40_000
+    assert cost == pytest.approx(gap + edits + extra_1h)
+
+
 def test_frequent_edits_of_a_large_tail_keep_it_at_5_minutes() -> None:
     # Questions every 3 minutes, an edit before almost every one: the tail is rewritten
     # anyway, and 1.25x per rewrite beats 2x.
