@@ -38,7 +38,7 @@ def _print_answer(number: int, question: str, result: dict[str, Any]) -> None:
         lines = f"{start}" if start == end else f"{start}-{end}"
         _out(f"    [{index}] {citation['path']}:{lines}")
     hour = usage["cache_write_1h_tokens"]
-    held = f" ({hour:,} of them held for an hour)" if hour else ""
+    held = f" ({hour:,} with the 1-hour TTL)" if hour else ""
     _out(
         f"    usage: {usage['cache_write_5m_tokens'] + hour:,} tokens "
         f"written to cache{held}, {usage['cache_read_tokens']:,} read from cache, "
