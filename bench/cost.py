@@ -49,6 +49,7 @@ from corpus_cache.catalog import ModelSpec, load_catalog
 from corpus_cache.config import Settings
 from corpus_cache.emulator import RunningEmulator, start_in_thread
 from corpus_cache.engine import Engine
+from corpus_cache.keeping import next_ping_at
 from corpus_cache.ledger import Ledger
 from corpus_cache.pricing import Usage, cost_usd
 from corpus_cache.request import INSTRUCTIONS, document_block
@@ -155,7 +156,7 @@ async def replay(
     async def pings_until(until: float) -> None:
         nonlocal last_request
         if strategy == "corpus-cache":
-            while (due := engine.next_ping_at()) is not None and due < until:
+            while (due := next_ping_at(engine)) is not None and due < until:
                 now[0] = due
                 control.post("/_emulator/clock", json={"set": due})
                 for warmed in await keep_warm_due(engine):

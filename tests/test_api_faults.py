@@ -21,6 +21,7 @@ from mcp.types import CallToolResult
 from conftest import Control
 from corpus_cache.emulator import RunningEmulator, start_in_thread
 from corpus_cache.engine import Engine
+from corpus_cache.keeping import next_ping_at
 from corpus_cache.runtime import keeping_warm
 from corpus_fixture import write_corpus
 from mcp_session import serving
@@ -501,7 +502,7 @@ async def test_a_failed_keep_warm_request_is_logged_recorded_and_the_loop_goes_o
         await ask_ok(mcp)
         advance(400)  # questions 400 s apart: one keep-warm read beats a rewrite
         await ask_ok(mcp)
-        due = engine.next_ping_at()
+        due = next_ping_at(engine)
         assert due is not None
         advance(due - now[0] + 1)
 
@@ -518,7 +519,7 @@ async def test_a_failed_keep_warm_request_is_logged_recorded_and_the_loop_goes_o
         assert "overloaded (529) after 2 attempts" in pings[0]["error"]
         assert pings[1]["cache_read_tokens"] > 0
         # The ping refreshed the entry: the next one is due as it nears expiry, not at once.
-        following = engine.next_ping_at()
+        following = next_ping_at(engine)
         assert following is None or following >= now[0] + 240
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert warnings == [

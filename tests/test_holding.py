@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from conftest import Control
 from corpus_cache import markers
 from corpus_cache.engine import Answer, Engine
+from corpus_cache.keeping import next_ping_at
 from corpus_cache.plan.anchors import select_breakpoints
 from corpus_cache.plan.layout import Layout, Plan, Shard, plan_shard
 from corpus_cache.plan.stability import DocInfo
@@ -138,7 +139,7 @@ async def test_a_tail_the_last_question_wrote_is_held_by_a_keep_warm_request_whe
 ) -> None:
     engine, clock, corpus = settled
     _, wrote_tail = await upgraded_then_edited(engine, clock, corpus)
-    due = engine.next_ping_at()
+    due = next_ping_at(engine)
     assert due == pytest.approx(clock.now + 270.0)
     clock.until(due)
     (hold,) = await keep_warm_due(engine)

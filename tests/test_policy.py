@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import Control
+from corpus_cache.keeping import next_ping_at
 from corpus_cache.policy import (
     Prices,
     _expected,
@@ -237,7 +238,7 @@ async def test_a_quiet_cache_is_upgraded_to_1_hour_for_the_price_of_a_marker(
     base = running_emulator.base_url
     async with engine_on(corpus, base, tmp_path / "state", clock=lambda: clock[0]) as engine:
         first = await engine.ask("When are deploys frozen?")
-        due = engine.next_ping_at()
+        due = next_ping_at(engine)
         assert due == pytest.approx(clock[0] + 270.0)
         clock[0] = due
         emulator.post("clock", {"set": due})

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 
@@ -27,6 +27,7 @@ from .catalog import Catalog, ModelSpec
 from .config import Settings
 from .corpus.documents import Document, Snapshot
 from .corpus.scan import ScanOptions, scan
+from .entries import CacheEntries
 from .errors import (
     ApiCallError,
     BudgetExceededError,
@@ -42,18 +43,7 @@ from .plan.budget import default_budget
 from .plan.layout import MAX_CORPUS_BREAKPOINTS, Layout, Plan, Shard, Ttl, plan_corpus
 from .plan.route import rank_shards
 from .plan.stability import DocInfo, EditPattern
-from .policy import (
-    FIVE_MINUTES,
-    ONE_HOUR,
-    PING_MARGIN,
-    RECENT_GAPS,
-    Decision,
-    Prices,
-    anchor_ttls,
-    decide,
-    holding_tail_pays,
-    upgrades_at_question,
-)
+from .policy import RECENT_GAPS, Decision, Prices, anchor_ttls, decide, upgrades_at_question
 from .pricing import Usage, cost_usd, project_question, uncached_cost_usd
 from .request import INSTRUCTIONS, Citation, build_request, map_answer, marked_anchors
 from .search import Hit, SearchIndex
@@ -64,22 +54,6 @@ log = logging.getLogger(__name__)
 
 QUESTION_RESERVE = 2_000  # tokens kept free in the window for the question
 DAY_SECONDS = 86_400.0
-TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
-ONE_HOUR_PING = ONE_HOUR - PING_MARGIN
-FIVE_MINUTE_PING = FIVE_MINUTES - PING_MARGIN
-
-
-KeepWarmAction = Literal["read", "upgrade", "hold-tail"]
-
-
-@dataclass(frozen=True)
-class KeepWarm:
-    """A keep-warm request due: when, the anchor it keeps, and how: reading the prefix
-    through it, upgrading the stable part with a marker, or holding the tail with one."""
-
-    due: float
-    target: int
-    action: KeepWarmAction
 
 
 @dataclass(frozen=True)
@@ -199,8 +173,7 @@ class Engine:
         self._version = 0
         self._instructions_tokens: int | None = None
         self._refreshing = anyio.Lock()
-        self._entries: dict[str, float] = {}  # anchor identity -> when we expect it to expire
-        self._entry_ttls: dict[str, Ttl] = {}  # anchor identity -> the TTL it was written with
+        self.entries = CacheEntries()  # the cache entries we believe alive
         self._turn = 0
         self._asked: dict[int, list[float]] = self._asked_before()  # shard -> question times
         self._questions = Counter({shard: len(times) for shard, times in self._asked.items()})
@@ -224,6 +197,11 @@ class Engine:
     @property
     def corpus_key(self) -> str:
         return str(self.settings.corpus)
+
+    @property
+    def indexed(self) -> bool:
+        """Whether there is a live corpus yet (`current` raises until refresh() has run)."""
+        return self._corpus is not None
 
     @property
     def current(self) -> Corpus:
@@ -302,13 +280,12 @@ class Engine:
         live: dict[int, tuple[int, ...]] = {}
         for shard in corpus.shards:
             ids = corpus.anchor_ids.get(shard.number, {})
-            alive = [a for a in shard.plan.anchors if self._entries.get(ids[a], 0.0) > now]
-            if alive:
-                furthest = max(alive)
+            ttls = self.entries.live(ids, shard.plan.anchors, now)
+            if ttls:
+                furthest = max(ttls)
                 live[shard.number] = tuple(
-                    sorted(alive, key=lambda a: (a != furthest,
-                                                 self._entry_ttls.get(ids[a]) != "1h", -a))
-                )  # fmt: skip
+                    sorted(ttls, key=lambda a: (a != furthest, ttls[a] != "1h", -a))
+                )
         return live
 
     async def _compacted(self) -> Corpus:
@@ -500,7 +477,7 @@ class Engine:
             return uncached
         ids = corpus.anchor_ids.get(shard.number, {})
         end = ids.get(plan.anchors[-1])
-        return warm if end is not None and self._entries.get(end, 0.0) > self.clock() else cold
+        return warm if end is not None and self.entries.alive(end, self.clock()) else cold
 
     @contextmanager
     def _within_budget(self, estimate: float) -> Iterator[None]:
@@ -564,9 +541,9 @@ class Engine:
         ids = corpus.anchor_ids.get(shard.number, {})
         while plan.anchors:
             now = self.clock()
-            if self._entries.get(ids[plan.anchors[-1]], 0.0) > now:
+            if self.entries.alive(ids[plan.anchors[-1]], now):
                 break  # warm: nothing to wait for
-            cold = (ids[a] for a in plan.anchors if self._entries.get(ids[a], 0.0) <= now)
+            cold = (ids[a] for a in plan.anchors if not self.entries.alive(ids[a], now))
             writing = next((self._writing[i] for i in cold if i in self._writing), None)
             if writing is None:
                 break
@@ -584,7 +561,7 @@ class Engine:
         # The entries this request writes, for requests that would write them too to wait on.
         now = self.clock()
         readable = anyio.Event()
-        writes = [ids[a] for a in marked_anchors(params) if self._entries.get(ids[a], 0.0) <= now]
+        writes = [ids[a] for a in marked_anchors(params) if not self.entries.alive(ids[a], now)]
         for identity in writes:
             self._writing.setdefault(identity, readable)
 
@@ -643,35 +620,6 @@ class Engine:
             shard, mapped.text, mapped.citations, usage, cost, uncached, backend, latency,
             raw_text, marked_anchors(params), message.id,
         )  # fmt: skip
-
-    def _remember_entries(
-        self,
-        ids: dict[int, str],
-        alive: set[int],
-        marked: list[int],
-        usage: Usage,
-        now: float,
-        ttls: dict[int, Ttl],
-    ) -> None:
-        """Track which anchors' entries live, from what this request marked and read."""
-        if not ttls:
-            return
-        if alive and usage.cache_read_tokens == 0:
-            for anchor in alive:  # we thought them alive; the API did not: forget them
-                self._entries.pop(ids[anchor], None)
-            alive = set()
-        read = max(alive) if alive else -1
-        for anchor in marked:
-            if anchor > read:  # written now, with the TTL this request asked for
-                self._entry_ttls[ids[anchor]] = ttls[anchor]
-        for anchor in {*marked, read} - {-1}:
-            # A hit refreshes an entry with its own TTL: a 1-hour mark does not upgrade it.
-            ttl = self._entry_ttls.get(ids[anchor], ttls[anchor])
-            if anchor > read or anchor in alive:
-                self._entries[ids[anchor]] = now + TTL_SECONDS[ttl]
-        if len(self._entries) > 10_000:
-            self._entries = {k: v for k, v in self._entries.items() if v > now}
-            self._entry_ttls = {k: v for k, v in self._entry_ttls.items() if k in self._entries}
 
     def _merge(self, corpus: Corpus, parts: list[_ShardAnswer]) -> Answer:
         if len(parts) == 1:
@@ -836,7 +784,8 @@ class Engine:
             plan = replace(plan, blocks=plan.blocks[: plan.anchors.index(through) + 1])
         ids = corpus.anchor_ids.get(shard.number, {})
         now = self.clock()
-        alive = {a for a in plan.anchors if self._entries.get(ids[a], 0.0) > now}
+        live = self.entries.live(ids, plan.anchors, now)
+        alive = set(live)
         markers = corpus.markers.get(shard.number, {})
         if marked is None:
             stable = plan.stable_anchor
@@ -854,8 +803,7 @@ class Engine:
             stable = shard.plan.stable_anchor
             ttls = anchor_ttls(
                 plan.anchors, tail_start=plan.tail_start, decision=self.ttl_decision(shard),
-                stable_held=stable is not None and stable in alive
-                and self._entry_ttls.get(ids[stable]) == "1h",
+                stable_held=stable is not None and live.get(stable) == "1h",
                 held_through=marker_blocks.held_through(markers),
             )  # fmt: skip
         params = build_request(
@@ -865,12 +813,12 @@ class Engine:
         )  # fmt: skip
 
         def answered(usage: Usage) -> str | None:
-            self._remember_entries(ids, alive, marked, usage, now, ttls)
+            self.entries.remember(ids, alive, marked, usage, now, ttls)
             return ttls[plan.anchors[-1]] if plan.anchors else None
 
         return params, answered
 
-    # --- the TTL and keep-warm policy (policy.py) ---------------------------------------
+    # --- the TTL policy (policy.py) and its markers; keep-warm: keeping.py -------------
 
     def _asked_before(self) -> dict[int, list[float]]:
         """Question times per shard from the ledger, so that a restart does not forget how
@@ -885,14 +833,19 @@ class Engine:
         times = self._asked.get(shard, [])
         return [later - earlier for earlier, later in itertools.pairwise(times)]
 
-    def _edits_per_question(self, shard: Shard) -> float:
+    def last_asked(self, shard: int) -> float | None:
+        """When the last question on `shard` was sent, if any was."""
+        times = self._asked.get(shard)
+        return times[-1] if times else None
+
+    def edits_per_question(self, shard: Shard) -> float:
         asked = self._questions[shard.number]
         # A path appears twice in a plan keeping its old copy: count its edits once.
         paths = set(shard.plan.order) & self._history.keys()
         return sum(self._history[p].edits for p in paths) / asked if asked else 0.0
 
     @property
-    def _prices(self) -> Prices:
+    def prices(self) -> Prices:
         return Prices(
             self.model.cache_read_multiplier,
             self.model.cache_write_5m_multiplier,
@@ -905,91 +858,18 @@ class Engine:
         forced: Ttl | None = None if self.settings.ttl == "auto" else self.settings.ttl
         return decide(
             self.gaps(shard.number),
-            edits_per_question=self._edits_per_question(shard),
+            edits_per_question=self.edits_per_question(shard),
             edit_tokens=_edit_tokens(plan),
             stable_tokens=stable,
             tail_tokens=plan.total_tokens - stable,
-            prices=self._prices,
+            prices=self.prices,
             forced=forced,
         )
 
-    def keep_warm_plan(self, corpus: Corpus, shard: Shard) -> KeepWarm | None:
-        """The keep-warm request the policy wants for `shard` next, and when.
-
-        - A 1-hour entry is alive: read it just before it expires, sending only the prefix
-          through it, so the request never writes.
-        - Only 5-minute entries are alive and the policy wants 1 hour (or upgrades): just
-          before the furthest expires, add a marker block after the stable part and write
-          a 1-hour breakpoint on it. The request reads the live prefix through the lookback
-          and pays the 1-hour price for the marker and what follows it only.
-        - Only 5-minute entries, kept warm by the policy: read the furthest before it expires.
-        - The stable part is a 1-hour entry, the tail after it a 5-minute one (the last
-          question wrote it, after an edit): before the tail expires, add a marker after
-          it, if the read of the prefix costs less than writing the tail again after the
-          silence is expected to (policy.holding_tail_pays).
-
-        Only while that is within the reach the policy pays for: the entry's life after
-        the last question, plus its pings."""
-        times = self._asked.get(shard.number)
-        plan = shard.plan
-        if not times or not plan.cached:
-            return None
-        decision = self.ttl_decision(shard)
-        ids, now = corpus.anchor_ids.get(shard.number, {}), self.clock()
-        alive = [a for a in plan.anchors if self._entries.get(ids[a], 0.0) > now]
-        if not alive:
-            return None  # nothing alive to keep: a request would be a write
-        long = [a for a in alive if self._entry_ttls.get(ids[a]) == "1h"]
-        hour, five = ONE_HOUR_PING, FIVE_MINUTE_PING
-        if decision.upgrade:
-            reach = times[-1] + five + hour * (1 + decision.max_pings)
-        elif decision.stable_ttl == "1h":
-            reach = times[-1] + hour * (1 + decision.max_pings)
-        else:
-            reach = times[-1] + five * (1 + decision.max_pings)
-        action: KeepWarmAction
-        if long:
-            target, action = max(long), "read"
-            if self._tail_worth_holding(corpus, shard, decision):
-                target, action = plan.anchors[-1], "hold-tail"
-        elif decision.upgrade or decision.stable_ttl == "1h":
-            target, action = max(alive), "upgrade"
-        elif decision.max_pings:
-            target, action = max(alive), "read"
-        else:
-            return None
-        due = self._entries[ids[target]] - PING_MARGIN
-        if due >= reach:
-            return None
-        if action == "upgrade" and not self._can_upgrade(corpus, shard):
-            return None
-        return KeepWarm(due, target, action)
-
-    def _tail_worth_holding(self, corpus: Corpus, shard: Shard, decision: Decision) -> bool:
-        plan = shard.plan
-        live = self._live_ttls(corpus, shard)
-        end, stable = plan.anchors[-1], plan.stable_anchor
-        if self.settings.ttl == "5m" or stable is None or end == stable:
-            return False
-        if live.get(end) != "5m" or live.get(stable) != "1h":
-            return False
-        # What the first question after the silence would write again: all after the
-        # furthest 1-hour entry (the stable part, or an earlier tail's marker).
-        held = _tokens_through(plan, max(a for a, ttl in live.items() if ttl == "1h"))
-        return holding_tail_pays(
-            self.gaps(shard.number), stable=held, tail=plan.total_tokens - held,
-            prices=self._prices,
-            edits_per_question=self._edits_per_question(shard), pings=decision.max_pings,
-        )  # fmt: skip
-
-    def _live_ttls(self, corpus: Corpus, shard: Shard) -> dict[int, Ttl]:
+    def live_ttls(self, corpus: Corpus, shard: Shard) -> dict[int, Ttl]:
         """`shard`'s anchors whose cache entries are alive, with the TTL each was written with."""
         ids, now = corpus.anchor_ids.get(shard.number, {}), self.clock()
-        return {
-            a: self._entry_ttls.get(ids[a], "5m")
-            for a in shard.plan.anchors
-            if self._entries.get(ids[a], 0.0) > now
-        }
+        return self.entries.live(ids, shard.plan.anchors, now)
 
     def _with_question_markers(self, corpus: Corpus, shard: Shard) -> Corpus:
         """`corpus` with the markers a question on `shard` sends now (markers.for_question)."""
@@ -1000,9 +880,9 @@ class Engine:
         stable = _stable_tokens(plan)
         markers = corpus.markers.get(shard.number, {})
         wanted = marker_blocks.for_question(
-            plan, markers, self._live_ttls(corpus, shard),
+            plan, markers, self.live_ttls(corpus, shard),
             upgrade_stable=(decision.upgrade or decision.stable_ttl == "1h")
-            and upgrades_at_question(stable, plan.total_tokens - stable, self._prices),
+            and upgrades_at_question(stable, plan.total_tokens - stable, self.prices),
             hold_tail=self.settings.ttl != "5m",
         )  # fmt: skip
         return corpus if wanted == markers else self._with_markers(corpus, shard, wanted)
@@ -1012,12 +892,6 @@ class Engine:
         markers = corpus.markers.get(shard.number, {})
         return self._with_markers(
             corpus, shard, marker_blocks.with_one_more(markers, shard.plan.anchors[-1])
-        )
-
-    def _can_upgrade(self, corpus: Corpus, shard: Shard) -> bool:
-        stable = shard.plan.stable_anchor
-        return stable is not None and marker_blocks.can_add(
-            corpus.markers.get(shard.number, {}), stable
         )
 
     def upgraded(self, corpus: Corpus, shard: Shard) -> Corpus:
@@ -1049,24 +923,6 @@ class Engine:
             anchor_ids=marker_blocks.anchor_ids(corpus.layout, self.model.id, every),
         )  # fmt: skip
 
-    def _ping_due(self, shard: Shard) -> float | None:
-        if self._corpus is None:
-            return None
-        planned = self.keep_warm_plan(self._corpus, shard)
-        return planned.due if planned else None
-
-    def next_ping_at(self) -> float | None:
-        """When the next keep-warm request is due, if the policy wants any."""
-        if self._corpus is None:
-            return None
-        due = [t for s in self._corpus.shards if (t := self._ping_due(s)) is not None]
-        return min(due) if due else None
-
-    def shards_due(self, now: float) -> list[Shard]:
-        if self._corpus is None:
-            return []
-        return [s for s in self._corpus.shards if (t := self._ping_due(s)) is not None and t <= now]
-
 
 def _cache_miss(message: Any) -> tuple[str | None, int | None]:
     """The API's cache miss reason and the tokens it says were missed, when it diagnosed one."""
@@ -1092,12 +948,7 @@ def _reason_kind(reason: str) -> str:
 def _stable_tokens(plan: Plan) -> int:
     """Tokens through the anchor ending the stable part (where an upgrade's marker goes):
     the whole corpus when every document is recently edited; 0 when nothing is cached."""
-    return 0 if plan.stable_anchor is None else _tokens_through(plan, plan.stable_anchor)
-
-
-def _tokens_through(plan: Plan, anchor: int) -> int:
-    """The prefix tokens through `anchor`'s block."""
-    return plan.blocks[plan.anchors.index(anchor)].prefix_tokens
+    return 0 if plan.stable_anchor is None else plan.tokens_through(plan.stable_anchor)
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

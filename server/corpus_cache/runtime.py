@@ -14,6 +14,7 @@ from .catalog import load_catalog
 from .config import Settings
 from .corpus.watch import FolderWatcher
 from .engine import Engine
+from .keeping import next_ping_at
 from .ledger import Ledger
 from .warm import prewarm_after_changes
 
@@ -70,7 +71,7 @@ async def keeping_warm(engine: Engine, check_every: float = 15.0) -> AsyncIterat
 
     async def loop() -> None:
         while True:
-            due = engine.next_ping_at()
+            due = next_ping_at(engine)
             wait = check_every if due is None else max(0.0, due - engine.clock())
             await anyio.sleep(min(wait, check_every))
             if due is not None and engine.clock() >= due:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .entries import TTL_SECONDS
 from .ledger import Ledger, Totals
 
 KINDS = ("ask", "warm", "keep-warm")
-TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 DAY = 86_400.0
 
 

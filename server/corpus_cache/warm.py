@@ -16,6 +16,7 @@ import anyio
 from .backend import API_FAILURES, backend_of_response, describe_api_error
 from .engine import Corpus, Engine
 from .errors import ApiCallError
+from .keeping import keep_warm_plan, shards_due
 from .ledger import RequestRecord
 from .plan.layout import Shard
 from .pricing import Usage, cost_usd, uncached_cost_usd
@@ -81,9 +82,9 @@ async def keep_warm_due(engine: Engine) -> list[Warmed]:
     request fails stays due; the others are still sent. Raises the first failure after."""
     sent = []
     failed: list[ApiCallError] = []
-    for shard in engine.shards_due(engine.clock()):
+    for shard in shards_due(engine, engine.clock()):
         corpus = engine.current
-        planned = engine.keep_warm_plan(corpus, shard)
+        planned = keep_warm_plan(engine, corpus, shard)
         if planned is None:
             continue
         try:

@@ -107,6 +107,10 @@ class Plan:
         stable = [a for a in anchors if a < self.tail_start]
         return stable[-1] if stable else (anchors[-1] if anchors else None)
 
+    def tokens_through(self, anchor: int) -> int:
+        """The prefix tokens through `anchor`'s block."""
+        return self.blocks[self.anchors.index(anchor)].prefix_tokens
+
     @property
     def cuts(self) -> tuple[int, ...]:
         """Indices of the documents that end a block, except the last."""
