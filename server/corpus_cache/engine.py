@@ -3,12 +3,10 @@ the tools do with it: ask Claude, search, read, report."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,30 +28,30 @@ from .corpus.scan import ScanOptions, scan
 from .entries import CacheEntries
 from .errors import (
     ApiCallError,
-    BudgetExceededError,
     CorpusCacheError,
     CorpusTooLargeError,
     InvalidArgumentError,
     NotInCorpusError,
 )
+from .history import History
 from .ledger import Ledger, RequestRecord, Totals
 from .paths import corpus_relative, normal_form
 from .plan.anchors import select_breakpoints
 from .plan.budget import default_budget
 from .plan.layout import MAX_CORPUS_BREAKPOINTS, Layout, Plan, Shard, Ttl, plan_corpus
 from .plan.route import rank_shards
-from .plan.stability import DocInfo, EditPattern
-from .policy import RECENT_GAPS, Decision, Prices, anchor_ttls, decide, upgrades_at_question
-from .pricing import Usage, cost_usd, project_question, uncached_cost_usd
+from .plan.stability import DocInfo
+from .policy import Decision, Prices, anchor_ttls, decide, upgrades_at_question
+from .pricing import Usage, cost_usd, uncached_cost_usd
 from .request import INSTRUCTIONS, Citation, build_request, map_answer, marked_anchors
 from .search import Hit, SearchIndex
 from .sessions import NEW, Session, Sessions, Turn, estimate_tokens, trim_turns
+from .spending import DailyCap, estimate_usd
 from .tokens import TokenCounter, content_key
 
 log = logging.getLogger(__name__)
 
 QUESTION_RESERVE = 2_000  # tokens kept free in the window for the question
-DAY_SECONDS = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -135,22 +133,6 @@ class _Pin:
     marked: tuple[int, ...] | None = None
 
 
-@dataclass(frozen=True)
-class _History:
-    """What the engine has seen of one document, for the planner."""
-
-    key: str
-    first_seen: float
-    last_change: float
-    edits: int
-
-    def info(self, path: str, tokens: int, pattern: EditPattern) -> DocInfo:
-        return DocInfo(
-            path, tokens, self.key, self.last_change, self.edits, self.first_seen,
-            edit_weight=pattern.next_edit_weight(path, self.edits),
-        )  # fmt: skip
-
-
 class Engine:
     def __init__(
         self,
@@ -167,16 +149,14 @@ class Engine:
         self.ledger = ledger
         self.counter = TokenCounter(backend.client, self.model.id, ledger)
         self.clock = clock
-        self._history: dict[str, _History] = {}
-        self._edit_pattern = EditPattern()  # for DocInfo.edit_weight
         self._corpus: Corpus | None = None
         self._version = 0
         self._instructions_tokens: int | None = None
         self._refreshing = anyio.Lock()
         self.entries = CacheEntries()  # the cache entries we believe alive
         self._turn = 0
-        self._asked: dict[int, list[float]] = self._asked_before()  # shard -> question times
-        self._questions = Counter({shard: len(times) for shard, times in self._asked.items()})
+        # Edits and question times, for the planner and the TTL policy.
+        self.history = History.from_requests(ledger.requests(self.corpus_key, limit=200))
         self.last_prewarm: Any = None  # warm.Prewarmed, after a change, with --prewarm
         self._listeners: list[SwapListener] = []
         self._sessions: Sessions[_Pin] = Sessions(
@@ -187,7 +167,7 @@ class Engine:
         # Cache entries being written, by anchor identity: set once the writing response
         # has begun, when its entries become readable.
         self._writing: dict[str, anyio.Event] = {}
-        self._pending_usd = 0.0  # estimates of questions sent and not yet recorded
+        self._daily_cap = DailyCap(settings, lambda since: self.totals(since).cost_usd, clock)
         self._last_message: dict[int, str] = {}  # shard -> last answer's id, for diagnostics
 
     def on_swap(self, listener: SwapListener) -> None:
@@ -233,7 +213,7 @@ class Engine:
         if self._instructions_tokens is None:
             self._instructions_tokens = await self.counter.count_system(INSTRUCTIONS)
         now = self.clock()
-        docs = self._observe(result.documents, tokens, now)
+        docs = self.history.observe(result.documents, tokens, now)
         layout = self._plan(docs, self._corpus, now)
         self._version += 1
         snapshot = Snapshot(
@@ -303,11 +283,7 @@ class Engine:
         async with self._refreshing:
             if self._corpus is not corpus:
                 return self.current
-            docs = [
-                h.info(doc.path, corpus.tokens[doc.path], self._edit_pattern)
-                for doc in corpus.snapshot.documents
-                if (h := self._history.get(doc.path)) is not None
-            ]
+            docs = self.history.doc_infos(corpus.snapshot.documents, corpus.tokens)
             compact = self._with_entries(
                 replace(corpus, layout=self._plan(docs, corpus, now)), corpus
             )
@@ -320,23 +296,6 @@ class Engine:
         if self.settings.budget_tokens is not None:
             return self.settings.budget_tokens
         return default_budget(self.model, self.settings.reserve_tokens)
-
-    def _observe(
-        self, documents: tuple[Document, ...], tokens: dict[str, int], now: float
-    ) -> list[DocInfo]:
-        """Update the edit history from a scan: a changed key is an edit, seen now."""
-        history: dict[str, _History] = {}
-        for doc in documents:
-            key = content_key(doc)
-            seen = self._history.get(doc.path)
-            if seen is None:
-                seen = _History(key, now, min(now, doc.mtime_ns / 1e9), 0)
-            elif seen.key != key:
-                seen = _History(key, seen.first_seen, now, seen.edits + 1)
-                self._edit_pattern = self._edit_pattern.after(doc.path)
-            history[doc.path] = seen
-        self._history = history
-        return [history[d.path].info(d.path, tokens[d.path], self._edit_pattern) for d in documents]
 
     # --- ask --------------------------------------------------------------------------
 
@@ -374,8 +333,8 @@ class Engine:
         corpus = await self._compacted()
         self._check_documents(corpus)
         chosen = self.route(question, corpus, fan_out or self.settings.fan_out)
-        estimate = sum(self.estimate_usd(corpus, shard, question) for shard in chosen)
-        with self._within_budget(estimate):
+        estimate = sum(estimate_usd(self, corpus, shard, question) for shard in chosen)
+        with self._daily_cap.within(estimate):
             answer = await self._ask_shards(question, corpus, chosen)
         return replace(answer, estimated_usd=estimate)
 
@@ -430,10 +389,10 @@ class Engine:
             )  # fmt: skip
             found.turns = list(kept)
             found.dropped += dropped
-            estimate = self.estimate_usd(
-                pin.corpus, pin.shard, question, sum(t.tokens for t in kept)
+            estimate = estimate_usd(
+                self, pin.corpus, pin.shard, question, sum(t.tokens for t in kept)
             )
-            with self._within_budget(estimate):
+            with self._daily_cap.within(estimate):
                 part = await self._ask_shard(
                     question, pin.corpus, pin.shard,
                     conversation=[t.exchange for t in kept], marked=pin.marked, pinned=True,
@@ -452,61 +411,6 @@ class Engine:
             session_dropped_turns=dropped,
             session_snapshot_is_live=self.current.snapshot is pin.corpus.snapshot,
         )
-
-    # --- budget -----------------------------------------------------------------------
-
-    def estimate_usd(
-        self, corpus: Corpus, shard: Shard, question: str, conversation_tokens: int = 0
-    ) -> float:
-        """What asking `question` on `shard` should cost, with a full-length answer: reading
-        the cached prefix if its end is believed warm, else writing it. A conversation is
-        priced as uncached input, which is never less than what it costs."""
-        plan = shard.plan
-        cached = max((b.prefix_tokens for b in plan.blocks if b.ttl), default=0)
-        decision = self.ttl_decision(shard) if plan.cached else None
-        ttl = "1h" if decision and "1h" in (decision.stable_ttl, decision.tail_ttl) else "5m"
-        cold, warm, uncached = project_question(
-            cached if plan.cached else 0,
-            plan.total_tokens - (cached if plan.cached else 0) + conversation_tokens,
-            self.model,
-            question_tokens=estimate_tokens(question),
-            output_tokens=self.settings.max_answer_tokens,
-            ttl=ttl,
-        )
-        if not plan.cached or not plan.anchors:
-            return uncached
-        ids = corpus.anchor_ids.get(shard.number, {})
-        end = ids.get(plan.anchors[-1])
-        return warm if end is not None and self.entries.alive(end, self.clock()) else cold
-
-    @contextmanager
-    def _within_budget(self, estimate: float) -> Iterator[None]:
-        """Refuse, sending nothing, if the last 24 hours' spend on this corpus, plus what
-        questions under way are expected to cost, plus `estimate`, exceeds the daily cap."""
-        cap = self.settings.max_usd_per_day
-        if cap is not None:
-            spent = self.ledger.totals(self.corpus_key, self.clock() - DAY_SECONDS).cost_usd
-            if spent + self._pending_usd + estimate > cap:
-                under_way = (
-                    f" and ${self._pending_usd:.4f} for questions under way"
-                    if self._pending_usd
-                    else ""
-                )
-                raise BudgetExceededError(
-                    f"not sent: this question is estimated at ${estimate:.4f}, and "
-                    f"${spent:.4f} has been spent on this corpus in the last 24 hours"
-                    f"{under_way}, which would exceed the cap of ${cap:.2f} a day "
-                    "(--max-usd-per-day). Raise the cap, or wait until earlier spend is more "
-                    "than 24 hours old.",
-                    spent_usd=spent,
-                    estimate_usd=estimate,
-                    cap_usd=cap,
-                )
-        self._pending_usd += estimate
-        try:
-            yield
-        finally:
-            self._pending_usd = max(0.0, self._pending_usd - estimate)
 
     # --- one shard --------------------------------------------------------------------
 
@@ -548,10 +452,7 @@ class Engine:
             if writing is None:
                 break
             await writing.wait()  # its entries are readable once its response has begun
-        times = self._asked.setdefault(shard.number, [])
-        times.append(self.clock())
-        del times[: -(RECENT_GAPS + 1)]  # the policy weighs only the recent gaps
-        self._questions[shard.number] += 1
+        self.history.asked(shard.number, self.clock())
         params, answered = self.request_for(
             corpus, shard, question, max_tokens=self.settings.max_answer_tokens,
             marked=marked, conversation=conversation,
@@ -820,30 +721,6 @@ class Engine:
 
     # --- the TTL policy (policy.py) and its markers; keep-warm: keeping.py -------------
 
-    def _asked_before(self) -> dict[int, list[float]]:
-        """Question times per shard from the ledger, so that a restart does not forget how
-        questions arrive (the policy decides from the gaps between them)."""
-        asked: dict[int, list[float]] = {}
-        for row in reversed(self.ledger.requests(self.corpus_key, limit=200)):
-            if row["kind"] == "ask" and row["outcome"] == "ok" and row["shard"] is not None:
-                asked.setdefault(int(row["shard"]), []).append(float(row["at"]))
-        return asked
-
-    def gaps(self, shard: int) -> list[float]:
-        times = self._asked.get(shard, [])
-        return [later - earlier for earlier, later in itertools.pairwise(times)]
-
-    def last_asked(self, shard: int) -> float | None:
-        """When the last question on `shard` was sent, if any was."""
-        times = self._asked.get(shard)
-        return times[-1] if times else None
-
-    def edits_per_question(self, shard: Shard) -> float:
-        asked = self._questions[shard.number]
-        # A path appears twice in a plan keeping its old copy: count its edits once.
-        paths = set(shard.plan.order) & self._history.keys()
-        return sum(self._history[p].edits for p in paths) / asked if asked else 0.0
-
     @property
     def prices(self) -> Prices:
         return Prices(
@@ -857,8 +734,8 @@ class Engine:
         stable = _stable_tokens(plan)
         forced: Ttl | None = None if self.settings.ttl == "auto" else self.settings.ttl
         return decide(
-            self.gaps(shard.number),
-            edits_per_question=self.edits_per_question(shard),
+            self.history.gaps(shard.number),
+            edits_per_question=self.history.edits_per_question(shard),
             edit_tokens=_edit_tokens(plan),
             stable_tokens=stable,
             tail_tokens=plan.total_tokens - stable,

@@ -47,7 +47,7 @@ def keep_warm_plan(engine: Engine, corpus: Corpus, shard: Shard) -> KeepWarm | N
 
     Only while that is within the reach the policy pays for: the entry's life after
     the last question, plus its pings."""
-    last = engine.last_asked(shard.number)
+    last = engine.history.last_asked(shard.number)
     plan = shard.plan
     if last is None or not plan.cached:
         return None
@@ -120,9 +120,9 @@ def _tail_worth_holding(engine: Engine, corpus: Corpus, shard: Shard, decision: 
     # furthest 1-hour entry (the stable part, or an earlier tail's marker).
     held = plan.tokens_through(max(a for a, ttl in live.items() if ttl == "1h"))
     return holding_tail_pays(
-        engine.gaps(shard.number), stable=held, tail=plan.total_tokens - held,
+        engine.history.gaps(shard.number), stable=held, tail=plan.total_tokens - held,
         prices=engine.prices,
-        edits_per_question=engine.edits_per_question(shard), pings=decision.max_pings,
+        edits_per_question=engine.history.edits_per_question(shard), pings=decision.max_pings,
     )  # fmt: skip
 
 
