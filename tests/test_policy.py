@@ -94,6 +94,17 @@ def test_a_5_minute_tail_behind_a_1_hour_stable_part_lapses_only_if_just_written
     assert cost == pytest.approx(gap + edits + extra_1h)
 
 
+def test_the_reason_says_who_makes_the_upgrade() -> None:
+    small = decide([60.0] * 20, stable_tokens=50_000, tail_tokens=0, prices=SONNET_5_5)
+    assert "by the next question within 5 minutes" in small.reason
+    # A tail of 5,000 would be written again after the marker (6,250 at 1.25x), more than
+    # a read of the prefix (2,750): left to the keep-warm request.
+    large = decide([60.0] * 20, stable_tokens=50_000, tail_tokens=5_000, prices=SONNET_5_5)
+    assert large.upgrade
+    assert "next question" not in large.reason
+    assert "one keep-warm request" in large.reason
+
+
 def test_frequent_edits_of_a_large_tail_keep_it_at_5_minutes() -> None:
     # Questions every 3 minutes, an edit before almost every one: the tail is rewritten
     # anyway, and 1.25x per rewrite beats 2x.

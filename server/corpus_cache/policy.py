@@ -285,7 +285,8 @@ def decide(
     name += f"+warm({pings})" if pings else ""
     reason = _explain(seen, stable_ttl, tail_ttl, pings, ping_every, gaps_seen=len(gaps))
     if upgrade:
-        reason = _explain_upgrade(seen, pings, tail_ttl, gaps_seen=len(gaps))
+        by_question = upgrades_at_question(stable, tail, prices)
+        reason = _explain_upgrade(seen, pings, tail_ttl, by_question, gaps_seen=len(gaps))
     return Decision(
         stable_ttl=stable_ttl,
         tail_ttl=tail_ttl,
@@ -298,11 +299,15 @@ def decide(
     )
 
 
-def _explain_upgrade(gaps: Sequence[float], pings: int, tail_ttl: Ttl, gaps_seen: int) -> str:
+def _explain_upgrade(
+    gaps: Sequence[float], pings: int, tail_ttl: Ttl, by_question: bool, gaps_seen: int
+) -> str:
+    how = "one keep-warm request when no question comes within 4.5 minutes"
+    if by_question:
+        how = f"the next question within 5 minutes, or else by {how}"
     what = (
-        "5-minute cache entries, turned into 1-hour ones by one keep-warm request when no "
-        "question comes within 4.5 minutes (cheaper than writing 1-hour entries, which "
-        "costs 2x the input price)"
+        f"5-minute cache entries, turned into 1-hour ones for the price of a marker by {how} "
+        "(cheaper than writing 1-hour entries, which costs 2x the input price)"
     )
     if tail_ttl == "1h":
         what += "; recently edited files are then written with 1 hour too"
