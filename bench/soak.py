@@ -52,8 +52,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from corpus_cache.backend import API_RETRIES, OFFLINE_EMULATOR, Backend
 from corpus_cache.catalog import load_catalog
 from corpus_cache.config import Settings
-from corpus_cache.engine import Corpus, Engine
+from corpus_cache.engine import Engine
 from corpus_cache.ledger import Ledger
+from corpus_cache.live_corpus import Corpus
 from corpus_cache.mcp_server import build_server
 from corpus_cache.runtime import keeping_warm, watching
 from corpus_cache.warm import prewarm_after_changes

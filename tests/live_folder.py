@@ -10,7 +10,8 @@ import anyio
 
 from corpus_cache.corpus.documents import Snapshot
 from corpus_cache.corpus.watch import FolderWatcher
-from corpus_cache.engine import Corpus, Engine
+from corpus_cache.engine import Engine
+from corpus_cache.live_corpus import Corpus
 
 DEADLINE = 10.0  # generous: a loaded machine may be slow, a passing test is not
 

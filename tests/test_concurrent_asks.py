@@ -20,7 +20,8 @@ from conftest import Control
 from corpus_cache.catalog import load_catalog
 from corpus_cache.emulator import RunningEmulator
 from corpus_cache.emulator.prompt import parse_messages_request
-from corpus_cache.engine import Corpus, Engine
+from corpus_cache.engine import Engine
+from corpus_cache.live_corpus import Corpus
 from corpus_cache.request import build_request
 from corpus_fixture import write_corpus
 from live_folder import watched

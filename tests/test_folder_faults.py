@@ -23,7 +23,8 @@ from mcp.types import CallToolResult, TextContent
 from conftest import Control
 from corpus_cache.corpus.documents import Snapshot
 from corpus_cache.corpus.scan import ScanOptions, scan
-from corpus_cache.engine import Corpus, Engine
+from corpus_cache.engine import Engine
+from corpus_cache.live_corpus import Corpus
 from faulty_folders import (
     before_opening,
     make_deep,

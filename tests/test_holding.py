@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from conftest import Control
 from corpus_cache import markers
-from corpus_cache.engine import Answer, Engine
+from corpus_cache.answers import Answer
+from corpus_cache.engine import Engine
 from corpus_cache.keeping import next_ping_at
 from corpus_cache.plan.anchors import select_breakpoints
 from corpus_cache.plan.layout import Layout, Plan, Shard, plan_shard

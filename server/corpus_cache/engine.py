@@ -7,12 +7,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
 
+from . import live_corpus
 from . import markers as marker_blocks
+from .answers import Answer, ShardAnswer, merge
 from .backend import (
     API_FAILURES,
     Backend,
@@ -35,6 +37,7 @@ from .errors import (
 )
 from .history import History
 from .ledger import Ledger, RequestRecord, Totals
+from .live_corpus import Corpus
 from .paths import corpus_relative, normal_form
 from .plan.anchors import select_breakpoints
 from .plan.budget import default_budget
@@ -43,84 +46,18 @@ from .plan.route import rank_shards
 from .plan.stability import DocInfo
 from .policy import Decision, Prices, anchor_ttls, decide, upgrades_at_question
 from .pricing import Usage, cost_usd, uncached_cost_usd
-from .request import INSTRUCTIONS, Citation, build_request, map_answer, marked_anchors
+from .request import INSTRUCTIONS, build_request, map_answer, marked_anchors
 from .search import Hit, SearchIndex
 from .sessions import NEW, Session, Sessions, Turn, estimate_tokens, trim_turns
 from .spending import DailyCap, estimate_usd
-from .tokens import TokenCounter, content_key
+from .tokens import TokenCounter
 
 log = logging.getLogger(__name__)
 
 QUESTION_RESERVE = 2_000  # tokens kept free in the window for the question
 
 
-@dataclass(frozen=True)
-class Corpus:
-    """Everything a question is answered against; replaced whole, never changed."""
-
-    snapshot: Snapshot
-    tokens: dict[str, int]
-    layout: Layout
-    index: SearchIndex = field(repr=False)
-    # Per shard: anchor position -> identity of the cache entry its prefix would have.
-    anchor_ids: dict[int, dict[int, str]] = field(default_factory=dict, repr=False)
-    # Old copies of edited documents the layout keeps in a live cached prefix, by (path, key).
-    superseded: dict[tuple[str, str], Document] = field(default_factory=dict, repr=False)
-    # Per shard: anchor position -> marker blocks after that document, which turn a live
-    # cached prefix into a 1-hour entry (see markers.py).
-    markers: dict[int, dict[int, int]] = field(default_factory=dict, repr=False)
-
-    @property
-    def corpus_tokens(self) -> int:
-        return sum(self.tokens.values())
-
-    @property
-    def shards(self) -> tuple[Shard, ...]:
-        return self.layout.shards
-
-    def shard(self, number: int) -> Shard:
-        return next(s for s in self.layout.shards if s.number == number)
-
-
 SwapListener = Callable[["Corpus | None", "Corpus"], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Answer:
-    text: str
-    citations: tuple[Citation, ...]
-    usage: Usage
-    cost_usd: float
-    uncached_cost_usd: float
-    backend: str
-    model: str
-    snapshot_version: int
-    snapshot_time: float
-    latency_ms: float
-    shards: tuple[int, ...] = (0,)
-    corpus_share: float = 1.0  # share of the corpus's tokens the answering shards hold
-    documents_not_consulted: int = 0
-    estimated_usd: float = 0.0  # what the question was expected to cost before it was sent
-    session: str | None = None  # the conversation this question belongs to, if any
-    session_turns: int = 0  # questions the session holds, this one included
-    session_dropped_turns: int = 0  # oldest turns dropped before this question, to fit
-    session_snapshot_is_live: bool = True  # False: the folder changed since the session began
-    message_ids: tuple[str, ...] = ()  # the API's id of each shard's response, as the ledger has it
-
-
-@dataclass(frozen=True)
-class _ShardAnswer:
-    shard: Shard
-    text: str
-    citations: tuple[Citation, ...]
-    usage: Usage
-    cost_usd: float
-    uncached_cost_usd: float
-    backend: str
-    latency_ms: float
-    raw_text: str = ""  # the answer's text as the API gave it, for a session's next turn
-    marked: tuple[int, ...] = ()  # the anchors the request marked
-    message_id: str = ""
 
 
 @dataclass
@@ -219,8 +156,8 @@ class Engine:
         snapshot = Snapshot(
             self.settings.corpus, self._version, now, result.documents, result.skipped
         )
-        corpus = self._with_entries(
-            Corpus(snapshot, tokens, layout, SearchIndex(snapshot)), self._corpus
+        corpus = live_corpus.with_entries(
+            Corpus(snapshot, tokens, layout, SearchIndex(snapshot)), self._corpus, self.model.id
         )
         log.info(
             "corpus v%d: %d documents, %d tokens, %d left out; %d shard(s): %s",
@@ -240,18 +177,6 @@ class Engine:
             previous=previous.layout if previous else None,
             live=self._live_anchors(previous, now) if previous else None,
         )
-
-    def _with_entries(self, corpus: Corpus, previous: Corpus | None) -> Corpus:
-        """`corpus` with what goes with its layout, planned after `previous`: the cache
-        entries' identities, the old copies it keeps and the marker blocks it carries over."""
-        layout = corpus.layout
-        markers = marker_blocks.carried_in_layout(
-            previous.layout if previous else None, layout, previous.markers if previous else {}
-        )
-        return replace(
-            corpus, anchor_ids=marker_blocks.anchor_ids(layout, self.model.id, markers),
-            superseded=_superseded(layout, previous), markers=markers,
-        )  # fmt: skip
 
     def _live_anchors(self, corpus: Corpus, now: float) -> dict[int, tuple[int, ...]]:
         """Per shard, the anchors whose entries are alive as far as we know, those most
@@ -284,8 +209,8 @@ class Engine:
             if self._corpus is not corpus:
                 return self.current
             docs = self.history.doc_infos(corpus.snapshot.documents, corpus.tokens)
-            compact = self._with_entries(
-                replace(corpus, layout=self._plan(docs, corpus, now)), corpus
+            compact = live_corpus.with_entries(
+                replace(corpus, layout=self._plan(docs, corpus, now)), corpus, self.model.id
             )
             self._corpus = compact
         log.info("old copies of edited documents dropped from the layout: their cache lapsed")
@@ -346,8 +271,10 @@ class Engine:
 
     async def _ask_shards(self, question: str, corpus: Corpus, chosen: list[Shard]) -> Answer:
         if len(chosen) == 1:
-            return self._merge(corpus, [await self._ask_shard(question, corpus, chosen[0])])
-        parts: dict[int, _ShardAnswer] = {}
+            return merge(
+                corpus, [await self._ask_shard(question, corpus, chosen[0])], self.model.id
+            )
+        parts: dict[int, ShardAnswer] = {}
 
         async def one(shard: Shard) -> None:
             parts[shard.number] = await self._ask_shard(question, corpus, shard)
@@ -362,7 +289,7 @@ class Engine:
             if isinstance(first, CorpusCacheError):
                 raise first from failures
             raise
-        return self._merge(corpus, [parts[s.number] for s in chosen])
+        return merge(corpus, [parts[s.number] for s in chosen], self.model.id)
 
     async def _ask_in_session(self, question: str, fan_out: int | None, session_id: str) -> Answer:
         """A question in a conversation: the session's corpus and shard (pinned at its first
@@ -404,7 +331,7 @@ class Engine:
             found.last_used = self.clock()
             turns = len(found.turns)
         return replace(
-            self._merge(pin.corpus, [part]),
+            merge(pin.corpus, [part], self.model.id),
             estimated_usd=estimate,
             session=found.id,
             session_turns=turns,
@@ -423,7 +350,7 @@ class Engine:
         conversation: Sequence[tuple[str, str]] = (),
         marked: Sequence[int] | None = None,
         pinned: bool = False,
-    ) -> _ShardAnswer:
+    ) -> ShardAnswer:
         """Ask one shard, streaming. `marked`: the anchors to mark (a session's follow-up
         marks those of its first question); by default chosen from what is believed alive.
         `pinned`: send `corpus` as it is (a session's), without adding or dropping marker
@@ -517,42 +444,10 @@ class Engine:
         )  # fmt: skip
         mapped = map_answer(list(message.content), plan, corpus.snapshot)
         raw_text = "".join(b.text for b in message.content if b.type == "text")
-        return _ShardAnswer(
+        return ShardAnswer(
             shard, mapped.text, mapped.citations, usage, cost, uncached, backend, latency,
             raw_text, marked_anchors(params), message.id,
         )  # fmt: skip
-
-    def _merge(self, corpus: Corpus, parts: list[_ShardAnswer]) -> Answer:
-        if len(parts) == 1:
-            text = parts[0].text
-        else:
-            text = "\n\n".join(f"From shard {p.shard.number}:\n{p.text}" for p in parts)
-        usage = Usage(
-            input_tokens=sum(p.usage.input_tokens for p in parts),
-            cache_read_tokens=sum(p.usage.cache_read_tokens for p in parts),
-            cache_write_5m_tokens=sum(p.usage.cache_write_5m_tokens for p in parts),
-            cache_write_1h_tokens=sum(p.usage.cache_write_1h_tokens for p in parts),
-            output_tokens=sum(p.usage.output_tokens for p in parts),
-        )
-        covered = sum(p.shard.corpus_tokens for p in parts)
-        consulted = {path for p in parts for path in p.shard.plan.order}
-        total = corpus.layout.total_tokens
-        return Answer(
-            text=text,
-            citations=tuple(c for p in parts for c in p.citations),
-            usage=usage,
-            cost_usd=sum(p.cost_usd for p in parts),
-            uncached_cost_usd=sum(p.uncached_cost_usd for p in parts),
-            backend=parts[0].backend,
-            model=self.model.id,
-            snapshot_version=corpus.snapshot.version,
-            snapshot_time=corpus.snapshot.created_at,
-            latency_ms=max(p.latency_ms for p in parts),
-            shards=tuple(p.shard.number for p in parts),
-            corpus_share=covered / total if total else 1.0,
-            documents_not_consulted=len(corpus.snapshot.documents) - len(consulted),
-            message_ids=tuple(p.message_id for p in parts),
-        )
 
     def record_failure(
         self,
@@ -785,20 +680,13 @@ class Engine:
         """`corpus` with `markers` for `shard`, installed in the live corpus if that is
         `corpus`, or `corpus` with other shards' markers changed since (a question asked
         several shards at once)."""
-        new = self._marked(corpus, shard, markers)
+        new = live_corpus.marked(corpus, shard.number, markers, self.model.id)
         live = self._corpus
         if live is corpus:
             self._corpus = new
         elif live is not None and live.layout is corpus.layout:
-            self._corpus = self._marked(live, shard, markers)
+            self._corpus = live_corpus.marked(live, shard.number, markers, self.model.id)
         return new
-
-    def _marked(self, corpus: Corpus, shard: Shard, markers: dict[int, int]) -> Corpus:
-        every = {**corpus.markers, shard.number: markers}
-        return replace(
-            corpus, markers=every,
-            anchor_ids=marker_blocks.anchor_ids(corpus.layout, self.model.id, every),
-        )  # fmt: skip
 
 
 def _cache_miss(message: Any) -> tuple[str | None, int | None]:
@@ -831,25 +719,6 @@ def _stable_tokens(plan: Plan) -> int:
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _superseded(layout: Layout, previous: Corpus | None) -> dict[tuple[str, str], Document]:
-    """The old copies `layout` keeps, from the corpus it was planned after (they were that
-    corpus's documents, or old copies it kept itself)."""
-    kept: dict[tuple[str, str], Document] = {}
-    if previous is None:
-        return kept
-    for shard in layout.shards:
-        plan = shard.plan
-        for position in plan.superseded:
-            path, key = plan.order[position], plan.keys[position]
-            doc = previous.snapshot.get(path)
-            if doc is None or content_key(doc) != key:
-                doc = previous.superseded.get((path, key))
-            if doc is None:
-                raise RuntimeError(f"no old copy of {path} to keep in the layout")
-            kept[(path, key)] = doc
-    return kept
 
 
 def _edit_tokens(plan: Plan) -> float:

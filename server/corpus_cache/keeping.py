@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from . import markers as marker_blocks
+from .live_corpus import Corpus
 from .plan.layout import Shard
 from .policy import FIVE_MINUTES, ONE_HOUR, PING_MARGIN, Decision, holding_tail_pays
 
 if TYPE_CHECKING:
-    from .engine import Corpus, Engine
+    from .engine import Engine
 
 ONE_HOUR_PING = ONE_HOUR - PING_MARGIN
 FIVE_MINUTE_PING = FIVE_MINUTES - PING_MARGIN

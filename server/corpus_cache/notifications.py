@@ -29,7 +29,8 @@ from mcp.types import (
 )
 
 from .corpus.changes import snapshot_changes
-from .engine import Corpus, Engine
+from .engine import Engine
+from .live_corpus import Corpus
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
-from .engine import Answer, Engine
+from .answers import Answer
+from .engine import Engine
 
 # --- structured results ---------------------------------------------------------------
 

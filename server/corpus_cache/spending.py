@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 
 from .config import Settings
 from .errors import BudgetExceededError
+from .live_corpus import Corpus
 from .plan.layout import Shard
 from .pricing import project_question
 from .sessions import estimate_tokens
 
 if TYPE_CHECKING:
-    from .engine import Corpus, Engine
+    from .engine import Engine
 
 DAY_SECONDS = 86_400.0
 

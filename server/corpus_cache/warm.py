@@ -14,10 +14,11 @@ from dataclasses import dataclass, replace
 import anyio
 
 from .backend import API_FAILURES, backend_of_response, describe_api_error
-from .engine import Corpus, Engine
+from .engine import Engine
 from .errors import ApiCallError
 from .keeping import keep_warm_plan, shards_due
 from .ledger import RequestRecord
+from .live_corpus import Corpus
 from .plan.layout import Shard
 from .pricing import Usage, cost_usd, uncached_cost_usd
 
