@@ -7,9 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from anthropic import AsyncAnthropic
-
-from corpus_cache.backend import Backend
+from corpus_cache.backend import Backend, api_client
 from corpus_cache.catalog import load_catalog
 from corpus_cache.config import Settings
 from corpus_cache.engine import Engine
@@ -31,7 +29,7 @@ async def engine_on(
     not retry unless `max_retries` says so."""
     config = Settings(corpus=corpus, state_dir=state, **settings)
     ledger = Ledger(config.ledger_path)
-    client = AsyncAnthropic(
+    client = api_client(
         base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=config.request_timeout
     )
     extra = {"clock": clock} if clock is not None else {}

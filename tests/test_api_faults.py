@@ -225,6 +225,32 @@ async def test_the_deadline_cancels_a_call_and_records_it_unbilled_before_it_beg
         await ask_ok(mcp)
 
 
+@pytest.mark.parametrize(
+    ("status", "error_type", "says"),
+    [
+        (429, "rate_limit_error", "the Anthropic API was rate-limiting this key (429)"),
+        (529, "overloaded_error", "the Anthropic API was overloaded (529)"),
+    ],
+)
+async def test_a_deadline_passed_waiting_out_a_retry_after_says_so(
+    corpus: Path, running_emulator: RunningEmulator, emulator: Control, tmp_path: Path, key: str,
+    status: int, error_type: str, says: str,
+) -> None:  # fmt: skip
+    async with serving(
+        corpus, running_emulator.base_url, tmp_path / "s", api_key=key,
+        ask_deadline=0.5, max_retries=2,
+    ) as (mcp, _):  # fmt: skip
+        # The SDK waits what retry-after says before its next attempt: past the deadline.
+        emulator.fault(status=status, error_type=error_type, retry_after=3, count=1)
+        message = await ask_fails(mcp)
+        wait = "and asked to wait 3 s before the next attempt"
+        again = "ask again after that" if status == 429 else "ask again in a minute"
+        assert message == f"no answer within 0.5 s; {says} {wait}; {again}"
+        # Without a throttle, the deadline's usual advice.
+        emulator.fault(kind="delay", delay=1.5)
+        assert "Ask again: the API may be slow" in await ask_fails(mcp)
+
+
 async def test_the_deadline_cancels_a_begun_answer_and_records_what_its_start_billed(
     corpus: Path, running_emulator: RunningEmulator, emulator: Control, tmp_path: Path, key: str
 ) -> None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +63,7 @@ class Backend:
 
 def open_backend(catalog: Catalog, *, offline: bool, timeout: float) -> Backend:
     if not offline and os.environ.get("ANTHROPIC_API_KEY"):
-        return Backend(AsyncAnthropic(timeout=timeout, max_retries=API_RETRIES), ANTHROPIC)
+        return Backend(api_client(timeout=timeout, max_retries=API_RETRIES), ANTHROPIC)
     emulator = start_in_thread(catalog=catalog)
     log.warning(
         "no ANTHROPIC_API_KEY%s: answering with the offline emulator at %s "
@@ -68,13 +71,70 @@ def open_backend(catalog: Catalog, *, offline: bool, timeout: float) -> Backend:
         " used (--offline)" if offline else "",
         emulator.base_url,
     )
-    client = AsyncAnthropic(
+    client = api_client(
         base_url=emulator.base_url,
         api_key="offline-emulator",
         timeout=timeout,
         max_retries=API_RETRIES,
     )
     return Backend(client, OFFLINE_EMULATOR, emulator)
+
+
+def api_client(**options: Any) -> AsyncAnthropic:
+    """The SDK's client (`options` as AsyncAnthropic takes them), noting every time the API
+    asks to wait (see `noting_throttles`)."""
+    hooks = {"response": [_note_throttle]}
+    return AsyncAnthropic(
+        http_client=anthropic.DefaultAsyncHttpxClient(event_hooks=hooks), **options
+    )
+
+
+# --- the API asking to wait: why a deadline passed -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """A 429 or 529 the API answered, with the wait its retry-after asked for."""
+
+    status: int
+    retry_after: str | None
+
+
+_throttles: ContextVar[list[Throttle] | None] = ContextVar("corpus_cache_throttles", default=None)
+
+
+@contextmanager
+def noting_throttles() -> Iterator[list[Throttle]]:
+    """Within it, each 429 and 529 the API answers to this task's calls, the SDK's retries
+    included, is added to the list it gives. The SDK waits out a retry-after before asking
+    again, and a deadline may end that wait: then the list says why the answer is late."""
+    noted: list[Throttle] = []
+    token = _throttles.set(noted)
+    try:
+        yield noted
+    finally:
+        _throttles.reset(token)
+
+
+async def _note_throttle(response: httpx2.Response) -> None:
+    noted = _throttles.get()
+    if noted is not None and response.status_code in (429, 529):
+        noted.append(Throttle(response.status_code, response.headers.get("retry-after")))
+
+
+def deadline_advice(throttles: Sequence[Throttle], otherwise: str) -> str:
+    """What to tell a user whose call a deadline ended, given what the API answered meanwhile."""
+    if not throttles:
+        return otherwise
+    last = throttles[-1]
+    wait = (
+        f" and asked to wait {last.retry_after} s before the next attempt"
+        if last.retry_after
+        else ""
+    )
+    if last.status == 429:
+        return f"the Anthropic API was rate-limiting this key (429){wait}; ask again after that"
+    return f"the Anthropic API was overloaded (529){wait}; ask again in a minute"
 
 
 def backend_of_response(headers: object, default: str) -> str:

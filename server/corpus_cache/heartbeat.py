@@ -25,10 +25,11 @@ async def with_heartbeat(
     interval: float,
     deadline: float,
     waiting_for: str,
-    on_deadline: str,
+    on_deadline: str | Callable[[], str],
 ) -> T:
     """Await `work()`, reporting progress every `interval` seconds; give up after `deadline`
-    seconds with a `DeadlineExceededError` whose message ends with `on_deadline`.
+    seconds with a `DeadlineExceededError` whose message ends with `on_deadline` (or what
+    it returns, asked then).
 
     Progress is the elapsed time in seconds out of the deadline, so it only ever grows, as
     the protocol requires, and a client that shows a bar shows the time left."""
@@ -55,5 +56,6 @@ async def with_heartbeat(
     if failed:
         raise failed[0]
     if not done:
-        raise DeadlineExceededError(f"no answer within {deadline:g} s; {on_deadline}")
+        advice = on_deadline if isinstance(on_deadline, str) else on_deadline()
+        raise DeadlineExceededError(f"no answer within {deadline:g} s; {advice}")
     return done[0]

@@ -18,6 +18,7 @@ from mcp.types import CallToolResult, Resource, ToolAnnotations
 from pydantic import Field
 
 from . import __version__
+from .backend import deadline_advice, noting_throttles
 from .bounds import (
     ERROR_MAX_CHARS,
     LIST_BUDGET_CHARS,
@@ -109,14 +110,15 @@ def build_server(engine: Engine) -> MCPServer:
         ] = None,
     ) -> Annotated[CallToolResult, AskResult]:
         try:
-            answer = await with_heartbeat(
-                lambda: engine.ask(question, fan_out, session),
-                ctx.report_progress,
-                interval=engine.settings.heartbeat_interval,
-                deadline=engine.settings.ask_deadline,
-                waiting_for="waiting for the answer",
-                on_deadline=DEADLINE_ADVICE,
-            )
+            with noting_throttles() as throttles:
+                answer = await with_heartbeat(
+                    lambda: engine.ask(question, fan_out, session),
+                    ctx.report_progress,
+                    interval=engine.settings.heartbeat_interval,
+                    deadline=engine.settings.ask_deadline,
+                    waiting_for="waiting for the answer",
+                    on_deadline=lambda: deadline_advice(throttles, DEADLINE_ADVICE),
+                )
         except CorpusCacheError as exc:
             raise _tool_error(exc) from exc
         out = bound_answer(ask_result(answer))
