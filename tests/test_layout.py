@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -250,6 +252,23 @@ def test_the_stable_anchor_ends_the_cold_part_else_the_corpus(
         return
     before_tail = [a for a in p.anchors if a < p.tail_start]
     assert p.stable_anchor == (before_tail[-1] if before_tail else p.anchors[-1])
+    assert p.stable_tokens == p.tokens_through(p.stable_anchor)
+
+
+@given(corpora(), minimums)
+def test_an_edit_to_the_tail_rewrites_itself_and_on_average_half_of_the_rest(
+    docs: list[DocInfo], minimum: int
+) -> None:
+    p = plan(docs, minimum)
+    tail = p.sizes[p.tail_start :]
+    if not tail:
+        assert p.edit_tokens == 0
+        return
+    # the edited document moves to the end: with k documents of the tail equally likely to
+    # be edited, it rewrites itself and on average half of the k - 1 others
+    mean_size = sum(tail) / len(tail)
+    assert p.edit_tokens == pytest.approx((1 + (len(tail) - 1) / 2) * mean_size)
+    assert mean_size <= p.edit_tokens <= sum(tail) * (1 + 1e-9)
 
 
 def test_a_small_corpus_is_served_uncached_and_says_why() -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
 
-from . import live_corpus
+from . import browse, live_corpus
 from . import markers as marker_blocks
 from .answers import Answer, ShardAnswer, merge
 from .backend import (
@@ -21,7 +20,6 @@ from .backend import (
     IncompleteResponseError,
     backend_of_response,
     describe_api_error,
-    may_have_been_billed,
 )
 from .catalog import Catalog, ModelSpec
 from .config import Settings
@@ -34,19 +32,20 @@ from .errors import (
     CorpusTooLargeError,
     InvalidArgumentError,
     NotInCorpusError,
+    first_leaf,
 )
 from .history import History
 from .ledger import Ledger, RequestRecord, Totals
 from .live_corpus import Corpus
-from .paths import corpus_relative, normal_form
+from .outcomes import cache_miss, failure_text
 from .plan.anchors import select_breakpoints
 from .plan.budget import default_budget
-from .plan.layout import MAX_CORPUS_BREAKPOINTS, Layout, Plan, Shard, Ttl, plan_corpus
+from .plan.layout import MAX_CORPUS_BREAKPOINTS, Layout, Shard, Ttl, plan_corpus
 from .plan.route import rank_shards
 from .plan.stability import DocInfo
 from .policy import Decision, Prices, anchor_ttls, decide, upgrades_at_question
 from .pricing import Usage, cost_usd, uncached_cost_usd
-from .request import INSTRUCTIONS, build_request, map_answer, marked_anchors
+from .request import INSTRUCTIONS, build_request, checked_question, map_answer, marked_anchors
 from .search import Hit, SearchIndex
 from .sessions import NEW, Session, Sessions, Turn, estimate_tokens, trim_turns
 from .spending import DailyCap, estimate_usd
@@ -243,13 +242,7 @@ class Engine:
         `session`: "new" (or an id not in use) starts a conversation, an id in use continues
         it; the answer says the session's id. Refused before anything is sent if it would
         take the last 24 hours' spend over `max_usd_per_day`."""
-        question = question.strip()
-        if not question:
-            raise InvalidArgumentError("question is empty: ask something about the documents")
-        if not question.isascii() and not _is_utf8(question):
-            raise InvalidArgumentError(
-                "question holds an unpaired surrogate, which is not text: send it as UTF-8"
-            )
+        question = checked_question(question)
         if fan_out is not None and fan_out < 1:
             raise InvalidArgumentError("fan_out must be at least 1")
         if session is not None:
@@ -285,7 +278,7 @@ class Engine:
                     group.start_soon(one, shard)
         except BaseExceptionGroup as failures:
             # One shard failing fails the question; say why as the single-shard path would.
-            first = _first_leaf(failures)
+            first = first_leaf(failures)
             if isinstance(first, CorpusCacheError):
                 raise first from failures
             raise
@@ -429,7 +422,7 @@ class Engine:
         latency = (time.perf_counter() - started) * 1000
         backend = backend_of_response(headers, self.backend.kind)
         usage = Usage.from_api(message.usage)
-        miss_reason, missed_tokens = _cache_miss(message)
+        miss_reason, missed_tokens = cache_miss(message)
         self._last_message[shard.number] = message.id
         cost, uncached = cost_usd(usage, self.model), uncached_cost_usd(usage, self.model)
         self.ledger.record(
@@ -458,29 +451,11 @@ class Engine:
         exc: BaseException | None,
         begun: Usage | None = None,
     ) -> None:
-        """Record a call that failed (`exc`) or was cancelled (None) as an error row.
-
-        It charges what the API bills: once a response has begun the API bills it, so the
-        usage its start reported (`begun`) is recorded; before that, nothing. The error
-        text says which, and when the API may bill a request no usage was seen for."""
+        """Record a call that failed (`exc`) or was cancelled (None) as an error row,
+        charging what the API bills: the usage its response's start reported (`begun`), if
+        it had begun, else nothing (outcomes.failure_text says which)."""
         seconds = time.perf_counter() - started
-        if exc is None:
-            error = (
-                f"cancelled after {seconds:.2f} s (the deadline passed, or the client "
-                "cancelled the call)"
-            )
-        else:
-            error = describe_api_error(exc)
-        if begun is not None:
-            error += (
-                "; the response had begun: the usage it reported at its start is recorded, "
-                "and the API may bill more output than that"
-            )
-        elif exc is None or may_have_been_billed(exc):
-            error += (
-                "; no usage was reported, so none is recorded, though the API may bill a "
-                "request it had begun to process"
-            )
+        error = failure_text(exc, seconds, begun)
         usage = begun or Usage()
         self.ledger.record(
             RequestRecord(
@@ -501,58 +476,20 @@ class Engine:
         return self.current.index.search(query, limit)
 
     def document(self, path: str) -> Document:
-        """A document of the current snapshot. Never reads the disk, so it cannot leave the
-        corpus: only files the scan admitted are served."""
-        snapshot = self.current.snapshot
-        exact = snapshot.get(path)
-        if exact is not None:  # as list_documents shows it, even `~notes.md` or `c:report.md`
-            return exact
-        relative = corpus_relative(path)
-        doc = snapshot.get(relative)
-        if doc is None:  # the same name in another Unicode form (é as one or two characters)
-            wanted = normal_form(relative)
-            alike = [d for d in snapshot.documents if normal_form(d.path) == wanted]
-            doc = alike[0] if len(alike) == 1 else None
-        if doc is not None:
-            return doc
-        for skipped in snapshot.skipped:
-            if skipped.path.rstrip("/") == relative:
-                raise NotInCorpusError(f"{relative} is not served: {skipped.reason}")
-        raise NotInCorpusError(
-            f"{relative} is not a document of this corpus; list_documents shows the paths"
-        )
+        """A document of the current snapshot, never read from disk (browse.find_document)."""
+        return browse.find_document(self.current.snapshot, path)
 
     def totals(self, since: float | None = None) -> Totals:
         return self.ledger.totals(self.corpus_key, since)
 
     def skipped_summary(self) -> dict[str, int]:
-        reasons = Counter(_reason_kind(s.reason) for s in self.current.snapshot.skipped)
-        return dict(sorted(reasons.items()))
+        return browse.skipped_summary(self.current.snapshot)
 
     def block_of(self) -> dict[str, tuple[int, int]]:
-        """(shard, block) of each document, blocks numbered from 1 within their shard."""
-        return {
-            path: (shard.number, number)
-            for shard in self.current.shards
-            for number, block in enumerate(shard.plan.blocks, start=1)
-            for path in block.paths
-        }
+        return browse.block_of(self.current)
 
     def describe_layout(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "shard": shard.number,
-                "block": number,
-                "documents": len(block.paths),
-                "tokens": block.tokens,
-                "prefix_tokens": block.prefix_tokens,
-                "ttl": block.ttl,
-                "first": block.paths[0] if block.paths else None,
-                "last": block.paths[-1] if block.paths else None,
-            }
-            for shard in self.current.shards
-            for number, block in enumerate(shard.plan.blocks, start=1)
-        ]
+        return browse.describe_layout(self.current)
 
     # --- warming (warm.py) -------------------------------------------------------------
 
@@ -626,12 +563,12 @@ class Engine:
 
     def ttl_decision(self, shard: Shard) -> Decision:
         plan = shard.plan
-        stable = _stable_tokens(plan)
+        stable = plan.stable_tokens
         forced: Ttl | None = None if self.settings.ttl == "auto" else self.settings.ttl
         return decide(
             self.history.gaps(shard.number),
             edits_per_question=self.history.edits_per_question(shard),
-            edit_tokens=_edit_tokens(plan),
+            edit_tokens=plan.edit_tokens,
             stable_tokens=stable,
             tail_tokens=plan.total_tokens - stable,
             prices=self.prices,
@@ -649,7 +586,7 @@ class Engine:
         if not plan.cached:
             return corpus
         decision = self.ttl_decision(shard)
-        stable = _stable_tokens(plan)
+        stable = plan.stable_tokens
         markers = corpus.markers.get(shard.number, {})
         wanted = marker_blocks.for_question(
             plan, markers, self.live_ttls(corpus, shard),
@@ -687,44 +624,3 @@ class Engine:
         elif live is not None and live.layout is corpus.layout:
             self._corpus = live_corpus.marked(live, shard.number, markers, self.model.id)
         return new
-
-
-def _cache_miss(message: Any) -> tuple[str | None, int | None]:
-    """The API's cache miss reason and the tokens it says were missed, when it diagnosed one."""
-    diagnostics = getattr(message, "diagnostics", None)
-    reason = getattr(diagnostics, "cache_miss_reason", None)
-    if reason is None:
-        return None, None
-    return str(reason.type), getattr(reason, "cache_missed_input_tokens", None)
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: no JSON body can carry it to the API
-        return False
-    return True
-
-
-def _reason_kind(reason: str) -> str:
-    return reason.split(" (")[0].split(":")[0]
-
-
-def _stable_tokens(plan: Plan) -> int:
-    """Tokens through the anchor ending the stable part (where an upgrade's marker goes):
-    the whole corpus when every document is recently edited; 0 when nothing is cached."""
-    return 0 if plan.stable_anchor is None else plan.tokens_through(plan.stable_anchor)
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _edit_tokens(plan: Plan) -> float:
-    """Tokens an edit to the tail rewrites on average: the edited document moves to the
-    end, so with k documents in the tail, (k + 1) / 2 of them."""
-    sizes = [size for i, size in enumerate(plan.sizes) if i >= plan.tail_start]
-    if not sizes:
-        return 0.0
-    return (len(sizes) + 1) / 2 * sum(sizes) / len(sizes)

@@ -40,3 +40,10 @@ class DeadlineExceededError(CorpusCacheError):
 class SetupError(CorpusCacheError):
     """The command cannot start as configured (a bind without a token, an unreadable
     client configuration, ...)."""
+
+
+def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of `group` that is not itself a group: the one to report when
+    several tasks failed together."""
+    first = group.exceptions[0]
+    return first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .corpus.documents import Document, Snapshot
+from .errors import InvalidArgumentError
 from .plan.layout import MAX_CORPUS_BREAKPOINTS, Plan
 
 INSTRUCTIONS = (
@@ -34,6 +35,26 @@ SUPERSEDING = (
     "An earlier document with the same title is an outdated copy of this file: the last "
     "document with this title is its current version."
 )
+
+
+def checked_question(question: str) -> str:
+    """`question` stripped, refused if nothing is left or if no request can carry it."""
+    question = question.strip()
+    if not question:
+        raise InvalidArgumentError("question is empty: ask something about the documents")
+    if not question.isascii() and not _is_utf8(question):
+        raise InvalidArgumentError(
+            "question holds an unpaired surrogate, which is not text: send it as UTF-8"
+        )
+    return question
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no JSON body can carry it to the API
+        return False
+    return True
 
 
 def document_block(doc: Document, *, supersedes: bool = False) -> dict[str, Any]:

@@ -112,6 +112,22 @@ class Plan:
         return self.blocks[self.anchors.index(anchor)].prefix_tokens
 
     @property
+    def stable_tokens(self) -> int:
+        """Tokens through the stable anchor (where an upgrade's marker goes): the whole
+        corpus when every document is hot; 0 when nothing is cached."""
+        stable = self.stable_anchor
+        return 0 if stable is None else self.tokens_through(stable)
+
+    @property
+    def edit_tokens(self) -> float:
+        """Tokens an edit to the tail rewrites on average: the edited document moves to
+        the end, so with k documents in the tail, (k + 1) / 2 of them."""
+        sizes = self.sizes[self.tail_start :]
+        if not sizes:
+            return 0.0
+        return (len(sizes) + 1) / 2 * sum(sizes) / len(sizes)
+
+    @property
     def cuts(self) -> tuple[int, ...]:
         """Indices of the documents that end a block, except the last."""
         ends, position = [], -1
