@@ -140,6 +140,31 @@ async def test_a_follow_up_sends_the_same_prefix_then_the_conversation_and_reads
     assert third["usage"]["cache_read_tokens"] > second["usage"]["cache_read_tokens"]
 
 
+async def test_a_plain_question_marks_up_to_four_anchors_a_session_three_and_its_conversation(
+    corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    now = [1_800_000_000.0]
+    emulator.freeze(now[0])
+    async with engine_on(
+        corpus, running_emulator.base_url, tmp_path / "s", clock=lambda: now[0]
+    ) as engine:
+        assert len(engine.current.shards[0].plan.anchors) >= 4
+        await engine.ask("Which port does Kestrel listen on?")
+        now[0] += 7200  # every entry lapses: the session's first question writes them again
+        emulator.advance(7200)
+        first = await engine.ask("When are deploys frozen?", session="new")
+        assert first.session is not None
+        await engine.ask("Who is on call?", session=first.session)
+
+    def breakpoints(body: dict[str, Any]) -> list[int]:
+        return [sum("cache_control" in b for b in m["content"]) for m in body["messages"]]
+
+    plain, session_first, follow_up = (e["body"] for e in _messages(emulator))
+    assert breakpoints(plain) == [4]
+    assert breakpoints(session_first) == [3]  # its follow-ups mark the same three
+    assert breakpoints(follow_up) == [3, 1, 0]  # and the conversation so far the fourth
+
+
 async def test_a_session_keeps_its_snapshot_and_drops_its_oldest_turns(
     corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path
 ) -> None:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from corpus_cache.plan.anchors import LOOKBACK, MAX_ANCHORS, select_breakpoints
 from corpus_cache.plan.layout import (
-    MAX_CORPUS_BREAKPOINTS,
+    MAX_BREAKPOINTS,
     Layout,
     Plan,
     plan_corpus,
@@ -73,8 +73,8 @@ def next_request_reads(p: Plan, cached: set[Prefix], turn: int = 0) -> int:
     """Tokens the next request reads, by the API's rules: each marked breakpoint looks back
     at most 20 positions for an entry; the longest hit is read."""
     alive = {a for a in p.anchors if prefix_at(p, a) in cached}
-    marked = select_breakpoints(p.anchors, alive, slots=MAX_CORPUS_BREAKPOINTS, turn=turn)
-    assert len(marked) <= MAX_CORPUS_BREAKPOINTS
+    marked = select_breakpoints(p.anchors, alive, slots=MAX_BREAKPOINTS, turn=turn)
+    assert len(marked) <= MAX_BREAKPOINTS
     through: list[int] = []
     running = p.instructions_tokens
     order_tokens = TOKENS
@@ -108,7 +108,7 @@ def test_a_request_marks_at_most_three_anchors_always_the_end(
         return
     alive = data.draw(st.sets(st.sampled_from(p.anchors)))
     marked = select_breakpoints(p.anchors, alive, slots=3, turn=data.draw(st.integers(0, 9)))
-    assert len(marked) <= MAX_CORPUS_BREAKPOINTS
+    assert len(marked) <= MAX_BREAKPOINTS
     assert marked[-1] == p.anchors[-1]
     assert set(marked) <= set(p.anchors)
 

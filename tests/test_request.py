@@ -51,20 +51,33 @@ def test_documents_carry_citations_and_marked_anchors_carry_cache_control() -> N
     assert params["system"] == [{"type": "text", "text": INSTRUCTIONS}]
 
 
-def test_by_default_the_last_three_anchors_are_marked() -> None:
+def test_by_default_the_last_four_anchors_are_marked_three_in_a_conversation() -> None:
     snap = snapshot(TEXTS)
     plan = plan_for(snap)
+    assert len(plan.anchors) > 4
     params = build_request(plan, snap, "Q?", model="m", max_tokens=100)
     documents = params["messages"][0]["content"][:-1]
     marked = [i for i, block in enumerate(documents) if "cache_control" in block]
-    assert marked == list(plan.anchors[-3:])
+    assert marked == list(plan.anchors[-4:])
+
+    follow_up = build_request(
+        plan, snap, "And then?", model="m", max_tokens=100, conversation=[("Q?", "A.")]
+    )
+    blocks = [b for m in follow_up["messages"] for b in m["content"] if "cache_control" in b]
+    assert len(blocks) == 4  # three in the corpus, the fourth on the conversation so far
+    assert follow_up["messages"][1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
 
 
-def test_more_than_three_marked_anchors_are_refused() -> None:
+def test_more_anchors_than_the_api_allows_are_refused() -> None:
     snap = snapshot(TEXTS)
     plan = plan_for(snap)
+    with pytest.raises(ValueError, match="at most 4"):
+        build_request(plan, snap, "Q?", model="m", max_tokens=100, marked=plan.anchors[:5])
     with pytest.raises(ValueError, match="at most 3"):
-        build_request(plan, snap, "Q?", model="m", max_tokens=100, marked=plan.anchors[:4])
+        build_request(
+            plan, snap, "Q?", model="m", max_tokens=100, marked=plan.anchors[:4],
+            conversation=[("Q?", "A.")],
+        )  # fmt: skip
 
 
 def test_two_questions_share_every_byte_before_the_question() -> None:

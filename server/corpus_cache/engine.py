@@ -40,7 +40,14 @@ from .live_corpus import Corpus
 from .outcomes import cache_miss, failure_text
 from .plan.anchors import select_breakpoints
 from .plan.budget import default_budget
-from .plan.layout import MAX_CORPUS_BREAKPOINTS, Layout, Shard, Ttl, plan_corpus
+from .plan.layout import (
+    MAX_BREAKPOINTS,
+    SESSION_CORPUS_BREAKPOINTS,
+    Layout,
+    Shard,
+    Ttl,
+    plan_corpus,
+)
 from .plan.route import rank_shards
 from .plan.stability import DocInfo
 from .policy import Decision, Prices, anchor_ttls, decide, upgrades_at_question
@@ -347,7 +354,8 @@ class Engine:
         """Ask one shard, streaming. `marked`: the anchors to mark (a session's follow-up
         marks those of its first question); by default chosen from what is believed alive.
         `pinned`: send `corpus` as it is (a session's), without adding or dropping marker
-        blocks (markers.py) as a question otherwise may.
+        blocks (markers.py) as a question otherwise may, and mark at most three anchors:
+        the session's follow-ups mark the same ones and the conversation takes the fourth.
 
         Coalescing: a request that would write a cold prefix while another request writing
         that same prefix has not begun its response waits until it has, then reads it. The
@@ -376,6 +384,7 @@ class Engine:
         params, answered = self.request_for(
             corpus, shard, question, max_tokens=self.settings.max_answer_tokens,
             marked=marked, conversation=conversation,
+            slots=SESSION_CORPUS_BREAKPOINTS if pinned else MAX_BREAKPOINTS,
         )  # fmt: skip
         params["diagnostics"] = {"previous_message_id": self._last_message.get(shard.number)}
         ttl: str | None = None
@@ -504,6 +513,7 @@ class Engine:
         conversation: Sequence[tuple[str, str]] = (),
         through: int | None = None,
         ttl: Ttl | None = None,
+        slots: int = MAX_BREAKPOINTS,
     ) -> tuple[dict[str, Any], Callable[[Usage], str | None]]:
         """The params an ask on `shard` would send now, with `max_tokens`, and the function
         to call with the usage the API returned, so the engine knows which entries live;
@@ -511,7 +521,8 @@ class Engine:
         anchors to mark (a session's follow-ups mark those of its first question);
         `conversation`: a session's exchanges so far; `through`: an anchor to end the
         documents at (a keep-warm request sends only the prefix it keeps alive); `ttl`:
-        the TTL of every breakpoint, instead of the policy's (an upgrade asks 1 hour)."""
+        the TTL of every breakpoint, instead of the policy's (an upgrade asks 1 hour);
+        `slots`: how many anchors to mark at most (a session leaves one breakpoint free)."""
         plan = shard.plan
         if through is not None:
             plan = replace(plan, blocks=plan.blocks[: plan.anchors.index(through) + 1])
@@ -523,7 +534,7 @@ class Engine:
         if marked is None:
             stable = plan.stable_anchor
             marked = select_breakpoints(
-                plan.anchors, alive, slots=MAX_CORPUS_BREAKPOINTS, turn=self._turn,
+                plan.anchors, alive, slots=slots, turn=self._turn,
                 keep=stable, markers=markers,
                 # A marker just added after the stable part: its 1-hour breakpoint is the point.
                 must=stable if stable in markers and stable not in alive else None,

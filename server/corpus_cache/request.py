@@ -12,7 +12,7 @@ from typing import Any
 
 from .corpus.documents import Document, Snapshot
 from .errors import InvalidArgumentError
-from .plan.layout import MAX_CORPUS_BREAKPOINTS, Plan
+from .plan.layout import MAX_BREAKPOINTS, SESSION_CORPUS_BREAKPOINTS, Plan
 
 INSTRUCTIONS = (
     "You answer questions about a corpus of documents provided in the user turn, each in a "
@@ -102,14 +102,16 @@ def build_request(
     markers: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
     """`marked`: the anchors (document positions) this request puts cache_control on, by
-    default the last three; `ttls`: their TTLs, by default each block's own.
+    default the last four (three with a conversation, which takes the fourth); `ttls`:
+    their TTLs, by default each block's own.
     `conversation`: the (question, answer) pairs of a session so far, oldest first; see
     `conversation_messages`. `superseded`: the old copies the plan keeps, by (path, key).
     `markers`: document position -> how many marker blocks follow that document, the last
     carrying its breakpoint, if marked (see markers.py)."""
-    chosen = set(plan.anchors[-MAX_CORPUS_BREAKPOINTS:] if marked is None else marked)
-    if len(chosen) > MAX_CORPUS_BREAKPOINTS:
-        raise ValueError(f"at most {MAX_CORPUS_BREAKPOINTS} breakpoints for the corpus")
+    slots = SESSION_CORPUS_BREAKPOINTS if conversation else MAX_BREAKPOINTS
+    chosen = set(plan.anchors[-slots:] if marked is None else marked)
+    if len(chosen) > slots:
+        raise ValueError(f"at most {slots} breakpoints for the corpus")
     content: list[dict[str, Any]] = []
     documents = iter(documents_in_order(plan, snapshot, superseded or {}))
     after = markers or {}
@@ -159,7 +161,7 @@ def conversation_messages(
     (the first question in the same user turn as the corpus), then `question`.
 
     The last block of the conversation so far (the previous answer) carries the fourth
-    breakpoint, the one the corpus leaves free: the next follow-up, whose conversation
+    breakpoint, the one the corpus leaves free in a session: the next follow-up, whose conversation
     extends this one, reads everything up to it from the cache. Always 5-minute, so that
     it comes after any 1-hour corpus breakpoint as the API requires."""
     messages: list[dict[str, Any]] = []

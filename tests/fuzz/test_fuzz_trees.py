@@ -40,7 +40,7 @@ from corpus_cache.emulator import RunningEmulator
 from corpus_cache.emulator.prompt import parse_count_tokens_request, parse_messages_request
 from corpus_cache.plan.anchors import MAX_ANCHORS, select_breakpoints
 from corpus_cache.plan.budget import default_budget
-from corpus_cache.plan.layout import MAX_CORPUS_BREAKPOINTS, Layout, plan_corpus, safe_minimum
+from corpus_cache.plan.layout import MAX_BREAKPOINTS, Layout, plan_corpus, safe_minimum
 from corpus_cache.plan.stability import HOT_WINDOW, DocInfo
 from corpus_cache.request import INSTRUCTIONS, build_request, document_block
 from corpus_cache.tokens import content_key
@@ -209,12 +209,12 @@ def check_plan(
                 assert block.prefix_tokens >= safe_minimum(model.min_cacheable_tokens)
         if not plan.order:
             continue
-        marked = select_breakpoints(plan.anchors, set(), slots=MAX_CORPUS_BREAKPOINTS, turn=0)
+        marked = select_breakpoints(plan.anchors, set(), slots=MAX_BREAKPOINTS, turn=0)
         body = build_request(
             plan, snapshot, "What does it say?", model=model.id, max_tokens=1024, marked=marked
         )
         prompt = parse_messages_request(body, CATALOG).prompt  # the API would accept it
-        assert len(prompt.breakpoints) == len(marked) <= MAX_CORPUS_BREAKPOINTS
+        assert len(prompt.breakpoints) == len(marked) <= MAX_BREAKPOINTS
         for position in prompt.breakpoints:  # each one is above the minimum: it caches
             assert prompt.positions[position].cumulative_tokens >= model.min_cacheable_tokens
         titles = [b["title"] for b in body["messages"][0]["content"] if b["type"] == "document"]

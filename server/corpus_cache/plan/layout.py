@@ -3,11 +3,11 @@
 Documents are ordered most stable first (stability.py); block ends (anchors: cache entries
 worth keeping alive) are placed where the expected cost of rewrites is least
 (breakpoints.py), every anchor's prefix above the model's minimum. A request marks at most
-three anchors with cache_control, one of the API's four breakpoints staying free for
-conversations (anchors.py chooses which). A corpus over the budget is split into shards
-(shards.py). Given the previous layout, an edit moves at most the edited document and
-keeps every block before it, so it invalidates only the blocks from its own onward. Same
-inputs, same layout.
+four anchors with cache_control, the API's limit, or three in a session, whose fourth
+breakpoint caches the conversation (anchors.py chooses which). A corpus over the budget
+is split into shards (shards.py). Given the previous layout, an edit moves at most the
+edited document and keeps every block before it, so it invalidates only the blocks from
+its own onward. Same inputs, same layout.
 
 Superseded copies. A cold document's first edit would rewrite everything after its old
 place, half the corpus on average, while the cost the edit cannot avoid is the document
@@ -39,7 +39,8 @@ from .stability import DocInfo, is_hot, rates, stability_order
 
 Ttl = Literal["5m", "1h"]
 
-MAX_CORPUS_BREAKPOINTS = 3  # per request; the fourth is for conversations
+MAX_BREAKPOINTS = 4  # per request, the API's limit
+SESSION_CORPUS_BREAKPOINTS = 3  # in a session, the fourth caches the conversation
 MAX_SUPERSEDED_SHARE = 0.25  # old copies kept, as a share of the shard's current tokens
 COLD_WEIGHT = 0.05  # how much a cold document's edits count in placing cuts (see plan_shard)
 
