@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import Control
 from corpus_cache.engine import Engine
+from corpus_cache.plan.route import SUPPORT_WEIGHT, SUPPORTING_HITS, rank_shards
 from corpus_fixture import FACTS, write_corpus
 from engines import engine_on
 
@@ -70,3 +73,31 @@ async def test_a_question_on_two_shards_holds_both_for_the_hour(engine: Engine) 
     assert set(engine.current.markers) == set(upgrade.shards)
     third = await engine.ask(question, fan_out=2)
     assert third.usage.cache_write_tokens == 0
+
+
+# --- routing: pure ----------------------------------------------------------------------
+
+STRONGER = 1 + SUPPORT_WEIGHT * SUPPORTING_HITS + 1e-6
+
+
+@given(
+    st.floats(0.5, 50),
+    st.lists(st.floats(0.01, 1 / STRONGER), max_size=60),
+    st.lists(st.floats(0.01, 1), max_size=10),
+    st.booleans(),
+)
+def test_one_strong_match_beats_any_number_of_weak_ones(
+    strong: float, weak: list[float], also: list[float], strong_first: bool
+) -> None:
+    hits = [("a.md", strong), *(("a.md", strong * w) for w in also)]
+    others = [(f"b{i}.md", strong * w) for i, w in enumerate(weak)]
+    ordered = hits + others if strong_first else others + hits
+    shard_of = {path: 0 if path == "a.md" else 1 for path, _ in ordered}
+    assert rank_shards(ordered, shard_of, [1, 0])[0] == 0
+
+
+def test_between_equal_best_matches_the_better_supported_shard_wins() -> None:
+    hits = [("a1.md", 2.0), ("b1.md", 2.0), ("b2.md", 1.0), ("a2.md", 0.5)]
+    shard_of = {"a1.md": 0, "a2.md": 0, "b1.md": 1, "b2.md": 1}
+    assert rank_shards(hits, shard_of, [0, 1, 2]) == [1, 0, 2]
+    assert rank_shards([], shard_of, [2, 0, 1]) == [2, 0, 1]  # no evidence: as given

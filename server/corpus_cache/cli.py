@@ -410,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
     )
-    for noisy in ("httpx", "httpx2", "bm25s", "uvicorn", "uvicorn.error", "mcp"):
+    for noisy in ("httpx", "httpx2", "uvicorn", "uvicorn.error", "mcp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:

@@ -4,25 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+SUPPORTING_HITS = 3  # a shard's passages after its best that add to its evidence
+SUPPORT_WEIGHT = 0.1
+
 
 def rank_shards(
     hits: Iterable[tuple[str, float]], shard_of: Mapping[str, int], shards: Iterable[int]
 ) -> list[int]:
-    """Shards by the evidence the search found in them: the best passage counts most,
-    the rest add a little, so one strong match beats many weak ones."""
-    best: dict[int, float] = {}
-    rest: dict[int, float] = {}
+    """Shards by the evidence the search found in them: the best passage counts most, and
+    the next few add a little, so one strong match beats many weak ones. Weak matches are
+    often ties on common words (a question's "where is ... stored?"), and however many of
+    them land in one shard they add at most 0.3 of that shard's own best."""
+    scores: dict[int, list[float]] = {}
     for path, score in hits:
         shard = shard_of.get(path)
-        if shard is None:
-            continue
-        if score > best.get(shard, 0.0):
-            rest[shard] = rest.get(shard, 0.0) + best.get(shard, 0.0)
-            best[shard] = score
-        else:
-            rest[shard] = rest.get(shard, 0.0) + score
+        if shard is not None:
+            scores.setdefault(shard, []).append(score)
+
+    def evidence(shard: int) -> float:
+        found = sorted(scores.get(shard, ()), reverse=True)
+        if not found:
+            return 0.0
+        return found[0] + SUPPORT_WEIGHT * sum(found[1 : 1 + SUPPORTING_HITS])
+
     ordered = list(shards)
-    return sorted(
-        ordered,
-        key=lambda s: (-(best.get(s, 0.0) + 0.1 * rest.get(s, 0.0)), ordered.index(s)),
-    )
+    return sorted(ordered, key=lambda s: (-evidence(s), ordered.index(s)))

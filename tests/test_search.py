@@ -1,0 +1,109 @@
+"""Local search: BM25 (Lucene's variant) over passages of 12 lines, by hand-worked scores."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from corpus_cache.corpus.documents import Document, Snapshot
+from corpus_cache.search import K1, PASSAGE_LINES, B, SearchIndex
+
+
+def snapshot(texts: dict[str, str], version: int = 1) -> Snapshot:
+    docs = tuple(
+        Document.from_text(path, text, size=len(text), mtime_ns=0)
+        for path, text in sorted(texts.items())
+    )
+    return Snapshot(Path("/corpus"), version, time.time(), docs, ())
+
+
+def bm25(tf: int, df: int, passages: int, length: int, average: float) -> float:
+    idf = math.log(1 + (passages - df + 0.5) / (df + 0.5))
+    return idf * tf / (tf + K1 * (1 - B + B * length / average))
+
+
+def test_a_passage_scores_the_sum_of_its_query_words_bm25() -> None:
+    # Words of two letters or more per passage, the path's included, stop words left out:
+    # a.md: md, kestrel, routes, kestrel (4); b.md: md, heron, books (3);
+    # c.md: md, kestrel, books, freight (4).
+    index = SearchIndex(
+        snapshot(
+            {
+                "a.md": "Kestrel routes the kestrel.",
+                "b.md": "Heron books it.",
+                "c.md": "Kestrel books freight.",
+            }
+        )
+    )
+    average = (4 + 3 + 4) / 3
+    hits = index.search("kestrel books", 10)
+    scores = {h.passage.path: h.score for h in hits}
+    assert scores["a.md"] == pytest.approx(bm25(2, 2, 3, 4, average), rel=1e-5)
+    assert scores["b.md"] == pytest.approx(bm25(1, 2, 3, 3, average), rel=1e-5)
+    assert scores["c.md"] == pytest.approx(2 * bm25(1, 2, 3, 4, average), rel=1e-5)
+    assert [h.passage.path for h in hits] == ["c.md", "a.md", "b.md"]
+
+
+def test_a_repeated_query_word_counts_each_time() -> None:
+    index = SearchIndex(snapshot({"a.md": "alpha beta", "b.md": "gamma delta"}))
+    once = index.search("alpha", 5)[0].score
+    assert index.search("alpha alpha", 5)[0].score == pytest.approx(2 * once, rel=1e-5)
+
+
+def test_equal_scores_come_in_corpus_order_and_nothing_scores_zero() -> None:
+    texts = {f"d{i}.md": "same words here" for i in range(5)}
+    texts["other.md"] = "nothing alike"
+    hits = SearchIndex(snapshot(texts)).search("words", 3)
+    assert [h.passage.path for h in hits] == ["d0.md", "d1.md", "d2.md"]
+    assert SearchIndex(snapshot(texts)).search("absent", 3) == []
+
+
+def test_words_first_seen_after_an_index_was_built_match_nothing_in_it() -> None:
+    old = SearchIndex(snapshot({"a.md": "first version"}))
+    assert old.search("version", 5)
+    new = SearchIndex(snapshot({"a.md": "brand new zebra words"}, version=2))
+    assert new.search("zebra", 5)
+    assert old.search("zebra", 5) == []  # known to the vocabulary now, not to this index
+
+
+def test_a_corpus_without_words_is_searched_without_error() -> None:
+    index = SearchIndex(snapshot({"x.md": "... !!! ---", "y.md": "   "}))
+    assert index.search("anything", 5) == []
+
+
+def test_a_hit_says_which_lines_it_covers() -> None:
+    text = "\n".join(f"line {n} filler" for n in range(1, 31)) + "\nthe needle is here\n"
+    hits = SearchIndex(snapshot({"long.md": text})).search("needle", 5)
+    assert [(h.passage.start_line, h.passage.end_line) for h in hits] == [(25, 31)]
+    assert "needle" in hits[0].passage.text
+    assert PASSAGE_LINES == 12
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from([f"f{i}.md" for i in range(8)]),
+        st.lists(st.sampled_from(["ant", "bee", "cat", "dog", "eel", "fox"]), max_size=30).map(
+            " ".join
+        ),
+        min_size=1,
+    ),
+    st.lists(st.sampled_from(["ant", "bee", "cat", "yak"]), min_size=1, max_size=4),
+    st.integers(1, 10),
+)
+def test_hits_are_the_best_scoring_passages_holding_a_query_word(
+    texts: dict[str, str], query: list[str], limit: int
+) -> None:
+    index = SearchIndex(snapshot(texts))
+    hits = index.search(" ".join(query), limit)
+    everything = index.search(" ".join(query), 1_000)
+    holding = {p for p, t in texts.items() if set(query) & set(t.split())}
+    assert {h.passage.path for h in everything} == holding
+    assert hits == everything[:limit]
+    assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
