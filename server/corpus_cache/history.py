@@ -26,10 +26,10 @@ class _DocumentHistory:
     last_change: float
     edits: int
 
-    def info(self, path: str, tokens: int, pattern: EditPattern) -> DocInfo:
+    def info(self, path: str, tokens: int, edit_weight: float) -> DocInfo:
         return DocInfo(
             path, tokens, self.key, self.last_change, self.edits, self.first_seen,
-            edit_weight=pattern.next_edit_weight(path, self.edits),
+            edit_weight=edit_weight,
         )  # fmt: skip
 
 
@@ -38,6 +38,7 @@ class History:
         """`asked`: question times per shard, oldest first, from before a restart."""
         self._documents: dict[str, _DocumentHistory] = {}
         self._pattern = EditPattern()  # for DocInfo.edit_weight
+        self._infos: dict[str, tuple[_DocumentHistory, DocInfo]] = {}  # the last views made
         self._asked = {shard: list(times) for shard, times in (asked or {}).items()}
         self._questions = Counter({shard: len(times) for shard, times in self._asked.items()})
 
@@ -73,12 +74,32 @@ class History:
         return self.doc_infos(documents, tokens)
 
     def doc_infos(self, documents: Iterable[Document], tokens: Mapping[str, int]) -> list[DocInfo]:
-        """The planner's view of `documents` as last observed; any never observed are left out."""
-        return [
-            seen.info(doc.path, tokens[doc.path], self._pattern)
-            for doc in documents
-            if (seen := self._documents.get(doc.path)) is not None
-        ]
+        """The planner's view of `documents` as last observed; any never observed are left out.
+        A document's view is made again only when something it holds changed: a rescan after
+        one save changes one of 10,000."""
+        infos: list[DocInfo] = []
+        made: dict[str, tuple[_DocumentHistory, DocInfo]] = {}
+        pattern = self._pattern
+        for doc in documents:
+            seen = self._documents.get(doc.path)
+            if seen is None:
+                continue
+            count = tokens[doc.path]
+            weight = pattern.next_edit_weight(doc.path, seen.edits)
+            before = self._infos.get(doc.path)
+            if (
+                before is not None
+                and before[0] is seen
+                and before[1].tokens == count
+                and before[1].edit_weight == weight
+            ):
+                info = before[1]
+            else:
+                info = seen.info(doc.path, count, weight)
+            made[doc.path] = (seen, info)
+            infos.append(info)
+        self._infos = made
+        return infos
 
     # --- questions ---------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ def choose_cuts(
     pc, lc = p[cand], cumulative[cand]
     # Block from cut a (exclusive) to cut b (inclusive) costs (T - P[a]) * (L[b] - L[a]).
     step = (total_tokens - pc)[:, None] * (lc[None, :] - lc[:, None])
-    step[np.tril_indices(m)] = np.inf
+    step[np.tri(m, dtype=bool)] = np.inf  # a block ends after it starts
     for required_cut in required:
         k = int(np.searchsorted(cand, required_cut))
         step[:k, k + 1 :] = np.inf  # no block may jump over a required cut

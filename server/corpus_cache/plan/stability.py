@@ -56,7 +56,7 @@ class EditPattern:
 
     def next_edit_weight(self, path: str, edits: int) -> float:
         """The chance that the next edit is to `path`, edited `edits` times so far."""
-        if not self.edits:
+        if not self.edits or (not edits and path != self.last):
             return 0.0
         again = self.repeat_chance
         return again * (path == self.last) + (1.0 - again) * edits / self.edits
