@@ -4,12 +4,13 @@ and what the engine believes alive into a request. warm.keep_warm_due sends them
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from . import markers as marker_blocks
 from .live_corpus import Corpus
-from .plan.layout import Shard
+from .plan.layout import Shard, Ttl
 from .policy import FIVE_MINUTES, ONE_HOUR, PING_MARGIN, Decision, holding_tail_pays
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def keep_warm_plan(engine: Engine, corpus: Corpus, shard: Shard) -> KeepWarm | N
     action: KeepWarmAction
     if long:
         target, action = max(long), "read"
-        if _tail_worth_holding(engine, corpus, shard, decision):
+        if _tail_worth_holding(engine, shard, decision, live):
             target, action = plan.anchors[-1], "hold-tail"
     elif decision.upgrade or decision.stable_ttl == "1h":
         target, action = max(live), "upgrade"
@@ -109,9 +110,11 @@ def _reach(last_question: float, decision: Decision) -> float:
     return last_question + five * (1 + decision.max_pings)
 
 
-def _tail_worth_holding(engine: Engine, corpus: Corpus, shard: Shard, decision: Decision) -> bool:
+def _tail_worth_holding(
+    engine: Engine, shard: Shard, decision: Decision, live: Mapping[int, Ttl]
+) -> bool:
+    """`live`: the shard's anchors whose entries are alive, with their TTLs."""
     plan = shard.plan
-    live = engine.live_ttls(corpus, shard)
     end, stable = plan.anchors[-1], plan.stable_anchor
     if engine.settings.ttl == "5m" or stable is None or end == stable:
         return False

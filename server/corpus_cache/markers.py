@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
-from .plan.layout import Layout, Plan, Ttl
+from .plan.layout import Layout, Plan, Ttl, shared_prefix
 from .request import INSTRUCTIONS
 
 MAX_MARKERS = 4  # marker blocks after one document before an upgrade waits for a full write
@@ -50,12 +50,8 @@ def carried(old: Plan, new: Plan, markers: Markers) -> dict[int, int]:
     """The markers of `old` that still mean something in `new`: those after a document
     that still ends an anchor, with every document up to it unchanged (so the cached
     prefix through them is still the one the request would send)."""
-    before = list(zip(old.order, old.keys, strict=True))
-    after = list(zip(new.order, new.keys, strict=True))
-    # How many leading documents the two plans share.
-    same = next(
-        (i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b),
-        min(len(before), len(after)),
+    same = shared_prefix(
+        list(zip(old.order, old.keys, strict=True)), list(zip(new.order, new.keys, strict=True))
     )
     anchors = set(new.anchors)
     return {p: count for p, count in markers.items() if p < same and p in anchors}

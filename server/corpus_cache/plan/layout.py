@@ -164,14 +164,20 @@ def safe_minimum(min_cacheable_tokens: int) -> int:
     return int(min_cacheable_tokens * 1.05) + 32
 
 
+def shared_prefix(before: Sequence[tuple[str, str]], after: Sequence[tuple[str, str]]) -> int:
+    """How many leading (path, key) pairs two document orders share."""
+    return next(
+        (i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b),
+        min(len(before), len(after)),
+    )
+
+
 def _first_change(order: Sequence[DocInfo], previous: Plan | None) -> int:
     if previous is None:
         return 0
-    before = list(zip(previous.order, previous.keys, strict=True))
-    for i, doc in enumerate(order):
-        if i >= len(before) or before[i] != (doc.path, doc.key):
-            return i
-    return len(order)
+    return shared_prefix(
+        list(zip(previous.order, previous.keys, strict=True)), [(d.path, d.key) for d in order]
+    )
 
 
 def _kept_prefix(
