@@ -1,19 +1,46 @@
-# Every target builds its own virtual environment, so a fresh clone needs only python3.
+# Every target builds its own virtual environment from the lock file (uv.lock), so a fresh
+# clone needs only python3: uv is taken from PATH, or installed once into .tools/.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+STAMP  := $(VENV)/.synced
+TOOLS  := .tools
+UV_VERSION := 0.13.9
+UV     ?= $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+LATEST := .venv-latest
 
-.PHONY: test lint bench demo clean test-clients reliability fuzz soak
+# uv uses this machine's python3 and never downloads an interpreter of its own.
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+.PHONY: test test-latest lint bench demo clean test-clients reliability fuzz soak lock
+
+$(TOOLS)/bin/uv:
+	@echo "==> uv is not on PATH: installing uv $(UV_VERSION) into $(TOOLS)/"
+	@$(PYTHON) -m venv $(TOOLS)
+	@$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(STAMP): uv.lock pyproject.toml | $(UV)
+	@echo "==> installing the locked dependencies into $(VENV)/ (uv sync --locked)"
+	@$(UV) sync --locked --extra dev
+	@touch $(STAMP)
+
+# After changing the dependencies in pyproject.toml: `make lock`, then `make test test-latest`.
+lock: | $(UV)
+	$(UV) lock
 
 test: $(STAMP)
+	@echo "==> running the test suite"
 	$(BIN)/python -m pytest -q
+
+# The same suite against the newest versions pyproject.toml allows, in an environment of its
+# own (not the lock's): drift in anthropic, mcp or httpx2 shows here before users see it.
+test-latest: | $(UV)
+	@echo "==> installing the newest allowed versions into $(LATEST)/ (ignoring uv.lock)"
+	@$(UV) venv --quiet --allow-existing $(LATEST)
+	@VIRTUAL_ENV=$(LATEST) $(UV) pip install --quiet --refresh --upgrade -e ".[dev]"
+	@$(LATEST)/bin/python -c "from importlib.metadata import version as v; print('==> testing with', ', '.join(f'{p} {v(p)}' for p in ('anthropic', 'httpx2', 'mcp', 'pydantic', 'watchdog')))"
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check server tests bench
@@ -21,6 +48,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 demo: $(STAMP)
+	@echo "==> serving corpora/handbook over MCP and asking two questions"
 	$(BIN)/corpus-cache demo --corpus corpora/handbook
 
 bench: $(STAMP)
@@ -59,4 +87,4 @@ test-clients: $(STAMP)
 	$(BIN)/python tests/clients/run_clients.py
 
 clean:
-	rm -rf $(VENV) .clients .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(LATEST) $(TOOLS) .clients .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -390,19 +391,24 @@ async def test_a_malformed_response_is_reported_not_retried_and_charges_nothing(
         await ask_ok(mcp)
 
 
+# The emulator stops half-way through the text of its answer.
+CUT = (
+    r"\(after [1-9][0-9,]* characters of the answer\); "
+    r"only the usage the API reported is recorded; ask again$"
+)
 BROKEN_STREAMS = [
     pytest.param(
-        "end", "the Anthropic API's response ended before the answer was complete; ask again",
+        "end", r"^the Anthropic API's response ended before the answer was complete " + CUT,
         id="truncated-end",
     ),
     pytest.param(
-        "drop", "the connection to the Anthropic API broke while the answer was arriving",
+        "drop", r"^the connection to the Anthropic API broke while the answer was arriving " + CUT,
         id="truncated-drop",
     ),
     pytest.param(
         "error",
-        "the Anthropic API is overloaded (overloaded_error, in the middle of the answer); "
-        "try again in a minute",
+        r"^the Anthropic API is overloaded \(overloaded_error, in the middle of the answer\); "
+        r"try again in a minute$",
         id="truncated-error",
     ),
 ]  # fmt: skip
@@ -426,7 +432,7 @@ async def test_a_stream_broken_mid_answer_is_an_error_not_a_partial_answer(
     ):
         emulator.fault(kind="truncated", ending=ending)
         message = await ask_fails(mcp, session="faults")
-        assert message.startswith(expected)
+        assert re.search(expected, message), message
         (broken,) = rows(engine)  # recorded once, and as an error: no partial "ok" answer
         (billed,) = to_messages(emulator, key)  # not retried: the response had begun
         assert billed["truncated"] == ending

@@ -145,9 +145,19 @@ def backend_of_response(headers: object, default: str) -> str:
     return default
 
 
-def describe_api_error(exc: BaseException) -> str:
+def describe_api_error(exc: BaseException, *, received: int | None = None) -> str:
     """What went wrong with a Messages API call and what to do, for the user; says how many
-    attempts were made when the SDK retried."""
+    attempts were made when the SDK retried.
+
+    `received` is how many characters of the answer had arrived when the response had begun
+    (its `message_start` was read), None when it had not. A failure after that start is a
+    broken answer, whatever the HTTP library and the SDK call the exception: they wrap and
+    reword transport errors from one release to the next, so the state decides, not the text.
+    """
+    if received is not None:
+        broken = _describe_broken_answer(exc, received)
+        if broken is not None:
+            return broken
     tries = _attempts(exc)
     if isinstance(exc, anthropic.APITimeoutError):
         return (
@@ -176,6 +186,21 @@ def describe_api_error(exc: BaseException) -> str:
     if isinstance(exc, IncompleteResponseError):
         return "the Anthropic API's response ended before the answer was complete; ask again"
     return f"the Anthropic API call failed: {exc}"
+
+
+def _describe_broken_answer(exc: BaseException, received: int) -> str | None:
+    """A response that had begun and did not end: why, by the exception's kind. None for an
+    error the API itself reported in the stream (an `error` event), described as a status."""
+    after = f"after {received:,} characters of the answer"
+    ask = "only the usage the API reported is recorded; ask again"
+    if isinstance(exc, IncompleteResponseError):
+        return f"the Anthropic API's response ended before the answer was complete ({after}); {ask}"
+    if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
+        return f"the Anthropic API stopped sending in the middle of the answer ({after}); {ask}"
+    if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
+        broke = "the connection to the Anthropic API broke while the answer was arriving"
+        return f"{broke} ({after}); {ask}"
+    return None
 
 
 def may_have_been_billed(exc: BaseException) -> bool:

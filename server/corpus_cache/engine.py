@@ -403,6 +403,7 @@ class Engine:
                         del self._writing[identity]
 
         opened: Usage | None = None  # the usage message_start reported: the response began
+        received = 0  # characters of the answer's text that have arrived
         stopped = False
         started = time.perf_counter()
         try:
@@ -414,6 +415,8 @@ class Engine:
                         opened = Usage.from_api(event.message.usage)
                         ttl = answered(opened)
                         release()
+                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        received += len(event.delta.text)
                     elif event.type == "message_stop":
                         stopped = True
                 if not stopped:  # the SDK would hand back what arrived as if it were whole
@@ -421,10 +424,12 @@ class Engine:
                 message = await stream.get_final_message()
                 headers = stream.response.headers
         except API_FAILURES as exc:
-            self.record_failure("ask", corpus, shard.number, started, exc, opened)
-            raise ApiCallError(describe_api_error(exc)) from exc
+            self.record_failure("ask", corpus, shard.number, started, exc, opened, received)
+            raise ApiCallError(
+                describe_api_error(exc, received=received if opened is not None else None)
+            ) from exc
         except anyio.get_cancelled_exc_class():
-            self.record_failure("ask", corpus, shard.number, started, None, opened)
+            self.record_failure("ask", corpus, shard.number, started, None, opened, received)
             raise
         finally:
             release()  # failed before it began: a waiting request writes the prefix itself
@@ -459,12 +464,13 @@ class Engine:
         started: float,
         exc: BaseException | None,
         begun: Usage | None = None,
+        received: int = 0,
     ) -> None:
         """Record a call that failed (`exc`) or was cancelled (None) as an error row,
         charging what the API bills: the usage its response's start reported (`begun`), if
         it had begun, else nothing (outcomes.failure_text says which)."""
         seconds = time.perf_counter() - started
-        error = failure_text(exc, seconds, begun)
+        error = failure_text(exc, seconds, begun, received)
         usage = begun or Usage()
         self.ledger.record(
             RequestRecord(

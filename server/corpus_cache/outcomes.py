@@ -9,18 +9,21 @@ from .backend import describe_api_error, may_have_been_billed
 from .pricing import Usage
 
 
-def failure_text(exc: BaseException | None, seconds: float, begun: Usage | None) -> str:
+def failure_text(
+    exc: BaseException | None, seconds: float, begun: Usage | None, received: int = 0
+) -> str:
     """The error recorded for a call that failed (`exc`) or was cancelled (None) after
     `seconds`. The API bills a response once it has begun, so the usage its start reported
     (`begun`) is what is charged; before that, nothing. The text says which, and when the
-    API may bill a request no usage was seen for."""
+    API may bill a request no usage was seen for. `received`: the characters of the answer
+    that had arrived."""
     if exc is None:
         error = (
             f"cancelled after {seconds:.2f} s (the deadline passed, or the client "
             "cancelled the call)"
         )
     else:
-        error = describe_api_error(exc)
+        error = describe_api_error(exc, received=received if begun is not None else None)
     if begun is not None:
         error += (
             "; the response had begun: the usage it reported at its start is recorded, "
