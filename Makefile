@@ -13,7 +13,7 @@ LATEST := .venv-latest
 export UV_PYTHON := $(PYTHON)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: test test-latest lint bench demo clean test-clients reliability fuzz soak lock
+.PHONY: test test-latest docs lint bench demo clean test-clients reliability fuzz soak lock
 
 $(TOOLS)/bin/uv:
 	@echo "==> uv is not on PATH: installing uv $(UV_VERSION) into $(TOOLS)/"
@@ -41,6 +41,10 @@ test-latest: | $(UV)
 	@VIRTUAL_ENV=$(LATEST) $(UV) pip install --quiet --refresh --upgrade -e ".[dev]"
 	@$(LATEST)/bin/python -c "from importlib.metadata import version as v; print('==> testing with', ', '.join(f'{p} {v(p)}' for p in ('anthropic', 'httpx2', 'mcp', 'pydantic', 'watchdog')))"
 	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
+
+# Regenerates the docs pages that are written from the program (tests/test_docs.py checks them).
+docs: $(STAMP)
+	$(BIN)/python tests/support/configuration_doc.py > docs/configuration.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check server tests bench

@@ -266,8 +266,8 @@ def test_claude_code_is_configured_through_its_own_cli_when_present(
     assert "claude mcp remove docs" in failed.stderr
 
 
-def test_the_readme_shows_what_install_prints(home: Path, corpus: Path, tmp_path: Path) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+def test_the_clients_page_shows_what_install_prints(home: Path, corpus: Path, tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "docs" / "clients.md").read_text()
     project = tmp_path / "project"
     project.mkdir()
     bin_dir = tmp_path / "bin"
@@ -291,4 +291,4 @@ def test_the_readme_shows_what_install_prints(home: Path, corpus: Path, tmp_path
         shown = dry.stdout
         for real, placeholder in placeholders.items():
             shown = shown.replace(real, placeholder)
-        assert shown in readme, f"README.md does not show this output of {client}:\n{shown}"
+        assert shown in readme, f"docs/clients.md does not show this output of {client}:\n{shown}"
