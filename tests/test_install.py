@@ -266,7 +266,9 @@ def test_claude_code_is_configured_through_its_own_cli_when_present(
     assert "claude mcp remove docs" in failed.stderr
 
 
-def test_the_clients_page_shows_what_install_prints(home: Path, corpus: Path, tmp_path: Path) -> None:
+def test_the_clients_page_shows_what_install_prints(
+    home: Path, corpus: Path, tmp_path: Path
+) -> None:
     readme = (Path(__file__).parent.parent / "docs" / "clients.md").read_text()
     project = tmp_path / "project"
     project.mkdir()
