@@ -44,16 +44,16 @@ import httpx2
 from anthropic import AsyncAnthropic
 
 sys.path.insert(0, str(Path(__file__).parent))
-from corpus_cache.backend import Backend
-from corpus_cache.catalog import ModelSpec, load_catalog
+from corpus_cache.accounting.ledger import Ledger
+from corpus_cache.api.backend import Backend
+from corpus_cache.api.request import INSTRUCTIONS, document_block
+from corpus_cache.cache.keeping import next_ping_at
 from corpus_cache.config import Settings
 from corpus_cache.emulator import RunningEmulator, start_in_thread
-from corpus_cache.engine import Engine
-from corpus_cache.keeping import next_ping_at
-from corpus_cache.ledger import Ledger
-from corpus_cache.pricing import Usage, cost_usd
-from corpus_cache.request import INSTRUCTIONS, document_block
-from corpus_cache.warm import keep_warm_due
+from corpus_cache.engine.core import Engine
+from corpus_cache.engine.warm import keep_warm_due
+from corpus_cache.models.catalog import ModelSpec, load_catalog
+from corpus_cache.models.pricing import Usage, cost_usd
 from traces import Event, load
 
 T0 = 1_900_000_000.0  # the virtual start of every replay

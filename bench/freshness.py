@@ -42,15 +42,15 @@ from mcp import Client
 from mcp.shared.subscriptions import ResourceUpdated
 
 sys.path.insert(0, str(Path(__file__).parent))
-from corpus_cache.backend import OFFLINE_EMULATOR, Backend
-from corpus_cache.catalog import load_catalog
+from corpus_cache.accounting.ledger import Ledger
+from corpus_cache.api.backend import OFFLINE_EMULATOR, Backend
+from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.config import Settings
-from corpus_cache.engine import Engine
-from corpus_cache.ledger import Ledger
-from corpus_cache.live_corpus import Corpus
-from corpus_cache.mcp_server import build_server
-from corpus_cache.notifications import document_uri
-from corpus_cache.runtime import watching
+from corpus_cache.engine.core import Engine
+from corpus_cache.engine.runtime import watching
+from corpus_cache.mcp_surface.notifications import document_uri
+from corpus_cache.mcp_surface.server import build_server
+from corpus_cache.models.catalog import load_catalog
 from synthetic import document
 
 TARGET_P50_NOTIFIED_MS = 300.0

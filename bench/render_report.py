@@ -36,12 +36,12 @@ CHROMIUM_FLAGS = (
 async def demo_session(corpus: Path, state: Path, gap: float) -> str:
     """Run the session and return the report's HTML."""
     os.environ["CORPUS_CACHE_STATE_DIR"] = str(state)
+    from corpus_cache.accounting.report_html import render_report
+    from corpus_cache.accounting.stats import collect_stats
+    from corpus_cache.cli.plan_report import plan_report
     from corpus_cache.config import Settings
-    from corpus_cache.plan_report import plan_report
-    from corpus_cache.report_html import render_report
-    from corpus_cache.runtime import running_engine
-    from corpus_cache.stats import collect_stats
-    from corpus_cache.warm import warm
+    from corpus_cache.engine.runtime import running_engine
+    from corpus_cache.engine.warm import warm
 
     questions = [fact["question"] for fact in json.loads(FACTS.read_text())][:6]
     settings = Settings(corpus=corpus, state_dir=state, offline=True, watch=False)

@@ -23,12 +23,12 @@ import anyio
 from anthropic import AsyncAnthropic
 
 sys.path.insert(0, str(Path(__file__).parent))
-from corpus_cache.backend import Backend
-from corpus_cache.catalog import load_catalog
+from corpus_cache.accounting.ledger import Ledger
+from corpus_cache.api.backend import Backend
 from corpus_cache.config import Settings
 from corpus_cache.emulator import start_in_thread
-from corpus_cache.engine import Engine
-from corpus_cache.ledger import Ledger
+from corpus_cache.engine.core import Engine
+from corpus_cache.models.catalog import load_catalog
 from synthetic import document
 
 SYLLABLES = "ka lo mi ru te vo zan pel dri osk umb ferr glo".split()

@@ -49,15 +49,15 @@ from anthropic import AsyncAnthropic
 from mcp import Client
 
 sys.path.insert(0, str(Path(__file__).parent))
-from corpus_cache.backend import API_RETRIES, OFFLINE_EMULATOR, Backend
-from corpus_cache.catalog import load_catalog
+from corpus_cache.accounting.ledger import Ledger
+from corpus_cache.api.backend import API_RETRIES, OFFLINE_EMULATOR, Backend
+from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.config import Settings
-from corpus_cache.engine import Engine
-from corpus_cache.ledger import Ledger
-from corpus_cache.live_corpus import Corpus
-from corpus_cache.mcp_server import build_server
-from corpus_cache.runtime import keeping_warm, watching
-from corpus_cache.warm import prewarm_after_changes
+from corpus_cache.engine.core import Engine
+from corpus_cache.engine.runtime import keeping_warm, watching
+from corpus_cache.engine.warm import prewarm_after_changes
+from corpus_cache.mcp_surface.server import build_server
+from corpus_cache.models.catalog import load_catalog
 from freshness import emulator_process
 from synthetic import document
 

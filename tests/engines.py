@@ -7,11 +7,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from corpus_cache.backend import Backend, api_client
-from corpus_cache.catalog import load_catalog
+from corpus_cache.accounting.ledger import Ledger
+from corpus_cache.api.backend import Backend, api_client
 from corpus_cache.config import Settings
-from corpus_cache.engine import Engine
-from corpus_cache.ledger import Ledger
+from corpus_cache.engine.core import Engine
+from corpus_cache.models.catalog import load_catalog
 
 
 @asynccontextmanager

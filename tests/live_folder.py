@@ -8,10 +8,10 @@ from contextlib import asynccontextmanager
 
 import anyio
 
+from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.corpus.documents import Snapshot
 from corpus_cache.corpus.watch import FolderWatcher
-from corpus_cache.engine import Engine
-from corpus_cache.live_corpus import Corpus
+from corpus_cache.engine.core import Engine
 
 DEADLINE = 10.0  # generous: a loaded machine may be slow, a passing test is not
 

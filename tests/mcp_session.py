@@ -9,8 +9,8 @@ from typing import Any
 
 from mcp import Client
 
-from corpus_cache.engine import Engine
-from corpus_cache.mcp_server import build_server
+from corpus_cache.engine.core import Engine
+from corpus_cache.mcp_surface.server import build_server
 from engines import engine_on
 
 

@@ -20,10 +20,10 @@ from mcp import Client
 from mcp.types import CallToolResult
 
 from conftest import Control
+from corpus_cache.cache.keeping import next_ping_at
 from corpus_cache.emulator import RunningEmulator, start_in_thread
-from corpus_cache.engine import Engine
-from corpus_cache.keeping import next_ping_at
-from corpus_cache.runtime import keeping_warm
+from corpus_cache.engine.core import Engine
+from corpus_cache.engine.runtime import keeping_warm
 from corpus_fixture import write_corpus
 from mcp_session import serving
 
@@ -539,7 +539,7 @@ async def test_a_failed_keep_warm_request_is_logged_recorded_and_the_loop_goes_o
         advance(due - now[0] + 1)
 
         emulator.fault(status=529, error_type="overloaded_error", retry_after=0.01, count=2)
-        with caplog.at_level(logging.WARNING, logger="corpus_cache.runtime"):
+        with caplog.at_level(logging.WARNING, logger="corpus_cache.engine.runtime"):
             async with keeping_warm(engine, check_every=0.05):
                 # The loop runs on its own; what it leaves in the ledger is what is tested.
                 with anyio.fail_after(5):

@@ -12,7 +12,7 @@ from mcp import Client
 from mcp.types import CallToolResult
 
 from conftest import Control
-from corpus_cache.bounds import (
+from corpus_cache.mcp_surface.bounds import (
     MAX_BLOCKS_SHOWN,
     MAX_CITATIONS,
     READ_MAX_CHARS,
@@ -21,7 +21,7 @@ from corpus_cache.bounds import (
     bound_status,
     result_chars,
 )
-from corpus_cache.results import (
+from corpus_cache.mcp_surface.results import (
     AskResult,
     CacheStatus,
     CitationOut,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from corpus_cache.catalog import (
+from corpus_cache.models.catalog import (
     MODELS_FILE_ENV,
     CatalogError,
     UnknownModelError,

@@ -11,11 +11,11 @@ import pytest
 from mcp import Client
 
 from conftest import Control
-from corpus_cache.cli import _settings, build_parser
+from corpus_cache.api.request import NO_ANSWER, conversation_messages
+from corpus_cache.cli.main import _settings, build_parser
+from corpus_cache.engine.sessions import Sessions, Turn, trim_turns
 from corpus_cache.errors import ApiCallError, BudgetExceededError, InvalidArgumentError
-from corpus_cache.mcp_server import build_server
-from corpus_cache.request import NO_ANSWER, conversation_messages
-from corpus_cache.sessions import Sessions, Turn, trim_turns
+from corpus_cache.mcp_surface.server import build_server
 from corpus_fixture import write_corpus
 from engines import engine_on
 

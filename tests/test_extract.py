@@ -11,8 +11,8 @@ import pytest
 
 from conftest import Control
 from corpus_cache.corpus.scan import scan
-from corpus_cache.engine import Engine
-from corpus_cache.results import ask_result, render_answer
+from corpus_cache.engine.core import Engine
+from corpus_cache.mcp_surface.results import ask_result, render_answer
 from engines import engine_on
 
 

@@ -21,10 +21,10 @@ import pytest
 from mcp.types import CallToolResult, TextContent
 
 from conftest import Control
+from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.corpus.documents import Snapshot
 from corpus_cache.corpus.scan import ScanOptions, scan
-from corpus_cache.engine import Engine
-from corpus_cache.live_corpus import Corpus
+from corpus_cache.engine.core import Engine
 from faulty_folders import (
     before_opening,
     make_deep,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from conftest import Control
-from corpus_cache.demo import QUESTIONS
-from corpus_cache.engine import Engine
+from corpus_cache.cli.demo import QUESTIONS
+from corpus_cache.engine.core import Engine
 from engines import engine_on
 
 ROOT = Path(__file__).parent.parent / "corpora"

@@ -15,15 +15,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import Control
-from corpus_cache import markers
-from corpus_cache.answers import Answer
-from corpus_cache.engine import Engine
-from corpus_cache.keeping import next_ping_at
+from corpus_cache.cache import markers
+from corpus_cache.cache.keeping import next_ping_at
+from corpus_cache.cache.policy import Decision, anchor_ttls, holding_tail_pays
+from corpus_cache.engine.answers import Answer
+from corpus_cache.engine.core import Engine
+from corpus_cache.engine.warm import keep_warm_due
 from corpus_cache.plan.anchors import select_breakpoints
 from corpus_cache.plan.layout import Layout, Plan, Shard, plan_shard
 from corpus_cache.plan.stability import DocInfo
-from corpus_cache.policy import Decision, anchor_ttls, holding_tail_pays
-from corpus_cache.warm import keep_warm_due
 from corpus_fixture import write_corpus
 from engines import engine_on
 from test_layout import NOW, corpora, edited

@@ -60,6 +60,7 @@ def start_server(
                 break
             except httpx2.TransportError:
                 if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()  # reading stderr waits for it to close
                     stderr = process.stderr.read() if process.stderr else b""
                     raise RuntimeError(f"the server did not start: {stderr.decode()}") from None
                 time.sleep(0.05)

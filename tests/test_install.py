@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from corpus_cache.client_config import (
+from corpus_cache.cli.client_config import (
     claude_mcp_add,
     desktop_config_path,
     desktop_entry,

@@ -24,7 +24,7 @@ import anyio
 import pytest
 from mcp import Client, MCPError, StdioServerParameters
 
-from corpus_cache.ledger import MIGRATIONS, Ledger
+from corpus_cache.accounting.ledger import MIGRATIONS, Ledger
 from corpus_fixture import write_corpus
 
 pytestmark = pytest.mark.anyio

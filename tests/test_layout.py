@@ -355,7 +355,7 @@ def test_the_cut_optimiser_finds_the_cheapest_cuts(
 
 
 def test_the_default_budget_is_the_window_less_a_reserve_and_below_a_price_tier() -> None:
-    from corpus_cache.catalog import load_catalog
+    from corpus_cache.models.catalog import load_catalog
     from corpus_cache.plan.budget import default_budget
 
     catalog = load_catalog()

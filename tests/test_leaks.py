@@ -17,10 +17,10 @@ from mcp.shared.exceptions import MCPError
 from watchdog.utils.dirsnapshot import DirectorySnapshot
 
 from conftest import Control
+from corpus_cache.corpus.paths import corpus_relative
 from corpus_cache.corpus.scan import scan
 from corpus_cache.corpus.watch import _scandir_pruned
 from corpus_cache.errors import InvalidArgumentError
-from corpus_cache.paths import corpus_relative
 from corpus_fixture import write_corpus
 from engines import engine_on
 from live_folder import Swaps, paths, watched

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from corpus_cache.ledger import MIGRATIONS, Ledger, RequestRecord
-from corpus_cache.pricing import Usage
+from corpus_cache.accounting.ledger import MIGRATIONS, Ledger, RequestRecord
+from corpus_cache.models.pricing import Usage
 
 
 def test_opening_twice_runs_each_migration_once(tmp_path: Path) -> None:

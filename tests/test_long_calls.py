@@ -11,7 +11,7 @@ import pytest
 
 from conftest import Control
 from corpus_cache.errors import DeadlineExceededError
-from corpus_cache.heartbeat import with_heartbeat
+from corpus_cache.mcp_surface.heartbeat import with_heartbeat
 from corpus_fixture import write_corpus
 from mcp_session import serving
 

@@ -20,8 +20,8 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated, ServerEvent
 
 from conftest import Control
-from corpus_cache.engine import Engine
-from corpus_cache.mcp_server import build_server
+from corpus_cache.engine.core import Engine
+from corpus_cache.mcp_surface.server import build_server
 from corpus_fixture import write_corpus
 from engines import engine_on
 from live_folder import DEADLINE, Swaps, paths, watched

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from corpus_cache.corpus.paths import corpus_relative
 from corpus_cache.errors import InvalidArgumentError
-from corpus_cache.paths import corpus_relative
 
 
 @pytest.mark.parametrize(

@@ -10,15 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import Control
-from corpus_cache.keeping import next_ping_at
-from corpus_cache.policy import (
+from corpus_cache.cache.keeping import next_ping_at
+from corpus_cache.cache.policy import (
     Prices,
     _expected,
     _expected_with_upgrade,
     considered_gaps,
     decide,
 )
-from corpus_cache.results import render_status, status
+from corpus_cache.mcp_surface.results import render_status, status
 from corpus_fixture import write_corpus
 from engines import engine_on
 
@@ -211,7 +211,7 @@ async def test_a_restart_remembers_how_questions_arrive(
 async def test_prewarm_writes_the_cache_after_a_change_and_says_what_it_cost(
     tmp_path: Path, running_emulator: Any, emulator: Control
 ) -> None:
-    from corpus_cache.warm import prewarm_after_changes
+    from corpus_cache.engine.warm import prewarm_after_changes
 
     corpus = write_corpus(tmp_path / "corpus")
     async with engine_on(
@@ -240,8 +240,8 @@ async def test_prewarm_writes_the_cache_after_a_change_and_says_what_it_cost(
 async def test_a_quiet_cache_is_upgraded_to_1_hour_for_the_price_of_a_marker(
     tmp_path: Path, running_emulator: Any, emulator: Control
 ) -> None:
-    from corpus_cache.request import MARKER
-    from corpus_cache.warm import keep_warm_due
+    from corpus_cache.api.request import MARKER
+    from corpus_cache.engine.warm import keep_warm_due
 
     clock = [1_900_000_000.0]
     emulator.freeze(clock[0])

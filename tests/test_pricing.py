@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corpus_cache.catalog import load_catalog
-from corpus_cache.pricing import Usage, cost_usd, uncached_cost_usd
+from corpus_cache.models.catalog import load_catalog
+from corpus_cache.models.pricing import Usage, cost_usd, uncached_cost_usd
 
 CATALOG = load_catalog()
 

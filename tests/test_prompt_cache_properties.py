@@ -7,10 +7,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corpus_cache.catalog import load_catalog
 from corpus_cache.emulator.positions import Prompt
 from corpus_cache.emulator.prompt import parse_messages_request
 from corpus_cache.emulator.prompt_cache import PromptCache
+from corpus_cache.models.catalog import load_catalog
 from prompts import words
 
 CATALOG = load_catalog()

@@ -9,8 +9,8 @@ import pytest
 from mcp import Client
 
 from conftest import Control
-from corpus_cache.mcp_server import build_server
-from corpus_cache.warm import WARM_QUESTION
+from corpus_cache.engine.warm import WARM_QUESTION
+from corpus_cache.mcp_surface.server import build_server
 from corpus_fixture import write_corpus
 from engines import engine_on
 from live_folder import Swaps, watched

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from corpus_cache.api.request import INSTRUCTIONS, build_request, map_answer
 from corpus_cache.corpus.documents import Document, Snapshot
 from corpus_cache.plan.layout import plan_shard
 from corpus_cache.plan.stability import DocInfo
-from corpus_cache.request import INSTRUCTIONS, build_request, map_answer
 
 
 def snapshot(texts: dict[str, str]) -> Snapshot:

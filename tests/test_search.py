@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corpus_cache.corpus.documents import Document, Snapshot
-from corpus_cache.search import K1, PASSAGE_LINES, B, SearchIndex
+from corpus_cache.corpus.search import K1, PASSAGE_LINES, B, SearchIndex
 
 
 def snapshot(texts: dict[str, str], version: int = 1) -> Snapshot:

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import Control
-from corpus_cache.cli import _settings, build_parser
+from corpus_cache.cli.main import _settings, build_parser
 from corpus_cache.corpus.scan import ScanOptions, scan
 from corpus_cache.corpus.secret_content import describe, find_secrets
 from corpus_fixture import write_corpus

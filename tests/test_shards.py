@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import Control
-from corpus_cache.engine import Engine
+from corpus_cache.engine.core import Engine
 from corpus_cache.plan.route import SUPPORT_WEIGHT, SUPPORTING_HITS, rank_shards
 from corpus_fixture import FACTS, write_corpus
 from engines import engine_on

@@ -12,10 +12,16 @@ from typing import Any
 import pytest
 
 from conftest import Control
-from corpus_cache.ledger import M001_INITIAL, M002_SHARD_AND_TTL, MIGRATIONS, Ledger, RequestRecord
-from corpus_cache.pricing import Usage
-from corpus_cache.report_html import render_report
-from corpus_cache.stats import collect_stats, render_stats
+from corpus_cache.accounting.ledger import (
+    M001_INITIAL,
+    M002_SHARD_AND_TTL,
+    MIGRATIONS,
+    Ledger,
+    RequestRecord,
+)
+from corpus_cache.accounting.report_html import render_report
+from corpus_cache.accounting.stats import collect_stats, render_stats
+from corpus_cache.models.pricing import Usage
 from corpus_fixture import write_corpus
 from engines import engine_on
 

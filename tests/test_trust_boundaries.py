@@ -15,10 +15,10 @@ import pytest
 
 import corpus_cache
 from conftest import Control
-from corpus_cache.guidance import INSTRUCTIONS as SERVER_INSTRUCTIONS
-from corpus_cache.http_transport import BearerTokenMiddleware, http_app
-from corpus_cache.mcp_server import build_server
-from corpus_cache.request import INSTRUCTIONS
+from corpus_cache.api.request import INSTRUCTIONS
+from corpus_cache.mcp_surface.guidance import INSTRUCTIONS as SERVER_INSTRUCTIONS
+from corpus_cache.mcp_surface.http_transport import BearerTokenMiddleware, http_app
+from corpus_cache.mcp_surface.server import build_server
 from corpus_fixture import write_corpus
 from engines import engine_on
 from mcp_session import serving

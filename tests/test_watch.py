@@ -14,7 +14,7 @@ import pytest
 
 from conftest import Control
 from corpus_cache.corpus.watch import FolderWatcher
-from corpus_cache.engine import Engine
+from corpus_cache.engine.core import Engine
 from engines import engine_on
 from live_folder import Swaps, condition, paths, text_of, watched
 

@@ -27,8 +27,8 @@ from mcp.types import TextContent
 from pathspec import GitIgnoreSpec
 
 from budget import fuzz_settings
-from corpus_cache.bounds import RESULT_MAX_CHARS, result_chars
-from corpus_cache.catalog import ModelSpec, load_catalog
+from corpus_cache.api.request import INSTRUCTIONS, build_request, document_block
+from corpus_cache.api.tokens import content_key
 from corpus_cache.corpus.documents import Document, Snapshot
 from corpus_cache.corpus.encodings import decode
 from corpus_cache.corpus.extract import EXTRACTED_SUFFIXES
@@ -38,12 +38,12 @@ from corpus_cache.corpus.scan import ScanOptions, ScanResult, is_secret, scan
 from corpus_cache.corpus.secret_content import find_secrets
 from corpus_cache.emulator import RunningEmulator
 from corpus_cache.emulator.prompt import parse_count_tokens_request, parse_messages_request
+from corpus_cache.mcp_surface.bounds import RESULT_MAX_CHARS, result_chars
+from corpus_cache.models.catalog import ModelSpec, load_catalog
 from corpus_cache.plan.anchors import MAX_ANCHORS, select_breakpoints
 from corpus_cache.plan.budget import default_budget
 from corpus_cache.plan.layout import MAX_BREAKPOINTS, Layout, plan_corpus, safe_minimum
 from corpus_cache.plan.stability import HOT_WINDOW, DocInfo
-from corpus_cache.request import INSTRUCTIONS, build_request, document_block
-from corpus_cache.tokens import content_key
 from served import Served, served_in_a_portal
 from trees import OUTSIDE_MARKER, Entry, Written, empty, trees, write_tree
 

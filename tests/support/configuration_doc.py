@@ -12,7 +12,7 @@ import sys
 
 from pydantic_core import PydanticUndefined
 
-from corpus_cache.cli import build_parser
+from corpus_cache.cli.main import build_parser
 from corpus_cache.config import Settings
 
 HEADER = """# Configuration

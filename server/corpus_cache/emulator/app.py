@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..catalog import Catalog
+from corpus_cache.models.catalog import Catalog
+
 from .control import Fault
 from .errors import ApiError, invalid
 from .service import Completion, EmulatorService

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..catalog import ModelSpec
+from corpus_cache.models.catalog import ModelSpec
 
 Ttl = Literal["5m", "1h"]
 Section = Literal["tools", "system", "messages"]

@@ -13,7 +13,8 @@ import hashlib
 import json
 from typing import Any
 
-from ..catalog import Catalog, ModelSpec, UnknownModelError
+from corpus_cache.models.catalog import Catalog, ModelSpec, UnknownModelError
+
 from .errors import invalid, not_found
 from .positions import TTL_SECONDS, MessagesRequest, Position, Prompt, Section, Source, Ttl
 from .tokenizer import FRAMING, count_text

@@ -9,7 +9,8 @@ from types import TracebackType
 
 import uvicorn
 
-from ..catalog import Catalog, load_catalog
+from corpus_cache.models.catalog import Catalog, load_catalog
+
 from .app import build_app
 from .service import EmulatorService
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from ..catalog import Catalog, ModelSpec
+from corpus_cache.models.catalog import Catalog, ModelSpec
+
 from .answer import answer_blocks
 from .control import FaultPlan, RequestLog, VirtualClock
 from .errors import not_found

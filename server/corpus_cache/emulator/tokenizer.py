@@ -17,7 +17,7 @@ import math
 import re
 from functools import lru_cache
 
-from ..catalog import Tokenizer
+from corpus_cache.models.catalog import Tokenizer
 
 _PIECE = re.compile(r"\w+|\s+|[^\w\s]", re.UNICODE)
 

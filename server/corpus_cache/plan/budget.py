@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..catalog import ModelSpec
+from corpus_cache.models.catalog import ModelSpec
 
 DEFAULT_RESERVE = 16_000  # the question, a conversation so far, and the answer
 

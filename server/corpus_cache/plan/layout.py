@@ -30,14 +30,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
+from ..models.pricing import Ttl
 from .anchors import MAX_ANCHORS
 from .breakpoints import choose_cuts
 from .shards import assign_shards
 from .stability import DocInfo, is_hot, rates, stability_order
-
-Ttl = Literal["5m", "1h"]
 
 MAX_BREAKPOINTS = 4  # per request, the API's limit
 SESSION_CORPUS_BREAKPOINTS = 3  # in a session, the fourth caches the conversation

@@ -1,0 +1,250 @@
+"""Which Messages API the product talks to: Anthropic's, or the built-in emulator.
+
+With ANTHROPIC_API_KEY set (and not --offline) the SDK reads its key and ANTHROPIC_BASE_URL
+as it always does. Without a key, an emulator starts in-process on a free loopback port.
+Either way the product's code path is the same: the SDK over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import httpx2
+from anthropic import AsyncAnthropic
+
+from corpus_cache.emulator import RunningEmulator, start_in_thread
+from corpus_cache.models.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+EMULATOR_HEADER = "x-corpus-cache-emulator"
+ANTHROPIC = "anthropic"
+OFFLINE_EMULATOR = "offline-emulator"
+
+# Retries after a 408, 409, 429, 5xx or a connection failure, so up to 3 attempts. The SDK
+# waits what retry-after says, else about 0.5 s then 1 s; a wait past `ask_deadline` ends
+# at the deadline instead.
+API_RETRIES = 2
+
+
+class IncompleteResponseError(Exception):
+    """A response stream ended before `message_stop`: what arrived is not the answer."""
+
+
+# What a Messages API call can fail with: the SDK's errors, and, once a response streams,
+# a connection that breaks, a body that is not JSON, and a stream that stops early.
+API_FAILURES: tuple[type[Exception], ...] = (
+    anthropic.APIError,
+    httpx2.TransportError,
+    json.JSONDecodeError,
+    IncompleteResponseError,
+)
+
+
+@dataclass
+class Backend:
+    client: AsyncAnthropic
+    kind: str
+    emulator: RunningEmulator | None = None
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.emulator is not None:
+            self.emulator.stop()
+
+
+def open_backend(catalog: Catalog, *, offline: bool, timeout: float) -> Backend:
+    if not offline and os.environ.get("ANTHROPIC_API_KEY"):
+        return Backend(api_client(timeout=timeout, max_retries=API_RETRIES), ANTHROPIC)
+    emulator = start_in_thread(catalog=catalog)
+    log.warning(
+        "no ANTHROPIC_API_KEY%s: answering with the offline emulator at %s "
+        "(extractive answers, not Claude)",
+        " used (--offline)" if offline else "",
+        emulator.base_url,
+    )
+    client = api_client(
+        base_url=emulator.base_url,
+        api_key="offline-emulator",
+        timeout=timeout,
+        max_retries=API_RETRIES,
+    )
+    return Backend(client, OFFLINE_EMULATOR, emulator)
+
+
+def api_client(**options: Any) -> AsyncAnthropic:
+    """The SDK's client (`options` as AsyncAnthropic takes them), noting every time the API
+    asks to wait (see `noting_throttles`)."""
+    hooks = {"response": [_note_throttle]}
+    return AsyncAnthropic(
+        http_client=anthropic.DefaultAsyncHttpxClient(event_hooks=hooks), **options
+    )
+
+
+# --- the API asking to wait: why a deadline passed -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """A 429 or 529 the API answered, with the wait its retry-after asked for."""
+
+    status: int
+    retry_after: str | None
+
+
+_throttles: ContextVar[list[Throttle] | None] = ContextVar("corpus_cache_throttles", default=None)
+
+
+@contextmanager
+def noting_throttles() -> Iterator[list[Throttle]]:
+    """Within it, each 429 and 529 the API answers to this task's calls, the SDK's retries
+    included, is added to the list it gives. The SDK waits out a retry-after before asking
+    again, and a deadline may end that wait: then the list says why the answer is late."""
+    noted: list[Throttle] = []
+    token = _throttles.set(noted)
+    try:
+        yield noted
+    finally:
+        _throttles.reset(token)
+
+
+async def _note_throttle(response: httpx2.Response) -> None:
+    noted = _throttles.get()
+    if noted is not None and response.status_code in (429, 529):
+        noted.append(Throttle(response.status_code, response.headers.get("retry-after")))
+
+
+def deadline_advice(throttles: Sequence[Throttle], otherwise: str) -> str:
+    """What to tell a user whose call a deadline ended, given what the API answered meanwhile."""
+    if not throttles:
+        return otherwise
+    last = throttles[-1]
+    wait = (
+        f" and asked to wait {last.retry_after} s before the next attempt"
+        if last.retry_after
+        else ""
+    )
+    if last.status == 429:
+        return f"the Anthropic API was rate-limiting this key (429){wait}; ask again after that"
+    return f"the Anthropic API was overloaded (529){wait}; ask again in a minute"
+
+
+def backend_of_response(headers: object, default: str) -> str:
+    """An answer is labelled by the server that actually produced it."""
+    get = getattr(headers, "get", None)
+    if get is not None and get(EMULATOR_HEADER):
+        return OFFLINE_EMULATOR
+    return default
+
+
+def describe_api_error(exc: BaseException, *, received: int | None = None) -> str:
+    """What went wrong with a Messages API call and what to do, for the user; says how many
+    attempts were made when the SDK retried.
+
+    `received` is how many characters of the answer had arrived when the response had begun
+    (its `message_start` was read), None when it had not. A failure after that start is a
+    broken answer, whatever the HTTP library and the SDK call the exception: they wrap and
+    reword transport errors from one release to the next, so the state decides, not the text.
+    """
+    if received is not None:
+        broken = _describe_broken_answer(exc, received)
+        if broken is not None:
+            return broken
+    tries = _attempts(exc)
+    if isinstance(exc, anthropic.APITimeoutError):
+        return (
+            f"the Anthropic API did not answer in time{tries}; try again shortly, or allow "
+            "longer with CORPUS_CACHE_REQUEST_TIMEOUT"
+        )
+    if isinstance(exc, anthropic.APIConnectionError):
+        cause = f" ({exc.__cause__})" if exc.__cause__ and str(exc.__cause__) else ""
+        return (
+            f"cannot reach the Anthropic API at {exc.request.url.host}:{exc.request.url.port}"
+            f"{tries}{cause}; check the network connection and ANTHROPIC_BASE_URL"
+        )
+    if isinstance(exc, anthropic.APIStatusError):
+        return _describe_status(exc, tries)
+    if isinstance(exc, anthropic.APIResponseValidationError):
+        return "the Anthropic API's response was not in the shape expected; ask again"
+    if isinstance(exc, httpx2.TimeoutException):
+        return "the Anthropic API stopped sending in the middle of the answer; ask again"
+    if isinstance(exc, httpx2.TransportError):
+        return (
+            "the connection to the Anthropic API broke while the answer was arriving "
+            f"({type(exc).__name__}); ask again"
+        )
+    if isinstance(exc, json.JSONDecodeError):
+        return f"the Anthropic API's response could not be read (not JSON: {exc.msg}); ask again"
+    if isinstance(exc, IncompleteResponseError):
+        return "the Anthropic API's response ended before the answer was complete; ask again"
+    return f"the Anthropic API call failed: {exc}"
+
+
+def _describe_broken_answer(exc: BaseException, received: int) -> str | None:
+    """A response that had begun and did not end: why, by the exception's kind. None for an
+    error the API itself reported in the stream (an `error` event), described as a status."""
+    after = f"after {received:,} characters of the answer"
+    ask = "only the usage the API reported is recorded; ask again"
+    if isinstance(exc, IncompleteResponseError):
+        return f"the Anthropic API's response ended before the answer was complete ({after}); {ask}"
+    if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
+        return f"the Anthropic API stopped sending in the middle of the answer ({after}); {ask}"
+    if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
+        broke = "the connection to the Anthropic API broke while the answer was arriving"
+        return f"{broke} ({after}); {ask}"
+    return None
+
+
+def may_have_been_billed(exc: BaseException) -> bool:
+    """False when the API surely did not process the request: it answered with an error
+    status, or no connection was made. Otherwise it may have, and may bill it."""
+    if isinstance(exc, anthropic.APIStatusError):
+        return exc.status_code < 400  # an error event in a response that had begun
+    if isinstance(exc, anthropic.APIConnectionError) and not isinstance(
+        exc, anthropic.APITimeoutError
+    ):
+        return not isinstance(exc.__cause__, httpx2.ConnectError)
+    return True
+
+
+def _attempts(exc: BaseException) -> str:
+    if not isinstance(exc, anthropic.APIError):
+        return ""
+    try:
+        retries = int(exc.request.headers.get("x-stainless-retry-count", "0"))
+    except ValueError:
+        return ""
+    return f" after {retries + 1} attempts" if retries else ""
+
+
+def _describe_status(exc: anthropic.APIStatusError, tries: str) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    found = body.get("error")
+    error: dict[str, Any] = found if isinstance(found, dict) else {}
+    kind = error.get("type")
+    detail = error.get("message") or str(exc)
+    status = exc.status_code
+    # A 200 whose stream carried an error event: the API failed after it began answering.
+    code = f"{status}" if status >= 400 else f"{kind}, in the middle of the answer"
+    if status == 529 or kind == "overloaded_error":
+        return f"the Anthropic API is overloaded ({code}){tries}; try again in a minute"
+    if status == 429 or kind == "rate_limit_error":
+        wait = exc.response.headers.get("retry-after")
+        when = f"in {wait} s" if wait else "shortly"
+        return f"the Anthropic API is rate-limiting this key ({code}){tries}; try again {when}"
+    if status == 401 or kind == "authentication_error":
+        return "the Anthropic API refused the API key: check ANTHROPIC_API_KEY"
+    if status >= 500 or status < 400:
+        return (
+            f"the Anthropic API failed with an internal error ({code}){tries}: {detail}; "
+            "try again shortly"
+        )
+    return f"the Anthropic API answered {status}: {detail}"

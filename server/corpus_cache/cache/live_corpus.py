@@ -1,0 +1,82 @@
+"""The corpus a question is answered against (`Corpus`), and what goes with its layout:
+the identity of each anchor's cache entry, the old copies of edited documents the layout
+keeps, and the marker blocks it carries. Pure: the engine decides when to swap one in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from corpus_cache.api.tokens import content_key
+from corpus_cache.cache import markers as marker_blocks
+from corpus_cache.corpus.documents import Document, Snapshot
+from corpus_cache.corpus.search import SearchIndex
+from corpus_cache.plan.layout import Layout, Shard
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Everything a question is answered against; replaced whole, never changed."""
+
+    snapshot: Snapshot
+    tokens: dict[str, int]
+    layout: Layout
+    index: SearchIndex = field(repr=False)
+    # Per shard: anchor position -> identity of the cache entry its prefix would have.
+    anchor_ids: dict[int, dict[int, str]] = field(default_factory=dict, repr=False)
+    # Old copies of edited documents the layout keeps in a live cached prefix, by (path, key).
+    superseded: dict[tuple[str, str], Document] = field(default_factory=dict, repr=False)
+    # Per shard: anchor position -> marker blocks after that document, which turn a live
+    # cached prefix into a 1-hour entry (see markers.py).
+    markers: dict[int, dict[int, int]] = field(default_factory=dict, repr=False)
+
+    @property
+    def corpus_tokens(self) -> int:
+        return sum(self.tokens.values())
+
+    @property
+    def shards(self) -> tuple[Shard, ...]:
+        return self.layout.shards
+
+    def shard(self, number: int) -> Shard:
+        return next(s for s in self.layout.shards if s.number == number)
+
+
+def with_entries(corpus: Corpus, previous: Corpus | None, model: str) -> Corpus:
+    """`corpus` with what goes with its layout, planned after `previous`: the cache
+    entries' identities, the old copies it keeps and the marker blocks it carries over."""
+    layout = corpus.layout
+    markers = marker_blocks.carried_in_layout(
+        previous.layout if previous else None, layout, previous.markers if previous else {}
+    )
+    return replace(
+        corpus, anchor_ids=marker_blocks.anchor_ids(layout, model, markers),
+        superseded=_superseded(layout, previous), markers=markers,
+    )  # fmt: skip
+
+
+def marked(corpus: Corpus, shard: int, markers: dict[int, int], model: str) -> Corpus:
+    """`corpus` with `markers` for shard number `shard`, and the entry identities that
+    follow: a marker block is part of every prefix after it."""
+    every = {**corpus.markers, shard: markers}
+    return replace(
+        corpus, markers=every, anchor_ids=marker_blocks.anchor_ids(corpus.layout, model, every)
+    )
+
+
+def _superseded(layout: Layout, previous: Corpus | None) -> dict[tuple[str, str], Document]:
+    """The old copies `layout` keeps, from the corpus it was planned after (they were that
+    corpus's documents, or old copies it kept itself)."""
+    kept: dict[tuple[str, str], Document] = {}
+    if previous is None:
+        return kept
+    for shard in layout.shards:
+        plan = shard.plan
+        for position in plan.superseded:
+            path, key = plan.order[position], plan.keys[position]
+            doc = previous.snapshot.get(path)
+            if doc is None or content_key(doc) != key:
+                doc = previous.superseded.get((path, key))
+            if doc is None:
+                raise RuntimeError(f"no old copy of {path} to keep in the layout")
+            kept[(path, key)] = doc
+    return kept

@@ -1,0 +1,1 @@
+"""The `corpus-cache` command: serve, ask, plan, stats, report, demo, install."""

@@ -1,0 +1,427 @@
+"""The `corpus-cache` command."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from corpus_cache import __version__
+from corpus_cache.cli.install import add_install_command
+from corpus_cache.config import DEFAULT_MODEL, Settings
+from corpus_cache.corpus.scan import CorpusNotFoundError
+from corpus_cache.errors import CorpusCacheError, SetupError
+from corpus_cache.models.catalog import CatalogError, UnknownModelError, load_catalog
+
+if TYPE_CHECKING:
+    from mcp.server import MCPServer
+
+DEFAULT_HTTP_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8765
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from corpus_cache.emulator.runner import serve_forever
+
+    if not _is_loopback(args.host) and not args.allow_remote:
+        print(
+            f"refusing to bind {args.host}: the emulator accepts any API key and is meant for "
+            "loopback only; pass --allow-remote if you really mean it",
+            file=sys.stderr,
+        )
+        return 2
+    catalog = load_catalog(args.models_file)
+    print(
+        f"corpus-cache emulator: http://{args.host}:{args.port} "
+        f"(offline Anthropic Messages API, models as of {catalog.as_of}); "
+        f"use ANTHROPIC_BASE_URL=http://{args.host}:{args.port} with any ANTHROPIC_API_KEY",
+        file=sys.stderr,
+    )
+    serve_forever(args.host, args.port, catalog)
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    given = {
+        "corpus": getattr(args, "corpus", None),
+        "model": getattr(args, "model", None),
+        "offline": True if getattr(args, "offline", False) else None,
+        "budget_tokens": getattr(args, "budget_tokens", None),
+        "max_file_bytes": getattr(args, "max_file_bytes", None),
+        "allow_secret_content": True if getattr(args, "allow_secret_content", False) else None,
+        "fan_out": getattr(args, "fan_out", None),
+        "ttl": getattr(args, "ttl", None),
+        "prewarm": True if getattr(args, "prewarm", False) else None,
+        "max_usd_per_day": getattr(args, "max_usd_per_day", None),
+        "models_file": args.models_file,
+        "ask_deadline": getattr(args, "ask_deadline", None),
+        "watch": False if getattr(args, "no_watch", False) else None,
+        "poll": True if getattr(args, "poll", False) else None,
+        "debounce_ms": getattr(args, "debounce_ms", None),
+        "auth_token": getattr(args, "auth_token", None),
+    }
+    return Settings(**{k: v for k, v in given.items() if v is not None})
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _check_transport(args, settings)  # before importing and indexing, which take a while
+
+    from corpus_cache.engine.runtime import keeping_warm, running_engine, watching
+    from corpus_cache.mcp_surface.server import build_server
+
+    async def run() -> None:
+        async with running_engine(settings) as engine:
+            server = build_server(engine)
+            async with watching(engine), keeping_warm(engine):
+                await _serve_mcp(server, args, settings)
+
+    anyio.run(run)
+    return 0
+
+
+def _auth_token(settings: Settings) -> str | None:
+    token = settings.auth_token.get_secret_value() if settings.auth_token else ""
+    return token or None
+
+
+def _check_transport(args: argparse.Namespace, settings: Settings) -> None:
+    from corpus_cache.mcp_surface.http_transport import check_bind
+
+    if args.transport == "http":
+        check_bind(args.host or DEFAULT_HTTP_HOST, _auth_token(settings))
+        return
+    given = [flag for flag, value in (("--host", args.host), ("--port", args.port)) if value]
+    if args.auth_token:
+        given.append("--auth-token")
+    if given:
+        raise SetupError(f"{', '.join(given)} apply to --transport http only")
+
+
+async def _serve_mcp(server: MCPServer, args: argparse.Namespace, settings: Settings) -> None:
+    if args.transport == "http":
+        from corpus_cache.mcp_surface.http_transport import serve_http
+
+        host, port = args.host or DEFAULT_HTTP_HOST, args.port or DEFAULT_HTTP_PORT
+        await serve_http(server, host, port, _auth_token(settings))
+    else:
+        await server.run_stdio_async()
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from corpus_cache.engine.runtime import running_engine
+    from corpus_cache.mcp_surface.results import ask_result, render_answer
+
+    settings = _settings(args)
+
+    async def run() -> str:
+        async with running_engine(settings) as engine:
+            result = ask_result(await engine.ask(args.question))
+        return result.model_dump_json(indent=2) if args.json else render_answer(result)
+
+    print(anyio.run(run))
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from corpus_cache.cli.plan_report import plan_report, render_plan
+    from corpus_cache.engine.runtime import running_engine
+
+    settings = _settings(args)
+
+    async def run() -> str:
+        async with running_engine(settings) as engine:
+            report = plan_report(engine)
+        return json.dumps(report, indent=2) if args.json else render_plan(report, args.all)
+
+    print(anyio.run(run))
+    return 0
+
+
+def _ledger_path() -> Path:
+    from corpus_cache.config import Settings as _S
+
+    state_dir = _S.model_fields["state_dir"].get_default(call_default_factory=True)
+    return Path(os.environ.get("CORPUS_CACHE_STATE_DIR") or state_dir) / "ledger.sqlite3"
+
+
+def _corpus_key(args: argparse.Namespace) -> str | None:
+    return str(args.corpus.expanduser().resolve()) if args.corpus else None
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from corpus_cache.accounting.ledger import Ledger
+    from corpus_cache.accounting.stats import collect_stats, render_stats
+
+    ledger_path = _ledger_path()
+    if not ledger_path.exists():
+        print(f"no ledger yet at {ledger_path}: nothing has been asked", file=sys.stderr)
+        return 0
+    ledger = Ledger(ledger_path)
+    try:
+        stats = collect_stats(ledger, _corpus_key(args), time.time())
+    finally:
+        ledger.close()
+    print(json.dumps(stats.as_dict(), indent=2) if args.json else render_stats(stats))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from corpus_cache.accounting.ledger import Ledger
+    from corpus_cache.accounting.report_html import render_report
+    from corpus_cache.accounting.stats import collect_stats
+
+    layout = None
+    if args.corpus:
+        from corpus_cache.cli.plan_report import plan_report
+        from corpus_cache.engine.runtime import running_engine
+
+        settings = _settings(args)
+
+        async def run() -> dict[str, object]:
+            async with running_engine(settings) as engine:
+                return plan_report(engine)
+
+        layout = anyio.run(run)
+    ledger = Ledger(_ledger_path())
+    try:
+        corpus = _corpus_key(args)
+        page = render_report(
+            ledger.history(corpus), collect_stats(ledger, corpus, time.time()), layout
+        )
+    finally:
+        ledger.close()
+    out: Path = args.html.expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    print(f"wrote {out.resolve()}", file=sys.stderr)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from corpus_cache.cli.demo import main as demo_main
+
+    corpus = args.corpus.expanduser().resolve()
+    if not corpus.is_dir():
+        print(f"corpus-cache: demo corpus not found: {corpus}", file=sys.stderr)
+        return 2
+    return demo_main(corpus)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="corpus-cache",
+        description="Pack a folder of documents into Anthropic prompt-cache blocks "
+        "and serve it over MCP.",
+    )
+    parser.add_argument("--version", action="version", version=f"corpus-cache {__version__}")
+    parser.add_argument(
+        "--models-file",
+        type=Path,
+        default=None,
+        help="a TOML file that overrides or adds model table entries "
+        "(default: $CORPUS_CACHE_MODELS_FILE)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    emulator = commands.add_parser(
+        "emulator",
+        help="serve an offline emulator of the Anthropic Messages API",
+        description="Serve an offline emulator of the Anthropic Messages API with faithful "
+        "prompt-cache accounting. It does not generate language: answers are extractive.",
+    )
+    emulator.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)"
+    )
+    emulator.add_argument("--port", type=int, default=8787, help="port (default: 8787)")
+    emulator.add_argument(
+        "--allow-remote", action="store_true", help="allow binding a non-loopback address"
+    )
+    emulator.set_defaults(run=_emulator)
+
+    def corpus_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--corpus", type=Path, required=True, help="the folder of documents")
+        command.add_argument("--model", help=f"Claude model id (default: {DEFAULT_MODEL})")
+        command.add_argument(
+            "--offline",
+            action="store_true",
+            help="answer with the built-in emulator even if ANTHROPIC_API_KEY is set",
+        )
+        command.add_argument(
+            "--budget-tokens",
+            type=int,
+            help="most corpus tokens per request; a larger corpus is split into shards "
+            "(default: the model's window less a reserve, below a price tier if any)",
+        )
+        command.add_argument(
+            "--fan-out", type=int, help="shards that answer each question (default: 1)"
+        )
+        command.add_argument(
+            "--max-file-bytes",
+            type=int,
+            help="larger text files, and PDF or DOCX files whose text is larger, are left out "
+            "(default: 2097152, or $CORPUS_CACHE_MAX_FILE_BYTES)",
+        )
+        command.add_argument(
+            "--allow-secret-content",
+            action="store_true",
+            help="send files whose text looks like a private key or an API or cloud "
+            "credential; by default they are left out with a warning",
+        )
+        command.add_argument(
+            "--prewarm",
+            action="store_true",
+            help="after a change in the folder, write the cache ahead of the next question",
+        )
+        command.add_argument(
+            "--ttl",
+            choices=("auto", "5m", "1h"),
+            help="cache TTL: auto (default) chooses from the gaps between questions; "
+            "5m or 1h fixes it",
+        )
+
+    def budget_option(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--max-usd-per-day",
+            type=float,
+            help="refuse, sending nothing, a question that would take the last 24 hours' "
+            "spend on this corpus over this many dollars (default: no cap, or "
+            "$CORPUS_CACHE_MAX_USD_PER_DAY)",
+        )
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a folder over MCP (stdio, or streamable HTTP)",
+        description="Serve a folder of documents over MCP, on stdio for Claude Desktop and "
+        "Claude Code, or over streamable HTTP at /mcp. Without ANTHROPIC_API_KEY, answers "
+        "come from the offline emulator.",
+    )
+    corpus_options(serve)
+    budget_option(serve)
+    serve.add_argument(
+        "--transport", choices=("stdio", "http"), default="stdio", help="default: stdio"
+    )
+    serve.add_argument(
+        "--host",
+        help=f"address to bind with --transport http (default: {DEFAULT_HTTP_HOST}); any "
+        "other than loopback needs --auth-token",
+    )
+    serve.add_argument(
+        "--port", type=int, help=f"port with --transport http (default: {DEFAULT_HTTP_PORT})"
+    )
+    serve.add_argument(
+        "--auth-token",
+        help="bearer token every HTTP request must carry (default: $CORPUS_CACHE_AUTH_TOKEN)",
+    )
+    serve.add_argument(
+        "--ask-deadline",
+        type=float,
+        help="seconds an `ask` may take before it ends with an error; keep it below your "
+        "client's timeout (default: 50, or $CORPUS_CACHE_ASK_DEADLINE)",
+    )
+    serve.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="do not watch the folder: edits are picked up by the refresh tool or a restart",
+    )
+    serve.add_argument(
+        "--poll",
+        action="store_true",
+        help="watch by polling the folder every second, for network mounts and other "
+        "filesystems whose change events do not arrive",
+    )
+    serve.add_argument(
+        "--debounce-ms",
+        type=int,
+        help="milliseconds of quiet after a change before the folder is rescanned, so a burst "
+        "of saves is one rescan (default: 100)",
+    )
+    serve.set_defaults(run=_serve)
+
+    ask = commands.add_parser("ask", help="ask one question about a folder and print the answer")
+    corpus_options(ask)
+    budget_option(ask)
+    ask.add_argument("question", help="the question")
+    ask.add_argument("--json", action="store_true", help="print the structured result")
+    ask.set_defaults(run=_ask)
+
+    plan = commands.add_parser(
+        "plan",
+        help="show how a folder is laid out in cache blocks and what a question costs",
+    )
+    corpus_options(plan)
+    plan.add_argument("--json", action="store_true", help="print JSON")
+    plan.add_argument("--all", action="store_true", help="list every document of every block")
+    plan.set_defaults(run=_plan)
+
+    stats = commands.add_parser(
+        "stats",
+        help="spent, uncached, saved, hit rate and requests (today, 7 days, all time), and "
+        "each shard's tokens, TTL and warm-until, from the ledger",
+    )
+    stats.add_argument("--corpus", type=Path, help="only this corpus (default: all)")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(run=_stats)
+
+    report = commands.add_parser(
+        "report",
+        help="write a self-contained HTML page of spend, savings, hit rate and tokens",
+        description="Write one HTML file (inline CSS and SVG charts, nothing fetched) from the "
+        "ledger: cumulative spend against the uncached counterfactual, hit rate over time, "
+        "tokens per shard and request kind, cache miss reasons; with --corpus, also the "
+        "current layout of that folder.",
+    )
+    report.add_argument("--html", type=Path, required=True, help="the file to write")
+    report.add_argument("--corpus", type=Path, help="only this corpus, and show its current layout")
+    report.set_defaults(run=_report)
+
+    demo = commands.add_parser(
+        "demo",
+        help="serve a folder over stdio, ask two questions with an MCP client, show the savings",
+    )
+    demo.add_argument(
+        "--corpus", type=Path, default=Path("corpora/handbook"), help="default: corpora/handbook"
+    )
+    demo.set_defaults(run=_demo)
+
+    add_install_command(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
+    )
+    for noisy in ("httpx", "httpx2", "uvicorn", "uvicorn.error", "mcp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except (CatalogError, UnknownModelError, CorpusNotFoundError, CorpusCacheError) as exc:
+        print(f"corpus-cache: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""`corpus-cache plan`: the layout of a corpus, for people (a table) and scripts (JSON)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corpus_cache.engine.core import Engine
+from corpus_cache.models.pricing import project_question
+
+SHOWN_PER_BLOCK = 8
+
+
+def plan_report(engine: Engine) -> dict[str, Any]:
+    corpus = engine.current
+    model = engine.model
+    shards = []
+    for shard in corpus.shards:
+        plan = shard.plan
+        cached = plan.blocks[-1].prefix_tokens if plan.cached else 0
+        cold, warm, uncached = project_question(
+            cached, plan.total_tokens - cached, model, ttl=plan.blocks[-1].ttl or "5m"
+        )
+        position = -1
+        blocks = []
+        for number, block in enumerate(plan.blocks, start=1):
+            first = position + 1
+            position += len(block.paths)
+            documents = [
+                {"path": path, "tokens": size, "old_copy": first + i in plan.superseded}
+                for i, (path, size) in enumerate(zip(block.paths, block.sizes, strict=True))
+            ]
+            blocks.append(
+                {
+                    "block": number,
+                    "documents": documents,
+                    "tokens": block.tokens,
+                    "prefix_tokens": block.prefix_tokens,
+                    "breakpoint_after_document": position if block.ttl else None,
+                    "ttl": block.ttl,
+                }
+            )
+        shards.append(
+            {
+                "shard": shard.number,
+                "tokens": plan.total_tokens,
+                "cached": plan.cached,
+                "note": plan.note,
+                "blocks": blocks,
+                "question_cost_usd": {
+                    "cold": round(cold, 6), "warm": round(warm, 6), "uncached": round(uncached, 6),
+                },
+            }
+        )  # fmt: skip
+    return {
+        "corpus": str(engine.settings.corpus),
+        "model": model.id,
+        "min_cacheable_tokens": model.min_cacheable_tokens,
+        "budget_tokens": corpus.layout.budget_tokens,
+        "documents": len(corpus.snapshot.documents),
+        "corpus_tokens": corpus.corpus_tokens,
+        "instructions_tokens": corpus.shards[0].plan.instructions_tokens,
+        "too_large": list(corpus.layout.oversized),
+        "left_out": engine.skipped_summary(),
+        "assumptions": "a question of 50 tokens and an answer of 500 tokens",
+        "shards": shards,
+    }
+
+
+def render_plan(report: dict[str, Any], show_all: bool = False) -> str:
+    lines = [
+        f"Corpus {report['corpus']}: {report['documents']} documents, "
+        f"{report['corpus_tokens']:,} tokens",
+        f"Model {report['model']}: minimum cacheable prefix {report['min_cacheable_tokens']:,} "
+        f"tokens; budget {report['budget_tokens']:,} tokens per request; "
+        f"{len(report['shards'])} shard(s)",
+    ]
+    for shard in report["shards"]:
+        costs = shard["question_cost_usd"]
+        lines.append("")
+        lines.append(f"Shard {shard['shard']}: {shard['tokens']:,} tokens. {shard['note']}.")
+        lines.append(f"  {'block':>5} {'docs':>5} {'tokens':>9} {'prefix':>9}  ttl")
+        for block in shard["blocks"]:
+            docs = block["documents"]
+            lines.append(
+                f"  {block['block']:>5} {len(docs):>5} {block['tokens']:>9,} "
+                f"{block['prefix_tokens']:>9,}  {block['ttl'] or '-'}"
+            )
+            shown = docs if show_all else docs[:SHOWN_PER_BLOCK]
+            for doc in shown:
+                lines.append(f"{'':14}{doc['tokens']:>9,}  {doc['path']}")
+            if len(shown) < len(docs):
+                lines.append(f"{'':25}... and {len(docs) - len(shown)} more (--all shows them)")
+        lines.append(
+            f"  one question: ${costs['cold']:.4f} cold (writes the cache), "
+            f"${costs['warm']:.4f} warm, ${costs['uncached']:.4f} uncached"
+        )
+    if report["too_large"]:
+        lines.append(f"Too large for the budget, left out: {', '.join(report['too_large'])}")
+    lines.append(f"(costs assume {report['assumptions']})")
+    return "\n".join(lines)

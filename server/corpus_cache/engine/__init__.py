@@ -1,0 +1,2 @@
+"""The live corpus and asking: refresh and swap, route, fan-out, coalescing,
+conversations, warming and keeping warm."""

@@ -1,0 +1,648 @@
+"""The engine: the live corpus (snapshot, token counts, plan, search index) and the work
+the tools do with it: ask Claude, search, read, report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import anyio
+
+from corpus_cache.accounting.ledger import Ledger, RequestRecord, Totals
+from corpus_cache.api.backend import (
+    API_FAILURES,
+    Backend,
+    IncompleteResponseError,
+    backend_of_response,
+    describe_api_error,
+)
+from corpus_cache.api.outcomes import cache_miss, failure_text
+from corpus_cache.api.request import (
+    INSTRUCTIONS,
+    build_request,
+    checked_question,
+    map_answer,
+    marked_anchors,
+)
+from corpus_cache.api.spending import DailyCap, estimate_usd
+from corpus_cache.api.tokens import TokenCounter
+from corpus_cache.cache import browse, live_corpus
+from corpus_cache.cache import markers as marker_blocks
+from corpus_cache.cache.entries import CacheEntries
+from corpus_cache.cache.history import History
+from corpus_cache.cache.live_corpus import Corpus
+from corpus_cache.cache.policy import Decision, Prices, anchor_ttls, decide, upgrades_at_question
+from corpus_cache.config import Settings
+from corpus_cache.corpus.documents import Document, Snapshot
+from corpus_cache.corpus.scan import ScanOptions, scan
+from corpus_cache.corpus.search import Hit, SearchIndex
+from corpus_cache.engine.answers import Answer, ShardAnswer, merge
+from corpus_cache.engine.sessions import NEW, Session, Sessions, Turn, estimate_tokens, trim_turns
+from corpus_cache.errors import (
+    ApiCallError,
+    CorpusCacheError,
+    CorpusTooLargeError,
+    InvalidArgumentError,
+    NotInCorpusError,
+    first_leaf,
+)
+from corpus_cache.models.catalog import Catalog, ModelSpec
+from corpus_cache.models.pricing import Ttl, Usage, cost_usd, uncached_cost_usd
+from corpus_cache.plan.anchors import select_breakpoints
+from corpus_cache.plan.budget import default_budget
+from corpus_cache.plan.layout import (
+    MAX_BREAKPOINTS,
+    SESSION_CORPUS_BREAKPOINTS,
+    Layout,
+    Shard,
+    plan_corpus,
+)
+from corpus_cache.plan.route import rank_shards
+from corpus_cache.plan.stability import DocInfo
+
+log = logging.getLogger(__name__)
+
+QUESTION_RESERVE = 2_000  # tokens kept free in the window for the question
+
+
+SwapListener = Callable[["Corpus | None", "Corpus"], Awaitable[None]]
+
+
+@dataclass
+class _Pin:
+    """What a session is bound to: the corpus and shard of its first question, and the
+    anchors that question's request marked (set once it is answered)."""
+
+    corpus: Corpus
+    shard: Shard
+    marked: tuple[int, ...] | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        backend: Backend,
+        ledger: Ledger,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.model: ModelSpec = catalog.get(settings.model)
+        self.backend = backend
+        self.ledger = ledger
+        self.counter = TokenCounter(backend.client, self.model.id, ledger)
+        self.clock = clock
+        self._corpus: Corpus | None = None
+        self._version = 0
+        self._instructions_tokens: int | None = None
+        self._refreshing = anyio.Lock()
+        self.entries = CacheEntries()  # the cache entries we believe alive
+        self._turn = 0
+        # Edits and question times, for the planner and the TTL policy.
+        self.history = History.from_requests(ledger.requests(self.corpus_key, limit=200))
+        self.last_prewarm: Any = None  # warm.Prewarmed, after a change, with --prewarm
+        self._listeners: list[SwapListener] = []
+        self._sessions: Sessions[_Pin] = Sessions(
+            idle_seconds=settings.session_idle_minutes * 60,
+            max_sessions=settings.max_sessions,
+            clock=clock,
+        )
+        # Cache entries being written, by anchor identity: set once the writing response
+        # has begun, when its entries become readable.
+        self._writing: dict[str, anyio.Event] = {}
+        self._daily_cap = DailyCap(settings, lambda since: self.totals(since).cost_usd, clock)
+        self._last_message: dict[int, str] = {}  # shard -> last answer's id, for diagnostics
+
+    def on_swap(self, listener: SwapListener) -> None:
+        """Call `listener(old, new)` after every swap of the live corpus (old is None at first)."""
+        self._listeners.append(listener)
+
+    @property
+    def corpus_key(self) -> str:
+        return str(self.settings.corpus)
+
+    @property
+    def indexed(self) -> bool:
+        """Whether there is a live corpus yet (`current` raises until refresh() has run)."""
+        return self._corpus is not None
+
+    @property
+    def current(self) -> Corpus:
+        if self._corpus is None:
+            raise RuntimeError("the corpus has not been indexed yet: call refresh() first")
+        return self._corpus
+
+    async def refresh(self, progress: Callable[[int, int], None] | None = None) -> Corpus:
+        """Rescan the folder and swap in a new corpus; unchanged files are not re-read.
+        Refreshes run one at a time; questions keep the corpus they started with."""
+        async with self._refreshing:
+            old = self._corpus
+            new = await self._rebuild(progress)
+            self._corpus = new  # one assignment: a question sees the old corpus or the new
+        for listener in self._listeners:
+            await listener(old, new)
+        return new
+
+    async def _rebuild(self, progress: Callable[[int, int], None] | None) -> Corpus:
+        previous = {d.path: d for d in self._corpus.snapshot.documents} if self._corpus else {}
+        # On a worker thread: tools keep answering from the live corpus while a big folder
+        # is walked.
+        options = ScanOptions(
+            max_file_bytes=self.settings.max_file_bytes,
+            allow_secret_content=self.settings.allow_secret_content,
+        )
+        result = await anyio.to_thread.run_sync(scan, self.settings.corpus, options, previous)
+        tokens = await self.counter.count(result.documents, progress)
+        if self._instructions_tokens is None:
+            self._instructions_tokens = await self.counter.count_system(INSTRUCTIONS)
+        now = self.clock()
+        docs = self.history.observe(result.documents, tokens, now)
+        layout = self._plan(docs, self._corpus, now)
+        self._version += 1
+        snapshot = Snapshot(
+            self.settings.corpus, self._version, now, result.documents, result.skipped
+        )
+        corpus = live_corpus.with_entries(
+            Corpus(snapshot, tokens, layout, SearchIndex(snapshot)), self._corpus, self.model.id
+        )
+        log.info(
+            "corpus v%d: %d documents, %d tokens, %d left out; %d shard(s): %s",
+            snapshot.version, len(snapshot.documents), corpus.corpus_tokens,
+            len(snapshot.skipped), len(layout.shards), layout.shards[0].plan.note,
+        )  # fmt: skip
+        return corpus
+
+    def _plan(self, docs: list[DocInfo], previous: Corpus | None, now: float) -> Layout:
+        assert self._instructions_tokens is not None
+        return plan_corpus(
+            docs,
+            min_cacheable_tokens=self.model.min_cacheable_tokens,
+            instructions_tokens=self._instructions_tokens,
+            budget_tokens=self.budget_tokens,
+            now=now,
+            previous=previous.layout if previous else None,
+            live=self._live_anchors(previous, now) if previous else None,
+        )
+
+    def _live_anchors(self, corpus: Corpus, now: float) -> dict[int, tuple[int, ...]]:
+        """Per shard, the anchors whose entries are alive as far as we know, those most
+        worth keeping first: the furthest (what the next question reads through), then
+        1-hour entries (the costliest to write again), then the others, furthest first."""
+        live: dict[int, tuple[int, ...]] = {}
+        for shard in corpus.shards:
+            ids = corpus.anchor_ids.get(shard.number, {})
+            ttls = self.entries.live(ids, shard.plan.anchors, now)
+            if ttls:
+                furthest = max(ttls)
+                live[shard.number] = tuple(
+                    sorted(ttls, key=lambda a: (a != furthest, ttls[a] != "1h", -a))
+                )
+        return live
+
+    async def _compacted(self) -> Corpus:
+        """The live corpus, without old copies of edited documents outside the live cache:
+        once the prefix that kept them has lapsed, the next request writes it anyway, and
+        it may as well write the current documents only."""
+        corpus = self.current
+        now = self.clock()
+        live = self._live_anchors(corpus, now)
+        if not any(
+            s.plan.superseded and max(s.plan.superseded) > max(live.get(s.number, (-1,)))
+            for s in corpus.shards
+        ):
+            return corpus
+        async with self._refreshing:
+            if self._corpus is not corpus:
+                return self.current
+            docs = self.history.doc_infos(corpus.snapshot.documents, corpus.tokens)
+            compact = live_corpus.with_entries(
+                replace(corpus, layout=self._plan(docs, corpus, now)), corpus, self.model.id
+            )
+            self._corpus = compact
+        log.info("old copies of edited documents dropped from the layout: their cache lapsed")
+        return compact
+
+    @property
+    def budget_tokens(self) -> int:
+        if self.settings.budget_tokens is not None:
+            return self.settings.budget_tokens
+        return default_budget(self.model, self.settings.reserve_tokens)
+
+    # --- ask --------------------------------------------------------------------------
+
+    def route(self, question: str, corpus: Corpus, fan_out: int) -> list[Shard]:
+        """The shards most likely to hold the answer, best first (all of one, if one)."""
+        if len(corpus.shards) == 1:
+            return list(corpus.shards)
+        hits = corpus.index.search(question, 50)
+        shard_of = corpus.layout.shard_of()
+        ranked = rank_shards(
+            ((h.passage.path, h.score) for h in hits), shard_of, [s.number for s in corpus.shards]
+        )
+        return [corpus.shard(n) for n in ranked[: max(1, fan_out)]]
+
+    async def ask(
+        self, question: str, fan_out: int | None = None, session: str | None = None
+    ) -> Answer:
+        """Answer from the shard(s) the question routes to, in parallel, merged in rank order.
+
+        `session`: "new" (or an id not in use) starts a conversation, an id in use continues
+        it; the answer says the session's id. Refused before anything is sent if it would
+        take the last 24 hours' spend over `max_usd_per_day`."""
+        question = checked_question(question)
+        if fan_out is not None and fan_out < 1:
+            raise InvalidArgumentError("fan_out must be at least 1")
+        if session is not None:
+            return await self._ask_in_session(question, fan_out, Sessions.check_id(session))
+        # This question's snapshot, whatever refreshes happen meanwhile.
+        corpus = await self._compacted()
+        self._check_documents(corpus)
+        chosen = self.route(question, corpus, fan_out or self.settings.fan_out)
+        estimate = sum(estimate_usd(self, corpus, shard, question) for shard in chosen)
+        with self._daily_cap.within(estimate):
+            answer = await self._ask_shards(question, corpus, chosen)
+        return replace(answer, estimated_usd=estimate)
+
+    def _check_documents(self, corpus: Corpus) -> None:
+        if not corpus.snapshot.documents:
+            raise NotInCorpusError(
+                f"the corpus folder {self.settings.corpus} holds no documents to ask about"
+            )
+
+    async def _ask_shards(self, question: str, corpus: Corpus, chosen: list[Shard]) -> Answer:
+        if len(chosen) == 1:
+            return merge(
+                corpus, [await self._ask_shard(question, corpus, chosen[0])], self.model.id
+            )
+        parts: dict[int, ShardAnswer] = {}
+
+        async def one(shard: Shard) -> None:
+            parts[shard.number] = await self._ask_shard(question, corpus, shard)
+
+        try:
+            async with anyio.create_task_group() as group:
+                for shard in chosen:
+                    group.start_soon(one, shard)
+        except BaseExceptionGroup as failures:
+            # One shard failing fails the question; say why as the single-shard path would.
+            first = first_leaf(failures)
+            if isinstance(first, CorpusCacheError):
+                raise first from failures
+            raise
+        return merge(corpus, [parts[s.number] for s in chosen], self.model.id)
+
+    async def _ask_in_session(self, question: str, fan_out: int | None, session_id: str) -> Answer:
+        """A question in a conversation: the session's corpus and shard (pinned at its first
+        question), then the conversation so far, then the question."""
+        if fan_out is not None and fan_out > 1:
+            raise InvalidArgumentError(
+                "a session is answered by one shard, the one it started on: leave fan_out out"
+            )
+        found: Session[_Pin] | None = None
+        if session_id != NEW:
+            found = self._sessions.get(session_id)
+        if found is None:
+            corpus = self.current
+            self._check_documents(corpus)
+            found = self._sessions.start(
+                session_id, _Pin(corpus, self.route(question, corpus, 1)[0])
+            )
+        async with found.lock:  # one question at a time per conversation
+            pin = found.pin
+            kept, dropped = trim_turns(
+                found.turns, estimate_tokens(question),
+                max_turns=self.settings.session_max_turns,
+                max_tokens=self.settings.session_max_tokens,
+            )  # fmt: skip
+            found.turns = list(kept)
+            found.dropped += dropped
+            estimate = estimate_usd(
+                self, pin.corpus, pin.shard, question, sum(t.tokens for t in kept)
+            )
+            with self._daily_cap.within(estimate):
+                part = await self._ask_shard(
+                    question, pin.corpus, pin.shard,
+                    conversation=[t.exchange for t in kept], marked=pin.marked, pinned=True,
+                )  # fmt: skip
+            if pin.marked is None:
+                pin.marked = part.marked  # follow-ups mark the same anchors: the same prefix
+            tokens = part.usage.output_tokens + estimate_tokens(question)
+            found.turns.append(Turn(question, part.raw_text, tokens))
+            found.last_used = self.clock()
+            turns = len(found.turns)
+        return replace(
+            merge(pin.corpus, [part], self.model.id),
+            estimated_usd=estimate,
+            session=found.id,
+            session_turns=turns,
+            session_dropped_turns=dropped,
+            session_snapshot_is_live=self.current.snapshot is pin.corpus.snapshot,
+        )
+
+    # --- one shard --------------------------------------------------------------------
+
+    async def _ask_shard(
+        self,
+        question: str,
+        corpus: Corpus,
+        shard: Shard,
+        *,
+        conversation: Sequence[tuple[str, str]] = (),
+        marked: Sequence[int] | None = None,
+        pinned: bool = False,
+    ) -> ShardAnswer:
+        """Ask one shard, streaming. `marked`: the anchors to mark (a session's follow-up
+        marks those of its first question); by default chosen from what is believed alive.
+        `pinned`: send `corpus` as it is (a session's), without adding or dropping marker
+        blocks (markers.py) as a question otherwise may, and mark at most three anchors:
+        the session's follow-ups mark the same ones and the conversation takes the fourth.
+
+        Coalescing: a request that would write a cold prefix while another request writing
+        that same prefix has not begun its response waits until it has, then reads it. The
+        other request may be on another snapshot that shares this one's first documents."""
+        plan = shard.plan
+        window = self.model.context_window
+        if plan.total_tokens + QUESTION_RESERVE + self.settings.max_answer_tokens > window:
+            raise CorpusTooLargeError(
+                f"shard {shard.number} is {plan.total_tokens:,} tokens, more than "
+                f"{self.model.id}'s {window:,}-token window allows with room for a question "
+                "and an answer; lower --budget-tokens"
+            )
+        if not pinned:
+            corpus = self._with_question_markers(corpus, shard)
+        ids = corpus.anchor_ids.get(shard.number, {})
+        while plan.anchors:
+            now = self.clock()
+            if self.entries.alive(ids[plan.anchors[-1]], now):
+                break  # warm: nothing to wait for
+            cold = (ids[a] for a in plan.anchors if not self.entries.alive(ids[a], now))
+            writing = next((self._writing[i] for i in cold if i in self._writing), None)
+            if writing is None:
+                break
+            await writing.wait()  # its entries are readable once its response has begun
+        self.history.asked(shard.number, self.clock())
+        params, answered = self.request_for(
+            corpus, shard, question, max_tokens=self.settings.max_answer_tokens,
+            marked=marked, conversation=conversation,
+            slots=SESSION_CORPUS_BREAKPOINTS if pinned else MAX_BREAKPOINTS,
+        )  # fmt: skip
+        params["diagnostics"] = {"previous_message_id": self._last_message.get(shard.number)}
+        ttl: str | None = None
+        # The entries this request writes, for requests that would write them too to wait on.
+        now = self.clock()
+        readable = anyio.Event()
+        writes = [ids[a] for a in marked_anchors(params) if not self.entries.alive(ids[a], now)]
+        for identity in writes:
+            self._writing.setdefault(identity, readable)
+
+        def release() -> None:
+            if not readable.is_set():
+                readable.set()
+                for identity in writes:
+                    if self._writing.get(identity) is readable:
+                        del self._writing[identity]
+
+        opened: Usage | None = None  # the usage message_start reported: the response began
+        received = 0  # characters of the answer's text that have arrived
+        stopped = False
+        started = time.perf_counter()
+        try:
+            async with self.backend.client.messages.stream(**params) as stream:
+                async for event in stream:
+                    if event.type == "message_start":
+                        # The cache usage comes first: the entries this request writes are
+                        # readable from now on, and requests waiting for them can go.
+                        opened = Usage.from_api(event.message.usage)
+                        ttl = answered(opened)
+                        release()
+                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        received += len(event.delta.text)
+                    elif event.type == "message_stop":
+                        stopped = True
+                if not stopped:  # the SDK would hand back what arrived as if it were whole
+                    raise IncompleteResponseError("the stream ended before message_stop")
+                message = await stream.get_final_message()
+                headers = stream.response.headers
+        except API_FAILURES as exc:
+            self.record_failure("ask", corpus, shard.number, started, exc, opened, received)
+            raise ApiCallError(
+                describe_api_error(exc, received=received if opened is not None else None)
+            ) from exc
+        except anyio.get_cancelled_exc_class():
+            self.record_failure("ask", corpus, shard.number, started, None, opened, received)
+            raise
+        finally:
+            release()  # failed before it began: a waiting request writes the prefix itself
+        latency = (time.perf_counter() - started) * 1000
+        backend = backend_of_response(headers, self.backend.kind)
+        usage = Usage.from_api(message.usage)
+        miss_reason, missed_tokens = cache_miss(message)
+        self._last_message[shard.number] = message.id
+        cost, uncached = cost_usd(usage, self.model), uncached_cost_usd(usage, self.model)
+        self.ledger.record(
+            RequestRecord(
+                at=self.clock(), kind="ask", corpus=self.corpus_key, model=self.model.id,
+                backend=backend,
+                outcome="ok", usage=usage, cost_usd=cost, uncached_cost_usd=uncached,
+                snapshot=corpus.snapshot.version, message_id=message.id, latency_ms=latency,
+                shard=shard.number, ttl=ttl, cache_miss_reason=miss_reason,
+                cache_missed_tokens=missed_tokens,
+            )
+        )  # fmt: skip
+        mapped = map_answer(list(message.content), plan, corpus.snapshot)
+        raw_text = "".join(b.text for b in message.content if b.type == "text")
+        return ShardAnswer(
+            shard, mapped.text, mapped.citations, usage, cost, uncached, backend, latency,
+            raw_text, marked_anchors(params), message.id,
+        )  # fmt: skip
+
+    def record_failure(
+        self,
+        kind: str,
+        corpus: Corpus,
+        shard: int,
+        started: float,
+        exc: BaseException | None,
+        begun: Usage | None = None,
+        received: int = 0,
+    ) -> None:
+        """Record a call that failed (`exc`) or was cancelled (None) as an error row,
+        charging what the API bills: the usage its response's start reported (`begun`), if
+        it had begun, else nothing (outcomes.failure_text says which)."""
+        seconds = time.perf_counter() - started
+        error = failure_text(exc, seconds, begun, received)
+        usage = begun or Usage()
+        self.ledger.record(
+            RequestRecord(
+                at=self.clock(), kind=kind, corpus=self.corpus_key, model=self.model.id,
+                backend=self.backend.kind, outcome="error", usage=usage,
+                cost_usd=cost_usd(usage, self.model),
+                uncached_cost_usd=uncached_cost_usd(usage, self.model),
+                snapshot=corpus.snapshot.version, latency_ms=seconds * 1000, error=error,
+                shard=shard,
+            )
+        )  # fmt: skip
+
+    # --- local tools: no API call ------------------------------------------------------
+
+    def search(self, query: str, limit: int) -> list[Hit]:
+        if not query.strip():
+            raise InvalidArgumentError("query is empty: pass words to look for")
+        return self.current.index.search(query, limit)
+
+    def document(self, path: str) -> Document:
+        """A document of the current snapshot, never read from disk (browse.find_document)."""
+        return browse.find_document(self.current.snapshot, path)
+
+    def totals(self, since: float | None = None) -> Totals:
+        return self.ledger.totals(self.corpus_key, since)
+
+    def skipped_summary(self) -> dict[str, int]:
+        return browse.skipped_summary(self.current.snapshot)
+
+    def block_of(self) -> dict[str, tuple[int, int]]:
+        return browse.block_of(self.current)
+
+    def describe_layout(self) -> list[dict[str, Any]]:
+        return browse.describe_layout(self.current)
+
+    # --- warming (warm.py) -------------------------------------------------------------
+
+    def request_for(
+        self,
+        corpus: Corpus,
+        shard: Shard,
+        question: str,
+        *,
+        max_tokens: int,
+        marked: Sequence[int] | None = None,
+        conversation: Sequence[tuple[str, str]] = (),
+        through: int | None = None,
+        ttl: Ttl | None = None,
+        slots: int = MAX_BREAKPOINTS,
+    ) -> tuple[dict[str, Any], Callable[[Usage], str | None]]:
+        """The params an ask on `shard` would send now, with `max_tokens`, and the function
+        to call with the usage the API returned, so the engine knows which entries live;
+        it returns the TTL the request used for the end of the corpus. `marked`: the
+        anchors to mark (a session's follow-ups mark those of its first question);
+        `conversation`: a session's exchanges so far; `through`: an anchor to end the
+        documents at (a keep-warm request sends only the prefix it keeps alive); `ttl`:
+        the TTL of every breakpoint, instead of the policy's (an upgrade asks 1 hour);
+        `slots`: how many anchors to mark at most (a session leaves one breakpoint free)."""
+        plan = shard.plan
+        if through is not None:
+            plan = replace(plan, blocks=plan.blocks[: plan.anchors.index(through) + 1])
+        ids = corpus.anchor_ids.get(shard.number, {})
+        now = self.clock()
+        live = self.entries.live(ids, plan.anchors, now)
+        alive = set(live)
+        markers = corpus.markers.get(shard.number, {})
+        if marked is None:
+            stable = plan.stable_anchor
+            marked = select_breakpoints(
+                plan.anchors, alive, slots=slots, turn=self._turn,
+                keep=stable, markers=markers,
+                # A marker just added after the stable part: its 1-hour breakpoint is the point.
+                must=stable if stable in markers and stable not in alive else None,
+            )  # fmt: skip
+        marked = list(marked)
+        self._turn += 1
+        if ttl is not None:
+            ttls: dict[int, Ttl] = dict.fromkeys(plan.anchors, ttl)
+        else:
+            stable = shard.plan.stable_anchor
+            ttls = anchor_ttls(
+                plan.anchors, tail_start=plan.tail_start, decision=self.ttl_decision(shard),
+                stable_held=stable is not None and live.get(stable) == "1h",
+                held_through=marker_blocks.held_through(markers),
+            )  # fmt: skip
+        params = build_request(
+            plan, corpus.snapshot, question, model=self.model.id, max_tokens=max_tokens,
+            marked=marked, ttls=ttls, conversation=conversation, superseded=corpus.superseded,
+            markers=markers,
+        )  # fmt: skip
+
+        def answered(usage: Usage) -> str | None:
+            self.entries.remember(ids, alive, marked, usage, now, ttls)
+            return ttls[plan.anchors[-1]] if plan.anchors else None
+
+        return params, answered
+
+    # --- the TTL policy (policy.py) and its markers; keep-warm: keeping.py -------------
+
+    @property
+    def prices(self) -> Prices:
+        return Prices(
+            self.model.cache_read_multiplier,
+            self.model.cache_write_5m_multiplier,
+            self.model.cache_write_1h_multiplier,
+        )
+
+    def ttl_decision(self, shard: Shard) -> Decision:
+        plan = shard.plan
+        stable = plan.stable_tokens
+        forced: Ttl | None = None if self.settings.ttl == "auto" else self.settings.ttl
+        return decide(
+            self.history.gaps(shard.number),
+            edits_per_question=self.history.edits_per_question(shard),
+            edit_tokens=plan.edit_tokens,
+            stable_tokens=stable,
+            tail_tokens=plan.total_tokens - stable,
+            prices=self.prices,
+            forced=forced,
+        )
+
+    def live_ttls(self, corpus: Corpus, shard: Shard) -> dict[int, Ttl]:
+        """`shard`'s anchors whose cache entries are alive, with the TTL each was written with."""
+        ids, now = corpus.anchor_ids.get(shard.number, {}), self.clock()
+        return self.entries.live(ids, shard.plan.anchors, now)
+
+    def _with_question_markers(self, corpus: Corpus, shard: Shard) -> Corpus:
+        """`corpus` with the markers a question on `shard` sends now (markers.for_question)."""
+        plan = shard.plan
+        if not plan.cached:
+            return corpus
+        decision = self.ttl_decision(shard)
+        stable = plan.stable_tokens
+        markers = corpus.markers.get(shard.number, {})
+        wanted = marker_blocks.for_question(
+            plan, markers, self.live_ttls(corpus, shard),
+            upgrade_stable=(decision.upgrade or decision.stable_ttl == "1h")
+            and upgrades_at_question(stable, plan.total_tokens - stable, self.prices),
+            hold_tail=self.settings.ttl != "5m",
+        )  # fmt: skip
+        return corpus if wanted == markers else self._with_markers(corpus, shard, wanted)
+
+    def tail_held(self, corpus: Corpus, shard: Shard) -> Corpus:
+        """`corpus` with a marker after `shard`'s tail, for a keep-warm request to hold it."""
+        markers = corpus.markers.get(shard.number, {})
+        return self._with_markers(
+            corpus, shard, marker_blocks.with_one_more(markers, shard.plan.anchors[-1])
+        )
+
+    def upgraded(self, corpus: Corpus, shard: Shard) -> Corpus:
+        """`corpus` with one more marker block after `shard`'s stable part, installed as
+        the live corpus if `corpus` still is. Anchors from there on get new identities."""
+        stable = shard.plan.stable_anchor
+        if stable is None:
+            return corpus  # nothing cached, nothing to upgrade
+        return self._with_markers(
+            corpus, shard, marker_blocks.with_one_more(corpus.markers.get(shard.number, {}), stable)
+        )
+
+    def _with_markers(self, corpus: Corpus, shard: Shard, markers: dict[int, int]) -> Corpus:
+        """`corpus` with `markers` for `shard`, installed in the live corpus if that is
+        `corpus`, or `corpus` with other shards' markers changed since (a question asked
+        several shards at once)."""
+        new = live_corpus.marked(corpus, shard.number, markers, self.model.id)
+        live = self._corpus
+        if live is corpus:
+            self._corpus = new
+        elif live is not None and live.layout is corpus.layout:
+            self._corpus = live_corpus.marked(live, shard.number, markers, self.model.id)
+        return new

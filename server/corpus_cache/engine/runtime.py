@@ -1,0 +1,89 @@
+"""Open everything an engine needs (catalog, backend, ledger), index once, close it all;
+and keep the engine's corpus in step with its folder while a server runs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+
+from corpus_cache.accounting.ledger import Ledger
+from corpus_cache.api.backend import open_backend
+from corpus_cache.cache.keeping import next_ping_at
+from corpus_cache.config import Settings
+from corpus_cache.corpus.watch import FolderWatcher
+from corpus_cache.engine.core import Engine
+from corpus_cache.engine.warm import prewarm_after_changes
+from corpus_cache.models.catalog import load_catalog
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def running_engine(
+    settings: Settings, progress: Callable[[int, int], None] | None = None
+) -> AsyncIterator[Engine]:
+    catalog = load_catalog(settings.models_file)
+    catalog.get(settings.model)  # an unknown model fails here, before anything starts
+    ledger = Ledger(settings.ledger_path)
+    backend = open_backend(catalog, offline=settings.offline, timeout=settings.request_timeout)
+    try:
+        engine = Engine(settings, catalog, backend, ledger)
+        await engine.refresh(progress)
+        prewarm_after_changes(engine)
+        yield engine
+    finally:
+        await backend.close()
+        ledger.close()
+
+
+@asynccontextmanager
+async def watching(engine: Engine) -> AsyncIterator[FolderWatcher | None]:
+    """Refresh `engine` after every burst of changes in its folder while the block runs;
+    yields None when the settings turn watching off."""
+    settings = engine.settings
+    if not settings.watch:
+        yield None
+        return
+    watcher = FolderWatcher(
+        settings.corpus,
+        engine.refresh,
+        debounce=settings.debounce_ms / 1000,
+        poll=settings.poll,
+    )
+    async with anyio.create_task_group() as group:
+        await group.start(watcher.run)
+        try:
+            yield watcher
+        finally:
+            group.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def keeping_warm(engine: Engine, check_every: float = 15.0) -> AsyncIterator[None]:
+    """Send the keep-warm requests the TTL policy asks for while the block runs. A failed
+    keep-warm request is logged and tried again `check_every` seconds later (it stays due);
+    it never stops serving."""
+    from corpus_cache.engine.warm import keep_warm_due
+    from corpus_cache.errors import CorpusCacheError
+
+    async def loop() -> None:
+        while True:
+            due = next_ping_at(engine)
+            wait = check_every if due is None else max(0.0, due - engine.clock())
+            await anyio.sleep(min(wait, check_every))
+            if due is not None and engine.clock() >= due:
+                try:
+                    await keep_warm_due(engine)
+                except CorpusCacheError as exc:
+                    log.warning("keep-warm failed, trying again in %g s: %s", check_every, exc)
+                    await anyio.sleep(check_every)  # it is still due: do not hammer the API
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(loop)
+        try:
+            yield
+        finally:
+            group.cancel_scope.cancel()

@@ -1,0 +1,2 @@
+"""What MCP clients see: tools, resources, results and their bounds,
+notifications, progress, and the HTTP transport."""

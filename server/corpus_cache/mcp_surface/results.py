@@ -1,0 +1,352 @@
+"""What the MCP tools return: structured results and the text a person or model reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from mcp.types import CallToolResult, TextContent
+from pydantic import BaseModel, Field
+
+from corpus_cache.engine.answers import Answer
+from corpus_cache.engine.core import Engine
+
+# --- structured results ---------------------------------------------------------------
+
+
+class CitationOut(BaseModel):
+    path: str
+    start_line: int
+    end_line: int
+    quote: str
+    page: int | None = Field(default=None, description="the PDF page, for a PDF's text")
+
+
+class UsageOut(BaseModel):
+    input_tokens: int
+    cache_read_tokens: int
+    cache_write_5m_tokens: int
+    cache_write_1h_tokens: int
+    output_tokens: int
+
+
+class AskResult(BaseModel):
+    answer: str
+    citations: list[CitationOut]
+    usage: UsageOut
+    cost_usd: float
+    uncached_cost_usd: float
+    backend: str = Field(description="'anthropic', or 'offline-emulator' (extractive, not Claude)")
+    model: str
+    snapshot_version: int
+    snapshot_time: str
+    shards: list[int] = Field(description="the shard(s) that answered")
+    corpus_share: float = Field(description="share of the corpus's tokens those shards hold")
+    documents_not_consulted: int
+    more_citations: int = Field(
+        default=0, description="citations left out to keep the result small"
+    )
+    estimated_usd: float = Field(
+        default=0.0, description="what the question was estimated to cost before it was sent"
+    )
+    session: str | None = Field(
+        default=None, description="the conversation's id: pass it as `session` to follow up"
+    )
+    session_turns: int = Field(
+        default=0, description="questions the session holds, this one included"
+    )
+    session_dropped_turns: int = Field(
+        default=0, description="oldest turns dropped before this question to stay within bounds"
+    )
+    session_snapshot_is_live: bool = Field(
+        default=True,
+        description="false when the folder changed since the session began: the session keeps "
+        "the snapshot it started with; start a new session to see the changes",
+    )
+    message_ids: list[str] = Field(
+        default_factory=list,
+        description="the API's id of each shard's response, as the ledger records it",
+    )
+
+
+class SearchHitOut(BaseModel):
+    path: str
+    start_line: int
+    end_line: int
+    score: float
+    snippet: str
+
+
+class SearchResult(BaseModel):
+    query: str
+    hits: list[SearchHitOut]
+    offset: int = 0
+    next_offset: int | None = Field(default=None, description="pass as offset for the next page")
+
+
+class DocumentOut(BaseModel):
+    path: str
+    shard: int
+    bytes: int
+    lines: int
+    tokens: int
+    block: int
+    encoding_note: str | None = Field(
+        default=None, description="how the file's bytes were read, when they were not UTF-8"
+    )
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentOut]
+    total: int
+    offset: int
+    next_offset: int | None
+    skipped: dict[str, int] = Field(description="files left out, counted by reason")
+
+
+class DocumentText(BaseModel):
+    path: str
+    start_line: int
+    end_line: int
+    total_lines: int
+    text: str
+    next_start_line: int | None = Field(description="where to continue, if the range was cut")
+    line_cut: bool = Field(
+        default=False, description="the one line shown is longer than a page and was cut short"
+    )
+
+
+class BlockOut(BaseModel):
+    shard: int
+    block: int
+    documents: int
+    tokens: int
+    prefix_tokens: int
+    ttl: str | None
+    first: str | None
+    last: str | None
+
+
+class SpendOut(BaseModel):
+    requests: int
+    errors: int
+    hit_rate: float
+    cache_read_tokens: int
+    cache_write_tokens: int
+    input_tokens: int
+    output_tokens: int
+    spent_usd: float
+    uncached_usd: float
+    saved_usd: float
+
+
+class PolicyOut(BaseModel):
+    shard: int
+    decision: str
+    stable_ttl: str
+    tail_ttl: str
+    keep_warm_every_seconds: float | None
+    max_keep_warm_requests: int
+    reason: str
+
+
+class CacheStatus(BaseModel):
+    corpus: str
+    model: str
+    backend: str
+    min_cacheable_tokens: int
+    cached: bool
+    note: str
+    documents: int
+    corpus_tokens: int
+    instructions_tokens: int
+    budget_tokens: int = Field(description="most corpus tokens one request carries")
+    shards: int
+    blocks: list[BlockOut]
+    too_large: list[str] = Field(description="documents larger than the budget on their own")
+    skipped: dict[str, int]
+    snapshot_version: int
+    snapshot_time: str
+    spend: SpendOut
+    last_prewarm: str | None = Field(
+        default=None, description="the last pre-warm after a change (--prewarm), and its cost"
+    )
+    cache_policy: list[PolicyOut] = Field(
+        default_factory=list, description="per shard: the TTL and keep-warm decision, and why"
+    )
+    blocks_not_shown: int = Field(
+        default=0, description="blocks left out of `blocks` to keep it small"
+    )
+
+
+# --- rendering ------------------------------------------------------------------------
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def result(text: str, structured: BaseModel) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)],
+        structured_content=structured.model_dump(mode="json"),
+    )
+
+
+def ask_result(answer: Answer) -> AskResult:
+    usage = answer.usage
+    return AskResult(
+        answer=answer.text,
+        citations=[CitationOut(**vars(c)) for c in answer.citations],
+        usage=UsageOut(
+            input_tokens=usage.input_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_5m_tokens=usage.cache_write_5m_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            output_tokens=usage.output_tokens,
+        ),
+        cost_usd=round(answer.cost_usd, 6),
+        uncached_cost_usd=round(answer.uncached_cost_usd, 6),
+        backend=answer.backend,
+        model=answer.model,
+        snapshot_version=answer.snapshot_version,
+        snapshot_time=iso(answer.snapshot_time),
+        shards=list(answer.shards),
+        corpus_share=round(answer.corpus_share, 4),
+        documents_not_consulted=answer.documents_not_consulted,
+        estimated_usd=round(answer.estimated_usd, 6),
+        session=answer.session,
+        session_turns=answer.session_turns,
+        session_dropped_turns=answer.session_dropped_turns,
+        session_snapshot_is_live=answer.session_snapshot_is_live,
+        message_ids=list(answer.message_ids),
+    )
+
+
+def render_answer(result: AskResult) -> str:
+    lines = [result.answer, ""]
+    if result.citations:
+        lines.append("Sources:")
+        for number, c in enumerate(result.citations, start=1):
+            span = (
+                f"{c.start_line}" if c.start_line == c.end_line else f"{c.start_line}-{c.end_line}"
+            )
+            quote = " ".join(c.quote.split())
+            quote = quote if len(quote) <= 200 else quote[:197] + "..."
+            page = f" (page {c.page})" if c.page is not None else ""
+            lines.append(f"[{number}] {c.path}:{span}{page} “{quote}”")
+        if result.more_citations:
+            lines.append(f"(and {result.more_citations} more sources, left out for length)")
+        lines.append("")
+    u = result.usage
+    prompt = (
+        u.input_tokens + u.cache_read_tokens + u.cache_write_5m_tokens + u.cache_write_1h_tokens
+    )
+    source = (
+        "offline emulator (extractive, not Claude)"
+        if result.backend == "offline-emulator"
+        else "Claude"
+    )
+    if result.session is not None:
+        note = f"Session {result.session}, question {result.session_turns}"
+        if result.session_dropped_turns:
+            note += (
+                f"; its {result.session_dropped_turns} oldest turn(s) were dropped to stay "
+                "within the session's length"
+            )
+        if not result.session_snapshot_is_live:
+            note += (
+                "; answered from the snapshot the session began with: the folder has changed "
+                "since, start a new session to see the changes"
+            )
+        lines.append(note + ".")
+    lines.append(
+        f"— answered by {source}, {result.model}; {u.cache_read_tokens:,} of {prompt:,} prompt "
+        f"tokens read from cache; ${result.cost_usd:.4f} "
+        f"(uncached ${result.uncached_cost_usd:.4f}, estimated ${result.estimated_usd:.4f}); "
+        f"corpus snapshot v{result.snapshot_version} of {result.snapshot_time}"
+        + (
+            f"; shard(s) {', '.join(map(str, result.shards))} hold "
+            f"{result.corpus_share:.0%} of the corpus, {result.documents_not_consulted} "
+            "documents were not consulted"
+            if result.documents_not_consulted
+            else ""
+        )
+    )
+    return "\n".join(lines)
+
+
+def status(engine: Engine) -> CacheStatus:
+    corpus = engine.current
+    plans = [shard.plan for shard in corpus.shards]
+    totals = engine.totals()
+    notes = sorted({plan.note for plan in plans})
+    return CacheStatus(
+        corpus=str(engine.settings.corpus),
+        model=engine.model.id,
+        backend=engine.backend.kind,
+        min_cacheable_tokens=engine.model.min_cacheable_tokens,
+        cached=any(plan.cached for plan in plans),
+        note="; ".join(notes) if len(plans) == 1 else f"{len(plans)} shards: " + "; ".join(notes),
+        documents=len(corpus.snapshot.documents),
+        corpus_tokens=corpus.corpus_tokens,
+        instructions_tokens=plans[0].instructions_tokens,
+        budget_tokens=corpus.layout.budget_tokens,
+        shards=len(plans),
+        blocks=[BlockOut(**b) for b in engine.describe_layout()],
+        too_large=list(corpus.layout.oversized),
+        skipped=engine.skipped_summary(),
+        snapshot_version=corpus.snapshot.version,
+        snapshot_time=iso(corpus.snapshot.created_at),
+        spend=SpendOut(**totals.as_dict()),
+        last_prewarm=(
+            f"shard(s) {', '.join(map(str, engine.last_prewarm.shards))} pre-warmed at "
+            f"{iso(engine.last_prewarm.at)} for ${engine.last_prewarm.cost_usd:.4f}"
+            if engine.last_prewarm is not None
+            else None
+        ),
+        cache_policy=[
+            PolicyOut(
+                shard=shard.number,
+                decision=d.name,
+                stable_ttl=d.stable_ttl,
+                tail_ttl=d.tail_ttl,
+                keep_warm_every_seconds=d.ping_every,
+                max_keep_warm_requests=d.max_pings,
+                reason=d.reason,
+            )
+            for shard in corpus.shards
+            if shard.plan.cached and (d := engine.ttl_decision(shard))
+        ],
+    )
+
+
+def render_status(out: CacheStatus) -> str:
+    lines = [
+        f"Corpus {out.corpus}: {out.documents} documents, {out.corpus_tokens:,} tokens "
+        f"(snapshot v{out.snapshot_version} of {out.snapshot_time}).",
+        f"Model {out.model} via {out.backend}; minimum cacheable prefix "
+        f"{out.min_cacheable_tokens:,} tokens.",
+        f"Layout: {out.note}.",
+    ]
+    for b in out.blocks:
+        ttl = f"breakpoint, TTL {b.ttl}" if b.ttl else "no breakpoint"
+        where = f"shard {b.shard} block {b.block}" if out.shards > 1 else f"block {b.block}"
+        lines.append(
+            f"  {where}: {b.documents} documents, {b.tokens:,} tokens "
+            f"(prefix {b.prefix_tokens:,}), {ttl}"
+        )
+    s = out.spend
+    lines.append(
+        f"Spend: {s.requests} requests, hit rate {s.hit_rate:.1%}, spent ${s.spent_usd:.4f} vs "
+        f"${s.uncached_usd:.4f} uncached (saved ${s.saved_usd:.4f})."
+    )
+    if out.last_prewarm:
+        lines.append(f"After the last change, {out.last_prewarm}.")
+    for policy in out.cache_policy:
+        where = f"Shard {policy.shard}: " if out.shards > 1 else ""
+        lines.append(f"Cache policy: {where}{policy.reason}")
+    if out.blocks_not_shown:
+        lines.append(f"  ... and {out.blocks_not_shown} more blocks, left out for length")
+    if out.skipped:
+        lines.append("Left out: " + ", ".join(f"{n} {r}" for r, n in out.skipped.items()) + ".")
+    return "\n".join(lines)
