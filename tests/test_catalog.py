@@ -6,12 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from corpus_cache.models.catalog import (
-    MODELS_FILE_ENV,
-    CatalogError,
-    UnknownModelError,
-    load_catalog,
-)
+from corpus_cache.errors import ModelTableError, UnknownModelError
+from corpus_cache.models.catalog import MODELS_FILE_ENV, load_catalog
 
 
 def test_the_shipped_table_loads_and_says_when_it_was_read() -> None:
@@ -105,10 +101,10 @@ tokenizer = "dense"
 def test_a_bad_user_file_is_explained(tmp_path: Path, text: str, message: str) -> None:
     override = tmp_path / "models.toml"
     override.write_text(text)
-    with pytest.raises(CatalogError, match=message):
+    with pytest.raises(ModelTableError, match=message):
         load_catalog(override)
 
 
 def test_a_missing_user_file_is_explained(tmp_path: Path) -> None:
-    with pytest.raises(CatalogError, match="cannot read"):
+    with pytest.raises(ModelTableError, match="cannot read"):
         load_catalog(tmp_path / "nope.toml")

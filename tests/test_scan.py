@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from corpus_cache.corpus.scan import CorpusNotFoundError, ScanOptions, scan
+from corpus_cache.corpus.scan import ScanOptions, scan
+from corpus_cache.errors import CorpusNotFoundError
 
 
 def write(root: Path, rel: str, content: str | bytes = "Some text.\n") -> Path:

@@ -1,4 +1,23 @@
-"""Errors a user can act on. Each message says what happened and what to do."""
+"""Errors a user can act on: each message says what happened and what to do.
+
+One tree, so that a caller catches `CorpusCacheError` and never a tuple:
+
+    CorpusCacheError
+    ├── InvalidArgumentError      a tool argument or a question the server refuses
+    ├── NotInCorpusError          a path that names nothing the scan admitted
+    ├── CorpusNotFoundError       the corpus folder does not exist (or is gone)
+    ├── CorpusTooLargeError       no shard can hold what was asked
+    ├── ModelTableError           the model table or a user's override file is unusable
+    │   └── UnknownModelError     a model id the table does not list
+    ├── ApiCallError              a Messages API call failed, after the retries
+    │   └── IncompleteResponseError   a response stream ended before `message_stop`
+    ├── BudgetExceededError       a request would pass --max-usd-per-day; nothing was sent
+    ├── DeadlineExceededError     a tool call ran past its deadline
+    └── SetupError                the command cannot start as configured
+
+The MCP surface turns any of them into a tool error the model reads; the command line
+prints the message and exits 2. Anything else is a bug, and is left to propagate.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +34,34 @@ class NotInCorpusError(CorpusCacheError):
     pass
 
 
+class CorpusNotFoundError(CorpusCacheError):
+    """The corpus folder does not exist, or is not a folder."""
+
+
 class CorpusTooLargeError(CorpusCacheError):
     pass
 
 
+class ModelTableError(CorpusCacheError):
+    """The model table or a user's override file is not usable."""
+
+
+class UnknownModelError(ModelTableError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(name)
+        self.name = name
+        self.known = known
+
+    def __str__(self) -> str:
+        return f"unknown model {self.name!r}; known models: {', '.join(self.known)}"
+
+
 class ApiCallError(CorpusCacheError):
     """The Messages API call failed after the SDK's retries."""
+
+
+class IncompleteResponseError(ApiCallError):
+    """A response stream ended before `message_stop`: what arrived is not the answer."""
 
 
 class BudgetExceededError(CorpusCacheError):

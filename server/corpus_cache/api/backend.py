@@ -21,6 +21,7 @@ import httpx2
 from anthropic import AsyncAnthropic
 
 from corpus_cache.emulator import RunningEmulator, start_in_thread
+from corpus_cache.errors import IncompleteResponseError
 from corpus_cache.models.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,6 @@ OFFLINE_EMULATOR = "offline-emulator"
 # waits what retry-after says, else about 0.5 s then 1 s; a wait past `ask_deadline` ends
 # at the deadline instead.
 API_RETRIES = 2
-
-
-class IncompleteResponseError(Exception):
-    """A response stream ended before `message_stop`: what arrived is not the answer."""
 
 
 # What a Messages API call can fail with: the SDK's errors, and, once a response streams,

@@ -18,9 +18,8 @@ import anyio
 from corpus_cache import __version__
 from corpus_cache.cli.install import add_install_command
 from corpus_cache.config import DEFAULT_MODEL, Settings
-from corpus_cache.corpus.scan import CorpusNotFoundError
 from corpus_cache.errors import CorpusCacheError, SetupError
-from corpus_cache.models.catalog import CatalogError, UnknownModelError, load_catalog
+from corpus_cache.models.catalog import load_catalog
 
 if TYPE_CHECKING:
     from mcp.server import MCPServer
@@ -415,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.run(args)
-    except (CatalogError, UnknownModelError, CorpusNotFoundError, CorpusCacheError) as exc:
+    except CorpusCacheError as exc:
         print(f"corpus-cache: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pathspec import GitIgnoreSpec
 
+from ..errors import CorpusNotFoundError
 from .documents import Document, Skipped
 from .encodings import Decoded, NotTextError, decode
 from .extract import EXTRACTED_SUFFIXES, MAX_EXTRACTED_FILE_BYTES, ExtractionError, extract_data
@@ -43,10 +44,6 @@ class ScanResult:
     documents: tuple[Document, ...]
     skipped: tuple[Skipped, ...]
     reused: int  # documents taken from the previous scan without reading
-
-
-class CorpusNotFoundError(FileNotFoundError):
-    pass
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -56,9 +56,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
-from ..errors import CorpusCacheError
+from ..errors import CorpusCacheError, CorpusNotFoundError
 from .rules import PRUNED_DIRECTORIES
-from .scan import CorpusNotFoundError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ import hashlib
 import json
 from typing import Any
 
-from corpus_cache.models.catalog import Catalog, ModelSpec, UnknownModelError
+from corpus_cache.errors import UnknownModelError
+from corpus_cache.models.catalog import Catalog, ModelSpec
 
 from .errors import invalid, not_found
 from .positions import TTL_SECONDS, MessagesRequest, Position, Prompt, Section, Source, Ttl

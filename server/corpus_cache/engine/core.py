@@ -15,7 +15,6 @@ from corpus_cache.accounting.ledger import Ledger, RequestRecord, Totals
 from corpus_cache.api.backend import (
     API_FAILURES,
     Backend,
-    IncompleteResponseError,
     backend_of_response,
     describe_api_error,
 )
@@ -45,6 +44,7 @@ from corpus_cache.errors import (
     ApiCallError,
     CorpusCacheError,
     CorpusTooLargeError,
+    IncompleteResponseError,
     InvalidArgumentError,
     NotInCorpusError,
     first_leaf,

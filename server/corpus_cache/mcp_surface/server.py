@@ -20,7 +20,6 @@ from pydantic import Field
 from corpus_cache import __version__
 from corpus_cache.api.backend import deadline_advice, noting_throttles
 from corpus_cache.corpus.documents import Document
-from corpus_cache.corpus.scan import CorpusNotFoundError
 from corpus_cache.corpus.search import Hit
 from corpus_cache.engine.core import Engine
 from corpus_cache.errors import CorpusCacheError
@@ -292,7 +291,7 @@ def build_server(engine: Engine) -> MCPServer:
     ) -> Annotated[CallToolResult, RefreshResult]:
         try:
             out = await refresh_corpus(engine, warm_cache=warm)
-        except (CorpusCacheError, CorpusNotFoundError) as exc:
+        except CorpusCacheError as exc:
             raise ToolError(str(exc)) from exc
         return result(render_refresh(out), out)
 

@@ -17,23 +17,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from corpus_cache.errors import ModelTableError, UnknownModelError
+
 MODELS_FILE_ENV = "CORPUS_CACHE_MODELS_FILE"
 
 Tokenizer = Literal["classic", "dense"]
-
-
-class CatalogError(ValueError):
-    """The model table or a user's override file is not usable."""
-
-
-class UnknownModelError(KeyError):
-    def __init__(self, name: str, known: list[str]) -> None:
-        super().__init__(name)
-        self.name = name
-        self.known = known
-
-    def __str__(self) -> str:
-        return f"unknown model {self.name!r}; known models: {', '.join(self.known)}"
 
 
 class PriceTier(BaseModel):
@@ -103,7 +91,7 @@ class Catalog:
         for spec in models:
             for name in (spec.id, *spec.aliases):
                 if name in self._by_name:
-                    raise CatalogError(f"model name {name!r} is listed twice")
+                    raise ModelTableError(f"model name {name!r} is listed twice")
                 self._by_name[name] = spec
 
     def __iter__(self) -> Iterator[ModelSpec]:
@@ -126,16 +114,16 @@ def _read_toml(text: str, origin: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise CatalogError(f"{origin}: not valid TOML: {exc}") from exc
+        raise ModelTableError(f"{origin}: not valid TOML: {exc}") from exc
 
 
 def _entries(table: Mapping[str, Any], origin: str) -> list[dict[str, Any]]:
     entries = table.get("models", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise CatalogError(f"{origin}: expected [[models]] tables")
+        raise ModelTableError(f"{origin}: expected [[models]] tables")
     for entry in entries:
         if not isinstance(entry.get("id"), str):
-            raise CatalogError(f"{origin}: every [[models]] entry needs an id")
+            raise ModelTableError(f"{origin}: every [[models]] entry needs an id")
     return entries
 
 
@@ -143,7 +131,7 @@ def _build(raw: dict[str, Any], origin: str) -> ModelSpec:
     try:
         return ModelSpec.model_validate(raw)
     except ValidationError as exc:
-        raise CatalogError(f"{origin}: model {raw.get('id')!r}: {exc}") from exc
+        raise ModelTableError(f"{origin}: model {raw.get('id')!r}: {exc}") from exc
 
 
 def parse_catalog(
@@ -183,5 +171,5 @@ def load_catalog(override_file: Path | None = None) -> Catalog:
         try:
             override = override_file.read_text(encoding="utf-8")
         except OSError as exc:
-            raise CatalogError(f"cannot read model file {override_file}: {exc}") from exc
+            raise ModelTableError(f"cannot read model file {override_file}: {exc}") from exc
     return parse_catalog(shipped_table(), override, override_origin=str(override_file or ""))
