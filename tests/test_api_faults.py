@@ -19,13 +19,13 @@ import pytest
 from mcp import Client
 from mcp.types import CallToolResult
 
-from conftest import Control
 from corpus_cache.cache.keeping import next_ping_at
 from corpus_cache.emulator import RunningEmulator, start_in_thread
 from corpus_cache.engine.core import Engine
 from corpus_cache.engine.runtime import keeping_warm
-from corpus_fixture import write_corpus
-from mcp_session import serving
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
+from support.mcp_session import serving
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,6 @@ import pytest
 from mcp import Client
 from mcp.types import CallToolResult
 
-from conftest import Control
 from corpus_cache.mcp_surface.bounds import (
     MAX_BLOCKS_SHOWN,
     MAX_CITATIONS,
@@ -29,8 +28,9 @@ from corpus_cache.mcp_surface.results import (
     render_status,
     result,
 )
-from corpus_fixture import write_corpus
-from mcp_session import serving
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
+from support.mcp_session import serving
 
 pytestmark = pytest.mark.anyio
 

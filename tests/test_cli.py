@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -15,30 +13,9 @@ from typing import Any
 import anthropic
 import pytest
 
-from conftest import Control
-from corpus_fixture import write_corpus
-
-
-def run(
-    args: list[str], state: Path, timeout: float = 60, env_extra: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    env["CORPUS_CACHE_STATE_DIR"] = str(state)
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "corpus_cache", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from support.commands import free_port, run
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
 
 
 def test_the_emulator_command_serves_the_messages_api(tmp_path: Path) -> None:

@@ -16,16 +16,16 @@ import anyio
 import pytest
 from mcp import Client
 
-from conftest import Control
 from corpus_cache.api.request import build_request
 from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.emulator import RunningEmulator
 from corpus_cache.emulator.prompt import parse_messages_request
 from corpus_cache.engine.core import Engine
 from corpus_cache.models.catalog import load_catalog
-from corpus_fixture import write_corpus
-from live_folder import watched
-from mcp_session import serving
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
+from support.live_folder import watched
+from support.mcp_session import serving
 
 pytestmark = pytest.mark.anyio
 

@@ -10,14 +10,14 @@ import anyio
 import pytest
 from mcp import Client
 
-from conftest import Control
 from corpus_cache.api.request import NO_ANSWER, conversation_messages
-from corpus_cache.cli.main import _settings, build_parser
+from corpus_cache.cli.main import build_parser, settings_from_args
 from corpus_cache.engine.sessions import Sessions, Turn, trim_turns
 from corpus_cache.errors import ApiCallError, BudgetExceededError, InvalidArgumentError
 from corpus_cache.mcp_surface.server import build_server
-from corpus_fixture import write_corpus
-from engines import engine_on
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
+from support.engines import engine_on
 
 pytestmark = pytest.mark.anyio
 
@@ -228,9 +228,9 @@ def test_the_cap_is_a_flag_of_serve_and_ask(tmp_path: Path) -> None:
     for command in (["serve"], ["ask"]):
         argv = [*command, "--corpus", str(tmp_path), "--max-usd-per-day", "2.5"]
         args = build_parser().parse_args(argv + (["q"] if command == ["ask"] else []))
-        assert _settings(args).max_usd_per_day == 2.5
+        assert settings_from_args(args).max_usd_per_day == 2.5
     args = build_parser().parse_args(["ask", "--corpus", str(tmp_path), "q"])
-    assert _settings(args).max_usd_per_day is None
+    assert settings_from_args(args).max_usd_per_day is None
 
 
 # --- coalescing --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from corpus_fixture import write_corpus
+from support.corpus_fixture import write_corpus
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 import cost

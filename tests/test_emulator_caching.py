@@ -12,8 +12,8 @@ from typing import Any
 import anthropic
 import pytest
 
-from conftest import Control
-from prompts import MINIMUM, MODEL, document, ephemeral, text_block, total, user, words
+from support.emulator_control import Control
+from support.prompts import MINIMUM, MODEL, document, ephemeral, text_block, total, user, words
 
 
 def ask(client: anthropic.Anthropic, messages: Any, **kwargs: Any) -> Any:

@@ -9,9 +9,9 @@ import anthropic
 import httpx2
 import pytest
 
-from conftest import Control
 from corpus_cache.emulator.answer import PREAMBLE
-from prompts import MODEL, document, text_block, total, user, words
+from support.emulator_control import Control
+from support.prompts import MODEL, document, text_block, total, user, words
 
 HEADERS = {"x-api-key": "test-key", "anthropic-version": "2023-06-01"}
 

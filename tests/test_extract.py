@@ -9,11 +9,11 @@ from typing import Any
 import docx
 import pytest
 
-from conftest import Control
 from corpus_cache.corpus.scan import scan
 from corpus_cache.engine.core import Engine
 from corpus_cache.mcp_surface.results import ask_result, render_answer
-from engines import engine_on
+from support.emulator_control import Control
+from support.engines import engine_on
 
 
 def pdf_bytes(pages: list[str]) -> bytes:

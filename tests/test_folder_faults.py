@@ -20,12 +20,12 @@ import anyio
 import pytest
 from mcp.types import CallToolResult, TextContent
 
-from conftest import Control
 from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.corpus.documents import Snapshot
 from corpus_cache.corpus.scan import ScanOptions, scan
 from corpus_cache.engine.core import Engine
-from faulty_folders import (
+from support.emulator_control import Control
+from support.faulty_folders import (
     before_opening,
     make_deep,
     opened_paths,
@@ -35,8 +35,8 @@ from faulty_folders import (
     scratch_folder,
     write,
 )
-from live_folder import Swaps, condition, paths, text_of, watched
-from mcp_session import serving
+from support.live_folder import Swaps, condition, paths, text_of, watched
+from support.mcp_session import serving
 
 pytestmark = pytest.mark.anyio
 

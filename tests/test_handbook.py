@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from conftest import Control
 from corpus_cache.cli.demo import QUESTIONS
 from corpus_cache.engine.core import Engine
-from engines import engine_on
+from support.emulator_control import Control
+from support.engines import engine_on
 
 ROOT = Path(__file__).parent.parent / "corpora"
 FACTS: list[dict[str, str]] = json.loads((ROOT / "handbook.facts.json").read_text())

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import Control
 from corpus_cache.cache import markers
 from corpus_cache.cache.keeping import next_ping_at
 from corpus_cache.cache.policy import Decision, anchor_ttls, holding_tail_pays
@@ -24,10 +23,10 @@ from corpus_cache.engine.warm import keep_warm_due
 from corpus_cache.plan.anchors import select_breakpoints
 from corpus_cache.plan.layout import Layout, Plan, Shard, plan_shard
 from corpus_cache.plan.stability import DocInfo
-from corpus_fixture import write_corpus
-from engines import engine_on
-from test_layout import NOW, corpora, edited
-from test_policy import SONNET_5_5
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
+from support.engines import engine_on
+from support.planning import NOW, SONNET_5_5, corpora, edited
 
 T0 = 1_900_000_000.0
 

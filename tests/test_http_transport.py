@@ -16,9 +16,9 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import Control
-from corpus_fixture import write_corpus
-from test_cli import free_port, run
+from support.commands import free_port, run
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
 
 TOKEN = "a-test-token-of-thirty-two-chars"
 INITIALIZE = {

@@ -25,7 +25,7 @@ import pytest
 from mcp import Client, MCPError, StdioServerParameters
 
 from corpus_cache.accounting.ledger import MIGRATIONS, Ledger
-from corpus_fixture import write_corpus
+from support.corpus_fixture import write_corpus
 
 pytestmark = pytest.mark.anyio
 

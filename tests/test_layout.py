@@ -18,43 +18,13 @@ from corpus_cache.plan.layout import (
     safe_minimum,
 )
 from corpus_cache.plan.stability import HOT_WINDOW, DocInfo, EditPattern, stability_order
-
-NOW = 2_000_000_000.0
-DAY = 86_400.0
-TOKENS: dict[str, int] = {}  # tokens per path, for the lookback simulator
-
-
-@st.composite
-def corpora(draw: st.DrawFn, max_docs: int = 40) -> list[DocInfo]:
-    count = draw(st.integers(1, max_docs))
-    docs = []
-    for i in range(count):
-        age = draw(st.one_of(st.floats(2 * DAY, 900 * DAY), st.floats(0, HOT_WINDOW * 0.9)))
-        docs.append(
-            DocInfo(
-                path=f"{draw(st.sampled_from(['a', 'b', 'docs', 'src']))}/f{i:03d}.md",
-                tokens=draw(st.integers(1, 6_000)),
-                key=f"k{i}-0",
-                last_change=NOW - age,
-                first_seen=NOW - age,
-            )
-        )
-    return docs
-
-
-minimums = st.sampled_from([512, 1024, 2048, 4096])
+from support.planning import DAY, NOW, TOKENS, corpora, edited, minimums
 
 
 def plan(docs: list[DocInfo], minimum: int, now: float = NOW, previous: Plan | None = None) -> Plan:
     return plan_shard(
         docs, min_cacheable_tokens=minimum, instructions_tokens=120, now=now, previous=previous
     )
-
-
-def edited(docs: list[DocInfo], index: int, at: float) -> list[DocInfo]:
-    doc = docs[index]
-    changed = dataclasses.replace(doc, key=doc.key + "'", last_change=at, edits=doc.edits + 1)
-    return [*docs[:index], changed, *docs[index + 1 :]]
 
 
 Prefix = tuple[tuple[str, str], ...]

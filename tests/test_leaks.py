@@ -16,15 +16,15 @@ from hypothesis import strategies as st
 from mcp.shared.exceptions import MCPError
 from watchdog.utils.dirsnapshot import DirectorySnapshot
 
-from conftest import Control
 from corpus_cache.corpus.paths import corpus_relative
 from corpus_cache.corpus.scan import scan
 from corpus_cache.corpus.watch import _scandir_pruned
 from corpus_cache.errors import InvalidArgumentError
-from corpus_fixture import write_corpus
-from engines import engine_on
-from live_folder import Swaps, paths, watched
-from mcp_session import serving
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
+from support.engines import engine_on
+from support.live_folder import Swaps, paths, watched
+from support.mcp_session import serving
 
 OUTSIDE = "TOP SECRET from outside the corpus"
 HIDDEN = "PASSWORD=hunter2-from-a-secret-file"

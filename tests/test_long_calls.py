@@ -9,11 +9,11 @@ from typing import Any
 import anyio
 import pytest
 
-from conftest import Control
 from corpus_cache.errors import DeadlineExceededError
 from corpus_cache.mcp_surface.heartbeat import with_heartbeat
-from corpus_fixture import write_corpus
-from mcp_session import serving
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
+from support.mcp_session import serving
 
 pytestmark = pytest.mark.anyio
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from conftest import Control
-from corpus_fixture import FACTS, write_corpus
-from mcp_session import serving
+from support.corpus_fixture import FACTS, write_corpus
+from support.emulator_control import Control
+from support.mcp_session import serving
 
 pytestmark = pytest.mark.anyio
 

@@ -19,12 +19,12 @@ from mcp.client.session import IncomingMessage
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated, ServerEvent
 
-from conftest import Control
 from corpus_cache.engine.core import Engine
 from corpus_cache.mcp_surface.server import build_server
-from corpus_fixture import write_corpus
-from engines import engine_on
-from live_folder import DEADLINE, Swaps, paths, watched
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
+from support.engines import engine_on
+from support.live_folder import DEADLINE, Swaps, paths, watched
 
 pytestmark = [
     pytest.mark.anyio,

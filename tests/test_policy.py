@@ -9,21 +9,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import Control
 from corpus_cache.cache.keeping import next_ping_at
 from corpus_cache.cache.policy import (
     Prices,
-    _expected,
-    _expected_with_upgrade,
     considered_gaps,
     decide,
+    expected_cost,
+    expected_cost_with_upgrade,
 )
 from corpus_cache.mcp_surface.results import render_status, status
-from corpus_fixture import write_corpus
-from engines import engine_on
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
+from support.engines import engine_on
+from support.planning import SONNET_5_5
 
 SONNET_4_6 = Prices(read=0.1, write_5m=1.25, write_1h=2.0)
-SONNET_5_5 = Prices(read=0.05, write_5m=1.25, write_1h=2.0)
 
 
 def test_questions_a_minute_apart_keep_5_minute_entries_and_send_nothing_between_them() -> None:
@@ -39,7 +39,7 @@ def test_gaps_longer_than_5_minutes_upgrade_instead_of_writing_1_hour_entries() 
     for gaps in ([420.0] * 3, [420.0] * 20, [600.0, 1_800.0, 3_000.0, 1_200.0, 2_400.0] * 4):
         decision = decide(gaps, stable_tokens=60_000, tail_tokens=2_000, prices=SONNET_5_5)
         assert decision.upgrade, gaps
-        one_hour = _expected(
+        one_hour = expected_cost(
             considered_gaps(gaps), stable=60_000, tail=2_000, prices=SONNET_5_5,
             stable_ttl="1h", tail_ttl="1h", pings=0,
         )  # fmt: skip
@@ -50,15 +50,17 @@ def test_gaps_longer_than_5_minutes_upgrade_instead_of_writing_1_hour_entries() 
 def test_the_upgrade_costs_a_read_and_the_tail_at_the_1_hour_price() -> None:
     # One gap of 10 minutes: the upgrade 4.5 minutes in (a read of the prefix, the tail
     # written again after the marker at 2x), then the question reads.
-    cost = _expected_with_upgrade([600.0], stable=10_000, tail=1_000, prices=SONNET_5_5, pings=0)
+    cost = expected_cost_with_upgrade(
+        [600.0], stable=10_000, tail=1_000, prices=SONNET_5_5, pings=0
+    )
     assert cost == pytest.approx(0.05 * 11_000 + 2.0 * 1_000 + 0.05 * 11_000)
     # A gap of 2 hours without pings: upgraded, then lapsed: written again at 5 minutes.
-    lapsed = _expected_with_upgrade(
+    lapsed = expected_cost_with_upgrade(
         [7_200.0], stable=10_000, tail=1_000, prices=SONNET_5_5, pings=0
     )
     assert lapsed == pytest.approx(0.05 * 11_000 + 2.0 * 1_000 + 1.25 * 11_000)
     # One hourly ping bridges it.
-    bridged = _expected_with_upgrade(
+    bridged = expected_cost_with_upgrade(
         [7_200.0], stable=10_000, tail=1_000, prices=SONNET_5_5, pings=1
     )
     assert bridged == pytest.approx(0.05 * 11_000 + 2.0 * 1_000 + 2 * 0.05 * 11_000)
@@ -68,13 +70,13 @@ def test_the_second_question_within_5_minutes_makes_the_upgrade() -> None:
     # A gap of a minute, then one of 10: the second question reads the 5-minute entry and
     # upgrades it (the tail after the marker written again, at 1.25x, costing less than a
     # read of the prefix); the third question reads the 1-hour entry. No keep-warm request.
-    cost = _expected_with_upgrade(
+    cost = expected_cost_with_upgrade(
         [60.0, 600.0], stable=40_000, tail=1_000, prices=SONNET_5_5, pings=0
     )
     read = 0.05 * 41_000
     assert cost == pytest.approx((read + 1.25 * 1_000 + read) / 2)
     # A tail larger than a read of the prefix is left to the keep-warm upgrade.
-    large = _expected_with_upgrade(
+    large = expected_cost_with_upgrade(
         [60.0, 600.0], stable=10_000, tail=5_000, prices=SONNET_5_5, pings=0
     )
     assert large == pytest.approx((0.05 * 15_000 + 0.05 * 15_000 + 2.0 * 5_000 + 0.05 * 15_000) / 2)
@@ -84,7 +86,7 @@ def test_a_5_minute_tail_behind_a_1_hour_stable_part_lapses_only_if_just_written
     # One break of 50 minutes; an edit before every fourth question. The tail is held by
     # the second question that reads it, so it is lost in the break only when the last
     # question wrote it: with a chance of 1 in 4.
-    cost = _expected(
+    cost = expected_cost(
         [3_000.0], stable=40_000, tail=2_000, prices=SONNET_5_5, stable_ttl="1h",
         tail_ttl="5m", pings=0, edits_per_question=0.25,
     )  # fmt: skip
@@ -147,7 +149,7 @@ def test_the_decision_is_never_worse_than_a_fixed_strategy(
     decision = decide(observed, stable_tokens=stable, tail_tokens=tail, prices=price)
     weighed = considered_gaps(observed)
     fixed = [
-        _expected(weighed, stable=stable, tail=tail, prices=price, stable_ttl=ttl, pings=pings)
+        expected_cost(weighed, stable=stable, tail=tail, prices=price, stable_ttl=ttl, pings=pings)
         for ttl in ("5m", "1h")
         for pings in (0, 24)  # let it lapse, or keep it warm throughout
     ]

@@ -11,7 +11,7 @@ from corpus_cache.emulator.positions import Prompt
 from corpus_cache.emulator.prompt import parse_messages_request
 from corpus_cache.emulator.prompt_cache import PromptCache
 from corpus_cache.models.catalog import load_catalog
-from prompts import words
+from support.prompts import words
 
 CATALOG = load_catalog()
 NOW = 1_800_000_000.0

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from conftest import Control
 from corpus_cache.engine.warm import WARM_QUESTION
 from corpus_cache.mcp_surface.server import build_server
-from corpus_fixture import write_corpus
-from engines import engine_on
-from live_folder import Swaps, watched
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
+from support.engines import engine_on
+from support.live_folder import Swaps, watched
 
 pytestmark = pytest.mark.anyio
 

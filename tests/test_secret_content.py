@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import Control
-from corpus_cache.cli.main import _settings, build_parser
+from corpus_cache.cli.main import build_parser, settings_from_args
 from corpus_cache.corpus.scan import ScanOptions, scan
 from corpus_cache.corpus.secret_content import describe, find_secrets
-from corpus_fixture import write_corpus
-from mcp_session import serving
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
+from support.mcp_session import serving
 
 ALNUM = string.ascii_letters + string.digits
 BASE64 = ALNUM + "+/"
@@ -283,7 +283,7 @@ def test_allow_secret_content_lets_such_a_file_in(tmp_path: Path) -> None:
     result = scan(tmp_path, ScanOptions(allow_secret_content=True))
     assert [d.path for d in result.documents] == ["keys.md"]
     args = build_parser().parse_args(["serve", "--corpus", str(tmp_path), "--allow-secret-content"])
-    assert _settings(args).allow_secret_content is True
+    assert settings_from_args(args).allow_secret_content is True
 
 
 @pytest.mark.anyio

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import Control
 from corpus_cache.engine.core import Engine
 from corpus_cache.plan.route import SUPPORT_WEIGHT, SUPPORTING_HITS, rank_shards
-from corpus_fixture import FACTS, write_corpus
-from engines import engine_on
+from support.corpus_fixture import FACTS, write_corpus
+from support.emulator_control import Control
+from support.engines import engine_on
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from conftest import Control
 from corpus_cache.accounting.ledger import (
     M001_INITIAL,
     M002_SHARD_AND_TTL,
@@ -22,8 +21,9 @@ from corpus_cache.accounting.ledger import (
 from corpus_cache.accounting.report_html import render_report
 from corpus_cache.accounting.stats import collect_stats, render_stats
 from corpus_cache.models.pricing import Usage
-from corpus_fixture import write_corpus
-from engines import engine_on
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
+from support.engines import engine_on
 
 NOON = datetime(2026, 11, 20, 12, 0).astimezone().timestamp()  # local noon: "today" is safe
 DAY = 86_400.0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mcp import Client, StdioServerParameters
 
-from corpus_fixture import write_corpus
+from support.corpus_fixture import write_corpus
 
 pytestmark = pytest.mark.anyio
 

@@ -14,16 +14,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import Control
 from corpus_cache.api.request import SUPERSEDING, build_request, map_answer
 from corpus_cache.corpus.documents import Document, Snapshot
 from corpus_cache.plan.anchors import select_breakpoints
 from corpus_cache.plan.breakpoints import choose_cuts
 from corpus_cache.plan.layout import MAX_SUPERSEDED_SHARE, Plan, plan_shard
 from corpus_cache.plan.stability import DocInfo
-from corpus_fixture import write_corpus
-from engines import engine_on
-from test_layout import NOW, corpora, edited, minimums
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
+from support.engines import engine_on
+from support.planning import NOW, corpora, edited, minimums
 
 pytestmark = pytest.mark.anyio
 

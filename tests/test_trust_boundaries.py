@@ -14,14 +14,14 @@ import httpx2
 import pytest
 
 import corpus_cache
-from conftest import Control
 from corpus_cache.api.request import INSTRUCTIONS
 from corpus_cache.mcp_surface.guidance import INSTRUCTIONS as SERVER_INSTRUCTIONS
 from corpus_cache.mcp_surface.http_transport import BearerTokenMiddleware, http_app
 from corpus_cache.mcp_surface.server import build_server
-from corpus_fixture import write_corpus
-from engines import engine_on
-from mcp_session import serving
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
+from support.engines import engine_on
+from support.mcp_session import serving
 
 # --- the HTTP transport --------------------------------------------------------------
 

@@ -12,11 +12,11 @@ from typing import Any
 import anyio
 import pytest
 
-from conftest import Control
 from corpus_cache.corpus.watch import FolderWatcher
 from corpus_cache.engine.core import Engine
-from engines import engine_on
-from live_folder import Swaps, condition, paths, text_of, watched
+from support.emulator_control import Control
+from support.engines import engine_on
+from support.live_folder import Swaps, condition, paths, text_of, watched
 
 pytestmark = [
     pytest.mark.anyio,

@@ -20,7 +20,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, ReadResourceResult
 
 from corpus_cache.engine.core import Engine
-from mcp_session import serving
+from support.mcp_session import serving
 
 CALL_SECONDS = 60.0  # a case that takes longer has hung
 

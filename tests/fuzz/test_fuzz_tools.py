@@ -23,8 +23,8 @@ from mcp.types import CallToolResult, TextContent
 from budget import fuzz_settings
 from corpus_cache.emulator import RunningEmulator
 from corpus_cache.mcp_surface.bounds import ERROR_MAX_CHARS, RESULT_MAX_CHARS, result_chars
-from corpus_fixture import FACTS, write_corpus
 from served import Served, served_in_a_portal
+from support.corpus_fixture import FACTS, write_corpus
 
 # A numeric warning (a division by zero, say) is a bug the server would print on stderr.
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")

@@ -81,7 +81,7 @@ class Decision:
     upgrade: bool = False  # upgrade 5-minute entries to 1 hour when a gap outlasts them
 
 
-def _expected(
+def expected_cost(
     gaps: Sequence[float],
     *,
     stable: float,
@@ -123,7 +123,7 @@ def _expected(
     return cost
 
 
-def _expected_with_upgrade(
+def expected_cost_with_upgrade(
     gaps: Sequence[float],
     *,
     stable: float,
@@ -260,7 +260,7 @@ def decide(
     options: list[tuple[float, bool, Ttl, Ttl, int]] = []
     for stable_ttl, tail_ttl in combos:
         for pings in range(MAX_PINGS + 1):
-            cost = _expected(
+            cost = expected_cost(
                 recent, stable=stable, tail=tail, prices=prices, stable_ttl=stable_ttl,
                 pings=pings, tail_ttl=tail_ttl, edits_per_question=edits_per_question,
                 edit_tokens=edit_tokens,
@@ -269,7 +269,7 @@ def decide(
     if forced is None:
         for upgraded_tail in ("5m", "1h"):
             for pings in range(MAX_PINGS + 1):
-                cost = _expected_with_upgrade(
+                cost = expected_cost_with_upgrade(
                     recent, stable=stable, tail=tail, prices=prices, pings=pings,
                     tail_ttl=upgraded_tail, edits_per_question=edits_per_question,
                     edit_tokens=edit_tokens,

@@ -58,7 +58,7 @@ def _emulator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def settings_from_args(args: argparse.Namespace) -> Settings:
     given = {
         "corpus": getattr(args, "corpus", None),
         "model": getattr(args, "model", None),
@@ -81,7 +81,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from_args(args)
     _check_transport(args, settings)  # before importing and indexing, which take a while
 
     from corpus_cache.engine.runtime import keeping_warm, running_engine, watching
@@ -129,7 +129,7 @@ def _ask(args: argparse.Namespace) -> int:
     from corpus_cache.engine.runtime import running_engine
     from corpus_cache.mcp_surface.results import ask_result, render_answer
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
 
     async def run() -> str:
         async with running_engine(settings) as engine:
@@ -144,7 +144,7 @@ def _plan(args: argparse.Namespace) -> int:
     from corpus_cache.cli.plan_report import plan_report, render_plan
     from corpus_cache.engine.runtime import running_engine
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
 
     async def run() -> str:
         async with running_engine(settings) as engine:
@@ -193,7 +193,7 @@ def _report(args: argparse.Namespace) -> int:
         from corpus_cache.cli.plan_report import plan_report
         from corpus_cache.engine.runtime import running_engine
 
-        settings = _settings(args)
+        settings = settings_from_args(args)
 
         async def run() -> dict[str, object]:
             async with running_engine(settings) as engine:

@@ -20,7 +20,7 @@ import pytest
 
 from corpus_cache.corpus.scan import ScanOptions, ScanResult, scan
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1]
 
 
 def write(root: Path, rel: str, data: str | bytes = "Some text.\n") -> Path:

@@ -11,7 +11,7 @@ from mcp import Client
 
 from corpus_cache.engine.core import Engine
 from corpus_cache.mcp_surface.server import build_server
-from engines import engine_on
+from support.engines import engine_on
 
 
 @asynccontextmanager

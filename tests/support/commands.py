@@ -1,0 +1,31 @@
+"""Running `corpus-cache` as a user runs it, in a real subprocess; a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(
+    args: list[str], state: Path, timeout: float = 60, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    env["CORPUS_CACHE_STATE_DIR"] = str(state)
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "corpus_cache", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
