@@ -47,11 +47,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from corpus_cache.accounting.ledger import Ledger
 from corpus_cache.api.backend import Backend
 from corpus_cache.api.request import INSTRUCTIONS, document_block
-from corpus_cache.cache.keeping import next_ping_at
 from corpus_cache.config import Settings
 from corpus_cache.emulator import RunningEmulator, start_in_thread
 from corpus_cache.engine.core import Engine
-from corpus_cache.engine.warm import keep_warm_due
+from corpus_cache.engine.warm import keep_warm_due, next_ping_at
 from corpus_cache.models.catalog import ModelSpec, load_catalog
 from corpus_cache.models.pricing import Usage, cost_usd
 from traces import Event, load

@@ -19,10 +19,10 @@ import pytest
 from mcp import Client
 from mcp.types import CallToolResult
 
-from corpus_cache.cache.keeping import next_ping_at
 from corpus_cache.emulator import RunningEmulator, start_in_thread
 from corpus_cache.engine.core import Engine
 from corpus_cache.engine.runtime import keeping_warm
+from corpus_cache.engine.warm import next_ping_at
 from support.corpus_fixture import write_corpus
 from support.emulator_control import Control
 from support.mcp_session import serving

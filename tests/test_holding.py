@@ -15,11 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from corpus_cache.cache import markers
-from corpus_cache.cache.keeping import next_ping_at
 from corpus_cache.cache.policy import Decision, anchor_ttls, holding_tail_pays
 from corpus_cache.engine.answers import Answer
 from corpus_cache.engine.core import Engine
-from corpus_cache.engine.warm import keep_warm_due
+from corpus_cache.engine.warm import keep_warm_due, next_ping_at
 from corpus_cache.plan.anchors import select_breakpoints
 from corpus_cache.plan.layout import Layout, Plan, Shard, plan_shard
 from corpus_cache.plan.stability import DocInfo

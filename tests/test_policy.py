@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corpus_cache.cache.keeping import next_ping_at
 from corpus_cache.cache.policy import (
     Prices,
     considered_gaps,
@@ -17,6 +16,7 @@ from corpus_cache.cache.policy import (
     expected_cost,
     expected_cost_with_upgrade,
 )
+from corpus_cache.engine.warm import next_ping_at
 from corpus_cache.mcp_surface.results import render_status, status
 from support.corpus_fixture import write_corpus
 from support.emulator_control import Control

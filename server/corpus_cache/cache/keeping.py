@@ -4,9 +4,9 @@ and what the engine believes alive into a request. warm.keep_warm_due sends them
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from corpus_cache.cache import markers as marker_blocks
 from corpus_cache.cache.live_corpus import Corpus
@@ -15,18 +15,30 @@ from corpus_cache.cache.policy import (
     ONE_HOUR,
     PING_MARGIN,
     Decision,
+    Prices,
     holding_tail_pays,
 )
 from corpus_cache.models.pricing import Ttl
 from corpus_cache.plan.layout import Shard
 
-if TYPE_CHECKING:
-    from corpus_cache.engine.core import Engine
-
 ONE_HOUR_PING = ONE_HOUR - PING_MARGIN
 FIVE_MINUTE_PING = FIVE_MINUTES - PING_MARGIN
 
 KeepWarmAction = Literal["read", "upgrade", "hold-tail"]
+
+
+@dataclass(frozen=True)
+class ShardState:
+    """What the keep-warm rules need to know of one shard, as the engine sees it now."""
+
+    last_asked: float | None  # when its last question was asked, if ever
+    decision: Decision  # the TTL policy's decision for it
+    live: Mapping[int, Ttl]  # its anchors whose entries are alive, with their TTLs
+    expires: Mapping[int, float]  # when each live anchor's entry expires
+    gaps: Sequence[float]  # the gaps between its questions, for the policy
+    edits_per_question: float
+    prices: Prices
+    fixed_ttl: Ttl | None  # --ttl 5m or 1h; None for auto
 
 
 @dataclass(frozen=True)
@@ -39,7 +51,7 @@ class KeepWarm:
     action: KeepWarmAction
 
 
-def keep_warm_plan(engine: Engine, corpus: Corpus, shard: Shard) -> KeepWarm | None:
+def keep_warm_plan(state: ShardState, corpus: Corpus, shard: Shard) -> KeepWarm | None:
     """The keep-warm request the policy wants for `shard` next, and when.
 
     - A 1-hour entry is alive: read it just before it expires, sending only the prefix
@@ -56,19 +68,18 @@ def keep_warm_plan(engine: Engine, corpus: Corpus, shard: Shard) -> KeepWarm | N
 
     Only while that is within the reach the policy pays for: the entry's life after
     the last question, plus its pings."""
-    last = engine.history.last_asked(shard.number)
+    last = state.last_asked
     plan = shard.plan
     if last is None or not plan.cached:
         return None
-    decision = engine.ttl_decision(shard)
-    live = engine.live_ttls(corpus, shard)
+    decision, live = state.decision, state.live
     if not live:
         return None  # nothing alive to keep: a request would be a write
     long = [a for a, ttl in live.items() if ttl == "1h"]
     action: KeepWarmAction
     if long:
         target, action = max(long), "read"
-        if _tail_worth_holding(engine, shard, decision, live):
+        if _tail_worth_holding(state, shard):
             target, action = plan.anchors[-1], "hold-tail"
     elif decision.upgrade or decision.stable_ttl == "1h":
         target, action = max(live), "upgrade"
@@ -76,35 +87,12 @@ def keep_warm_plan(engine: Engine, corpus: Corpus, shard: Shard) -> KeepWarm | N
         target, action = max(live), "read"
     else:
         return None
-    ids = corpus.anchor_ids.get(shard.number, {})
-    due = engine.entries.expires(ids[target]) - PING_MARGIN
+    due = state.expires[target] - PING_MARGIN
     if due >= _reach(last, decision):
         return None
     if action == "upgrade" and not _can_upgrade(corpus, shard):
         return None
     return KeepWarm(due, target, action)
-
-
-def next_ping_at(engine: Engine) -> float | None:
-    """When the next keep-warm request is due, if the policy wants any."""
-    if not engine.indexed:
-        return None
-    corpus = engine.current
-    due = [t for s in corpus.shards if (t := _due(engine, corpus, s)) is not None]
-    return min(due) if due else None
-
-
-def shards_due(engine: Engine, now: float) -> list[Shard]:
-    """The shards of the live corpus whose keep-warm request is due at `now`."""
-    if not engine.indexed:
-        return []
-    corpus = engine.current
-    return [s for s in corpus.shards if (t := _due(engine, corpus, s)) is not None and t <= now]
-
-
-def _due(engine: Engine, corpus: Corpus, shard: Shard) -> float | None:
-    planned = keep_warm_plan(engine, corpus, shard)
-    return planned.due if planned else None
 
 
 def _reach(last_question: float, decision: Decision) -> float:
@@ -117,13 +105,10 @@ def _reach(last_question: float, decision: Decision) -> float:
     return last_question + five * (1 + decision.max_pings)
 
 
-def _tail_worth_holding(
-    engine: Engine, shard: Shard, decision: Decision, live: Mapping[int, Ttl]
-) -> bool:
-    """`live`: the shard's anchors whose entries are alive, with their TTLs."""
-    plan = shard.plan
+def _tail_worth_holding(state: ShardState, shard: Shard) -> bool:
+    plan, live = shard.plan, state.live
     end, stable = plan.anchors[-1], plan.stable_anchor
-    if engine.settings.ttl == "5m" or stable is None or end == stable:
+    if state.fixed_ttl == "5m" or stable is None or end == stable:
         return False
     if live.get(end) != "5m" or live.get(stable) != "1h":
         return False
@@ -131,9 +116,8 @@ def _tail_worth_holding(
     # furthest 1-hour entry (the stable part, or an earlier tail's marker).
     held = plan.tokens_through(max(a for a, ttl in live.items() if ttl == "1h"))
     return holding_tail_pays(
-        engine.history.gaps(shard.number), stable=held, tail=plan.total_tokens - held,
-        prices=engine.prices,
-        edits_per_question=engine.history.edits_per_question(shard), pings=decision.max_pings,
+        state.gaps, stable=held, tail=plan.total_tokens - held, prices=state.prices,
+        edits_per_question=state.edits_per_question, pings=state.decision.max_pings,
     )  # fmt: skip
 
 

@@ -32,6 +32,7 @@ from corpus_cache.cache import browse, live_corpus
 from corpus_cache.cache import markers as marker_blocks
 from corpus_cache.cache.entries import CacheEntries
 from corpus_cache.cache.history import History
+from corpus_cache.cache.keeping import ShardState
 from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.cache.policy import Decision, Prices, anchor_ttls, decide, upgrades_at_question
 from corpus_cache.config import Settings
@@ -595,6 +596,22 @@ class Engine:
             tail_tokens=plan.total_tokens - stable,
             prices=self.prices,
             forced=forced,
+        )
+
+    def shard_state(self, corpus: Corpus, shard: Shard) -> ShardState:
+        """What the keep-warm rules (cache/keeping.py) need to know of `shard` now."""
+        live = self.live_ttls(corpus, shard)
+        ids = corpus.anchor_ids.get(shard.number, {})
+        forced: Ttl | None = None if self.settings.ttl == "auto" else self.settings.ttl
+        return ShardState(
+            last_asked=self.history.last_asked(shard.number),
+            decision=self.ttl_decision(shard),
+            live=live,
+            expires={a: self.entries.expires(ids[a]) for a in live},
+            gaps=self.history.gaps(shard.number),
+            edits_per_question=self.history.edits_per_question(shard),
+            prices=self.prices,
+            fixed_ttl=forced,
         )
 
     def live_ttls(self, corpus: Corpus, shard: Shard) -> dict[int, Ttl]:

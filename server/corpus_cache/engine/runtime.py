@@ -11,11 +11,10 @@ import anyio
 
 from corpus_cache.accounting.ledger import Ledger
 from corpus_cache.api.backend import open_backend
-from corpus_cache.cache.keeping import next_ping_at
 from corpus_cache.config import Settings
 from corpus_cache.corpus.watch import FolderWatcher
 from corpus_cache.engine.core import Engine
-from corpus_cache.engine.warm import prewarm_after_changes
+from corpus_cache.engine.warm import next_ping_at, prewarm_after_changes
 from corpus_cache.models.catalog import load_catalog
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import anyio
 
 from corpus_cache.accounting.ledger import RequestRecord
 from corpus_cache.api.backend import API_FAILURES, backend_of_response, describe_api_error
-from corpus_cache.cache.keeping import keep_warm_plan, shards_due
+from corpus_cache.cache.keeping import KeepWarm, keep_warm_plan
 from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.engine.core import Engine
 from corpus_cache.errors import ApiCallError
@@ -85,7 +85,7 @@ async def keep_warm_due(engine: Engine) -> list[Warmed]:
     failed: list[ApiCallError] = []
     for shard in shards_due(engine, engine.clock()):
         corpus = engine.current
-        planned = keep_warm_plan(engine, corpus, shard)
+        planned = keep_warm_plan(engine.shard_state(corpus, shard), corpus, shard)
         if planned is None:
             continue
         try:
@@ -108,6 +108,29 @@ async def keep_warm_due(engine: Engine) -> list[Warmed]:
     if failed:
         raise failed[0]
     return sent
+
+
+def next_ping_at(engine: Engine) -> float | None:
+    """When the next keep-warm request is due, if the policy wants any."""
+    if not engine.indexed:
+        return None
+    corpus = engine.current
+    due = [p.due for s in corpus.shards if (p := _planned(engine, corpus, s)) is not None]
+    return min(due) if due else None
+
+
+def shards_due(engine: Engine, now: float) -> list[Shard]:
+    """The shards of the live corpus whose keep-warm request is due at `now`."""
+    if not engine.indexed:
+        return []
+    corpus = engine.current
+    return [
+        s for s in corpus.shards if (p := _planned(engine, corpus, s)) is not None and p.due <= now
+    ]
+
+
+def _planned(engine: Engine, corpus: Corpus, shard: Shard) -> KeepWarm | None:
+    return keep_warm_plan(engine.shard_state(corpus, shard), corpus, shard)
 
 
 async def warm_shard(
