@@ -12,6 +12,7 @@ One tree, so that a caller catches `CorpusCacheError` and never a tuple:
     ├── ApiCallError              a Messages API call failed, after the retries
     │   └── IncompleteResponseError   a response stream ended before `message_stop`
     ├── BudgetExceededError       a request would pass --max-usd-per-day; nothing was sent
+    ├── LedgerUnavailableError    the ledger cannot be read now (a write is journaled instead)
     ├── DeadlineExceededError     a tool call ran past its deadline
     └── SetupError                the command cannot start as configured
 
@@ -72,6 +73,11 @@ class BudgetExceededError(CorpusCacheError):
         self.spent_usd = spent_usd
         self.estimate_usd = estimate_usd
         self.cap_usd = cap_usd
+
+
+class LedgerUnavailableError(CorpusCacheError):
+    """The ledger's file cannot be read now (corrupt, unreadable, missing its folder); the
+    message says why and what to do."""
 
 
 class DeadlineExceededError(CorpusCacheError):

@@ -1,63 +1,57 @@
 """The ledger: a SQLite file recording every request and caching token counts.
 
-The schema is created by ordered migrations (`PRAGMA user_version` says how many ran).
+Storage faults (a lock held by another process past the busy timeout, a full disk, a
+read-only or corrupt file) never leave this module as sqlite3 errors. Every write runs in
+one transaction that is rolled back on any error. A request row that cannot be written is
+kept in the journal (ledger_journal.py) and added at the next successful write: `record`
+says so, for the answer to say it. Token counts that cannot be stored are dropped (they
+are counted again later). A read that fails raises LedgerUnavailableError, which says why.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corpus_cache.accounting.journal import Journal, Row
+from corpus_cache.accounting.storage import (
+    INSERT_ROW,
+    M001_INITIAL,
+    M002_SHARD_AND_TTL,
+    M003_CACHE_MISS_REASON,
+    M004_ROW_KEY,
+    MIGRATIONS,
+    ROW_COLUMNS,
+    describe_fault,
+    is_corrupt,
+    is_storage_fault,
+    migrate,
+    transaction,
+)
+from corpus_cache.errors import LedgerUnavailableError
 from corpus_cache.models.pricing import Usage, hit_rate
 
-M001_INITIAL = """
-        CREATE TABLE token_counts (
-            content_key TEXT NOT NULL,
-            model TEXT NOT NULL,
-            tokens INTEGER NOT NULL,
-            counted_at REAL NOT NULL,
-            PRIMARY KEY (content_key, model)
-        );
-        CREATE TABLE requests (
-            id INTEGER PRIMARY KEY,
-            at REAL NOT NULL,
-            kind TEXT NOT NULL,
-            corpus TEXT NOT NULL,
-            model TEXT NOT NULL,
-            backend TEXT NOT NULL,
-            snapshot INTEGER,
-            message_id TEXT,
-            input_tokens INTEGER NOT NULL DEFAULT 0,
-            cache_read_tokens INTEGER NOT NULL DEFAULT 0,
-            cache_write_5m_tokens INTEGER NOT NULL DEFAULT 0,
-            cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0,
-            output_tokens INTEGER NOT NULL DEFAULT 0,
-            cost_usd REAL NOT NULL DEFAULT 0,
-            uncached_cost_usd REAL NOT NULL DEFAULT 0,
-            latency_ms REAL,
-            outcome TEXT NOT NULL,
-            error TEXT
-        );
-        CREATE INDEX requests_by_corpus_time ON requests (corpus, at);
-"""
+__all__ = [
+    "BUSY_TIMEOUT", "M001_INITIAL", "M002_SHARD_AND_TTL", "M003_CACHE_MISS_REASON",
+    "M004_ROW_KEY", "MIGRATIONS", "Ledger", "Recorded", "RequestRecord", "StorageFault",
+    "Totals",
+]  # fmt: skip
 
-M002_SHARD_AND_TTL = """
-        ALTER TABLE requests ADD COLUMN shard INTEGER;
-        ALTER TABLE requests ADD COLUMN ttl TEXT;
-"""
+log = logging.getLogger(__name__)
 
-M003_CACHE_MISS_REASON = """
-        ALTER TABLE requests ADD COLUMN cache_miss_reason TEXT;
-        ALTER TABLE requests ADD COLUMN cache_missed_tokens INTEGER;
-"""
-
-# Ordered; each runs once, in one transaction with the version bump.
-MIGRATIONS: list[str] = [M001_INITIAL, M002_SHARD_AND_TTL, M003_CACHE_MISS_REASON]
+BUSY_TIMEOUT = 2.0  # seconds a write waits for another process's lock, then is journaled
+# After a write failed, until one succeeds: a write waits briefly, so that a lock held for
+# minutes does not stall every request by the full timeout (its row is journaled anyway).
+BUSY_TIMEOUT_BEHIND = 0.1
 
 
 @dataclass(frozen=True)
@@ -79,6 +73,15 @@ class RequestRecord:
     ttl: str | None = None
     cache_miss_reason: str | None = None  # from the API's cache diagnostics, when it gave one
     cache_missed_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What became of a row: `unrecorded` says why the ledger could not write it and where
+    it is kept until it can (None: it is in the ledger)."""
+
+    row_key: str
+    unrecorded: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,9 @@ class Totals:
     def hit_rate(self) -> float:
         return hit_rate(self.cache_read_tokens, self.prompt_tokens)
 
+    def __add__(self, other: Totals) -> Totals:
+        return Totals(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
@@ -119,83 +125,234 @@ class Totals:
         }
 
 
+class StorageFault(Exception):
+    """The ledger's file cannot be written (or opened) now; the message says why."""
+
+
 class Ledger:
     """One SQLite file; safe to use from several threads of one process."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = path
+        self.journal = Journal(path)
+        self._busy_timeout = self._waits = busy_timeout
         self._lock = threading.Lock()
-        # Autocommit: each record() commits before it returns, so before its answer is sent.
-        # WAL with synchronous=NORMAL: a returned commit survives the process being killed;
-        # only a power cut can lose the last few (synchronous=FULL would fsync every one).
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
-
-    def _migrate(self) -> None:
+        self._db: sqlite3.Connection | None = None
+        self._pending: dict[str, Row] = {}  # rows known not to be in the ledger yet
+        self._unjournaled: list[Row] = []  # of those, the ones the journal refused too
+        self.fault: str | None = None  # why the last write failed, until one succeeds
         with self._lock:
-            (done,) = self._db.execute("PRAGMA user_version").fetchone()
-            for number, migration in enumerate(MIGRATIONS[done:], start=done + 1):
-                self._db.executescript(
-                    f"BEGIN IMMEDIATE;\n{migration}\nPRAGMA user_version={number};\nCOMMIT;"
-                )
+            for row in self.journal.rows():
+                self._pending[row["row_key"]] = row
+            try:
+                self._connection()
+                if self._pending:
+                    self._write(lambda db: None)  # replay what an earlier run journaled
+            except StorageFault as fault:
+                self._failed(fault)
+                log.warning("the ledger %s cannot be written: %s; requests are kept in %s "
+                            "until it can", path, fault, self.journal.path)  # fmt: skip
+        self.journal.ensure_reserve()
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection, opened (and migrated) if it is not. Raises StorageFault."""
+        if self._db is not None:
+            return self._db
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Autocommit outside _transaction: nothing is left uncommitted between writes.
+            # WAL with synchronous=NORMAL: a returned commit survives the process being
+            # killed; only a power cut can lose the last few (FULL would fsync every one).
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageFault(self._describe(exc)) from exc
+        try:
+            db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            migrate(db)
+        except sqlite3.Error as exc:
+            db.close()
+            raise StorageFault(self._describe(exc)) from exc
+        self._db = db
+        return db
+
+    def _disconnect(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()  # rolls back whatever is still open
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._unjournaled:  # a last chance for rows kept only in memory
+                try:
+                    self._write(lambda db: None)
+                except StorageFault as fault:
+                    self._journal_or_log(self._unjournaled, fault)
+            self._disconnect()
+
+    # --- writing ----------------------------------------------------------------------
+
+    def _write(self, action: Callable[[sqlite3.Connection], object]) -> None:
+        """Run `action` in one transaction, together with the rows waiting to be added
+        (from the journal and from memory). Raises StorageFault, with nothing left open."""
+        db = self._connection()
+        waiting: list[Row] = []
+        added: list[str] = []
+        try:
+            behind = self.fault is not None or self._pending
+            timeout = min(self._busy_timeout, BUSY_TIMEOUT_BEHIND) if behind else self._busy_timeout
+            db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            self._waits = timeout
+            with self.journal.taken() as journaled:
+                waiting = [*journaled, *self._unjournaled]
+                with transaction(db):
+                    if waiting:
+                        db.executemany(INSERT_ROW, [_values(row) for row in waiting])
+                    action(db)
+                    # Rows another server sharing the ledger replayed from the journal.
+                    added = _present(db, set(self._pending) - {r["row_key"] for r in waiting})
+        except sqlite3.Error as exc:
+            if not is_storage_fault(exc):
+                raise
+            if db.in_transaction or is_corrupt(exc):
+                self._disconnect()  # reopened, and checked again, at the next write
+            raise StorageFault(self._describe(exc)) from exc
+        for key in added:
+            self._pending.pop(key, None)
+        if waiting:
+            for row in waiting:
+                self._pending.pop(row["row_key"], None)
+            self._unjournaled.clear()
+            log.warning("the ledger %s is writable again: %d request(s) added from its "
+                        "journal", self.path, len(waiting))  # fmt: skip
+            self.journal.ensure_reserve()
+        self.fault = None
+
+    def _failed(self, fault: StorageFault) -> None:
+        self.fault = str(fault)
+
+    def _journal_or_log(self, rows: list[Row], fault: StorageFault) -> list[Row]:
+        """Journal `rows`; those the journal refuses too are logged whole (the last place
+        they can be found) and returned."""
+        refused: list[Row] = []
+        for row in rows:
+            try:
+                self.journal.append(row)
+            except OSError as exc:
+                refused.append(row)
+                log.error(
+                    "the ledger %s could not record a request (%s), nor could its journal %s "
+                    "(%s); the row, to add by hand if the server stops before the ledger is "
+                    "writable: %s", self.path, fault, self.journal.path, exc.strerror or exc,
+                    json.dumps(row),
+                )  # fmt: skip
+        return refused
 
     # --- token counts -----------------------------------------------------------------
 
     def token_counts(self, model: str, keys: Iterable[str]) -> dict[str, int]:
+        """The stored counts of `keys`; none when the ledger cannot be read (the caller
+        counts them again)."""
         wanted = list(keys)
         found: dict[str, int] = {}
-        with self._lock:
+        try:
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
+                _, rows = self._query(
                     f"SELECT content_key, tokens FROM token_counts "
                     f"WHERE model = ? AND content_key IN ({marks})",
                     [model, *chunk],
                 )
                 found.update(rows)
+        except LedgerUnavailableError as exc:
+            log.warning("%s; token counts are taken from the API instead", exc)
+            return {}
         return found
 
-    def store_token_counts(self, model: str, counts: dict[str, int]) -> None:
+    def store_token_counts(self, model: str, counts: dict[str, int]) -> bool:
+        """Store counts; False when the ledger cannot be written (they are counted again
+        later: nothing is lost)."""
         now = time.time()
+        rows = [(key, model, tokens, now) for key, tokens in counts.items()]
         with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO token_counts VALUES (?, ?, ?, ?)",
-                [(key, model, tokens, now) for key, tokens in counts.items()],
-            )
-            self._db.execute("COMMIT")
+            try:
+                self._write(
+                    lambda db: db.executemany(
+                        "INSERT OR REPLACE INTO token_counts VALUES (?, ?, ?, ?)", rows
+                    )
+                )
+            except StorageFault as fault:
+                self._failed(fault)
+                log.warning(
+                    "token counts of %d document(s) were not stored in the ledger %s: %s; "
+                    "they will be counted again", len(rows), self.path, fault,
+                )  # fmt: skip
+                return False
+        return True
 
     # --- requests ---------------------------------------------------------------------
 
-    def record(self, record: RequestRecord) -> int:
-        u = record.usage
+    def record(self, record: RequestRecord) -> Recorded:
+        """Write a request's row. When the ledger cannot be written, the row is kept in the
+        journal (or, if even that fails, in memory and the log) and added later; the
+        result says so."""
+        row = _row(record)
         with self._lock:
-            cursor = self._db.execute(
-                """INSERT INTO requests (at, kind, corpus, model, backend, snapshot, message_id,
-                    input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens,
-                    output_tokens, cost_usd, uncached_cost_usd, latency_ms, outcome, error,
-                    shard, ttl, cache_miss_reason, cache_missed_tokens)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    record.at if record.at is not None else time.time(),
-                    record.kind, record.corpus, record.model, record.backend, record.snapshot,
-                    record.message_id, u.input_tokens, u.cache_read_tokens,
-                    u.cache_write_5m_tokens, u.cache_write_1h_tokens, u.output_tokens,
-                    record.cost_usd, record.uncached_cost_usd, record.latency_ms,
-                    record.outcome, record.error, record.shard, record.ttl,
-                    record.cache_miss_reason, record.cache_missed_tokens,
-                ),
-            )  # fmt: skip
-        return int(cursor.lastrowid or 0)
+            try:
+                self._write(lambda db: db.execute(INSERT_ROW, _values(row)))
+            except StorageFault as fault:
+                self._failed(fault)
+                self._pending[row["row_key"]] = row
+                if self._journal_or_log([row], fault):
+                    self._unjournaled.append(row)
+                    return Recorded(
+                        row["row_key"],
+                        f"{fault}; nor could its journal {self.journal.path}: the row is kept "
+                        "in memory and in the server's log, and will be added when the ledger "
+                        "is writable",
+                    )
+                log.warning("the ledger %s could not record a request (%s): %s; kept in %s, to "
+                            "be added when it is writable", self.path, record.kind, fault,
+                            self.journal.path)  # fmt: skip
+                return Recorded(
+                    row["row_key"],
+                    f"{fault}; it is kept in {self.journal.path} and will be added when the "
+                    "ledger is writable",
+                )
+        return Recorded(row["row_key"])
+
+    @property
+    def waiting(self) -> int:
+        """Requests this process knows of that are not in the ledger yet."""
+        with self._lock:
+            return len(self._pending)
+
+    # --- reading ----------------------------------------------------------------------
+
+    def _query(self, query: str, params: list[Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and rows. Raises LedgerUnavailableError when the file cannot be read."""
+        with self._lock:
+            try:
+                db = self._connection()
+                cursor = db.execute(query, params)
+                return [c[0] for c in cursor.description], cursor.fetchall()
+            except StorageFault as fault:
+                raise LedgerUnavailableError(f"the ledger cannot be read: {fault}") from fault
+            except sqlite3.Error as exc:
+                if not is_storage_fault(exc):
+                    raise
+                if is_corrupt(exc):
+                    self._disconnect()
+                raise LedgerUnavailableError(
+                    f"the ledger cannot be read: {self._describe(exc)}"
+                ) from exc
+
+    def _rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
+        names, rows = self._query(query, params)
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     def requests(self, corpus: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         query = "SELECT * FROM requests"
@@ -205,24 +362,24 @@ class Ledger:
             params.append(corpus)
         query += " ORDER BY id DESC LIMIT ?"
         params.append(limit)
-        with self._lock:
-            cursor = self._db.execute(query, params)
-            names = [c[0] for c in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        return self._rows(query, params)
 
     def totals(self, corpus: str | None = None, since: float | None = None) -> Totals:
+        """What the ledger holds, plus the rows waiting in the journal: money spent is
+        counted (by the daily cap too) whether or not its row could be written yet."""
         where, params = _where(corpus, since)
+        _, rows = self._query(
+            f"""SELECT COUNT(*), COALESCE(SUM(outcome != 'ok'), 0),
+                COALESCE(SUM(input_tokens), 0), COALESCE(SUM(cache_read_tokens), 0),
+                COALESCE(SUM(cache_write_5m_tokens + cache_write_1h_tokens), 0),
+                COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cost_usd), 0),
+                COALESCE(SUM(uncached_cost_usd), 0)
+                FROM requests {where}""",
+            params,
+        )
         with self._lock:
-            row = self._db.execute(
-                f"""SELECT COUNT(*), COALESCE(SUM(outcome != 'ok'), 0),
-                    COALESCE(SUM(input_tokens), 0), COALESCE(SUM(cache_read_tokens), 0),
-                    COALESCE(SUM(cache_write_5m_tokens + cache_write_1h_tokens), 0),
-                    COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cost_usd), 0),
-                    COALESCE(SUM(uncached_cost_usd), 0)
-                    FROM requests {where}""",
-                params,
-            ).fetchone()
-        return Totals(*row)
+            waiting = list(self._pending.values())
+        return Totals(*rows[0]) + _totals_of(waiting, corpus, since)
 
     def history(self, corpus: str | None = None) -> list[dict[str, Any]]:
         """Every request, oldest first."""
@@ -234,12 +391,11 @@ class Ledger:
     ) -> dict[str, tuple[int, int]]:
         """kind -> (requests, of which errors)."""
         where, params = _where(corpus, since)
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT kind, COUNT(*), COALESCE(SUM(outcome != 'ok'), 0) FROM requests {where} "
-                "GROUP BY kind ORDER BY kind",
-                params,
-            ).fetchall()
+        _, rows = self._query(
+            f"SELECT kind, COUNT(*), COALESCE(SUM(outcome != 'ok'), 0) FROM requests {where} "
+            "GROUP BY kind ORDER BY kind",
+            params,
+        )
         return {kind: (count, errors) for kind, count, errors in rows}
 
     def last_by_shard(
@@ -258,11 +414,57 @@ class Ledger:
             params,
         )
 
-    def _rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
-        with self._lock:
-            cursor = self._db.execute(query, params)
-            names = [c[0] for c in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    def _describe(self, exc: BaseException) -> str:
+        return describe_fault(exc, self._waits)
+
+
+def _row(record: RequestRecord) -> Row:
+    u = record.usage
+    return {
+        "at": record.at if record.at is not None else time.time(),
+        "kind": record.kind, "corpus": record.corpus, "model": record.model,
+        "backend": record.backend, "snapshot": record.snapshot, "message_id": record.message_id,
+        "input_tokens": u.input_tokens, "cache_read_tokens": u.cache_read_tokens,
+        "cache_write_5m_tokens": u.cache_write_5m_tokens,
+        "cache_write_1h_tokens": u.cache_write_1h_tokens, "output_tokens": u.output_tokens,
+        "cost_usd": record.cost_usd, "uncached_cost_usd": record.uncached_cost_usd,
+        "latency_ms": record.latency_ms, "outcome": record.outcome, "error": record.error,
+        "shard": record.shard, "ttl": record.ttl, "cache_miss_reason": record.cache_miss_reason,
+        "cache_missed_tokens": record.cache_missed_tokens, "row_key": uuid.uuid4().hex,
+    }  # fmt: skip
+
+
+def _present(db: sqlite3.Connection, keys: set[str]) -> list[str]:
+    """Those of `keys` whose rows are in the ledger."""
+    wanted, found = list(keys), []
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = db.execute(f"SELECT row_key FROM requests WHERE row_key IN ({marks})", chunk)
+        found += [key for (key,) in rows]
+    return found
+
+
+def _values(row: Row) -> tuple[Any, ...]:
+    return tuple(row.get(column) for column in ROW_COLUMNS)
+
+
+def _totals_of(rows: list[Row], corpus: str | None, since: float | None) -> Totals:
+    """Totals of rows not in the ledger yet, as the SQL in Ledger.totals adds them up."""
+    mine = [
+        r for r in rows
+        if (corpus is None or r["corpus"] == corpus) and (since is None or r["at"] >= since)
+    ]  # fmt: skip
+
+    def total(*columns: str) -> int:
+        return sum(int(r.get(c) or 0) for r in mine for c in columns)
+
+    return Totals(
+        len(mine), sum(r["outcome"] != "ok" for r in mine), total("input_tokens"),
+        total("cache_read_tokens"), total("cache_write_5m_tokens", "cache_write_1h_tokens"),
+        total("output_tokens"), sum(float(r.get("cost_usd") or 0) for r in mine),
+        sum(float(r.get("uncached_cost_usd") or 0) for r in mine),
+    )  # fmt: skip
 
 
 def _where(corpus: str | None, since: float | None) -> tuple[str, list[Any]]:

@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -323,7 +324,8 @@ class FolderWatcher:
                 await self._refresh()
             except CorpusNotFoundError:
                 return False
-            except (CorpusCacheError, OSError) as exc:
+            # sqlite3.Error: a storage fault the ledger did not absorb (locked, full, corrupt).
+            except (CorpusCacheError, OSError, sqlite3.Error) as exc:
                 self.stats.failures += 1
                 if delay is None:
                     log.error("refresh of %s failed again: %s; waiting for the next change",

@@ -32,6 +32,8 @@ class Answer:
     session_dropped_turns: int = 0  # oldest turns dropped before this question, to fit
     session_snapshot_is_live: bool = True  # False: the folder changed since the session began
     message_ids: tuple[str, ...] = ()  # the API's id of each shard's response, as the ledger has it
+    # Why the ledger could not record a shard's row, and where the row waits to be added.
+    unrecorded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class ShardAnswer:
     raw_text: str = ""  # the answer's text as the API gave it, for a session's next turn
     marked: tuple[int, ...] = ()  # the anchors the request marked
     message_id: str = ""
+    unrecorded: str | None = None  # Recorded.unrecorded: the ledger could not write the row
 
 
 def merge(corpus: Corpus, parts: list[ShardAnswer], model: str) -> Answer:
@@ -80,4 +83,5 @@ def merge(corpus: Corpus, parts: list[ShardAnswer], model: str) -> Answer:
         corpus_share=covered / total if total else 1.0,
         documents_not_consulted=len(corpus.snapshot.documents) - len(consulted),
         message_ids=tuple(p.message_id for p in parts),
+        unrecorded=tuple(dict.fromkeys(p.unrecorded for p in parts if p.unrecorded)),
     )

@@ -47,6 +47,7 @@ from corpus_cache.errors import (
     CorpusTooLargeError,
     IncompleteResponseError,
     InvalidArgumentError,
+    LedgerUnavailableError,
     NotInCorpusError,
     first_leaf,
 )
@@ -105,7 +106,12 @@ class Engine:
         self.entries = CacheEntries()  # the cache entries we believe alive
         self._turn = 0
         # Edits and question times, for the planner and the TTL policy.
-        self.history = History.from_requests(ledger.requests(self.corpus_key, limit=200))
+        try:
+            recent = ledger.requests(self.corpus_key, limit=200)
+        except LedgerUnavailableError as exc:
+            log.warning("%s; starting without the history of earlier questions", exc)
+            recent = []
+        self.history = History.from_requests(recent)
         self.last_prewarm: Any = None  # warm.Prewarmed, after a change, with --prewarm
         self._listeners: list[SwapListener] = []
         self._sessions: Sessions[_Pin] = Sessions(
@@ -445,7 +451,7 @@ class Engine:
         miss_reason, missed_tokens = cache_miss(message)
         self._last_message[shard.number] = message.id
         cost, uncached = cost_usd(usage, self.model), uncached_cost_usd(usage, self.model)
-        self.ledger.record(
+        recorded = self.ledger.record(
             RequestRecord(
                 at=self.clock(), kind="ask", corpus=self.corpus_key, model=self.model.id,
                 backend=backend,
@@ -459,7 +465,7 @@ class Engine:
         raw_text = "".join(b.text for b in message.content if b.type == "text")
         return ShardAnswer(
             shard, mapped.text, mapped.citations, usage, cost, uncached, backend, latency,
-            raw_text, marked_anchors(params), message.id,
+            raw_text, marked_anchors(params), message.id, recorded.unrecorded,
         )  # fmt: skip
 
     def record_failure(

@@ -33,6 +33,7 @@ class Warmed:
     cost_usd: float
     uncached_cost_usd: float
     latency_ms: float
+    unrecorded: str | None = None  # Recorded.unrecorded: the ledger could not write the row
 
 
 async def warm(engine: Engine, corpus: Corpus | None = None) -> list[Warmed]:
@@ -175,11 +176,11 @@ async def warm_shard(
     ttl = answered(usage)
     cost = cost_usd(usage, engine.model)
     uncached = uncached_cost_usd(usage, engine.model)
-    engine.ledger.record(
+    recorded = engine.ledger.record(
         replace(
             record, backend=backend_of_response(raw.headers, engine.backend.kind),
             usage=usage, cost_usd=cost, uncached_cost_usd=uncached,
             message_id=message.id, latency_ms=latency, ttl=ttl,
         )
     )  # fmt: skip
-    return Warmed(shard.number, usage, cost, uncached, latency)
+    return Warmed(shard.number, usage, cost, uncached, latency, recorded.unrecorded)

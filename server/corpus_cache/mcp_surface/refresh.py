@@ -34,6 +34,11 @@ class RefreshResult(BaseModel):
     paths_not_shown: int = Field(0, description="paths left out of the three lists above")
     warmed: list[WarmedShard] = Field(description="one warming request per cached shard")
     warm_note: str | None = Field(None, description="why nothing was warmed, if it was asked")
+    ledger_note: str | None = Field(
+        None,
+        description="set when the ledger could not record a warming request: why, and where "
+        "its row is kept until it is added",
+    )
 
 
 async def refresh_corpus(engine: Engine, *, warm_cache: bool) -> RefreshResult:
@@ -48,6 +53,7 @@ async def refresh_corpus(engine: Engine, *, warm_cache: bool) -> RefreshResult:
         list(paths[:PATHS_SHOWN]) for paths in (changes.added, changes.removed, changes.changed)
     ]
     total = len(changes.added) + len(changes.removed) + len(changes.changed)
+    unrecorded = list(dict.fromkeys(w.unrecorded for w in warmed if w.unrecorded))
     return RefreshResult(
         snapshot_version=after.snapshot.version,
         snapshot_time=iso(after.snapshot.created_at),
@@ -66,6 +72,11 @@ async def refresh_corpus(engine: Engine, *, warm_cache: bool) -> RefreshResult:
             for w in warmed
         ],
         warm_note=note,
+        ledger_note=(
+            "the ledger could not record the warming: " + "; ".join(unrecorded)
+            if unrecorded
+            else None
+        ),
     )
 
 
@@ -98,4 +109,6 @@ def render_refresh(out: RefreshResult) -> str:
         )
     if out.warm_note:
         lines.append(out.warm_note[0].upper() + out.warm_note[1:] + ".")
+    if out.ledger_note:
+        lines.append(f"Note: {out.ledger_note}.")
     return "\n".join(lines)

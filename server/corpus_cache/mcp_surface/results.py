@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
+from corpus_cache.accounting.ledger import Totals
 from corpus_cache.engine.answers import Answer
 from corpus_cache.engine.core import Engine
+from corpus_cache.errors import LedgerUnavailableError
 
 # --- structured results ---------------------------------------------------------------
 
@@ -65,6 +67,11 @@ class AskResult(BaseModel):
     message_ids: list[str] = Field(
         default_factory=list,
         description="the API's id of each shard's response, as the ledger records it",
+    )
+    ledger_note: str | None = Field(
+        default=None,
+        description="set when the ledger could not record this answer: why, and where its "
+        "row is kept until it is added",
     )
 
 
@@ -176,6 +183,11 @@ class CacheStatus(BaseModel):
     blocks_not_shown: int = Field(
         default=0, description="blocks left out of `blocks` to keep it small"
     )
+    ledger_note: str | None = Field(
+        default=None,
+        description="set when the ledger cannot be written or read: why, and where the "
+        "requests it could not record are kept",
+    )
 
 
 # --- rendering ------------------------------------------------------------------------
@@ -219,6 +231,11 @@ def ask_result(answer: Answer) -> AskResult:
         session_dropped_turns=answer.session_dropped_turns,
         session_snapshot_is_live=answer.session_snapshot_is_live,
         message_ids=list(answer.message_ids),
+        ledger_note=(
+            "the ledger could not record this answer: " + "; ".join(answer.unrecorded)
+            if answer.unrecorded
+            else None
+        ),
     )
 
 
@@ -259,6 +276,8 @@ def render_answer(result: AskResult) -> str:
                 "since, start a new session to see the changes"
             )
         lines.append(note + ".")
+    if result.ledger_note:
+        lines.append(f"Note: {result.ledger_note}.")
     lines.append(
         f"— answered by {source}, {result.model}; {u.cache_read_tokens:,} of {prompt:,} prompt "
         f"tokens read from cache; ${result.cost_usd:.4f} "
@@ -278,7 +297,18 @@ def render_answer(result: AskResult) -> str:
 def status(engine: Engine) -> CacheStatus:
     corpus = engine.current
     plans = [shard.plan for shard in corpus.shards]
-    totals = engine.totals()
+    ledger_note = None
+    try:
+        totals = engine.totals()
+    except LedgerUnavailableError as exc:
+        totals, ledger_note = Totals(0, 0, 0, 0, 0, 0, 0.0, 0.0), f"{exc}; spend is not shown"
+    if engine.ledger.waiting:
+        ledger_note = (
+            (ledger_note + "; " if ledger_note else "")
+            + f"{engine.ledger.waiting} request(s) could not be recorded in the ledger yet"
+            + (f" ({engine.ledger.fault})" if engine.ledger.fault else "")
+            + f": they are kept in {engine.ledger.journal.path} and counted in the spend"
+        )
     notes = sorted({plan.note for plan in plans})
     return CacheStatus(
         corpus=str(engine.settings.corpus),
@@ -317,6 +347,7 @@ def status(engine: Engine) -> CacheStatus:
             for shard in corpus.shards
             if shard.plan.cached and (d := engine.ttl_decision(shard))
         ],
+        ledger_note=ledger_note,
     )
 
 
@@ -349,4 +380,6 @@ def render_status(out: CacheStatus) -> str:
         lines.append(f"  ... and {out.blocks_not_shown} more blocks, left out for length")
     if out.skipped:
         lines.append("Left out: " + ", ".join(f"{n} {r}" for r, n in out.skipped.items()) + ".")
+    if out.ledger_note:
+        lines.append(f"Ledger: {out.ledger_note}.")
     return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""The ledger's SQLite mechanics: the schema and its ordered migrations (`PRAGMA
+user_version` says how many ran), transactions that always close, and what a storage
+fault is and how to say it."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+
+M001_INITIAL = """
+        CREATE TABLE token_counts (
+            content_key TEXT NOT NULL,
+            model TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            counted_at REAL NOT NULL,
+            PRIMARY KEY (content_key, model)
+        );
+        CREATE TABLE requests (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            corpus TEXT NOT NULL,
+            model TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            snapshot INTEGER,
+            message_id TEXT,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_write_5m_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL NOT NULL DEFAULT 0,
+            uncached_cost_usd REAL NOT NULL DEFAULT 0,
+            latency_ms REAL,
+            outcome TEXT NOT NULL,
+            error TEXT
+        );
+        CREATE INDEX requests_by_corpus_time ON requests (corpus, at);
+"""
+
+M002_SHARD_AND_TTL = """
+        ALTER TABLE requests ADD COLUMN shard INTEGER;
+        ALTER TABLE requests ADD COLUMN ttl TEXT;
+"""
+
+M003_CACHE_MISS_REASON = """
+        ALTER TABLE requests ADD COLUMN cache_miss_reason TEXT;
+        ALTER TABLE requests ADD COLUMN cache_missed_tokens INTEGER;
+"""
+
+# A key per row, so that a row replayed from the journal is added once however often it is.
+M004_ROW_KEY = """
+        ALTER TABLE requests ADD COLUMN row_key TEXT;
+        CREATE UNIQUE INDEX requests_by_row_key ON requests (row_key);
+"""
+
+# Ordered; each runs once, in one transaction with the version bump.
+MIGRATIONS: list[str] = [
+    M001_INITIAL, M002_SHARD_AND_TTL, M003_CACHE_MISS_REASON, M004_ROW_KEY,
+]  # fmt: skip
+
+ROW_COLUMNS = (
+    "at", "kind", "corpus", "model", "backend", "snapshot", "message_id", "input_tokens",
+    "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "output_tokens",
+    "cost_usd", "uncached_cost_usd", "latency_ms", "outcome", "error", "shard", "ttl",
+    "cache_miss_reason", "cache_missed_tokens", "row_key",
+)  # fmt: skip
+INSERT_ROW = (
+    f"INSERT OR IGNORE INTO requests ({', '.join(ROW_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})"
+)
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE (the write lock, waited for up to the busy timeout) ... COMMIT; on
+    any error, ROLLBACK: no transaction outlives its block. (SQLite may have rolled back
+    already, as it does on a full disk.)"""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    (done,) = db.execute("PRAGMA user_version").fetchone()
+    while done < len(MIGRATIONS):
+        with transaction(db):
+            # Read again under the write lock: another process may have migrated meanwhile.
+            (done,) = db.execute("PRAGMA user_version").fetchone()
+            if done >= len(MIGRATIONS):
+                return
+            for statement in MIGRATIONS[done].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={done + 1}")
+        done += 1
+
+
+def is_storage_fault(exc: sqlite3.Error) -> bool:
+    """Locked, full, read-only, I/O or corrupt storage; not a mistake in a query."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
+def describe_fault(exc: BaseException, busy_timeout: float) -> str:
+    """Why the ledger cannot be used, in words a user can act on."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    detail = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return f"it is locked by another process (for more than {busy_timeout:g} s: {detail})"
+    if name.startswith("SQLITE_FULL"):
+        return f"the disk is full ({detail})"
+    if name.startswith("SQLITE_READONLY"):
+        return f"it is read-only ({detail})"
+    if name.startswith("SQLITE_IOERR"):
+        return f"it cannot be written ({detail})"
+    if name.startswith("SQLITE_CANTOPEN") or isinstance(exc, OSError):
+        return f"it cannot be opened ({detail})"
+    if is_corrupt(exc):
+        return (
+            f"it is not a readable database ({detail}); move the file aside to start a new "
+            "ledger, or restore it from a backup"
+        )
+    return detail
