@@ -18,7 +18,7 @@ from watchdog.utils.dirsnapshot import DirectorySnapshot
 
 from corpus_cache.corpus.paths import corpus_relative
 from corpus_cache.corpus.scan import scan
-from corpus_cache.corpus.watch import _scandir_pruned
+from corpus_cache.corpus.watch import scandir_pruned
 from corpus_cache.errors import InvalidArgumentError
 from support.corpus_fixture import write_corpus
 from support.emulator_control import Control
@@ -87,7 +87,7 @@ def test_polling_never_walks_into_a_symlinked_folder(tmp_path: Path) -> None:
     os.symlink("..", tmp_path / "sub" / "up")
     os.symlink(tmp_path / "loop-b", tmp_path / "loop-a")
     os.symlink(tmp_path / "loop-a", tmp_path / "loop-b")
-    snapshot = DirectorySnapshot(str(tmp_path), stat=os.stat, listdir=_scandir_pruned)
+    snapshot = DirectorySnapshot(str(tmp_path), stat=os.stat, listdir=scandir_pruned)
     walked = {os.path.relpath(os.fsdecode(p), tmp_path) for p in snapshot.paths}
     assert walked == {".", "a.md", "sub"}
 

@@ -159,33 +159,56 @@ async def test_editing_gitignore_reevaluates_what_is_included(
 async def test_the_folder_disappearing_keeps_the_last_snapshot_until_it_comes_back(
     folder: Path, running_emulator: Any, emulator: Control, tmp_path: Path
 ) -> None:
+    away = tmp_path / "away"
     async with live(folder, running_emulator.base_url, tmp_path / "s") as (engine, swaps, watcher):
         last = engine.current.snapshot
-        shutil.rmtree(folder)
+        os.rename(folder, away)
         await condition(lambda: watcher.stats.folder_missing)
         assert engine.current.snapshot.documents == last.documents  # still served
 
-        os.mkdir(folder)
-        (folder / "restored.md").write_text("Restored from a backup.\n")
-        await swaps.until(lambda s: paths(s) == {"restored.md"})
+        os.rename(away, folder)
+        (folder / "restored.md").write_text("Back where it was.\n")
+        await swaps.until(lambda s: "restored.md" in paths(s))
         assert not watcher.stats.folder_missing
 
         (folder / "after.md").write_text("Written after the folder came back.\n")
         await swaps.until(lambda s: "after.md" in paths(s))  # watched again
 
 
-async def test_a_folder_replaced_by_another_is_watched_again(
+async def test_a_folder_made_anew_at_the_path_is_not_served(
+    folder: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    # The folder served is pinned (corpus/beneath.py): another one at its path, even one
+    # made by deleting and recreating it, is another folder. The tools say so (tested in
+    # tests/security/test_sec_paths.py) and a restart serves it.
+    async with live(folder, running_emulator.base_url, tmp_path / "s") as (engine, _s, watcher):
+        last = engine.current.snapshot
+        shutil.rmtree(folder)
+        await condition(lambda: watcher.stats.folder_missing)
+        os.mkdir(folder)
+        (folder / "restored.md").write_text("Restored from a backup.\n")
+        await condition(lambda: watcher.stats.folder_replaced)
+        assert engine.current.snapshot.documents == last.documents
+        assert "was replaced" in (engine.folder_problem() or "")
+
+
+async def test_a_folder_replaced_by_another_is_not_served_until_the_original_is_back(
     folder: Path, running_emulator: Any, emulator: Control, tmp_path: Path
 ) -> None:
     replacement = tmp_path / "replacement"
     replacement.mkdir()
     (replacement / "fresh.md").write_text("A fresh copy of the corpus.\n")
-    async with live(folder, running_emulator.base_url, tmp_path / "s") as (_, swaps, _w):
+    async with live(folder, running_emulator.base_url, tmp_path / "s") as (engine, swaps, watcher):
+        last = engine.current.snapshot
         os.rename(folder, tmp_path / "old-corpus")
         os.rename(replacement, folder)
-        await swaps.until(lambda s: paths(s) == {"fresh.md"})
-        (folder / "later.md").write_text("Saved into the replacement.\n")
-        await swaps.until(lambda s: "later.md" in paths(s))
+        await condition(lambda: watcher.stats.folder_replaced)
+        assert engine.current.snapshot.documents == last.documents
+        os.rename(folder, replacement)
+        os.rename(tmp_path / "old-corpus", folder)
+        (folder / "later.md").write_text("Saved into the original.\n")
+        snapshot = await swaps.until(lambda s: "later.md" in paths(s))
+    assert "fresh.md" not in paths(snapshot)
 
 
 async def test_a_checkout_of_thousands_of_events_is_one_rebuild_and_git_internals_none(

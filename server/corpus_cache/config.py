@@ -29,6 +29,12 @@ class Settings(BaseSettings):
         description="send files whose text looks like a private key or an API or cloud "
         "credential (by default they are left out, with a warning)",
     )
+    allow_hard_links: bool = Field(
+        False,
+        description="send files with several names (hard links) even when the scan does not "
+        "find all of those names in the corpus (by default such a file is left out: another "
+        "name may be outside the folder)",
+    )
     max_answer_tokens: int = Field(1024, gt=0, description="max_tokens of an answer")
     request_timeout: float = Field(50.0, gt=0, description="seconds before an API call gives up")
     watch: bool = Field(True, description="watch the folder and refresh after every change")

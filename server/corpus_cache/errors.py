@@ -6,6 +6,7 @@ One tree, so that a caller catches `CorpusCacheError` and never a tuple:
     ├── InvalidArgumentError      a tool argument or a question the server refuses
     ├── NotInCorpusError          a path that names nothing the scan admitted
     ├── CorpusNotFoundError       the corpus folder does not exist (or is gone)
+    │   └── CorpusReplacedError   its path now names another folder than the one served
     ├── CorpusTooLargeError       no shard can hold what was asked
     ├── ModelTableError           the model table or a user's override file is unusable
     │   └── UnknownModelError     a model id the table does not list
@@ -37,6 +38,10 @@ class NotInCorpusError(CorpusCacheError):
 
 class CorpusNotFoundError(CorpusCacheError):
     """The corpus folder does not exist, or is not a folder."""
+
+
+class CorpusReplacedError(CorpusNotFoundError):
+    """The corpus path names another folder than the one the server started on."""
 
 
 class CorpusTooLargeError(CorpusCacheError):

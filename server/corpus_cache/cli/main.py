@@ -66,6 +66,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "budget_tokens": getattr(args, "budget_tokens", None),
         "max_file_bytes": getattr(args, "max_file_bytes", None),
         "allow_secret_content": True if getattr(args, "allow_secret_content", False) else None,
+        "allow_hard_links": True if getattr(args, "allow_hard_links", False) else None,
         "fan_out": getattr(args, "fan_out", None),
         "ttl": getattr(args, "ttl", None),
         "prewarm": True if getattr(args, "prewarm", False) else None,
@@ -284,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="send files whose text looks like a private key or an API or cloud "
             "credential; by default they are left out with a warning",
+        )
+        command.add_argument(
+            "--allow-hard-links",
+            action="store_true",
+            help="send files with several names (hard links) even when not all of their names "
+            "are in the corpus; by default they are left out, as another name may be outside it",
         )
         command.add_argument(
             "--prewarm",

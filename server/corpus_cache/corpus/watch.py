@@ -12,8 +12,11 @@ is only counted for the log: a rescan also re-evaluates edited `.gitignore` file
 in and out of the folder, and whole directories at once.
 
 The folder itself may disappear (deleted, moved away, a network mount dropping). The last
-snapshot is kept, a warning goes to the log, and once a folder is back at the same path it
-is rescanned and watched again.
+snapshot is kept, a warning goes to the log, and once the folder is back at its path it is
+rescanned and watched again. The folder is pinned (`pinned`: its device and inode, as the
+engine opened it): another folder at its path, or a symlink to one (`mv corpus corpus.old;
+ln -s /elsewhere corpus`), is never served; the last snapshot is kept, a warning says so,
+and the folder is watched again if the original comes back to its path.
 
 watchdog walks the folder recursively, natively and when polling alike, so a tree nested
 deeper than Python's recursion limit cannot be watched: then the watcher looks at the
@@ -58,6 +61,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
 from ..errors import CorpusCacheError, CorpusNotFoundError
+from .beneath import replaced_message
 from .rules import PRUNED_DIRECTORIES
 
 log = logging.getLogger(__name__)
@@ -205,7 +209,7 @@ def tree_fingerprint(root: str) -> str:
     return digest.hexdigest()
 
 
-def _scandir_pruned(path: str | None) -> Iterator[os.DirEntry[str]]:
+def scandir_pruned(path: str | None) -> Iterator[os.DirEntry[str]]:
     """os.scandir without the folders the scan prunes or does not follow, so polling never
     walks them. watchdog's polling walk follows symlinks: a link to a parent folder would
     have it walk the tree again at every level, forever."""
@@ -234,6 +238,7 @@ class WatchStats:
     events: int = 0
     polling: bool = False
     folder_missing: bool = False
+    folder_replaced: bool = False  # another folder, or a symlink, is at the path: not served
     rescanning: bool = False  # the folder cannot be watched: it is looked at every few seconds
 
 
@@ -252,8 +257,10 @@ class FolderWatcher:
         poll: bool = False,
         max_delay: float | None = None,
         ignores: tuple[PathFilter, ...] = DEFAULT_IGNORES,
+        pinned: tuple[int, int] | None = None,
     ) -> None:
         self.root = root
+        self._pinned = pinned  # the folder being served: no other is ever watched
         self._refresh = refresh
         self.debounce = max(0.0, debounce)
         # A folder that never goes quiet (a log written every few ms) still gets refreshed.
@@ -347,6 +354,14 @@ class FolderWatcher:
             return None
         return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
 
+    def _servable_identity(self) -> tuple[int, int] | None:
+        """The identity of the folder at the path, if it is one to watch: any folder, or
+        only the pinned one."""
+        identity = self._current_identity()
+        if identity is None or (self._pinned is not None and identity != self._pinned):
+            return None
+        return identity
+
     def _folder_replaced(self) -> bool:
         """The folder is gone, or another folder now sits at its path."""
         return self._current_identity() != self._identity
@@ -371,23 +386,33 @@ class FolderWatcher:
 
     async def _wait_for_the_folder(self) -> None:
         await self._stop_observer()
-        identity = self._current_identity()
-        if identity is not None:
-            if identity != self._identity:
-                log.warning("the corpus folder %s was replaced: rescanning and watching it",
-                            self.root)  # fmt: skip
-            return
-        self.stats.folder_missing = True
-        log.warning(
-            "the corpus folder %s is gone: serving the last snapshot until it comes back",
-            self.root,
-        )
+        reported = ""
         while True:  # nothing can send an event about a folder that is not there
-            await anyio.sleep(ROOT_CHECK_INTERVAL / 4)
-            if self._current_identity() is not None:
+            identity = self._current_identity()
+            if identity is None:
+                state = "gone"
+            elif self._pinned is not None and identity != self._pinned:
+                state = "replaced"
+            else:
+                state = "here"
+            self.stats.folder_missing = state == "gone"
+            self.stats.folder_replaced = state == "replaced"
+            if state == "here":
                 break
-        log.warning("the corpus folder %s is back: rescanning and watching it again", self.root)
-        self.stats.folder_missing = False
+            if state != reported:
+                reported = state
+                if state == "gone":
+                    log.warning("the corpus folder %s is gone: serving the last snapshot "
+                                "until it comes back", self.root)  # fmt: skip
+                else:
+                    log.warning("%s", replaced_message(self.root))
+            await anyio.sleep(ROOT_CHECK_INTERVAL / 4)
+        if reported:
+            log.warning("the corpus folder %s is back: rescanning and watching it again",
+                        self.root)  # fmt: skip
+        elif identity != self._identity:
+            log.warning("the corpus folder %s was replaced: rescanning and watching it",
+                        self.root)  # fmt: skip
 
     # --- the observer ------------------------------------------------------------------
 
@@ -398,7 +423,7 @@ class FolderWatcher:
 
     def _new_observer(self, poll: bool) -> BaseObserver:
         if poll:
-            return PollingObserverVFS(os.stat, _scandir_pruned, polling_interval=POLL_INTERVAL)
+            return PollingObserverVFS(os.stat, scandir_pruned, polling_interval=POLL_INTERVAL)
         return Observer()
 
     async def _start_observer(self) -> bool:
@@ -408,7 +433,9 @@ class FolderWatcher:
         handler = _Handler(root, inbox, self._ignores)
         self.stats.rescanning = False
         while True:
-            self._identity = self._current_identity()
+            if self._pinned is None:  # the first folder watched is the only one ever watched
+                self._pinned = self._current_identity()
+            self._identity = self._servable_identity()
             if self._identity is None:
                 return False
             observer = self._new_observer(self.stats.polling)

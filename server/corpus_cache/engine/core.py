@@ -37,7 +37,7 @@ from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.cache.policy import Decision, Prices, anchor_ttls, decide, upgrades_at_question
 from corpus_cache.config import Settings
 from corpus_cache.corpus.documents import Document, Snapshot
-from corpus_cache.corpus.scan import ScanOptions, scan
+from corpus_cache.corpus.scan import CorpusRoot, ScanOptions, scan
 from corpus_cache.corpus.search import Hit, SearchIndex
 from corpus_cache.engine.answers import Answer, ShardAnswer, merge
 from corpus_cache.engine.sessions import NEW, Session, Sessions, Turn, estimate_tokens, trim_turns
@@ -100,6 +100,9 @@ class Engine:
         self.counter = TokenCounter(backend.client, self.model.id, ledger)
         self.clock = clock
         self._corpus: Corpus | None = None
+        # The corpus folder, opened at the first scan and read through that descriptor ever
+        # after: a folder or symlink put at its path later is never read (beneath.py).
+        self._root: CorpusRoot | None = None
         self._version = 0
         self._instructions_tokens: int | None = None
         self._refreshing = anyio.Lock()
@@ -134,6 +137,22 @@ class Engine:
         return str(self.settings.corpus)
 
     @property
+    def root_identity(self) -> tuple[int, int] | None:
+        """Device and inode of the corpus folder being served, once it has been opened."""
+        return self._root.identity if self._root is not None else None
+
+    def folder_problem(self) -> str | None:
+        """Why the corpus path no longer leads to the folder being served (gone, or another
+        folder or a symlink in its place), or None: the last snapshot is served meanwhile."""
+        problem = self._root.problem() if self._root is not None else None
+        return str(problem) if problem is not None else None
+
+    def close(self) -> None:
+        """Let go of the corpus folder's descriptor."""
+        if self._root is not None:
+            self._root.close()
+
+    @property
     def indexed(self) -> bool:
         """Whether there is a live corpus yet (`current` raises until refresh() has run)."""
         return self._corpus is not None
@@ -162,8 +181,11 @@ class Engine:
         options = ScanOptions(
             max_file_bytes=self.settings.max_file_bytes,
             allow_secret_content=self.settings.allow_secret_content,
+            allow_hard_links=self.settings.allow_hard_links,
         )
-        result = await anyio.to_thread.run_sync(scan, self.settings.corpus, options, previous)
+        if self._root is None:
+            self._root = CorpusRoot(self.settings.corpus)
+        result = await anyio.to_thread.run_sync(scan, self._root, options, previous)
         tokens = await self.counter.count(result.documents, progress)
         if self._instructions_tokens is None:
             self._instructions_tokens = await self.counter.count_system(INSTRUCTIONS)

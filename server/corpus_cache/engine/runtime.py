@@ -30,9 +30,12 @@ async def running_engine(
     backend = open_backend(catalog, offline=settings.offline, timeout=settings.request_timeout)
     try:
         engine = Engine(settings, catalog, backend, ledger)
-        await engine.refresh(progress)
-        prewarm_after_changes(engine)
-        yield engine
+        try:
+            await engine.refresh(progress)
+            prewarm_after_changes(engine)
+            yield engine
+        finally:
+            engine.close()
     finally:
         await backend.close()
         ledger.close()
@@ -51,6 +54,7 @@ async def watching(engine: Engine) -> AsyncIterator[FolderWatcher | None]:
         engine.refresh,
         debounce=settings.debounce_ms / 1000,
         poll=settings.poll,
+        pinned=engine.root_identity,
     )
     async with anyio.create_task_group() as group:
         await group.start(watcher.run)

@@ -173,6 +173,11 @@ class CacheStatus(BaseModel):
     skipped: dict[str, int]
     snapshot_version: int
     snapshot_time: str
+    folder_problem: str | None = Field(
+        default=None,
+        description="why the corpus path no longer leads to the folder being served (gone, "
+        "or another folder or a symlink in its place): the last snapshot is served meanwhile",
+    )
     spend: SpendOut
     last_prewarm: str | None = Field(
         default=None, description="the last pre-warm after a change (--prewarm), and its cost"
@@ -327,6 +332,7 @@ def status(engine: Engine) -> CacheStatus:
         skipped=engine.skipped_summary(),
         snapshot_version=corpus.snapshot.version,
         snapshot_time=iso(corpus.snapshot.created_at),
+        folder_problem=engine.folder_problem(),
         spend=SpendOut(**totals.as_dict()),
         last_prewarm=(
             f"shard(s) {', '.join(map(str, engine.last_prewarm.shards))} pre-warmed at "
@@ -359,6 +365,8 @@ def render_status(out: CacheStatus) -> str:
         f"{out.min_cacheable_tokens:,} tokens.",
         f"Layout: {out.note}.",
     ]
+    if out.folder_problem:
+        lines.insert(0, f"Warning: {out.folder_problem}.")
     for b in out.blocks:
         ttl = f"breakpoint, TTL {b.ttl}" if b.ttl else "no breakpoint"
         where = f"shard {b.shard} block {b.block}" if out.shards > 1 else f"block {b.block}"

@@ -207,6 +207,8 @@ def build_server(engine: Engine) -> MCPServer:
             for d in out.documents
         ]
         lines.append(f"{len(page)} of {len(docs)} documents shown.")
+        if (problem := engine.folder_problem()) is not None:
+            lines.append(f"Warning: {problem}.")
         if out.next_offset is not None:
             lines.append(f"More: call list_documents with offset={out.next_offset}.")
         if out.skipped:
