@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from corpus_cache.engine.warm import WARM_QUESTION
+from corpus_cache.engine.core import WARM_QUESTION
 from corpus_cache.mcp_surface.server import build_server
 from support.corpus_fixture import write_corpus
 from support.emulator_control import Control

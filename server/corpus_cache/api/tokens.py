@@ -12,15 +12,12 @@ import functools
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
-import anthropic
 import anyio
-from anthropic import AsyncAnthropic
-from anthropic.types import MessageParam
 
 from corpus_cache.accounting.ledger import Ledger
-from corpus_cache.api.backend import describe_api_error
+from corpus_cache.api.caller import ApiCaller
 from corpus_cache.api.request import document_block
 from corpus_cache.corpus.documents import Document
 from corpus_cache.errors import ApiCallError
@@ -43,9 +40,9 @@ def _content_key(path: str, sha256: str) -> str:
 
 class TokenCounter:
     def __init__(
-        self, client: AsyncAnthropic, model: str, ledger: Ledger, *, concurrency: int = 8
+        self, caller: ApiCaller, model: str, ledger: Ledger, *, concurrency: int = 8
     ) -> None:
-        self._client = client
+        self._caller = caller
         self._model = model
         self._ledger = ledger
         self._limit = anyio.Semaphore(concurrency)
@@ -54,16 +51,8 @@ class TokenCounter:
         self._recent: dict[str, int] = {}
 
     async def _count(self, content: list[dict[str, Any]], system: str | None = None) -> int:
-        message = cast(MessageParam, {"role": "user", "content": content})
-        extra: dict[str, Any] = {"system": [{"type": "text", "text": system}]} if system else {}
         async with self._limit:
-            try:
-                result = await self._client.messages.count_tokens(
-                    model=self._model, messages=[message], **extra
-                )
-            except anthropic.APIError as exc:
-                raise ApiCallError(f"cannot count tokens: {describe_api_error(exc)}") from exc
-        return result.input_tokens
+            return await self._caller.count_tokens(content, system)
 
     async def _baseline_tokens(self) -> int:
         if self._baseline is None:

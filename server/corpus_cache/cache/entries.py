@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from corpus_cache.api.prepared import PreparedRequest
 from corpus_cache.models.pricing import TTL_SECONDS, Ttl, Usage
 
 # Past this many entries remembered, the expired ones are forgotten.
@@ -35,6 +36,13 @@ class CacheEntries:
         """Of `anchors` (whose entries' identities `ids` gives), those alive, in the order
         given, with the TTL each was written with (5 minutes if not known)."""
         return {a: self._ttls.get(ids[a], "5m") for a in anchors if self.alive(ids[a], now)}
+
+    def answered(self, request: PreparedRequest, usage: Usage) -> None:
+        """What `request`'s response (its usage) says of the entries it marked and read."""
+        self.remember(
+            request.identities, set(request.alive), list(request.marked), usage,
+            request.prepared_at, request.ttls,
+        )  # fmt: skip
 
     def remember(
         self,

@@ -85,3 +85,24 @@ def merge(corpus: Corpus, parts: list[ShardAnswer], model: str) -> Answer:
         message_ids=tuple(p.message_id for p in parts),
         unrecorded=tuple(dict.fromkeys(p.unrecorded for p in parts if p.unrecorded)),
     )
+
+
+@dataclass(frozen=True)
+class Warmed:
+    """What one warming or keep-warm request wrote or read, and cost."""
+
+    shard: int
+    usage: Usage
+    cost_usd: float
+    uncached_cost_usd: float
+    latency_ms: float
+    unrecorded: str | None = None  # why the ledger could not record it yet, and where it waits
+
+
+@dataclass(frozen=True)
+class Prewarmed:
+    """The last pre-warm after a change in the folder (--prewarm)."""
+
+    at: float
+    shards: tuple[int, ...]
+    cost_usd: float

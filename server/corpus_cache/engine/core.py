@@ -11,22 +11,18 @@ from typing import Any
 
 import anyio
 
-from corpus_cache.accounting.ledger import Ledger, RequestRecord, Totals
+from corpus_cache.accounting.ledger import Ledger, Totals
 from corpus_cache.api.backend import (
-    API_FAILURES,
     Backend,
-    backend_of_response,
-    describe_api_error,
 )
-from corpus_cache.api.outcomes import cache_miss, failure_text
+from corpus_cache.api.caller import ApiCaller
+from corpus_cache.api.prepared import PreparedRequest, RequestKind
 from corpus_cache.api.request import (
     INSTRUCTIONS,
-    build_request,
     checked_question,
     map_answer,
-    marked_anchors,
 )
-from corpus_cache.api.spending import DailyCap, estimate_usd
+from corpus_cache.api.spending import DailyCap
 from corpus_cache.api.tokens import TokenCounter
 from corpus_cache.cache import browse, live_corpus
 from corpus_cache.cache import markers as marker_blocks
@@ -34,26 +30,24 @@ from corpus_cache.cache.entries import CacheEntries
 from corpus_cache.cache.history import History
 from corpus_cache.cache.keeping import ShardState
 from corpus_cache.cache.live_corpus import Corpus
-from corpus_cache.cache.policy import Decision, Prices, anchor_ttls, decide, upgrades_at_question
+from corpus_cache.cache.policy import Decision, Prices, decide, upgrades_at_question
+from corpus_cache.cache.prepare import BY_POLICY, Marking, prepare_request
 from corpus_cache.config import Settings
 from corpus_cache.corpus.documents import Document, Snapshot
 from corpus_cache.corpus.scan import CorpusRoot, ScanOptions, scan
 from corpus_cache.corpus.search import Hit, SearchIndex
-from corpus_cache.engine.answers import Answer, ShardAnswer, merge
+from corpus_cache.engine.answers import Answer, Prewarmed, ShardAnswer, merge
 from corpus_cache.engine.sessions import NEW, Session, Sessions, Turn, estimate_tokens, trim_turns
 from corpus_cache.errors import (
-    ApiCallError,
     CorpusCacheError,
     CorpusTooLargeError,
-    IncompleteResponseError,
     InvalidArgumentError,
     LedgerUnavailableError,
     NotInCorpusError,
     first_leaf,
 )
 from corpus_cache.models.catalog import Catalog, ModelSpec
-from corpus_cache.models.pricing import Ttl, Usage, cost_usd, uncached_cost_usd
-from corpus_cache.plan.anchors import select_breakpoints
+from corpus_cache.models.pricing import Ttl, Usage
 from corpus_cache.plan.budget import default_budget
 from corpus_cache.plan.layout import (
     MAX_BREAKPOINTS,
@@ -68,6 +62,8 @@ from corpus_cache.plan.stability import DocInfo
 log = logging.getLogger(__name__)
 
 QUESTION_RESERVE = 2_000  # tokens kept free in the window for the question
+# After the last breakpoint, so it is never cached and its wording does not matter.
+WARM_QUESTION = "(Warming the cache: no answer is wanted.)"
 
 
 SwapListener = Callable[["Corpus | None", "Corpus"], Awaitable[None]]
@@ -97,8 +93,13 @@ class Engine:
         self.model: ModelSpec = catalog.get(settings.model)
         self.backend = backend
         self.ledger = ledger
-        self.counter = TokenCounter(backend.client, self.model.id, ledger)
         self.clock = clock
+        # Every request to the API goes through this one caller (api/caller.py).
+        self.caller = ApiCaller(
+            backend, self.model, ledger, self.corpus_key,
+            DailyCap(settings, lambda since: self.totals(since).cost_usd, clock), clock,
+        )  # fmt: skip
+        self.counter = TokenCounter(self.caller, self.model.id, ledger)
         self._corpus: Corpus | None = None
         # The corpus folder, opened at the first scan and read through that descriptor ever
         # after: a folder or symlink put at its path later is never read (beneath.py).
@@ -115,7 +116,7 @@ class Engine:
             log.warning("%s; starting without the history of earlier questions", exc)
             recent = []
         self.history = History.from_requests(recent)
-        self.last_prewarm: Any = None  # warm.Prewarmed, after a change, with --prewarm
+        self.last_prewarm: Prewarmed | None = None  # after a change, with --prewarm
         self._listeners: list[SwapListener] = []
         self._sessions: Sessions[_Pin] = Sessions(
             idle_seconds=settings.session_idle_minutes * 60,
@@ -125,7 +126,6 @@ class Engine:
         # Cache entries being written, by anchor identity: set once the writing response
         # has begun, when its entries become readable.
         self._writing: dict[str, anyio.Event] = {}
-        self._daily_cap = DailyCap(settings, lambda since: self.totals(since).cost_usd, clock)
         self._last_message: dict[int, str] = {}  # shard -> last answer's id, for diagnostics
 
     def on_swap(self, listener: SwapListener) -> None:
@@ -292,10 +292,7 @@ class Engine:
         corpus = await self._compacted()
         self._check_documents(corpus)
         chosen = self.route(question, corpus, fan_out or self.settings.fan_out)
-        estimate = sum(estimate_usd(self, corpus, shard, question) for shard in chosen)
-        with self._daily_cap.within(estimate):
-            answer = await self._ask_shards(question, corpus, chosen)
-        return replace(answer, estimated_usd=estimate)
+        return await self._ask_shards(question, corpus, chosen)
 
     def _check_documents(self, corpus: Corpus) -> None:
         if not corpus.snapshot.documents:
@@ -304,26 +301,36 @@ class Engine:
             )
 
     async def _ask_shards(self, question: str, corpus: Corpus, chosen: list[Shard]) -> Answer:
-        if len(chosen) == 1:
-            return merge(
-                corpus, [await self._ask_shard(question, corpus, chosen[0])], self.model.id
-            )
-        parts: dict[int, ShardAnswer] = {}
+        """Ask `chosen` at once: all are prepared together, refused or sent as one against
+        the daily cap, and merged in rank order."""
+        requests = await self._prepare_questions(question, corpus, chosen)
+        estimate = sum(request.estimate_usd for _, _, request in requests)
+        with self.caller.cap.within(estimate):
+            if len(requests) == 1:
+                parts = [await self._send_question(*requests[0])]
+            else:
+                parts = await self._send_questions(requests)
+        return replace(merge(corpus, parts, self.model.id), estimated_usd=estimate)
 
-        async def one(shard: Shard) -> None:
-            parts[shard.number] = await self._ask_shard(question, corpus, shard)
+    async def _send_questions(
+        self, requests: list[tuple[Corpus, Shard, PreparedRequest]]
+    ) -> list[ShardAnswer]:
+        answers: dict[int, ShardAnswer] = {}
+
+        async def one(corpus: Corpus, shard: Shard, request: PreparedRequest) -> None:
+            answers[shard.number] = await self._send_question(corpus, shard, request)
 
         try:
             async with anyio.create_task_group() as group:
-                for shard in chosen:
-                    group.start_soon(one, shard)
+                for request in requests:
+                    group.start_soon(one, *request)
         except BaseExceptionGroup as failures:
             # One shard failing fails the question; say why as the single-shard path would.
             first = first_leaf(failures)
             if isinstance(first, CorpusCacheError):
                 raise first from failures
             raise
-        return merge(corpus, [parts[s.number] for s in chosen], self.model.id)
+        return [answers[shard.number] for _, shard, _ in requests]
 
     async def _ask_in_session(self, question: str, fan_out: int | None, session_id: str) -> Answer:
         """A question in a conversation: the session's corpus and shard (pinned at its first
@@ -350,14 +357,13 @@ class Engine:
             )  # fmt: skip
             found.turns = list(kept)
             found.dropped += dropped
-            estimate = estimate_usd(
-                self, pin.corpus, pin.shard, question, sum(t.tokens for t in kept)
-            )
-            with self._daily_cap.within(estimate):
-                part = await self._ask_shard(
-                    question, pin.corpus, pin.shard,
-                    conversation=[t.exchange for t in kept], marked=pin.marked, pinned=True,
-                )  # fmt: skip
+            ((corpus, shard, request),) = await self._prepare_questions(
+                question, pin.corpus, [pin.shard],
+                conversation=[t.exchange for t in kept], marked=pin.marked, pinned=True,
+            )  # fmt: skip
+            estimate = request.estimate_usd
+            with self.caller.cap.within(estimate):
+                part = await self._send_question(corpus, shard, request)
             if pin.marked is None:
                 pin.marked = part.marked  # follow-ups mark the same anchors: the same prefix
             tokens = part.usage.output_tokens + estimate_tokens(question)
@@ -375,57 +381,97 @@ class Engine:
 
     # --- one shard --------------------------------------------------------------------
 
-    async def _ask_shard(
+    async def _prepare_questions(
         self,
         question: str,
         corpus: Corpus,
-        shard: Shard,
+        chosen: Sequence[Shard],
         *,
         conversation: Sequence[tuple[str, str]] = (),
         marked: Sequence[int] | None = None,
         pinned: bool = False,
-    ) -> ShardAnswer:
-        """Ask one shard, streaming. `marked`: the anchors to mark (a session's follow-up
-        marks those of its first question); by default chosen from what is believed alive.
-        `pinned`: send `corpus` as it is (a session's), without adding or dropping marker
-        blocks (markers.py) as a question otherwise may, and mark at most three anchors:
-        the session's follow-ups mark the same ones and the conversation takes the fourth.
+    ) -> list[tuple[Corpus, Shard, PreparedRequest]]:
+        """The request a question sends to each of `chosen`, with the corpus it was built
+        on (a question may add marker blocks, cache/markers.py). `marked`: the anchors to
+        mark (a session's follow-up marks those of its first question); by default chosen
+        from what is believed alive. `pinned`: send `corpus` as it is (a session's), without
+        adding or dropping marker blocks, and mark at most three anchors: the session's
+        follow-ups mark the same ones and the conversation takes the fourth.
 
-        Coalescing: a request that would write a cold prefix while another request writing
-        that same prefix has not begun its response waits until it has, then reads it. The
-        other request may be on another snapshot that shares this one's first documents."""
-        plan = shard.plan
+        Coalescing: while a request writing a cold prefix one of these would write has not
+        begun its response, wait until it has, then read it. The other request may be on
+        another snapshot that shares this one's first documents. The requests are prepared
+        once nothing is pending, with no wait in between, so none of them can be overtaken."""
+        for shard in chosen:
+            self._check_fits(shard)
+        # The markers are chosen as the question arrives, by the policy without its gap;
+        # the TTLs it asks for, once it is counted (history.asked) below.
+        corpora = {
+            s.number: corpus if pinned else self._with_question_markers(corpus, s)
+            for s in chosen
+        }  # fmt: skip
+        while True:
+            pending = next(
+                (w for s in chosen if (w := self._pending_write(corpora[s.number], s)) is not None),
+                None,
+            )
+            if pending is None:
+                break
+            await pending.wait()  # its entries are readable once its response has begun
+        requests = []
+        for shard in chosen:
+            shard_corpus = corpora[shard.number]
+            self.history.asked(shard.number, self.clock())
+            request = prepare_request(
+                "ask", shard_corpus, shard, question, model=self.model,
+                max_tokens=self.settings.max_answer_tokens,
+                live=self.live_ttls(shard_corpus, shard), decision=self.ttl_decision(shard),
+                turn=self._next_turn(), now=self.clock(),
+                marking=Marking(
+                    marked=marked,
+                    slots=SESSION_CORPUS_BREAKPOINTS if pinned else MAX_BREAKPOINTS,
+                ),
+                conversation=conversation,
+                previous_message_id=self._last_message.get(shard.number),
+            )  # fmt: skip
+            requests.append((shard_corpus, shard, request))
+        return requests
+
+    def _check_fits(self, shard: Shard) -> None:
         window = self.model.context_window
-        if plan.total_tokens + QUESTION_RESERVE + self.settings.max_answer_tokens > window:
+        if shard.plan.total_tokens + QUESTION_RESERVE + self.settings.max_answer_tokens > window:
             raise CorpusTooLargeError(
-                f"shard {shard.number} is {plan.total_tokens:,} tokens, more than "
+                f"shard {shard.number} is {shard.plan.total_tokens:,} tokens, more than "
                 f"{self.model.id}'s {window:,}-token window allows with room for a question "
                 "and an answer; lower --budget-tokens"
             )
-        if not pinned:
-            corpus = self._with_question_markers(corpus, shard)
-        ids = corpus.anchor_ids.get(shard.number, {})
-        while plan.anchors:
-            now = self.clock()
-            if self.entries.alive(ids[plan.anchors[-1]], now):
-                break  # warm: nothing to wait for
-            cold = (ids[a] for a in plan.anchors if not self.entries.alive(ids[a], now))
-            writing = next((self._writing[i] for i in cold if i in self._writing), None)
-            if writing is None:
-                break
-            await writing.wait()  # its entries are readable once its response has begun
-        self.history.asked(shard.number, self.clock())
-        params, answered = self.request_for(
-            corpus, shard, question, max_tokens=self.settings.max_answer_tokens,
-            marked=marked, conversation=conversation,
-            slots=SESSION_CORPUS_BREAKPOINTS if pinned else MAX_BREAKPOINTS,
-        )  # fmt: skip
-        params["diagnostics"] = {"previous_message_id": self._last_message.get(shard.number)}
-        ttl: str | None = None
-        # The entries this request writes, for requests that would write them too to wait on.
-        now = self.clock()
+
+    def _pending_write(self, corpus: Corpus, shard: Shard) -> anyio.Event | None:
+        """The response being awaited that writes a cold entry of `shard`'s, if its end is
+        not warm already."""
+        plan = shard.plan
+        if not plan.anchors:
+            return None
+        ids, now = corpus.anchor_ids.get(shard.number, {}), self.clock()
+        if self.entries.alive(ids[plan.anchors[-1]], now):
+            return None  # warm: nothing to wait for
+        cold = (ids[a] for a in plan.anchors if not self.entries.alive(ids[a], now))
+        return next((self._writing[i] for i in cold if i in self._writing), None)
+
+    def _next_turn(self) -> int:
+        """Which rotation of the lookback's reach the next request marks (plan/anchors)."""
+        turn = self._turn
+        self._turn += 1
+        return turn
+
+    async def _send_question(
+        self, corpus: Corpus, shard: Shard, request: PreparedRequest
+    ) -> ShardAnswer:
+        """Send a prepared question and map its answer's citations to files and lines.
+        Requests that would write the same cold entries wait for this one's response to
+        begin (`_prepare_questions`)."""
         readable = anyio.Event()
-        writes = [ids[a] for a in marked_anchors(params) if not self.entries.alive(ids[a], now)]
+        writes = request.writes
         for identity in writes:
             self._writing.setdefault(identity, readable)
 
@@ -436,85 +482,24 @@ class Engine:
                     if self._writing.get(identity) is readable:
                         del self._writing[identity]
 
-        opened: Usage | None = None  # the usage message_start reported: the response began
-        received = 0  # characters of the answer's text that have arrived
-        stopped = False
-        started = time.perf_counter()
+        def begun(usage: Usage) -> None:
+            # The cache usage comes first: the entries this request writes are readable
+            # from now on, and requests waiting for them can go.
+            self.entries.answered(request, usage)
+            release()
+
         try:
-            async with self.backend.client.messages.stream(**params) as stream:
-                async for event in stream:
-                    if event.type == "message_start":
-                        # The cache usage comes first: the entries this request writes are
-                        # readable from now on, and requests waiting for them can go.
-                        opened = Usage.from_api(event.message.usage)
-                        ttl = answered(opened)
-                        release()
-                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-                        received += len(event.delta.text)
-                    elif event.type == "message_stop":
-                        stopped = True
-                if not stopped:  # the SDK would hand back what arrived as if it were whole
-                    raise IncompleteResponseError("the stream ended before message_stop")
-                message = await stream.get_final_message()
-                headers = stream.response.headers
-        except API_FAILURES as exc:
-            self.record_failure("ask", corpus, shard.number, started, exc, opened, received)
-            raise ApiCallError(
-                describe_api_error(exc, received=received if opened is not None else None)
-            ) from exc
-        except anyio.get_cancelled_exc_class():
-            self.record_failure("ask", corpus, shard.number, started, None, opened, received)
-            raise
+            sent = await self.caller.answer(request, begun)
         finally:
             release()  # failed before it began: a waiting request writes the prefix itself
-        latency = (time.perf_counter() - started) * 1000
-        backend = backend_of_response(headers, self.backend.kind)
-        usage = Usage.from_api(message.usage)
-        miss_reason, missed_tokens = cache_miss(message)
+        message = sent.message
         self._last_message[shard.number] = message.id
-        cost, uncached = cost_usd(usage, self.model), uncached_cost_usd(usage, self.model)
-        recorded = self.ledger.record(
-            RequestRecord(
-                at=self.clock(), kind="ask", corpus=self.corpus_key, model=self.model.id,
-                backend=backend,
-                outcome="ok", usage=usage, cost_usd=cost, uncached_cost_usd=uncached,
-                snapshot=corpus.snapshot.version, message_id=message.id, latency_ms=latency,
-                shard=shard.number, ttl=ttl, cache_miss_reason=miss_reason,
-                cache_missed_tokens=missed_tokens,
-            )
-        )  # fmt: skip
-        mapped = map_answer(list(message.content), plan, corpus.snapshot)
+        mapped = map_answer(list(message.content), shard.plan, corpus.snapshot)
         raw_text = "".join(b.text for b in message.content if b.type == "text")
         return ShardAnswer(
-            shard, mapped.text, mapped.citations, usage, cost, uncached, backend, latency,
-            raw_text, marked_anchors(params), message.id, recorded.unrecorded,
-        )  # fmt: skip
-
-    def record_failure(
-        self,
-        kind: str,
-        corpus: Corpus,
-        shard: int,
-        started: float,
-        exc: BaseException | None,
-        begun: Usage | None = None,
-        received: int = 0,
-    ) -> None:
-        """Record a call that failed (`exc`) or was cancelled (None) as an error row,
-        charging what the API bills: the usage its response's start reported (`begun`), if
-        it had begun, else nothing (outcomes.failure_text says which)."""
-        seconds = time.perf_counter() - started
-        error = failure_text(exc, seconds, begun, received)
-        usage = begun or Usage()
-        self.ledger.record(
-            RequestRecord(
-                at=self.clock(), kind=kind, corpus=self.corpus_key, model=self.model.id,
-                backend=self.backend.kind, outcome="error", usage=usage,
-                cost_usd=cost_usd(usage, self.model),
-                uncached_cost_usd=uncached_cost_usd(usage, self.model),
-                snapshot=corpus.snapshot.version, latency_ms=seconds * 1000, error=error,
-                shard=shard,
-            )
+            shard, mapped.text, mapped.citations, sent.usage, sent.cost_usd,
+            sent.uncached_cost_usd, sent.backend, sent.latency_ms, raw_text, request.marked,
+            message.id, sent.ledger_note,
         )  # fmt: skip
 
     # --- local tools: no API call ------------------------------------------------------
@@ -542,65 +527,25 @@ class Engine:
 
     # --- warming (warm.py) -------------------------------------------------------------
 
-    def request_for(
+    def prepare_warming(
         self,
+        kind: RequestKind,
         corpus: Corpus,
         shard: Shard,
-        question: str,
-        *,
-        max_tokens: int,
-        marked: Sequence[int] | None = None,
-        conversation: Sequence[tuple[str, str]] = (),
-        through: int | None = None,
-        ttl: Ttl | None = None,
-        slots: int = MAX_BREAKPOINTS,
-    ) -> tuple[dict[str, Any], Callable[[Usage], str | None]]:
-        """The params an ask on `shard` would send now, with `max_tokens`, and the function
-        to call with the usage the API returned, so the engine knows which entries live;
-        it returns the TTL the request used for the end of the corpus. `marked`: the
-        anchors to mark (a session's follow-ups mark those of its first question);
-        `conversation`: a session's exchanges so far; `through`: an anchor to end the
-        documents at (a keep-warm request sends only the prefix it keeps alive); `ttl`:
-        the TTL of every breakpoint, instead of the policy's (an upgrade asks 1 hour);
-        `slots`: how many anchors to mark at most (a session leaves one breakpoint free)."""
-        plan = shard.plan
-        if through is not None:
-            plan = replace(plan, blocks=plan.blocks[: plan.anchors.index(through) + 1])
-        ids = corpus.anchor_ids.get(shard.number, {})
-        now = self.clock()
-        live = self.entries.live(ids, plan.anchors, now)
-        alive = set(live)
-        markers = corpus.markers.get(shard.number, {})
-        if marked is None:
-            stable = plan.stable_anchor
-            marked = select_breakpoints(
-                plan.anchors, alive, slots=slots, turn=self._turn,
-                keep=stable, markers=markers,
-                # A marker just added after the stable part: its 1-hour breakpoint is the point.
-                must=stable if stable in markers and stable not in alive else None,
-            )  # fmt: skip
-        marked = list(marked)
-        self._turn += 1
-        if ttl is not None:
-            ttls: dict[int, Ttl] = dict.fromkeys(plan.anchors, ttl)
-        else:
-            stable = shard.plan.stable_anchor
-            ttls = anchor_ttls(
-                plan.anchors, tail_start=plan.tail_start, decision=self.ttl_decision(shard),
-                stable_held=stable is not None and live.get(stable) == "1h",
-                held_through=marker_blocks.held_through(markers),
-            )  # fmt: skip
-        params = build_request(
-            plan, corpus.snapshot, question, model=self.model.id, max_tokens=max_tokens,
-            marked=marked, ttls=ttls, conversation=conversation, superseded=corpus.superseded,
-            markers=markers,
+        marking: Marking = BY_POLICY,
+    ) -> PreparedRequest:
+        """The `max_tokens: 0` request that writes (or reads) what an ask on `shard` would,
+        marked as `marking` says (engine/warm.py)."""
+        # Prepared as an ask's, with its max_tokens, then made a warming one: the request
+        # must be what an ask would send.
+        request = prepare_request(
+            kind, corpus, shard, WARM_QUESTION, model=self.model,
+            max_tokens=self.settings.max_answer_tokens,
+            live=self.live_ttls(corpus, shard),
+            decision=self.ttl_decision(shard) if marking.ttl is None else None,
+            turn=self._next_turn(), now=self.clock(), marking=marking,
         )  # fmt: skip
-
-        def answered(usage: Usage) -> str | None:
-            self.entries.remember(ids, alive, marked, usage, now, ttls)
-            return ttls[plan.anchors[-1]] if plan.anchors else None
-
-        return params, answered
+        return request.warming(kind)
 
     # --- the TTL policy (policy.py) and its markers; keep-warm: keeping.py -------------
 

@@ -8,32 +8,14 @@ ledger as kind "warm", priced like any other.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
-
-import anyio
-
-from corpus_cache.accounting.ledger import RequestRecord
-from corpus_cache.api.backend import API_FAILURES, backend_of_response, describe_api_error
+from corpus_cache.api.prepared import RequestKind
 from corpus_cache.cache.keeping import KeepWarm, keep_warm_plan
 from corpus_cache.cache.live_corpus import Corpus
+from corpus_cache.cache.prepare import Marking
+from corpus_cache.engine.answers import Prewarmed, Warmed
 from corpus_cache.engine.core import Engine
 from corpus_cache.errors import ApiCallError
-from corpus_cache.models.pricing import Usage, cost_usd, uncached_cost_usd
 from corpus_cache.plan.layout import Shard
-
-# After the last breakpoint, so it is never cached and its wording does not matter.
-WARM_QUESTION = "(Warming the cache: no answer is wanted.)"
-
-
-@dataclass(frozen=True)
-class Warmed:
-    shard: int
-    usage: Usage
-    cost_usd: float
-    uncached_cost_usd: float
-    latency_ms: float
-    unrecorded: str | None = None  # Recorded.unrecorded: the ledger could not write the row
 
 
 async def warm(engine: Engine, corpus: Corpus | None = None) -> list[Warmed]:
@@ -47,13 +29,6 @@ async def warm(engine: Engine, corpus: Corpus | None = None) -> list[Warmed]:
         for shard in corpus.shards
         if shard.plan.cached
     ]
-
-
-@dataclass(frozen=True)
-class Prewarmed:
-    at: float
-    shards: tuple[int, ...]
-    cost_usd: float
 
 
 def prewarm_after_changes(engine: Engine) -> None:
@@ -138,7 +113,7 @@ async def warm_shard(
     engine: Engine,
     corpus: Corpus,
     shard: Shard,
-    kind: str,
+    kind: RequestKind,
     *,
     through: int | None = None,
     upgrade: bool = False,
@@ -146,41 +121,15 @@ async def warm_shard(
     """One `max_tokens: 0` request carrying exactly the prefix an ask on `shard` would;
     `through`: only the prefix through that anchor (a keep-warm read); `upgrade`: marking
     the stable part's end and the corpus's end with 1-hour breakpoints."""
-    # max_tokens 0 is set after: the request must be what an ask would send.
-    marked = None
+    marking = Marking(through=through)
     if upgrade:
         plan = shard.plan
         marked = sorted({a for a in (plan.stable_anchor, plan.anchors[-1]) if a is not None})
-    params, answered = engine.request_for(
-        corpus, shard, WARM_QUESTION, max_tokens=engine.settings.max_answer_tokens,
-        through=through, marked=marked, ttl="1h" if upgrade else None,
+        marking = Marking(marked=marked, ttl="1h")
+    request = engine.prepare_warming(kind, corpus, shard, marking)
+    sent = await engine.caller.warm(request)
+    engine.entries.answered(request, sent.usage)
+    return Warmed(
+        shard.number, sent.usage, sent.cost_usd, sent.uncached_cost_usd, sent.latency_ms,
+        sent.ledger_note,
     )  # fmt: skip
-    params["max_tokens"] = 0
-    record = RequestRecord(
-        at=engine.clock(), kind=kind, corpus=engine.corpus_key, model=engine.model.id,
-        backend=engine.backend.kind, outcome="ok", snapshot=corpus.snapshot.version,
-        shard=shard.number,
-    )  # fmt: skip
-    started = time.perf_counter()
-    try:
-        raw = await engine.backend.client.messages.with_raw_response.create(**params)
-        message = await raw.parse()
-    except API_FAILURES as exc:
-        engine.record_failure(kind, corpus, shard.number, started, exc)
-        raise ApiCallError(f"warming the cache failed: {describe_api_error(exc)}") from exc
-    except anyio.get_cancelled_exc_class():
-        engine.record_failure(kind, corpus, shard.number, started, None)
-        raise
-    latency = (time.perf_counter() - started) * 1000
-    usage = Usage.from_api(message.usage)
-    ttl = answered(usage)
-    cost = cost_usd(usage, engine.model)
-    uncached = uncached_cost_usd(usage, engine.model)
-    recorded = engine.ledger.record(
-        replace(
-            record, backend=backend_of_response(raw.headers, engine.backend.kind),
-            usage=usage, cost_usd=cost, uncached_cost_usd=uncached,
-            message_id=message.id, latency_ms=latency, ttl=ttl,
-        )
-    )  # fmt: skip
-    return Warmed(shard.number, usage, cost, uncached, latency, recorded.unrecorded)

@@ -1,0 +1,180 @@
+"""The one caller: every request to the Messages API goes through here.
+
+Asking (streamed), warming and keeping warm (`max_tokens: 0`), and counting tokens: each
+is sent by `ApiCaller`, which is the one place that checks the spending guard before a
+request that spends, prices what the API reports, records the ledger row (an error row
+for a failure, charging what the API bills), and turns a failure into an `ApiCallError`
+that says what happened and what to do. Retries live in the SDK's client
+(backend.API_RETRIES); limits will live here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import anthropic
+import anyio
+from anthropic.types import Message, MessageParam
+
+from corpus_cache.accounting.ledger import Ledger, RequestRecord
+from corpus_cache.api.backend import (
+    API_FAILURES,
+    Backend,
+    backend_of_response,
+    describe_api_error,
+)
+from corpus_cache.api.outcomes import cache_miss, failure_text
+from corpus_cache.api.prepared import PreparedRequest, RequestKind
+from corpus_cache.api.spending import DailyCap
+from corpus_cache.errors import ApiCallError, IncompleteResponseError
+from corpus_cache.models.catalog import ModelSpec
+from corpus_cache.models.pricing import Usage, cost_usd, uncached_cost_usd
+
+_WHAT: dict[RequestKind, str] = {
+    "ask": "this question",
+    "warm": "warming the cache",
+    "keep-warm": "a keep-warm request",
+}
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A request the API answered, as priced and recorded."""
+
+    message: Message
+    usage: Usage
+    cost_usd: float
+    uncached_cost_usd: float
+    latency_ms: float
+    backend: str  # the server that actually answered (backend.backend_of_response)
+    ledger_note: str | None  # why the ledger could not record it yet, and where it waits
+
+
+class ApiCaller:
+    def __init__(
+        self,
+        backend: Backend,
+        model: ModelSpec,
+        ledger: Ledger,
+        corpus_key: str,
+        cap: DailyCap,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self.model = model
+        self.ledger = ledger
+        self.corpus_key = corpus_key
+        self.cap = cap
+        self.clock = clock
+
+    async def answer(self, request: PreparedRequest, on_begun: Callable[[Usage], None]) -> Sent:
+        """Send `request` streaming, and read its answer to the end. `on_begun(usage)` is
+        called as soon as the response has begun (`message_start` carries the cache
+        usage): the entries it writes are readable from then on. A stream that ends or
+        breaks before `message_stop` is an error, never a partial answer."""
+        begun: Usage | None = None
+        received = 0  # characters of the answer's text that have arrived
+        stopped = False
+        started = time.perf_counter()
+        with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
+            try:
+                async with self.backend.client.messages.stream(**request.body()) as stream:
+                    async for event in stream:
+                        if event.type == "message_start":
+                            begun = Usage.from_api(event.message.usage)
+                            on_begun(begun)
+                        elif (
+                            event.type == "content_block_delta" and event.delta.type == "text_delta"
+                        ):
+                            received += len(event.delta.text)
+                        elif event.type == "message_stop":
+                            stopped = True
+                    if not stopped:  # the SDK would hand back what arrived as if it were whole
+                        raise IncompleteResponseError("the stream ended before message_stop")
+                    message = await stream.get_final_message()
+                    headers = stream.response.headers
+            except API_FAILURES as exc:
+                self._record_failure(request, started, exc, begun, received)
+                raise ApiCallError(
+                    describe_api_error(exc, received=received if begun is not None else None)
+                ) from exc
+            except anyio.get_cancelled_exc_class():
+                self._record_failure(request, started, None, begun, received)
+                raise
+        return self._record(request, message, headers, started)
+
+    async def warm(self, request: PreparedRequest) -> Sent:
+        """Send a `max_tokens: 0` request (warming, keeping warm): the cache is written or
+        read, nothing is generated."""
+        started = time.perf_counter()
+        with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
+            try:
+                raw = await self.backend.client.messages.with_raw_response.create(**request.body())
+                message = await raw.parse()
+            except API_FAILURES as exc:
+                self._record_failure(request, started, exc)
+                raise ApiCallError(f"warming the cache failed: {describe_api_error(exc)}") from exc
+            except anyio.get_cancelled_exc_class():
+                self._record_failure(request, started, None)
+                raise
+        return self._record(request, message, raw.headers, started)
+
+    async def count_tokens(self, content: list[dict[str, Any]], system: str | None = None) -> int:
+        """Input tokens of one user message holding `content` (and `system`), for the
+        model; free, so neither guarded nor recorded."""
+        message = cast(MessageParam, {"role": "user", "content": content})
+        extra: dict[str, Any] = {"system": [{"type": "text", "text": system}]} if system else {}
+        try:
+            result = await self.backend.client.messages.count_tokens(
+                model=self.model.id, messages=[message], **extra
+            )
+        except anthropic.APIError as exc:
+            raise ApiCallError(f"cannot count tokens: {describe_api_error(exc)}") from exc
+        return result.input_tokens
+
+    def _record(
+        self, request: PreparedRequest, message: Message, headers: object, started: float
+    ) -> Sent:
+        latency = (time.perf_counter() - started) * 1000
+        backend = backend_of_response(headers, self.backend.kind)
+        usage = Usage.from_api(message.usage)
+        cost, uncached = cost_usd(usage, self.model), uncached_cost_usd(usage, self.model)
+        miss_reason, missed_tokens = cache_miss(message)
+        recorded = self.ledger.record(
+            RequestRecord(
+                at=self.clock(), kind=request.kind, corpus=self.corpus_key,
+                model=self.model.id, backend=backend, outcome="ok", usage=usage,
+                cost_usd=cost, uncached_cost_usd=uncached, snapshot=request.snapshot,
+                message_id=message.id, latency_ms=latency, shard=request.shard,
+                ttl=request.end_ttl, cache_miss_reason=miss_reason,
+                cache_missed_tokens=missed_tokens,
+            )
+        )  # fmt: skip
+        return Sent(message, usage, cost, uncached, latency, backend, recorded.unrecorded)
+
+    def _record_failure(
+        self,
+        request: PreparedRequest,
+        started: float,
+        exc: BaseException | None,
+        begun: Usage | None = None,
+        received: int = 0,
+    ) -> None:
+        """An error row for a call that failed (`exc`) or was cancelled (None), charging
+        what the API bills: the usage its response's start reported (`begun`), if it had
+        begun, else nothing (outcomes.failure_text says which)."""
+        seconds = time.perf_counter() - started
+        usage = begun or Usage()
+        self.ledger.record(
+            RequestRecord(
+                at=self.clock(), kind=request.kind, corpus=self.corpus_key,
+                model=self.model.id, backend=self.backend.kind, outcome="error", usage=usage,
+                cost_usd=cost_usd(usage, self.model),
+                uncached_cost_usd=uncached_cost_usd(usage, self.model),
+                snapshot=request.snapshot, latency_ms=seconds * 1000,
+                error=failure_text(exc, seconds, begun, received), shard=request.shard,
+            )
+        )  # fmt: skip

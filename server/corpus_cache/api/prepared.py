@@ -1,0 +1,65 @@
+"""A prepared request: everything decided for one request to the Messages API, once.
+
+The engine decides a request's shard, markers, the anchors it marks and their TTLs, and
+builds its params; the result is this one immutable value, which the API caller sends and
+records, and from which the engine learns which cache entries the response made alive.
+Nothing downstream parses the params back. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any, Literal
+
+from corpus_cache.models.pricing import Ttl
+
+RequestKind = Literal["ask", "warm", "keep-warm"]
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    kind: RequestKind
+    shard: int
+    snapshot: int  # the version of the corpus snapshot its documents come from
+    params: Mapping[str, Any]  # the Messages API body, as sent
+    marked: tuple[int, ...]  # the anchors whose blocks carry a breakpoint, in order
+    ttls: Mapping[int, Ttl]  # each anchor's TTL (those not marked are not written)
+    identities: Mapping[int, str]  # each anchor's cache entry identity
+    alive: frozenset[int]  # the anchors believed alive when it was prepared
+    corpus_end: int | None  # the anchor ending the corpus, if it is cached at all
+    prepared_at: float
+    # What it should cost at most, for the spending guard: its input, and its answer.
+    input_estimate_usd: float
+    output_estimate_usd: float
+
+    def __post_init__(self) -> None:
+        # Read-only views: the value is shared by the caller, the engine and the ledger.
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        object.__setattr__(self, "ttls", MappingProxyType(dict(self.ttls)))
+        object.__setattr__(self, "identities", MappingProxyType(dict(self.identities)))
+
+    @property
+    def estimate_usd(self) -> float:
+        return self.input_estimate_usd + self.output_estimate_usd
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        """Identities of the entries this request writes: marked, and not believed alive."""
+        return tuple(self.identities[a] for a in self.marked if a not in self.alive)
+
+    @property
+    def end_ttl(self) -> Ttl | None:
+        """The TTL it gives the end of the corpus: the ledger's `ttl` for the request."""
+        return self.ttls[self.corpus_end] if self.corpus_end is not None else None
+
+    def body(self) -> dict[str, Any]:
+        """A fresh copy of the params for the SDK, which takes keyword arguments."""
+        return dict(self.params)
+
+    def warming(self, kind: RequestKind) -> PreparedRequest:
+        """The same request with `max_tokens: 0`: it writes (or reads) the cache and
+        generates nothing, so it costs no output."""
+        params = {**self.params, "max_tokens": 0}
+        return replace(self, kind=kind, params=params, output_estimate_usd=0.0)
