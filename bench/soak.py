@@ -376,7 +376,7 @@ async def soak(
         ledger.close()
         control.close()
     wall = time.perf_counter() - started
-    kinds = Counter(row["kind"] for row in ledger_rows(settings))
+    kinds = Counter(row.kind for row in ledger_rows(settings))
     return {
         "simulated_minutes": args.minutes,
         "wall_seconds": round(wall, 1),

@@ -19,6 +19,7 @@ import pytest
 from mcp import Client
 from mcp.types import CallToolResult
 
+from corpus_cache.accounting.ledger import LedgerRow
 from corpus_cache.emulator import RunningEmulator, start_in_thread
 from corpus_cache.engine.core import Engine
 from corpus_cache.engine.runtime import keeping_warm
@@ -76,11 +77,11 @@ async def spend(mcp: Client) -> dict[str, Any]:
     return out
 
 
-def assert_charges_nothing(row: dict[str, Any]) -> None:
-    assert row["outcome"] == "error"
-    assert [row[column] for column in TOKEN_COLUMNS] == [0] * len(TOKEN_COLUMNS)
-    assert row["cost_usd"] == row["uncached_cost_usd"] == 0
-    assert row["message_id"] is None
+def assert_charges_nothing(row: LedgerRow) -> None:
+    assert row.outcome == "error"
+    assert [getattr(row, column) for column in TOKEN_COLUMNS] == [0] * len(TOKEN_COLUMNS)
+    assert row.cost_usd == row.uncached_cost_usd == 0
+    assert row.message_id is None
 
 
 def assert_only_errors_added(before: dict[str, Any], after: dict[str, Any], errors: int) -> None:
@@ -155,7 +156,7 @@ async def test_an_error_status_is_retried_then_reported_and_charges_nothing(
         emulator.fault(status=status, error_type=error_type, retry_after=0.01)
         await ask_ok(mcp)
         assert [e["status"] for e in to_messages(emulator, key)] == [status, 200]
-        assert [r["outcome"] for r in rows(engine)] == ["ok"]  # retries are one request
+        assert [r.outcome for r in rows(engine)] == ["ok"]  # retries are one request
 
         # Persistent: every attempt fails, and the tool says so, and what to do.
         before = await spend(mcp)
@@ -164,7 +165,7 @@ async def test_an_error_status_is_retried_then_reported_and_charges_nothing(
         assert [e["status"] for e in to_messages(emulator, key)][2:] == [status, status]
         failed = rows(engine)[-1]
         assert_charges_nothing(failed)
-        assert failed["error"] == expected  # an error status: surely not billed, so no hedge
+        assert failed.error == expected  # an error status: surely not billed, so no hedge
         assert_only_errors_added(before, await spend(mcp), errors=1)
 
         # The server stays up: the next question on the same session is answered.
@@ -183,7 +184,7 @@ async def test_a_response_slower_than_the_request_timeout_is_retried_then_report
     ) as (mcp, engine):  # fmt: skip
         emulator.fault(kind="delay", delay=1.0)
         await ask_ok(mcp)  # the first attempt timed out; the second was answered
-        assert [r["outcome"] for r in rows(engine)] == ["ok"]
+        assert [r.outcome for r in rows(engine)] == ["ok"]
 
         before = await spend(mcp)
         emulator.fault(kind="delay", delay=1.0, count=2)
@@ -194,8 +195,8 @@ async def test_a_response_slower_than_the_request_timeout_is_retried_then_report
         )
         failed = rows(engine)[-1]
         assert_charges_nothing(failed)
-        assert failed["error"].startswith(message)
-        assert MAY_BILL in failed["error"]  # it reached the API, which may have begun on it
+        assert failed.error.startswith(message)
+        assert MAY_BILL in failed.error  # it reached the API, which may have begun on it
         assert_only_errors_added(before, await spend(mcp), errors=1)
         await ask_ok(mcp)
 
@@ -218,10 +219,10 @@ async def test_the_deadline_cancels_a_call_and_records_it_unbilled_before_it_beg
         assert message.startswith("no answer within 0.3 s")
         (cancelled,) = rows(engine)
         assert_charges_nothing(cancelled)
-        assert cancelled["error"].startswith("cancelled after ")
-        assert "(the deadline passed, or the client cancelled the call)" in cancelled["error"]
-        assert MAY_BILL in cancelled["error"]
-        assert cancelled["kind"] == "ask"
+        assert cancelled.error.startswith("cancelled after ")
+        assert "(the deadline passed, or the client cancelled the call)" in cancelled.error
+        assert MAY_BILL in cancelled.error
+        assert cancelled.kind == "ask"
         assert_only_errors_added(before, await spend(mcp), errors=1)
         await ask_ok(mcp)
 
@@ -265,15 +266,15 @@ async def test_the_deadline_cancels_a_begun_answer_and_records_what_its_start_bi
         assert message.startswith("no answer within 1 s")
         (cancelled,) = rows(engine)
         (billed,) = to_messages(emulator, key)
-        assert cancelled["outcome"] == "error"
-        assert HAD_BEGUN in cancelled["error"]
+        assert cancelled.outcome == "error"
+        assert HAD_BEGUN in cancelled.error
         # What the API reported at the start of the response, and billed, is what is charged.
-        assert cancelled["input_tokens"] == billed["usage"]["input_tokens"]
-        written = cancelled["cache_write_5m_tokens"] + cancelled["cache_write_1h_tokens"]
+        assert cancelled.input_tokens == billed["usage"]["input_tokens"]
+        written = cancelled.cache_write_5m_tokens + cancelled.cache_write_1h_tokens
         assert written == billed["usage"]["cache_creation_input_tokens"] > 0
-        assert cancelled["cost_usd"] > 0
+        assert cancelled.cost_usd > 0
         after = await spend(mcp)
-        assert after["spent_usd"] == pytest.approx(before["spent_usd"] + cancelled["cost_usd"])
+        assert after["spent_usd"] == pytest.approx(before["spent_usd"] + cancelled.cost_usd)
         # The cache the cancelled call wrote is there for the next question.
         answer = await ask_ok(mcp)
         assert answer["usage"]["cache_read_tokens"] == written
@@ -342,7 +343,7 @@ async def test_a_refused_connection_is_retried_then_reported_and_charges_nothing
                         await retrying.wait()
                     running.append(start_in_thread(port=port))
             assert answered
-            assert [r["outcome"] for r in rows(engine)] == ["ok"]
+            assert [r.outcome for r in rows(engine)] == ["ok"]
             after_ok = await spend(mcp)
 
             # Persistent: every attempt is refused.
@@ -355,7 +356,7 @@ async def test_a_refused_connection_is_retried_then_reported_and_charges_nothing
             )
             failed = rows(engine)[-1]
             assert_charges_nothing(failed)
-            assert failed["error"] == message  # never connected: surely not billed
+            assert failed.error == message  # never connected: surely not billed
             assert_only_errors_added(after_ok, await spend(mcp), errors=1)
             assert after_ok["spent_usd"] > before["spent_usd"]
 
@@ -386,7 +387,7 @@ async def test_a_malformed_response_is_reported_not_retried_and_charges_nothing(
         assert [e.get("malformed") for e in to_messages(emulator, key)] == [True]
         (failed,) = rows(engine)
         assert_charges_nothing(failed)
-        assert MAY_BILL in failed["error"]
+        assert MAY_BILL in failed.error
         assert_only_errors_added(before, await spend(mcp), errors=1)
         await ask_ok(mcp)
 
@@ -436,11 +437,11 @@ async def test_a_stream_broken_mid_answer_is_an_error_not_a_partial_answer(
         (broken,) = rows(engine)  # recorded once, and as an error: no partial "ok" answer
         (billed,) = to_messages(emulator, key)  # not retried: the response had begun
         assert billed["truncated"] == ending
-        assert broken["outcome"] == "error"
-        assert broken["message_id"] is None
-        assert HAD_BEGUN in broken["error"]
-        assert broken["input_tokens"] == billed["usage"]["input_tokens"]
-        assert broken["cost_usd"] > 0  # the API bills a response once it has begun
+        assert broken.outcome == "error"
+        assert broken.message_id is None
+        assert HAD_BEGUN in broken.error
+        assert broken.input_tokens == billed["usage"]["input_tokens"]
+        assert broken.cost_usd > 0  # the API bills a response once it has begun
 
         # The conversation did not keep the broken answer as a turn.
         answer = await ask_ok(mcp, session="faults")
@@ -486,14 +487,14 @@ async def test_a_failed_warm_is_reported_and_charges_nothing(
         result = await mcp.call_tool("refresh", {"warm": True})
         assert error_of(result, "refresh") == expected
         (failed,) = rows(engine)
-        assert failed["kind"] == "warm"
+        assert failed.kind == "warm"
         assert_charges_nothing(failed)
-        assert failed["error"].startswith(expected.removeprefix("warming the cache failed: "))
+        assert failed.error.startswith(expected.removeprefix("warming the cache failed: "))
         assert_only_errors_added(before, await spend(mcp), errors=1)
 
         warmed = await mcp.call_tool("refresh", {"warm": True})  # the server stays up
         assert not warmed.is_error, text(warmed)
-        assert [r["outcome"] for r in rows(engine)] == ["error", "ok"]
+        assert [r.outcome for r in rows(engine)] == ["error", "ok"]
 
 
 async def test_a_transient_fault_while_warming_is_retried(
@@ -509,7 +510,7 @@ async def test_a_transient_fault_while_warming_is_retried(
         warmed = await mcp.call_tool("refresh", {"warm": True})
         assert not warmed.is_error, text(warmed)
         assert [e["status"] for e in to_messages(emulator, key)] == [529, 200]
-        assert [(r["kind"], r["outcome"]) for r in rows(engine)] == [("warm", "ok")]
+        assert [(r.kind, r.outcome) for r in rows(engine)] == [("warm", "ok")]
 
 
 async def test_a_failed_keep_warm_request_is_logged_recorded_and_the_loop_goes_on(
@@ -543,13 +544,13 @@ async def test_a_failed_keep_warm_request_is_logged_recorded_and_the_loop_goes_o
             async with keeping_warm(engine, check_every=0.05):
                 # The loop runs on its own; what it leaves in the ledger is what is tested.
                 with anyio.fail_after(5):
-                    while [r["kind"] for r in rows(engine)].count("keep-warm") < 2:  # noqa: ASYNC110
+                    while [r.kind for r in rows(engine)].count("keep-warm") < 2:  # noqa: ASYNC110
                         await anyio.sleep(0.02)
-        pings = [r for r in rows(engine) if r["kind"] == "keep-warm"]
-        assert [r["outcome"] for r in pings] == ["error", "ok"]
+        pings = [r for r in rows(engine) if r.kind == "keep-warm"]
+        assert [r.outcome for r in pings] == ["error", "ok"]
         assert_charges_nothing(pings[0])
-        assert "overloaded (529) after 2 attempts" in pings[0]["error"]
-        assert pings[1]["cache_read_tokens"] > 0
+        assert "overloaded (529) after 2 attempts" in pings[0].error
+        assert pings[1].cache_read_tokens > 0
         # The ping refreshed the entry: the next one is due as it nears expiry, not at once.
         following = next_ping_at(engine)
         assert following is None or following >= now[0] + 240

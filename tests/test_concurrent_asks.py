@@ -99,7 +99,7 @@ async def test_fifty_questions_racing_edits_are_each_answered_from_one_whole_sna
         for citation in answer["citations"]:
             assert citation["quote"].strip() in texts[citation["path"]]
 
-    recorded = {r["message_id"]: r["snapshot"] for r in rows if r["kind"] == "ask"}
+    recorded = {r.message_id: r.snapshot for r in rows if r.kind == "ask"}
     assert recorded == {m: a["snapshot_version"] for a in answers for m in a["message_ids"]}
 
     assert_no_prefix_written_twice(list(by_id.values()))

@@ -260,7 +260,7 @@ async def test_concurrent_questions_on_a_cold_prefix_write_it_once(
     prefix = writes[0]["cache_creation_input_tokens"]
     reads = [u for u in logged if not u["cache_creation_input_tokens"]]
     assert all(u["cache_read_input_tokens"] == prefix for u in reads)
-    assert sum(r["cache_write_5m_tokens"] + r["cache_write_1h_tokens"] for r in rows) == prefix
+    assert sum(r.cache_write_5m_tokens + r.cache_write_1h_tokens for r in rows) == prefix
 
 
 async def test_when_the_writer_fails_before_it_begins_a_waiting_question_writes(

@@ -115,7 +115,7 @@ async def test_a_tail_read_twice_outlives_a_break_without_a_keep_warm_request(
     held = await engine.ask("How many approvals do deploys need?")
     clock.advance(40 * 60)  # a break: every 5-minute entry has lapsed
     after_break = await engine.ask("How many approvals do deploys need?")
-    kinds = [row["kind"] for row in engine.ledger.requests(engine.corpus_key)]
+    kinds = [row.kind for row in engine.ledger.requests(engine.corpus_key)]
 
     assert upgrade.usage.cache_write_5m_tokens == 0
     assert 0 < upgrade.usage.cache_write_1h_tokens < 10

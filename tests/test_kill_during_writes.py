@@ -145,11 +145,9 @@ def inspect(
     finally:
         ledger.close()
     mine = {
-        r["message_id"]
-        for r in rows
-        if r["id"] > after_row and r["kind"] == "ask" and r["outcome"] == "ok"
+        r.message_id for r in rows if r.id > after_row and r.kind == "ask" and r.outcome == "ok"
     }
-    last_row = max((r["id"] for r in rows), default=after_row)
+    last_row = max((r.id for r in rows), default=after_row)
     return Round(
         number, during_startup, len(answered), len(mine), len(answered - mine),
         integrity, intact,

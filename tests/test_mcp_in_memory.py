@@ -73,14 +73,14 @@ async def test_the_second_question_reads_the_cache_and_the_ledger_matches_the_ap
     logged = {e["id"]: e["usage"] for e in emulator.log() if e["path"] == "/v1/messages"}
     assert len(rows) == 2
     for row in rows:
-        usage = logged[row["message_id"]]
-        assert row["input_tokens"] == usage["input_tokens"]
-        assert row["cache_read_tokens"] == usage["cache_read_input_tokens"]
+        usage = logged[row.message_id]
+        assert row.input_tokens == usage["input_tokens"]
+        assert row.cache_read_tokens == usage["cache_read_input_tokens"]
         creation = usage["cache_creation"]
-        assert row["cache_write_5m_tokens"] == creation["ephemeral_5m_input_tokens"]
-        assert row["cache_write_1h_tokens"] == creation["ephemeral_1h_input_tokens"]
-        assert row["output_tokens"] == usage["output_tokens"]
-    assert rows[0]["cost_usd"] < rows[0]["uncached_cost_usd"]  # the read was cheaper
+        assert row.cache_write_5m_tokens == creation["ephemeral_5m_input_tokens"]
+        assert row.cache_write_1h_tokens == creation["ephemeral_1h_input_tokens"]
+        assert row.output_tokens == usage["output_tokens"]
+    assert rows[0].cost_usd < rows[0].uncached_cost_usd  # the read was cheaper
 
 
 async def test_local_tools_cost_nothing(
@@ -180,8 +180,8 @@ async def test_an_api_failure_is_an_error_result_and_charges_nothing(
     assert "529" in failed.content[0].text  # type: ignore[union-attr]
     assert not recovered.is_error
     assert (totals.requests, totals.errors) == (2, 1)
-    assert rows[-1]["outcome"] == "error"
-    assert rows[-1]["cost_usd"] == 0
+    assert rows[-1].outcome == "error"
+    assert rows[-1].cost_usd == 0
 
 
 async def test_long_documents_are_read_in_bounded_pages(

@@ -227,7 +227,7 @@ async def test_prewarm_writes_the_cache_after_a_change_and_says_what_it_cost(
         await engine.refresh()
         assert engine.last_prewarm is not None
         assert engine.last_prewarm.cost_usd > 0
-        kinds = [row["kind"] for row in engine.ledger.requests(engine.corpus_key)]
+        kinds = [row.kind for row in engine.ledger.requests(engine.corpus_key)]
         assert kinds == ["warm"]
         assert "pre-warmed at" in render_status(status(engine))
         answer = await engine.ask("How many approvals do deploys need?")

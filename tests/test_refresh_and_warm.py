@@ -83,12 +83,12 @@ async def test_refresh_with_warm_writes_the_cache_the_next_question_reads(
     assert usage["cache_write_5m_tokens"] == 0
     assert usage["cache_write_1h_tokens"] < 10  # at most the marker holding it for an hour
 
-    assert [row["kind"] for row in rows] == ["ask", "warm"]
+    assert [row.kind for row in rows] == ["ask", "warm"]
     warm_row = rows[1]
-    assert warm_row["outcome"] == "ok"
-    assert warm_row["cache_write_5m_tokens"] == shards[0]["cache_write_tokens"]
-    assert warm_row["output_tokens"] == 0
-    assert warm_row["cost_usd"] > 0
+    assert warm_row.outcome == "ok"
+    assert warm_row.cache_write_5m_tokens == shards[0]["cache_write_tokens"]
+    assert warm_row.output_tokens == 0
+    assert warm_row.cost_usd > 0
 
     warm_call, ask_call = requests_to_messages(emulator)
     assert warm_call["body"]["max_tokens"] == 0

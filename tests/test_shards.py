@@ -52,7 +52,7 @@ async def test_fan_out_asks_several_shards_in_parallel_and_merges(engine: Engine
     assert len(set(answer.shards)) == 2
     assert "From shard" in answer.text
     rows = engine.ledger.requests(engine.corpus_key)
-    assert sorted(r["shard"] for r in rows) == sorted(answer.shards)
+    assert sorted(r.shard for r in rows) == sorted(answer.shards)
 
 
 async def test_each_shard_has_its_own_cached_prefix(engine: Engine) -> None:

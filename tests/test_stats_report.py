@@ -114,10 +114,10 @@ def test_m003_adds_the_cache_miss_columns_to_an_existing_v2_ledger(tmp_path: Pat
     record(ledger, 2.0, outcome="ok", cache_miss_reason="system_changed", cache_missed_tokens=7)
     old, new = ledger.history("/c")
     ledger.close()
-    assert (old["cost_usd"], old["cache_miss_reason"], old["cache_missed_tokens"]) == (
+    assert (old.cost_usd, old.cache_miss_reason, old.cache_missed_tokens) == (
         0.25, None, None,
     )  # fmt: skip
-    assert (new["cache_miss_reason"], new["cache_missed_tokens"]) == ("system_changed", 7)
+    assert (new.cache_miss_reason, new.cache_missed_tokens) == ("system_changed", 7)
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) == (4,)
 
@@ -238,7 +238,7 @@ async def test_the_engine_records_the_cache_miss_reason_of_the_api_diagnostics(
         if entry["path"] == "/v1/messages"
     ]
     assert bodies[0]["diagnostics"] == {"previous_message_id": None}
-    assert bodies[1]["diagnostics"] == {"previous_message_id": rows[0]["message_id"]}
-    assert rows[0]["cache_miss_reason"] is None
-    assert rows[1]["cache_miss_reason"] == "messages_changed"
-    assert rows[1]["cache_missed_tokens"] > 0
+    assert bodies[1]["diagnostics"] == {"previous_message_id": rows[0].message_id}
+    assert rows[0].cache_miss_reason is None
+    assert rows[1].cache_miss_reason == "messages_changed"
+    assert rows[1].cache_missed_tokens > 0

@@ -274,7 +274,7 @@ async def test_a_full_disk_returns_the_paid_answer_and_journals_its_row_until_th
                 second = await ask(mcp)
                 assert second["ledger_note"] is None
                 assert ask_rows(ledger) == first["message_ids"] + second["message_ids"]
-                assert [row["kind"] for row in engine.ledger.history()] == ["ask", "warm", "ask"]
+                assert [row.kind for row in engine.ledger.history()] == ["ask", "warm", "ask"]
                 assert journaled(ledger) == []
 
 

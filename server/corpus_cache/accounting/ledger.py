@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,45 @@ class RequestRecord:
     ttl: str | None = None
     cache_miss_reason: str | None = None  # from the API's cache diagnostics, when it gave one
     cache_missed_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One request as the ledger holds it: a `RequestRecord` as written, with its id."""
+
+    id: int
+    at: float
+    kind: str
+    corpus: str
+    model: str
+    backend: str
+    outcome: str
+    snapshot: int | None
+    message_id: str | None
+    input_tokens: int
+    cache_read_tokens: int
+    cache_write_5m_tokens: int
+    cache_write_1h_tokens: int
+    output_tokens: int
+    cost_usd: float
+    uncached_cost_usd: float
+    latency_ms: float | None
+    error: str | None
+    shard: int | None
+    ttl: str | None
+    cache_miss_reason: str | None
+    cache_missed_tokens: int | None
+    row_key: str | None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return (
+            self.input_tokens + self.cache_read_tokens + self.cache_write_5m_tokens
+            + self.cache_write_1h_tokens
+        )  # fmt: skip
+
+
+_ROW_FIELDS = frozenset(f.name for f in fields(LedgerRow))
 
 
 @dataclass(frozen=True)
@@ -350,11 +389,14 @@ class Ledger:
                     f"the ledger cannot be read: {self._describe(exc)}"
                 ) from exc
 
-    def _rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
+    def _rows(self, query: str, params: list[Any]) -> list[LedgerRow]:
         names, rows = self._query(query, params)
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        return [
+            LedgerRow(**{k: v for k, v in zip(names, row, strict=True) if k in _ROW_FIELDS})
+            for row in rows
+        ]
 
-    def requests(self, corpus: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def requests(self, corpus: str | None = None, limit: int = 100) -> list[LedgerRow]:
         query = "SELECT * FROM requests"
         params: list[Any] = []
         if corpus is not None:
@@ -381,7 +423,7 @@ class Ledger:
             waiting = list(self._pending.values())
         return Totals(*rows[0]) + _totals_of(waiting, corpus, since)
 
-    def history(self, corpus: str | None = None) -> list[dict[str, Any]]:
+    def history(self, corpus: str | None = None) -> list[LedgerRow]:
         """Every request, oldest first."""
         where, params = _where(corpus, None)
         return self._rows(f"SELECT * FROM requests {where} ORDER BY at, id", params)
@@ -400,7 +442,7 @@ class Ledger:
 
     def last_by_shard(
         self, corpus: str | None = None, *, touched_cache: bool = False
-    ) -> list[dict[str, Any]]:
+    ) -> list[LedgerRow]:
         """The last successful request of each (corpus, shard); with `touched_cache`, the last
         that read or wrote the cache."""
         where, params = _where(corpus, None)

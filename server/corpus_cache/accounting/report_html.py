@@ -10,6 +10,7 @@ from html import escape
 from typing import Any
 
 from corpus_cache.accounting import report_data as data
+from corpus_cache.accounting.ledger import LedgerRow
 from corpus_cache.accounting.stats import Stats
 from corpus_cache.accounting.svg_charts import (
     Segment,
@@ -67,7 +68,7 @@ svg.chart { display: block; }
 
 
 def render_report(
-    rows: Sequence[dict[str, Any]], stats: Stats, layout: dict[str, Any] | None = None
+    rows: Sequence[LedgerRow], stats: Stats, layout: dict[str, Any] | None = None
 ) -> str:
     """The whole page. `rows` are the ledger's requests, oldest first."""
     body = [
@@ -102,12 +103,12 @@ def _moment(at: float) -> str:
     return datetime.fromtimestamp(at).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-def _header(rows: Sequence[dict[str, Any]], stats: Stats) -> str:
+def _header(rows: Sequence[LedgerRow], stats: Stats) -> str:
     span = "no requests recorded yet"
     if rows:
-        span = f"{len(rows)} requests from {_moment(rows[0]['at'])} to {_moment(rows[-1]['at'])}"
-    models = sorted({str(r["model"]) for r in rows})
-    emulated = any(r["backend"] == "offline-emulator" for r in rows)
+        span = f"{len(rows)} requests from {_moment(rows[0].at)} to {_moment(rows[-1].at)}"
+    models = sorted({str(r.model) for r in rows})
+    emulated = any(r.backend == "offline-emulator" for r in rows)
     badge = '<span class="badge">offline emulator: not Claude</span>' if emulated else ""
     return (
         f"<header><h1>Prompt-cache report{badge}</h1>"
@@ -154,7 +155,7 @@ def _section(title: str, note: str, content: str) -> str:
     return f"<section><h2>{escape(title)}</h2>{note_html}{content}</section>"
 
 
-def _spend_section(rows: Sequence[dict[str, Any]]) -> str:
+def _spend_section(rows: Sequence[LedgerRow]) -> str:
     spent, uncached = data.cumulative(rows)
     scale = uncached[-1][1] if uncached else 0.0
     chart = step_chart(
@@ -175,7 +176,7 @@ def _spend_section(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def _hit_rate_section(rows: Sequence[dict[str, Any]]) -> str:
+def _hit_rate_section(rows: Sequence[LedgerRow]) -> str:
     what, bars = data.hit_rate_buckets(rows)
 
     def color(rate: float) -> str:
@@ -193,13 +194,13 @@ def _hit_rate_section(rows: Sequence[dict[str, Any]]) -> str:
     return _section("Hit rate over time", f"Cache-read tokens over prompt tokens, {what}.", chart)
 
 
-def _tokens_section(rows: Sequence[dict[str, Any]]) -> str:
+def _tokens_section(rows: Sequence[LedgerRow]) -> str:
     def tokens(v: float) -> str:
         return f"{v:,.0f}"
 
     by_shard = stacked_bars(
         "tokens-per-shard", "Prompt tokens per shard",
-        data.tokens_by(sorted(rows, key=lambda r: (r["shard"] is None, r["shard"] or 0)),
+        data.tokens_by(sorted(rows, key=lambda r: (r.shard is None, r.shard or 0)),
                        data.shard_label),
         TOKEN_SEGMENTS, value_format=tokens,
     )  # fmt: skip
@@ -214,7 +215,7 @@ def _tokens_section(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def _shards_and_misses(rows: Sequence[dict[str, Any]], stats: Stats) -> str:
+def _shards_and_misses(rows: Sequence[LedgerRow], stats: Stats) -> str:
     shard_rows = []
     for s in stats.shards:
         if s.warm_until is None:
@@ -235,7 +236,7 @@ def _shards_and_misses(rows: Sequence[dict[str, Any]], stats: Stats) -> str:
         else '<p class="note">No shard has been asked yet.</p>'
     )
     reasons = data.miss_reasons(rows)
-    diagnosed = sum(1 for r in rows if r["kind"] == "ask" and r["outcome"] == "ok")
+    diagnosed = sum(1 for r in rows if r.kind == "ask" and r.outcome == "ok")
     if reasons:
         misses = (
             "<table><tr><th>reason</th><th class='num'>requests</th>"
@@ -301,23 +302,23 @@ def _layout_section(layout: dict[str, Any]) -> str:
     )
 
 
-def _recent(rows: Sequence[dict[str, Any]]) -> str:
+def _recent(rows: Sequence[LedgerRow]) -> str:
     lines = []
     for r in list(rows)[-RECENT:][::-1]:
         outcome = (
-            f'<span class="error">{escape(str(r["error"] or "error"))}</span>'
-            if r["outcome"] != "ok"
-            else escape(r.get("cache_miss_reason") or "")
+            f'<span class="error">{escape(str(r.error or "error"))}</span>'
+            if r.outcome != "ok"
+            else escape(r.cache_miss_reason or "")
         )
         lines.append(
-            f"<tr><td>{escape(_clock(r['at']))}</td><td>{escape(r['kind'])}</td>"
-            f"<td>{'' if r['shard'] is None else r['shard']}</td>"
-            f"<td class='num'>{r['cache_read_tokens']:,}</td>"
-            f"<td class='num'>{r['cache_write_5m_tokens'] + r['cache_write_1h_tokens']:,}</td>"
-            f"<td class='num'>{r['input_tokens']:,}</td>"
-            f"<td class='num'>{money(r['cost_usd'], 0.01)}</td>"
-            f"<td class='num'>{money(r['uncached_cost_usd'], 0.01)}</td>"
-            f"<td class='num'>{(r['latency_ms'] or 0):,.0f} ms</td><td>{outcome}</td></tr>"
+            f"<tr><td>{escape(_clock(r.at))}</td><td>{escape(r.kind)}</td>"
+            f"<td>{'' if r.shard is None else r.shard}</td>"
+            f"<td class='num'>{r.cache_read_tokens:,}</td>"
+            f"<td class='num'>{r.cache_write_5m_tokens + r.cache_write_1h_tokens:,}</td>"
+            f"<td class='num'>{r.input_tokens:,}</td>"
+            f"<td class='num'>{money(r.cost_usd, 0.01)}</td>"
+            f"<td class='num'>{money(r.uncached_cost_usd, 0.01)}</td>"
+            f"<td class='num'>{(r.latency_ms or 0):,.0f} ms</td><td>{outcome}</td></tr>"
         )
     head = (
         "<tr><th>time</th><th>kind</th><th>shard</th><th class='num'>read</th>"

@@ -91,21 +91,19 @@ def collect_stats(ledger: Ledger, corpus: str | None, now: float) -> Stats:
 def shard_states(ledger: Ledger, corpus: str | None) -> tuple[ShardState, ...]:
     """Per shard: tokens and TTL of its last request, and until when the entry it last read
     or wrote stays alive (a TTL counts from the start of the request)."""
-    cached = {
-        (r["corpus"], r["shard"]): r for r in ledger.last_by_shard(corpus, touched_cache=True)
-    }
+    cached = {(r.corpus, r.shard): r for r in ledger.last_by_shard(corpus, touched_cache=True)}
     states = []
     for row in ledger.last_by_shard(corpus):
-        touched = cached.get((row["corpus"], row["shard"]))
+        if row.shard is None:  # last_by_shard keeps rows of a shard only
+            continue
+        touched = cached.get((row.corpus, row.shard))
         warm_until = None
-        if touched is not None and touched["ttl"] in TTL_SECONDS:
-            started = touched["at"] - (touched["latency_ms"] or 0.0) / 1000
-            warm_until = started + TTL_SECONDS[touched["ttl"]]
-        tokens = row["input_tokens"] + row["cache_read_tokens"]
-        tokens += row["cache_write_5m_tokens"] + row["cache_write_1h_tokens"]
-        states.append(
-            ShardState(row["corpus"], row["shard"], tokens, row["ttl"], warm_until, row["at"])
-        )
+        if touched is not None and touched.ttl in TTL_SECONDS:
+            started = touched.at - (touched.latency_ms or 0.0) / 1000
+            warm_until = started + TTL_SECONDS[touched.ttl]
+        tokens = row.input_tokens + row.cache_read_tokens
+        tokens += row.cache_write_5m_tokens + row.cache_write_1h_tokens
+        states.append(ShardState(row.corpus, row.shard, tokens, row.ttl, warm_until, row.at))
     return tuple(states)
 
 

@@ -8,8 +8,8 @@ import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from corpus_cache.accounting.ledger import LedgerRow
 from corpus_cache.api.tokens import content_key
 from corpus_cache.cache.policy import RECENT_GAPS
 from corpus_cache.corpus.documents import Document
@@ -43,14 +43,14 @@ class History:
         self._questions = Counter({shard: len(times) for shard, times in self._asked.items()})
 
     @classmethod
-    def from_requests(cls, rows: Sequence[Mapping[str, Any]]) -> History:
+    def from_requests(cls, rows: Sequence[LedgerRow]) -> History:
         """A history that knows the question times of ledger `rows` (newest first, as
         Ledger.requests gives them), so that a restart does not forget how questions
         arrive."""
         asked: dict[int, list[float]] = {}
         for row in reversed(rows):
-            if row["kind"] == "ask" and row["outcome"] == "ok" and row["shard"] is not None:
-                asked.setdefault(int(row["shard"]), []).append(float(row["at"]))
+            if row.kind == "ask" and row.outcome == "ok" and row.shard is not None:
+                asked.setdefault(int(row.shard), []).append(float(row.at))
         return cls(asked)
 
     # --- documents ---------------------------------------------------------------------
