@@ -89,6 +89,36 @@ class Settings(BaseSettings):
         description="bearer token the HTTP transport requires (CORPUS_CACHE_AUTH_TOKEN); "
         "required when binding anything but loopback",
     )
+    http_header_timeout: float = Field(
+        10.0, gt=0, description="seconds an HTTP client has to send a request's headers"
+    )
+    http_body_timeout: float = Field(
+        30.0, gt=0, description="seconds an HTTP client has to send a request's body"
+    )
+    http_write_timeout: float = Field(
+        30.0, gt=0, description="seconds a response may wait for an HTTP client that stops reading"
+    )
+    http_keep_alive: int = Field(
+        5, ge=1, description="seconds an idle HTTP connection is kept open for the next request"
+    )
+    http_max_connections: int = Field(
+        256,
+        ge=1,
+        description="HTTP connections open at once (fewer if the file limit is low); beyond, "
+        "the one idle longest is closed, or the new one gets 503 when none is idle",
+    )
+    http_max_sessions: int = Field(
+        1000, ge=1, description="MCP sessions over HTTP; beyond, the least recently used ends"
+    )
+    http_sessions_per_client: int = Field(
+        64,
+        ge=1,
+        description="MCP sessions over HTTP per client address; beyond, its least recently "
+        "used ends",
+    )
+    http_session_idle_minutes: float = Field(
+        15.0, gt=0, description="an MCP session over HTTP with no request for this long ends"
+    )
 
     @field_validator("corpus")
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -61,7 +62,10 @@ class Backend:
 def open_backend(catalog: Catalog, *, offline: bool, timeout: float) -> Backend:
     if not offline and os.environ.get("ANTHROPIC_API_KEY"):
         return Backend(api_client(timeout=timeout, max_retries=API_RETRIES), ANTHROPIC)
-    emulator = start_in_thread(catalog=catalog)
+    # A key only this process knows, and no controls: other local programs, and web pages
+    # that reach loopback, can neither read what was sent nor steer the answers.
+    key = secrets.token_urlsafe(32)
+    emulator = start_in_thread(catalog=catalog, api_key=key, controls=False)
     log.warning(
         "no ANTHROPIC_API_KEY%s: answering with the offline emulator at %s "
         "(extractive answers, not Claude)",
@@ -70,7 +74,7 @@ def open_backend(catalog: Catalog, *, offline: bool, timeout: float) -> Backend:
     )
     client = api_client(
         base_url=emulator.base_url,
-        api_key="offline-emulator",
+        api_key=key,
         timeout=timeout,
         max_retries=API_RETRIES,
     )

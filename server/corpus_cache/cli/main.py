@@ -118,10 +118,26 @@ def _check_transport(args: argparse.Namespace, settings: Settings) -> None:
 
 async def _serve_mcp(server: MCPServer, args: argparse.Namespace, settings: Settings) -> None:
     if args.transport == "http":
+        from corpus_cache.mcp_surface.http_connections import ConnectionLimits
+        from corpus_cache.mcp_surface.http_sessions import SessionLimits
         from corpus_cache.mcp_surface.http_transport import serve_http
 
         host, port = args.host or DEFAULT_HTTP_HOST, args.port or DEFAULT_HTTP_PORT
-        await serve_http(server, host, port, _auth_token(settings))
+        connections = ConnectionLimits(
+            header_timeout=settings.http_header_timeout,
+            body_timeout=settings.http_body_timeout,
+            keep_alive=settings.http_keep_alive,
+            max_connections=settings.http_max_connections,
+            write_timeout=settings.http_write_timeout,
+        )
+        sessions = SessionLimits(
+            total=settings.http_max_sessions,
+            per_client=settings.http_sessions_per_client,
+            idle_timeout=settings.http_session_idle_minutes * 60,
+        )
+        await serve_http(
+            server, host, port, _auth_token(settings), connections=connections, sessions=sessions
+        )
     else:
         await server.run_stdio_async()
 

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from corpus_cache.models.catalog import Catalog
 
 from .control import Fault
-from .errors import ApiError, invalid
+from .errors import ApiError, invalid, not_found
 from .service import Completion, EmulatorService
 from .sse import error_event, message_events
 
@@ -60,7 +60,11 @@ async def _read_json(request: Request) -> Any:
         raise invalid(f"request body is not valid JSON: {exc}") from None
 
 
-def build_app(catalog: Catalog, service: EmulatorService | None = None) -> Starlette:
+def build_app(
+    catalog: Catalog, service: EmulatorService | None = None, *, controls: bool = True
+) -> Starlette:
+    """The Messages API routes, and the /_emulator/ controls when `controls` (they reveal
+    every request's body and can make the next request fail)."""
     emulator = service or EmulatorService(catalog)
 
     def api(handler: Callable[[Request, str], Awaitable[Response]]) -> Handler:
@@ -231,12 +235,21 @@ def build_app(catalog: Catalog, service: EmulatorService | None = None) -> Starl
         Route("/v1/messages/count_tokens", api(count_tokens), methods=["POST"]),
         Route("/v1/models", api(list_models), methods=["GET"]),
         Route("/v1/models/{model_id:path}", api(get_model), methods=["GET"]),
+    ]
+    control_routes = [
         Route("/_emulator/clock", control(clock), methods=["GET", "POST"]),
         Route("/_emulator/reset", control(reset), methods=["POST"]),
         Route("/_emulator/faults", control(faults), methods=["GET", "POST", "DELETE"]),
         Route("/_emulator/log", control(request_log), methods=["GET"]),
         Route("/_emulator/cache", control(cache_state), methods=["GET"]),
     ]
-    app = Starlette(routes=routes)
+
+    async def no_route(request: Request, exc: Exception) -> Response:
+        return _error_response(not_found(f"no route {request.url.path}"), emulator.next_id("req"))
+
+    app = Starlette(
+        routes=routes + control_routes if controls else routes,
+        exception_handlers={404: no_route},
+    )
     app.state.emulator = emulator
     return app

@@ -12,14 +12,28 @@ import uvicorn
 from corpus_cache.models.catalog import Catalog, load_catalog
 
 from .app import build_app
+from .guard import EmulatorGuard, allowed_hosts
 from .service import EmulatorService
 
 
-def _config(catalog: Catalog, service: EmulatorService) -> uvicorn.Config:
+def _config(
+    catalog: Catalog,
+    service: EmulatorService,
+    sock: socket.socket,
+    *,
+    api_key: str | None,
+    controls: bool,
+) -> uvicorn.Config:
+    bound_host, bound_port = sock.getsockname()[:2]
+    app = EmulatorGuard(
+        build_app(catalog, service, controls=controls),
+        hosts=allowed_hosts(bound_host, bound_port),
+        api_key=api_key,
+    )
     # log_config=None and no access log: uvicorn's defaults write to stdout, which is the
     # MCP protocol stream when the emulator runs inside `corpus-cache serve`.
     return uvicorn.Config(
-        build_app(catalog, service),
+        app,
         log_config=None,
         access_log=False,
         lifespan="off",
@@ -69,13 +83,22 @@ class RunningEmulator:
 
 
 def start_in_thread(
-    host: str = "127.0.0.1", port: int = 0, catalog: Catalog | None = None
+    host: str = "127.0.0.1",
+    port: int = 0,
+    catalog: Catalog | None = None,
+    *,
+    api_key: str | None = None,
+    controls: bool = True,
 ) -> RunningEmulator:
-    """Start on a free port (port=0) and return once it accepts connections."""
+    """Start on a free port (port=0) and return once it accepts connections.
+
+    With `api_key`, every request must carry it (any key is accepted otherwise); without
+    `controls`, the /_emulator/ routes are absent.
+    """
     catalog = catalog or load_catalog()
     service = EmulatorService(catalog)
     sock = _bind(host, port)
-    server = uvicorn.Server(_config(catalog, service))
+    server = uvicorn.Server(_config(catalog, service, sock, api_key=api_key, controls=controls))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="corpus-cache-emulator", daemon=True
     )
@@ -91,7 +114,8 @@ def start_in_thread(
 
 
 def serve_forever(host: str, port: int, catalog: Catalog) -> None:
+    """The user's own emulator (`corpus-cache emulator`): any key, the controls on."""
     service = EmulatorService(catalog)
-    server = uvicorn.Server(_config(catalog, service))
     sock = _bind(host, port)
+    server = uvicorn.Server(_config(catalog, service, sock, api_key=None, controls=True))
     server.run(sockets=[sock])

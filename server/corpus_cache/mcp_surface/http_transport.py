@@ -1,5 +1,6 @@
-"""Streamable HTTP at /mcp: Host/Origin checks against DNS rebinding on loopback, and a
-bearer token that every request must carry when one is set.
+"""Streamable HTTP at /mcp: Host/Origin checks against DNS rebinding on loopback, a
+bearer token that every request must carry when one is set, and bounds on what clients can
+hold (connections: http_connections.py; sessions: http_sessions.py).
 
 The corpus and the API key behind `ask` are worth protecting: a browser page can reach a
 loopback server through DNS rebinding (hence the Host/Origin checks), and anything bound
@@ -14,11 +15,15 @@ import logging
 from typing import TYPE_CHECKING
 
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corpus_cache.errors import SetupError
+from corpus_cache.mcp_surface.http_connections import ConnectionLimits, guarded_protocol
+from corpus_cache.mcp_surface.http_sessions import BoundedSessionManager, SessionLimits
 
 if TYPE_CHECKING:
     from mcp.server import MCPServer
@@ -111,24 +116,51 @@ class BearerTokenMiddleware:
         return hmac.compare_digest(given.strip().encode(), self._token)
 
 
-def http_app(server: MCPServer, host: str, token: str | None) -> ASGIApp:
+def http_app(
+    server: MCPServer, host: str, token: str | None, sessions: SessionLimits | None = None
+) -> ASGIApp:
+    """The ASGI app: what `server.streamable_http_app()` builds (MCPServer 2.3 adds no auth or
+    routes of ours to it), with a session manager that bounds sessions."""
     check_bind(host, token)
-    app: ASGIApp = server.streamable_http_app(
-        streamable_http_path=MCP_PATH, transport_security=transport_security(host), host=host
+    manager = BoundedSessionManager(
+        # MCPServer has no public way to reach its low-level server, which the manager runs.
+        server._lowlevel_server,
+        sessions or SessionLimits(),
+        transport_security(host),
+    )
+    app: ASGIApp = Starlette(
+        routes=[Route(MCP_PATH, endpoint=manager)], lifespan=lambda _: manager.run()
     )
     return BearerTokenMiddleware(app, token) if token is not None else app
 
 
-async def serve_http(server: MCPServer, host: str, port: int, token: str | None) -> None:
+async def serve_http(
+    server: MCPServer,
+    host: str,
+    port: int,
+    token: str | None,
+    *,
+    connections: ConnectionLimits | None = None,
+    sessions: SessionLimits | None = None,
+) -> None:
     """Serve until interrupted. Logs go to stderr, like every log of the product."""
     import uvicorn
 
-    app = http_app(server, host, token)
+    app = http_app(server, host, token, sessions)
+    limits = connections or ConnectionLimits()
+    protocol = guarded_protocol(limits)
     shown = f"[{host}]" if ":" in host else host
     log.info(
-        "serving MCP over streamable HTTP at http://%s:%d%s (%s)",
+        "serving MCP over streamable HTTP at http://%s:%d%s (%s; at most %d connections)",
         shown, port, MCP_PATH,
-        "bearer token required" if token else "loopback only, no token",
+        "bearer token required" if token else "loopback only, no token", protocol.guard.cap,
     )  # fmt: skip
-    config = uvicorn.Config(app, host=host.strip("[]"), port=port, log_level="warning")
+    config = uvicorn.Config(
+        app,
+        host=host.strip("[]"),
+        port=port,
+        log_level="warning",
+        http=protocol,
+        timeout_keep_alive=limits.keep_alive,
+    )
     await uvicorn.Server(config).serve()
