@@ -77,8 +77,9 @@ reliability: $(STAMP)
 	CORPUS_CACHE_CONSISTENCY_ROUNDS=20 $(BIN)/python -m pytest -q tests/test_concurrent_asks.py
 
 # The fuzz targets at full size (several minutes): 10,000 cases of arguments to every tool
-# through a real MCP client, and 10,000 generated folder trees through the scan and planner
-# (and a share of each in the other protocol era, on resources, and through the tools).
+# through a real MCP client, 10,000 generated folder trees through the scan and planner
+# (and a share of each in the other protocol era, on resources, and through the tools), and
+# 10,000 mutated PDFs and 10,000 mutated DOCX files through extraction.
 fuzz: $(STAMP)
 	CORPUS_CACHE_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q tests/fuzz --hypothesis-show-statistics
 

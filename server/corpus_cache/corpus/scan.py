@@ -18,7 +18,13 @@ from pathspec import GitIgnoreSpec
 from .beneath import DIRECTORY_FLAGS, CorpusRoot, identity, open_beneath
 from .documents import Document, Skipped
 from .encodings import Decoded, NotTextError, decode
-from .extract import EXTRACTED_SUFFIXES, MAX_EXTRACTED_FILE_BYTES, ExtractionError, extract_data
+from .extract import (
+    EXTRACTED_SUFFIXES,
+    MAX_EXTRACTED_FILE_BYTES,
+    ExtractionError,
+    ExtractionLimits,
+    extract_data,
+)
 from .names import name_problem, shown
 from .reading import UnreadableError, kind_of, read_beneath
 from .rules import BINARY_SUFFIXES, LOCK_FILES, PRUNED_DIRECTORIES, SECRET_PATTERNS
@@ -379,7 +385,8 @@ def _read(root: CorpusRoot, item: _Listed, options: ScanOptions, names: int) -> 
     note = ""
     if extracted_kind:
         try:
-            extracted = extract_data(data, suffix)
+            limits = ExtractionLimits(max_text_bytes=options.max_file_bytes)
+            extracted = extract_data(data, suffix, limits)
         except ExtractionError as exc:
             return Skipped(rel, str(exc))
         if len(extracted.text.encode()) > options.max_file_bytes:
