@@ -32,7 +32,7 @@ from support import hostile_documents as hostile
 from support.emulator_control import Control
 from support.live_folder import Swaps, paths, watched
 from support.mcp_session import serving
-from test_extract import pdf_bytes
+from support.office_files import pdf_bytes
 
 
 def reasons(corpus: Path) -> dict[str, str]:

@@ -2,14 +2,17 @@
 
 Secret files are never sent to the API by default: they are matched by name before any
 content is read, case-insensitively and after Unicode compatibility folding (so the
-patterns are written in lower case). Secrets inside other files are found by content:
-see secret_content.py. Folders that hold tools' state rather than documents are pruned whole.
+patterns are written in lower case), and so are their variants and backups (`.env-prod`,
+`.env~`, `id_rsa.bak`, `#.env#`): see secret_names.py. Secrets inside other files are
+found by content: see secret_content.py. Folders that hold tools' state rather than
+documents are pruned whole.
 """
 
 from __future__ import annotations
 
 SECRET_PATTERNS = (
     ".env",
+    ".env*",
     ".env.*",
     "*.env",
     ".envrc",
@@ -17,6 +20,8 @@ SECRET_PATTERNS = (
     "*.key",
     "*.p12",
     "*.pfx",
+    "*.ppk",
+    "*.keytab",
     "*.jks",
     "*.keystore",
     "*.kdbx",
@@ -30,6 +35,10 @@ SECRET_PATTERNS = (
     ".pgpass",
     ".npmrc",
     ".pypirc",
+    ".s3cfg",
+    ".boto",
+    ".my.cnf",
+    ".dockercfg",
     ".htpasswd",
     ".git-credentials",
     "credentials",

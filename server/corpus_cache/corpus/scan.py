@@ -7,7 +7,6 @@ import functools
 import logging
 import os
 import stat
-import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -27,14 +26,13 @@ from .extract import (
 )
 from .names import name_problem, shown
 from .reading import UnreadableError, kind_of, read_beneath
-from .rules import BINARY_SUFFIXES, LOCK_FILES, PRUNED_DIRECTORIES, SECRET_PATTERNS
+from .rules import BINARY_SUFFIXES, LOCK_FILES, PRUNED_DIRECTORIES
 from .secret_content import describe, find_secrets
+from .secret_names import is_secret
 
 DEFAULT_MAX_FILE_BYTES = 2 * 1024 * 1024
 _MAX_GITIGNORE_BYTES = 1024 * 1024
 RAISE_THE_LIMIT = "raise it with --max-file-bytes or CORPUS_CACHE_MAX_FILE_BYTES"
-
-_SECRETS = GitIgnoreSpec.from_lines(SECRET_PATTERNS)
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +54,6 @@ class ScanResult:
     documents: tuple[Document, ...]
     skipped: tuple[Skipped, ...]
     reused: int  # documents taken from the previous scan without reading
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def is_secret(rel_path: str) -> bool:
-    # Cached: a watched folder is rescanned after every save, and its paths barely change.
-    # Look-alikes fold away: `.ENV`, `ID_RSA`, a full-width `．env`, `.e<zero-width space>nv`.
-    folded = unicodedata.normalize("NFKC", rel_path).casefold()
-    return _SECRETS.match_file("".join(c for c in folded if unicodedata.category(c) != "Cf"))
 
 
 def _gitignore_rules(lines: list[str]) -> tuple[GitIgnoreSpec, list[str]]:
