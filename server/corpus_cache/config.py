@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     prewarm: bool = Field(
         False, description="after a change, write the cache ahead of the next question"
     )
+    keep_old_copies: bool = Field(
+        False,
+        description="keep an edited document's old copy in the cached prefix even when the "
+        "edit removed text, which is then still sent to the API (cheaper, see docs/privacy.md); "
+        "by default an edit that removes text drops the old copy",
+    )
     ttl: Literal["auto", "5m", "1h"] = Field(
         "auto", description="cache TTL: chosen from the gaps between questions, or fixed"
     )

@@ -10,6 +10,7 @@ that says what happened and what to do. Retries live in the SDK's client
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,14 +30,17 @@ from corpus_cache.api.backend import (
 from corpus_cache.api.outcomes import cache_miss, failure_text
 from corpus_cache.api.prepared import PreparedRequest, RequestKind
 from corpus_cache.api.spending import DailyCap
-from corpus_cache.errors import ApiCallError, IncompleteResponseError
+from corpus_cache.errors import ApiCallError, BudgetExceededError, IncompleteResponseError
 from corpus_cache.models.catalog import ModelSpec
 from corpus_cache.models.pricing import Usage, cost_usd, uncached_cost_usd
 
+log = logging.getLogger(__name__)
+
+# How a refusal of the daily cap names each kind of request.
 _WHAT: dict[RequestKind, str] = {
-    "ask": "this question",
-    "warm": "warming the cache",
-    "keep-warm": "a keep-warm request",
+    "ask": "question",
+    "warm": "warm request",
+    "keep-warm": "keep-warm request",
 }
 
 
@@ -110,16 +114,27 @@ class ApiCaller:
         """Send a `max_tokens: 0` request (warming, keeping warm): the cache is written or
         read, nothing is generated."""
         started = time.perf_counter()
-        with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
-            try:
-                raw = await self.backend.client.messages.with_raw_response.create(**request.body())
-                message = await raw.parse()
-            except API_FAILURES as exc:
-                self._record_failure(request, started, exc)
-                raise ApiCallError(f"warming the cache failed: {describe_api_error(exc)}") from exc
-            except anyio.get_cancelled_exc_class():
-                self._record_failure(request, started, None)
-                raise
+        checked = False
+        try:
+            with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
+                checked = True
+                try:
+                    raw = await self.backend.client.messages.with_raw_response.create(
+                        **request.body()
+                    )
+                    message = await raw.parse()
+                except API_FAILURES as exc:
+                    self._record_failure(request, started, exc)
+                    raise ApiCallError(
+                        f"warming the cache failed: {describe_api_error(exc)}"
+                    ) from exc
+                except anyio.get_cancelled_exc_class():
+                    self._record_failure(request, started, None)
+                    raise
+        except BudgetExceededError as refused:
+            if not checked:  # nothing was sent: a row says so, as no one waits on the answer
+                self._record_refusal(request, refused)
+            raise
         return self._record(request, message, raw.headers, started)
 
     async def count_tokens(self, content: list[dict[str, Any]], system: str | None = None) -> int:
@@ -154,6 +169,19 @@ class ApiCaller:
             )
         )  # fmt: skip
         return Sent(message, usage, cost, uncached, latency, backend, recorded.unrecorded)
+
+    def _record_refusal(self, request: PreparedRequest, refused: BudgetExceededError) -> None:
+        """A request the daily cap refused: not sent, so it cost nothing."""
+        log.warning("shard %d: %s", request.shard, refused)
+        self.ledger.record(
+            RequestRecord(
+                at=self.clock(), kind=request.kind, corpus=self.corpus_key,
+                model=self.model.id, backend=self.backend.kind, outcome="refused",
+                snapshot=request.snapshot, shard=request.shard,
+                error=f"refused by the daily cap: up to ${refused.estimate_usd:.4f} with "
+                f"${refused.spent_usd:.4f} spent of ${refused.cap_usd:.2f}",
+            )
+        )  # fmt: skip
 
     def _record_failure(
         self,

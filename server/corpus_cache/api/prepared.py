@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
+from corpus_cache.api.spending import Bound
+from corpus_cache.models.catalog import ModelSpec
 from corpus_cache.models.pricing import Ttl
 
 RequestKind = Literal["ask", "warm", "keep-warm"]
@@ -30,19 +32,14 @@ class PreparedRequest:
     alive: frozenset[int]  # the anchors believed alive when it was prepared
     corpus_end: int | None  # the anchor ending the corpus, if it is cached at all
     prepared_at: float
-    # What it should cost at most, for the spending guard: its input, and its answer.
-    input_estimate_usd: float
-    output_estimate_usd: float
+    bound: Bound  # the most it can cost, in tokens (api/spending.request_bound)
+    estimate_usd: float  # that bound in dollars: what the daily cap checks
 
     def __post_init__(self) -> None:
         # Read-only views: the value is shared by the caller, the engine and the ledger.
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
         object.__setattr__(self, "ttls", MappingProxyType(dict(self.ttls)))
         object.__setattr__(self, "identities", MappingProxyType(dict(self.identities)))
-
-    @property
-    def estimate_usd(self) -> float:
-        return self.input_estimate_usd + self.output_estimate_usd
 
     @property
     def writes(self) -> tuple[str, ...]:
@@ -58,8 +55,9 @@ class PreparedRequest:
         """A fresh copy of the params for the SDK, which takes keyword arguments."""
         return dict(self.params)
 
-    def warming(self, kind: RequestKind) -> PreparedRequest:
+    def warming(self, kind: RequestKind, model: ModelSpec) -> PreparedRequest:
         """The same request with `max_tokens: 0`: it writes (or reads) the cache and
         generates nothing, so it costs no output."""
+        bound = replace(self.bound, output=0)
         params = {**self.params, "max_tokens": 0}
-        return replace(self, kind=kind, params=params, output_estimate_usd=0.0)
+        return replace(self, kind=kind, params=params, bound=bound, estimate_usd=bound.usd(model))

@@ -4,6 +4,7 @@ keeps, and the marker blocks it carries. Pure: the engine decides when to swap o
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from corpus_cache.api.tokens import content_key
@@ -52,6 +53,40 @@ def with_entries(corpus: Corpus, previous: Corpus | None, model: str) -> Corpus:
         corpus, anchor_ids=marker_blocks.anchor_ids(layout, model, markers),
         superseded=_superseded(layout, previous), markers=markers,
     )  # fmt: skip
+
+
+def removed_text(
+    previous: Corpus, current: Mapping[str, Document], shards: Iterable[Shard] | None = None
+) -> frozenset[tuple[str, str]]:
+    """The (path, key) of each copy `previous` sends (on `shards`, default all), current
+    document or kept old copy, that holds a line the folder's current version of that path
+    (`current`, by path) lacks, or whose file is gone: sending it again would send text
+    removed from the folder. A copy whose every line is still in the file reveals nothing
+    the current version does not."""
+    out: set[tuple[str, str]] = set()
+    lines: dict[str, frozenset[str]] = {}
+    for shard in previous.shards if shards is None else shards:
+        plan = shard.plan
+        for position, (path, key) in enumerate(zip(plan.order, plan.keys, strict=True)):
+            now = current.get(path)
+            if now is not None and content_key(now) == key:
+                continue
+            if now is None:
+                out.add((path, key))
+                continue
+            old = (
+                previous.superseded.get((path, key))
+                if position in plan.superseded
+                else previous.snapshot.get(path)
+            )
+            if old is None:
+                continue
+            kept = lines.get(path)
+            if kept is None:
+                kept = lines[path] = frozenset(now.text.splitlines())
+            if not kept.issuperset(old.text.splitlines()):
+                out.add((path, key))
+    return frozenset(out)
 
 
 def marked(corpus: Corpus, shard: int, markers: dict[int, int], model: str) -> Corpus:

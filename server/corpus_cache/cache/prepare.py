@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from corpus_cache.api.prepared import PreparedRequest, RequestKind
 from corpus_cache.api.request import build_request
-from corpus_cache.api.spending import estimate_request_usd
+from corpus_cache.api.spending import request_bound
 from corpus_cache.cache import markers as marker_blocks
 from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.cache.policy import Decision, anchor_ttls
@@ -87,11 +87,7 @@ def prepare_request(
     )  # fmt: skip
     if kind == "ask":
         params["diagnostics"] = {"previous_message_id": previous_message_id}
-    input_usd, output_usd = estimate_request_usd(
-        model, plan, marked=marked, alive=alive, ttls=ttls,
-        extra_input_chars=len(question) + sum(len(q) + len(a) for q, a in conversation),
-        markers=len(markers), max_tokens=max_tokens,
-    )  # fmt: skip
+    bound = request_bound(params, shard.plan.sizes, plan.instructions_tokens, model)
     return PreparedRequest(
         kind=kind,
         shard=shard.number,
@@ -103,6 +99,6 @@ def prepare_request(
         alive=alive,
         corpus_end=plan.anchors[-1] if plan.anchors else None,
         prepared_at=now,
-        input_estimate_usd=input_usd,
-        output_estimate_usd=output_usd,
+        bound=bound,
+        estimate_usd=bound.usd(model),
     )

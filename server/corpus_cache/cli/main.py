@@ -70,6 +70,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "fan_out": getattr(args, "fan_out", None),
         "ttl": getattr(args, "ttl", None),
         "prewarm": True if getattr(args, "prewarm", False) else None,
+        "keep_old_copies": True if getattr(args, "keep_old_copies", False) else None,
         "max_usd_per_day": getattr(args, "max_usd_per_day", None),
         "models_file": args.models_file,
         "ask_deadline": getattr(args, "ask_deadline", None),
@@ -312,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--prewarm",
             action="store_true",
             help="after a change in the folder, write the cache ahead of the next question",
+        )
+        command.add_argument(
+            "--keep-old-copies",
+            action="store_true",
+            help="keep edited documents' old copies in the cached prefix even when an edit "
+            "removed text, which is then still sent to the API (cheaper; see docs/privacy.md)",
         )
         command.add_argument(
             "--ttl",

@@ -50,6 +50,7 @@ class ShardAnswer:
     marked: tuple[int, ...] = ()  # the anchors the request marked
     message_id: str = ""
     unrecorded: str | None = None  # Recorded.unrecorded: the ledger could not write the row
+    bound_usd: float = 0.0  # the most the request could cost, as the daily cap checked it
 
 
 def merge(corpus: Corpus, parts: list[ShardAnswer], model: str) -> Answer:

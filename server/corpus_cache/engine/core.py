@@ -37,7 +37,15 @@ from corpus_cache.corpus.documents import Document, Snapshot
 from corpus_cache.corpus.scan import CorpusRoot, ScanOptions, scan
 from corpus_cache.corpus.search import Hit, SearchIndex
 from corpus_cache.engine.answers import Answer, Prewarmed, ShardAnswer, merge
-from corpus_cache.engine.sessions import NEW, Session, Sessions, Turn, estimate_tokens, trim_turns
+from corpus_cache.engine.sessions import (
+    LOCAL,
+    NEW,
+    Session,
+    Sessions,
+    Turn,
+    estimate_tokens,
+    trim_turns,
+)
 from corpus_cache.errors import (
     CorpusCacheError,
     CorpusTooLargeError,
@@ -191,7 +199,7 @@ class Engine:
             self._instructions_tokens = await self.counter.count_system(INSTRUCTIONS)
         now = self.clock()
         docs = self.history.observe(result.documents, tokens, now)
-        layout = self._plan(docs, self._corpus, now)
+        layout = self._plan(docs, self._corpus, now, result.documents)
         self._version += 1
         snapshot = Snapshot(
             self.settings.corpus, self._version, now, result.documents, result.skipped
@@ -206,8 +214,19 @@ class Engine:
         )  # fmt: skip
         return corpus
 
-    def _plan(self, docs: list[DocInfo], previous: Corpus | None, now: float) -> Layout:
+    def _plan(
+        self,
+        docs: list[DocInfo],
+        previous: Corpus | None,
+        now: float,
+        documents: Sequence[Document],
+    ) -> Layout:
+        """`documents`: the folder's current documents, against which the old copies
+        `previous` keeps are checked for text the folder no longer has."""
         assert self._instructions_tokens is not None
+        dropped: frozenset[tuple[str, str]] = frozenset()
+        if previous is not None and not self.settings.keep_old_copies:
+            dropped = live_corpus.removed_text(previous, {d.path: d for d in documents})
         return plan_corpus(
             docs,
             min_cacheable_tokens=self.model.min_cacheable_tokens,
@@ -216,6 +235,7 @@ class Engine:
             now=now,
             previous=previous.layout if previous else None,
             live=self._live_anchors(previous, now) if previous else None,
+            dropped=dropped,
         )
 
     def _live_anchors(self, corpus: Corpus, now: float) -> dict[int, tuple[int, ...]]:
@@ -250,7 +270,9 @@ class Engine:
                 return self.current
             docs = self.history.doc_infos(corpus.snapshot.documents, corpus.tokens)
             compact = live_corpus.with_entries(
-                replace(corpus, layout=self._plan(docs, corpus, now)), corpus, self.model.id
+                replace(corpus, layout=self._plan(docs, corpus, now, corpus.snapshot.documents)),
+                corpus,
+                self.model.id,
             )
             self._corpus = compact
         log.info("old copies of edited documents dropped from the layout: their cache lapsed")
@@ -276,18 +298,25 @@ class Engine:
         return [corpus.shard(n) for n in ranked[: max(1, fan_out)]]
 
     async def ask(
-        self, question: str, fan_out: int | None = None, session: str | None = None
+        self,
+        question: str,
+        fan_out: int | None = None,
+        session: str | None = None,
+        *,
+        owner: str = LOCAL,
     ) -> Answer:
         """Answer from the shard(s) the question routes to, in parallel, merged in rank order.
 
         `session`: "new" (or an id not in use) starts a conversation, an id in use continues
-        it; the answer says the session's id. Refused before anything is sent if it would
-        take the last 24 hours' spend over `max_usd_per_day`."""
+        it; the answer says the session's id. `owner`: the MCP connection asking
+        (sessions.py); a session is continued only by the owner that started it. Refused
+        before anything is sent if it would take the last 24 hours' spend over
+        `max_usd_per_day`."""
         question = checked_question(question)
         if fan_out is not None and fan_out < 1:
             raise InvalidArgumentError("fan_out must be at least 1")
         if session is not None:
-            return await self._ask_in_session(question, fan_out, Sessions.check_id(session))
+            return await self._ask_in_session(question, fan_out, Sessions.check_id(session), owner)
         # This question's snapshot, whatever refreshes happen meanwhile.
         corpus = await self._compacted()
         self._check_documents(corpus)
@@ -332,7 +361,9 @@ class Engine:
             raise
         return [answers[shard.number] for _, shard, _ in requests]
 
-    async def _ask_in_session(self, question: str, fan_out: int | None, session_id: str) -> Answer:
+    async def _ask_in_session(
+        self, question: str, fan_out: int | None, session_id: str, owner: str
+    ) -> Answer:
         """A question in a conversation: the session's corpus and shard (pinned at its first
         question), then the conversation so far, then the question."""
         if fan_out is not None and fan_out > 1:
@@ -341,14 +372,20 @@ class Engine:
             )
         found: Session[_Pin] | None = None
         if session_id != NEW:
-            found = self._sessions.get(session_id)
+            found = self._sessions.get(session_id, owner=owner)
         if found is None:
             corpus = self.current
             self._check_documents(corpus)
             found = self._sessions.start(
-                session_id, _Pin(corpus, self.route(question, corpus, 1)[0])
+                session_id, _Pin(corpus, self.route(question, corpus, 1)[0]), owner=owner
             )
         async with found.lock:  # one question at a time per conversation
+            if self._sends_removed_text(found.pin):
+                # The folder lost text the session's corpus holds: go on from the live one.
+                live = self.current
+                self._check_documents(live)
+                found.pin = _Pin(live, self.route(question, live, 1)[0])
+                log.info("session %s moved to the live corpus: text it held was removed", found.id)
             pin = found.pin
             kept, dropped = trim_turns(
                 found.turns, estimate_tokens(question),
@@ -372,12 +409,21 @@ class Engine:
             turns = len(found.turns)
         return replace(
             merge(pin.corpus, [part], self.model.id),
-            estimated_usd=estimate,
+            estimated_usd=part.bound_usd,
             session=found.id,
             session_turns=turns,
             session_dropped_turns=dropped,
             session_snapshot_is_live=self.current.snapshot is pin.corpus.snapshot,
         )
+
+    def _sends_removed_text(self, pin: _Pin) -> bool:
+        """Whether a follow-up on `pin` would send text no longer in the folder (an edit
+        removed it, or its file is gone), unless old copies are kept on purpose."""
+        live = self.current
+        if self.settings.keep_old_copies or pin.corpus.snapshot is live.snapshot:
+            return False
+        current = {d.path: d for d in live.snapshot.documents}
+        return bool(live_corpus.removed_text(pin.corpus, current, [pin.shard]))
 
     # --- one shard --------------------------------------------------------------------
 
@@ -499,7 +545,7 @@ class Engine:
         return ShardAnswer(
             shard, mapped.text, mapped.citations, sent.usage, sent.cost_usd,
             sent.uncached_cost_usd, sent.backend, sent.latency_ms, raw_text, request.marked,
-            message.id, sent.ledger_note,
+            message.id, sent.ledger_note, request.estimate_usd,
         )  # fmt: skip
 
     # --- local tools: no API call ------------------------------------------------------
@@ -545,7 +591,7 @@ class Engine:
             decision=self.ttl_decision(shard) if marking.ttl is None else None,
             turn=self._next_turn(), now=self.clock(), marking=marking,
         )  # fmt: skip
-        return request.warming(kind)
+        return request.warming(kind, self.model)
 
     # --- the TTL policy (policy.py) and its markers; keep-warm: keeping.py -------------
 

@@ -6,6 +6,14 @@ that same prefix, then the conversation so far; so they read the corpus from the
 after the folder changed and a refresh swapped in a new snapshot (a session sees the
 documents as they were when it started; start a new session to see edits).
 
+Sessions belong to the MCP connection that started them (their `owner`: owners.py says
+what identifies one): a session is found by its owner and its id together, so naming
+another connection's id is naming an unknown one, which starts a session of one's own.
+An owner that stands for several clients that cannot be told apart (`SHARED`: one bearer
+token, or 2026-era requests that carry no connection) gets generated ids only: an id a
+client names is never taken as is there, so the only way into such a session is the
+unguessable id its first answer returned.
+
 Sessions are held in memory only: they expire after an idle time, the oldest is evicted
 beyond a number of sessions, and a session keeps at most a number of turns and of tokens,
 dropping its oldest turns (and saying so) beyond them. The trimming rule is pure.
@@ -25,6 +33,8 @@ import anyio
 from corpus_cache.errors import InvalidArgumentError
 
 NEW = "new"  # `session="new"`: start a session with a generated id
+LOCAL = "local"  # the owner of sessions started in this process without MCP (the CLI, tests)
+SHARED = "shared:"  # prefix of owners that several clients may share (see above)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 
 P = TypeVar("P")
@@ -68,6 +78,7 @@ class Session(Generic[P]):
     id: str
     pin: P
     last_used: float
+    owner: str = LOCAL
     turns: list[Turn] = field(default_factory=list)
     dropped: int = 0  # turns dropped so far to stay within the bounds
     lock: anyio.Lock = field(default_factory=anyio.Lock, repr=False)
@@ -86,7 +97,7 @@ class Sessions(Generic[P]):
         self.idle_seconds = idle_seconds
         self.max_sessions = max_sessions
         self.clock = clock
-        self._live: OrderedDict[str, Session[P]] = OrderedDict()
+        self._live: OrderedDict[tuple[str, str], Session[P]] = OrderedDict()
 
     def __len__(self) -> int:
         self._expire(self.clock())
@@ -104,26 +115,29 @@ class Sessions(Generic[P]):
             )
         return session_id
 
-    def get(self, session_id: str) -> Session[P] | None:
-        """The live session of this id, if any; marks it used."""
+    def get(self, session_id: str, *, owner: str = LOCAL) -> Session[P] | None:
+        """`owner`'s live session of this id, if any; marks it used. Another owner's
+        session of the same id is not found."""
         now = self.clock()
         self._expire(now)
-        found = self._live.get(session_id)
+        key = (owner, session_id)
+        found = self._live.get(key)
         if found is not None:
             found.last_used = now
-            self._live.move_to_end(session_id)
+            self._live.move_to_end(key)
         return found
 
-    def start(self, session_id: str, pin: P) -> Session[P]:
-        """A new session (`session_id` "new": with a generated id), evicting the least
-        recently used beyond the bound."""
+    def start(self, session_id: str, pin: P, *, owner: str = LOCAL) -> Session[P]:
+        """A new session of `owner` (`session_id` "new": with a generated id), evicting the
+        least recently used beyond the bound."""
         now = self.clock()
         self._expire(now)
-        if session_id == NEW:
-            session_id = "s-" + secrets.token_urlsafe(9)
-        session = Session(session_id, pin, now)
-        self._live[session_id] = session
-        self._live.move_to_end(session_id)
+        if session_id == NEW or owner.startswith(SHARED):
+            session_id = "s-" + secrets.token_urlsafe(16)
+        session = Session(session_id, pin, now, owner=owner)
+        key = (owner, session_id)
+        self._live[key] = session
+        self._live.move_to_end(key)
         while len(self._live) > self.max_sessions:
             self._live.popitem(last=False)
         return session

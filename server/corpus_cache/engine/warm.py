@@ -3,10 +3,15 @@
 For each shard laid out with breakpoints, one request carrying exactly the prefix an ask
 would send, with `max_tokens: 0`: nothing is generated, the cache is written (or, if it
 was still warm, read and its time to live refreshed). Each request is recorded in the
-ledger as kind "warm", priced like any other.
+ledger as kind "warm", priced like any other. Like every request that spends, it passes
+the daily cap first (in the API caller): one the cap refuses is not sent, and is logged and
+recorded as "refused".
 """
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
 
 from corpus_cache.api.prepared import RequestKind
 from corpus_cache.cache.keeping import KeepWarm, keep_warm_plan
@@ -14,21 +19,35 @@ from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.cache.prepare import Marking
 from corpus_cache.engine.answers import Prewarmed, Warmed
 from corpus_cache.engine.core import Engine
-from corpus_cache.errors import ApiCallError
+from corpus_cache.errors import ApiCallError, BudgetExceededError
 from corpus_cache.plan.layout import Shard
 
+log = logging.getLogger(__name__)
 
-async def warm(engine: Engine, corpus: Corpus | None = None) -> list[Warmed]:
-    """Warm every cached shard of `corpus` (default: the live one), in shard order.
+
+@dataclass(frozen=True)
+class WarmRun:
+    """The shards warmed, and the refusals of the daily cap for those that were not."""
+
+    warmed: list[Warmed] = field(default_factory=list)
+    refused: list[BudgetExceededError] = field(default_factory=list)
+
+
+async def warm(engine: Engine, corpus: Corpus | None = None) -> WarmRun:
+    """Warm every cached shard of `corpus` (default: the live one), in shard order; a shard
+    the daily cap refuses is not sent (and the others are still tried).
 
     Shards below the model's minimum cacheable length have nothing to warm and are left
     out; so is an empty corpus."""
     corpus = corpus if corpus is not None else engine.current
-    return [
-        await warm_shard(engine, corpus, shard, "warm")
-        for shard in corpus.shards
-        if shard.plan.cached
-    ]
+    run = WarmRun()
+    for shard in corpus.shards:
+        if shard.plan.cached:
+            try:
+                run.warmed.append(await warm_shard(engine, corpus, shard, "warm"))
+            except BudgetExceededError as refused:
+                run.refused.append(refused)
+    return run
 
 
 def prewarm_after_changes(engine: Engine) -> None:
@@ -46,7 +65,15 @@ def prewarm_after_changes(engine: Engine) -> None:
         ]
         if not changed:
             return
-        warmed = [await warm_shard(engine, new, shard, "warm") for shard in changed]
+        run = WarmRun()
+        for shard in changed:
+            try:
+                run.warmed.append(await warm_shard(engine, new, shard, "warm"))
+            except BudgetExceededError as refused:  # logged and recorded: serving goes on
+                run.refused.append(refused)
+        warmed = run.warmed
+        if not warmed:
+            return
         engine.last_prewarm = Prewarmed(
             engine.clock(), tuple(w.shard for w in warmed), sum(w.cost_usd for w in warmed)
         )
@@ -58,7 +85,7 @@ async def keep_warm_due(engine: Engine) -> list[Warmed]:
     """Send the keep-warm requests the policy has due now (kind "keep-warm"). A shard whose
     request fails stays due; the others are still sent. Raises the first failure after."""
     sent = []
-    failed: list[ApiCallError] = []
+    failed: list[ApiCallError | BudgetExceededError] = []
     for shard in shards_due(engine, engine.clock()):
         corpus = engine.current
         planned = keep_warm_plan(engine.shard_state(corpus, shard), corpus, shard)
@@ -76,11 +103,13 @@ async def keep_warm_due(engine: Engine) -> list[Warmed]:
                 sent.append(
                     await warm_shard(engine, corpus, shard, "keep-warm", through=planned.target)
                 )
-        except ApiCallError as exc:
+        except (ApiCallError, BudgetExceededError) as exc:
             failed.append(exc)
             continue
     if len(failed) > 1:
-        raise ApiCallError(f"{len(failed)} keep-warm requests failed; the first: {failed[0]}")
+        raise ApiCallError(
+            f"{len(failed)} keep-warm requests failed or were refused; the first: {failed[0]}"
+        )
     if failed:
         raise failed[0]
     return sent
@@ -120,7 +149,9 @@ async def warm_shard(
 ) -> Warmed:
     """One `max_tokens: 0` request carrying exactly the prefix an ask on `shard` would;
     `through`: only the prefix through that anchor (a keep-warm read); `upgrade`: marking
-    the stable part's end and the corpus's end with 1-hour breakpoints."""
+    the stable part's end and the corpus's end with 1-hour breakpoints. Raises
+    BudgetExceededError, sending nothing, if the daily cap refuses it (recorded and logged
+    by the API caller)."""
     marking = Marking(through=through)
     if upgrade:
         plan = shard.plan

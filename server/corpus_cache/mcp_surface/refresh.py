@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from corpus_cache.corpus.changes import snapshot_changes
 from corpus_cache.engine.core import Engine
-from corpus_cache.engine.warm import warm
+from corpus_cache.engine.warm import WarmRun, warm
 from corpus_cache.mcp_surface.results import iso
 
 PATHS_SHOWN = 50  # per list, so a rescan after a big checkout stays a small result
@@ -45,9 +45,12 @@ async def refresh_corpus(engine: Engine, *, warm_cache: bool) -> RefreshResult:
     before = engine.current
     after = await engine.refresh()
     changes = snapshot_changes(before.snapshot, after.snapshot)
-    warmed = await warm(engine, after) if warm_cache else []
+    run = await warm(engine, after) if warm_cache else WarmRun()
+    warmed = run.warmed
     note = None
-    if warm_cache and not warmed:
+    if run.refused:
+        note = f"not warmed, nothing sent: {run.refused[0]}"
+    elif warm_cache and not warmed:
         note = "nothing to warm: no part of the corpus is long enough to be cached"
     lists = [
         list(paths[:PATHS_SHOWN]) for paths in (changes.added, changes.removed, changes.changed)

@@ -36,6 +36,7 @@ from corpus_cache.mcp_surface.bounds import (
 from corpus_cache.mcp_surface.guidance import INSTRUCTIONS, add_prompts
 from corpus_cache.mcp_surface.heartbeat import with_heartbeat
 from corpus_cache.mcp_surface.notifications import DOCUMENT_URI_PREFIX, document_uri, notify_changes
+from corpus_cache.mcp_surface.owners import session_owner
 from corpus_cache.mcp_surface.refresh import RefreshResult, refresh_corpus, render_refresh
 from corpus_cache.mcp_surface.results import (
     AskResult,
@@ -104,14 +105,17 @@ def build_server(engine: Engine) -> MCPServer:
                 max_length=100,
                 description="to ask follow-up questions in one conversation: 'new' (or an id "
                 "of your own) starts one, and the result's `session` continues it; follow-ups "
-                "reuse the cached corpus and cache the conversation so far",
+                "reuse the cached corpus and cache the conversation so far. A session belongs "
+                "to the connection that started it; where connections cannot be told apart "
+                "the server gives the id, so always continue with the result's `session`",
             ),
         ] = None,
     ) -> Annotated[CallToolResult, AskResult]:
+        owner = session_owner(ctx)  # a session is continued only by the connection it began on
         try:
             with noting_throttles() as throttles:
                 answer = await with_heartbeat(
-                    lambda: engine.ask(question, fan_out, session),
+                    lambda: engine.ask(question, fan_out, session, owner=owner),
                     ctx.report_progress,
                     interval=engine.settings.heartbeat_interval,
                     deadline=engine.settings.ask_deadline,

@@ -16,7 +16,10 @@ where it was, marked superseded (the request tells Claude a later copy with the 
 replaces it), and the new version joins the tail: the edit writes one document, and each
 later question reads the old copy at the cache-read price. Old copies go when the prefix
 holding them lapses (the next write is full anyway), when they outgrow a share of the
-shard, or at once for a deleted or excluded file, whose text is never sent again.
+shard, or at once for a deleted or excluded file, whose text is never sent again, and for
+an edit that removed text (`dropped`: the engine says which, unless told to keep old
+copies), so that removed text is not sent again either: the prefix from its place is
+written again, a rewrite being cheaper than a leak.
 
 In the hot tail an edit moves its document to the end: the documents after it are
 written again, but they are few and likely to change anyway. After a break, though, only
@@ -28,7 +31,7 @@ document; one old copy in the tail at most, so that they do not pile up.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..models.pricing import Ttl
@@ -179,11 +182,16 @@ def _first_change(order: Sequence[DocInfo], previous: Plan | None) -> int:
 
 
 def _kept_prefix(
-    docs: Sequence[DocInfo], previous: Plan, live: Sequence[int], room: int
+    docs: Sequence[DocInfo],
+    previous: Plan,
+    live: Sequence[int],
+    room: int,
+    dropped: Collection[tuple[str, str]] = frozenset(),
 ) -> list[DocInfo]:
     """The previous plan's first documents, as they were, up to where its live cache ends:
     unchanged documents, and the old copies of edited ones worth carrying, within `room`
-    tokens. Stops at the first deleted or excluded document.
+    tokens. Stops at the first deleted or excluded document, and at the first old copy in
+    `dropped` (by path and key: it holds text the file no longer has).
 
     Worth carrying: a stable document with more than its own size after it (moving it
     would rewrite more than it costs). In the hot tail an edit moves its document to the
@@ -215,6 +223,8 @@ def _kept_prefix(
             placed.add(path)
             uncached += size
         else:
+            if (path, key) in dropped:
+                break  # it would send text removed from the file: never kept
             in_tail = i >= previous.tail_start
             if in_tail:
                 tail_copies = sum(1 for d in kept[previous.tail_start :] if d.superseded)
@@ -247,16 +257,18 @@ def plan_shard(
     ttl: Ttl = "5m",
     live: Sequence[int] = (),
     budget_tokens: int | None = None,
+    dropped: Collection[tuple[str, str]] = frozenset(),
 ) -> Plan:
     """`live`: the previous plan's anchors whose cache entries are alive, those most worth
     keeping first. The prefix through the furthest is kept as it was, edited documents'
-    old copies included (see the module's note), and the first few stay anchors."""
+    old copies included (see the module's note), and the first few stay anchors.
+    `dropped`: old copies, by (path, key), never to keep (they hold removed text)."""
     kept: list[DocInfo] = []
     if previous is not None and previous.cached and live:
         room = int(MAX_SUPERSEDED_SHARE * sum(d.tokens for d in docs))
         if budget_tokens is not None:
             room = min(room, budget_tokens - instructions_tokens - sum(d.tokens for d in docs))
-        kept = _kept_prefix(docs, previous, live, room)
+        kept = _kept_prefix(docs, previous, live, room, dropped)
     placed = {d.path for d in kept if not d.superseded}
     order = kept + stability_order(
         [d for d in docs if d.path not in placed],
@@ -348,9 +360,11 @@ def plan_corpus(
     previous: Layout | None = None,
     ttl: Ttl = "5m",
     live: Mapping[int, Sequence[int]] | None = None,
+    dropped: Collection[tuple[str, str]] = frozenset(),
 ) -> Layout:
     """Shards within the budget, each laid out for the fewest expected rewrites. `live`:
-    per shard, the previous plan's anchors whose entries are alive (see `plan_shard`)."""
+    per shard, the previous plan's anchors whose entries are alive; `dropped`: old copies
+    never to keep (see `plan_shard`)."""
     previous_shards = previous.shard_of() if previous else None
     assignment, oversized = assign_shards(
         docs, budget=budget_tokens, overhead=instructions_tokens, previous=previous_shards
@@ -372,6 +386,7 @@ def plan_corpus(
                 ttl=ttl,
                 live=(live or {}).get(number, ()),
                 budget_tokens=budget_tokens,
+                dropped=dropped,
             ),
             sum(d.tokens for d in members[number]),
         )
