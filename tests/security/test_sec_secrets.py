@@ -41,6 +41,9 @@ VARIANTS = [
     "credentials_local", "credentials (2)", "~$credentials.json", "secrets_prod.yaml",
     "secrets-staging.json", "secrets.yaml.bak", "app.secret~", "terraform.tfstate.backup",
     "gcp-credentials.json.bak", "service-account-prod.json~", ".envrc.old",
+    # files that hold secrets by their kind: Terraform variables, tokens, wallets
+    "prod.tfvars", "secrets.auto.tfvars.json", ".vault-token", "kubeconfig",
+    "staging.kubeconfig", "kubeconfig.bak", "wallet.dat",
     # look-alikes of variants: case, full width, invisible characters
     ".ENV-PROD", "．env～", ".e\u200bnv.bak", "ID_RSA.OLD", "Server.PEM.Bak",
 ]  # fmt: skip
