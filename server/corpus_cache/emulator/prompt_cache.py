@@ -163,6 +163,7 @@ class PromptCache:
                 "ttl": entry.ttl,
                 "expires_in": round(entry.expires_at - now, 3),
                 "readable": entry.readable,
+                "writers": 0 if entry.readable else entry.writers,  # requests not yet begun
             }
             for key, entry in sorted(self._entries.items(), key=lambda kv: kv[1].tokens)
             if key[0] == workspace and entry.expires_at > now

@@ -191,16 +191,14 @@ class Bucket:
             self.level = min(float(self.per_minute), self.level + (now - self.updated) * self.rate)
             self.updated = now
 
-    def fits(self, demand: float) -> bool:
-        return self.level + _TOLERANCE * self.per_minute >= demand
+    def _short(self, demand: float) -> float:
+        return demand - self.level - _TOLERANCE * self.per_minute
 
     def wait_for(self, demand: float) -> float:
         """Seconds until `demand` fits (after `refill`); infinite if it never can."""
         if demand > self.per_minute:
             return math.inf
-        if self.fits(demand):
-            return 0.0
-        return (demand - self.level) / self.rate
+        return max(0.0, self._short(demand) / self.rate)
 
     def full_at(self, now: float) -> float:
         return now + (self.per_minute - self.level) / self.rate
