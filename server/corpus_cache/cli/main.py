@@ -60,8 +60,6 @@ def _emulator(args: argparse.Namespace) -> int:
     )
     tier = service.limiter.config.tier
     limits = f"rate limits of tier {tier}" if tier is not None else "no rate limits"
-    if service.limiter.enabled and tier is None:
-        limits = f"rate limits from {args.limits}"
     latency = "no latency" if service.latency is None else "realistic latency"
     if service.latency is not None and args.time_scale != 1:
         latency += f" divided by {args.time_scale:g}"
