@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corpus_cache.emulator.errors import ApiError
-from corpus_cache.emulator.ratelimit import Figures, LimitConfig, RateLimiter, config_from
+from corpus_cache.emulator.limit_config import Figures, LimitConfig, config_from
+from corpus_cache.emulator.ratelimit import RateLimiter
 from corpus_cache.emulator.runner import start_in_thread
 from corpus_cache.errors import LimitsTableError
 from corpus_cache.models.catalog import load_catalog

@@ -15,10 +15,11 @@ from .answer import answer_blocks
 from .control import FaultPlan, RequestLog, VirtualClock
 from .errors import not_found
 from .latency import Latency, latency_from
+from .limit_config import config_from
 from .positions import MessagesRequest, Prompt
 from .prompt import parse_count_tokens_request, parse_messages_request
 from .prompt_cache import CacheOutcome, PromptCache
-from .ratelimit import Admission, RateLimiter, config_from
+from .ratelimit import Admission, RateLimiter
 from .tokenizer import count_text
 
 _SECTION_ORDER = {"tools": 0, "system": 1, "messages": 2}
