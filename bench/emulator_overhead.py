@@ -3,9 +3,11 @@
 Sends the same 200k-token document prefix (cache hits after the first request) with a
 different question each time, through the real SDK over loopback, and compares the time
 the emulator spends on a request (its own measurement, from body received to response
-ready) with the total time of the SDK call measured by the client in the same run.
+ready) with the total time of the SDK call measured by the client in the same run. The
+emulator applies the rate limits of a usage tier (4 by default: the lowest whose input
+limit admits the 200k-token write; `--tier none` for none), so their cost is measured too.
 
-    .venv/bin/python bench/emulator_overhead.py [--requests 30] [--json OUT]
+    .venv/bin/python bench/emulator_overhead.py [--requests 30] [--tier 4] [--json OUT]
 """
 
 from __future__ import annotations
@@ -52,10 +54,12 @@ def build_documents(client: anthropic.Anthropic) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--tier", default="4", help="a tier of the limits table, or none")
     parser.add_argument("--json", type=Path, default=Path("bench/results/emulator_overhead.json"))
     args = parser.parse_args()
 
-    with start_in_thread() as emulator:
+    tier = None if args.tier == "none" else args.tier
+    with start_in_thread(tier=tier) as emulator:
         client = anthropic.Anthropic(base_url=emulator.base_url, api_key="bench", max_retries=0)
         docs = build_documents(client)
         questions = [
@@ -65,10 +69,14 @@ def main() -> None:
         def ask(question: str) -> tuple[float, anthropic.types.Message]:
             content = [*docs, {"type": "text", "text": question}]
             started = time.perf_counter()
-            message = client.messages.create(
+            raw = client.messages.with_raw_response.create(
                 model=MODEL, max_tokens=400, messages=[{"role": "user", "content": content}]
             )
-            return time.perf_counter() - started, message
+            message = raw.parse()
+            elapsed = time.perf_counter() - started
+            if tier is not None:
+                assert raw.headers["anthropic-ratelimit-requests-limit"], "limits are on"
+            return elapsed, message
 
         _, first = ask(questions[0])  # writes the cache
         totals: dict[str, float] = {}
@@ -87,6 +95,7 @@ def main() -> None:
     median_emulator = statistics.median(emulator_time.values())
     ratio = median_emulator / median_total
     result = {
+        "tier": tier,
         "requests": len(totals),
         "prompt_tokens": prompt_tokens,
         "cache_read_tokens_per_request": reads // len(totals),
@@ -94,6 +103,7 @@ def main() -> None:
         "median_emulator_seconds": round(median_emulator, 4),
         "emulator_share_of_call": round(ratio, 3),
     }
+    print(f"rate limits: {f'tier {tier}' if tier is not None else 'none'}")
     print(
         f"prompt: {prompt_tokens} tokens, {result['cache_read_tokens_per_request']} read from cache"
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx2
 import pytest
 
 from support.commands import free_port, run
@@ -42,6 +43,42 @@ def test_the_emulator_command_serves_the_messages_api(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_the_emulator_command_applies_a_tier_and_realistic_latency(tmp_path: Path) -> None:
+    port = free_port()
+    command = ["emulator", "--port", str(port), "--tier", "1", "--latency", "realistic"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "corpus_cache", *command, "--time-scale", "100"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        control = Control(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                limits = control.http.get("/_emulator/limits").json()
+                break
+            except httpx2.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        latency = control.http.get("/_emulator/latency").json()
+        control.http.close()
+        assert limits["tier"] == "1"
+        assert limits["models"]["sonnet-4"]["itpm"] == 30_000
+        assert (latency["mode"], latency["time_scale"]) == ("realistic", 100)
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=10)
+    assert b"rate limits of tier 1, realistic latency divided by 100" in stderr
+
+
+def test_the_emulator_names_the_tiers_it_knows_when_given_another(tmp_path: Path) -> None:
+    result = run(["emulator", "--tier", "9"], tmp_path)
+    assert result.returncode == 2
+    assert "unknown tier '9'; the limits table has tiers 1, 2, 3, 4" in result.stderr
 
 
 def test_the_emulator_refuses_a_public_address_unless_told(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ One tree, so that a caller catches `CorpusCacheError` and never a tuple:
     │   └── CorpusReplacedError   its path now names another folder than the one served
     ├── CorpusTooLargeError       no shard can hold what was asked
     ├── ModelTableError           the model table or a user's override file is unusable
-    │   └── UnknownModelError     a model id the table does not list
+    │   ├── UnknownModelError     a model id the table does not list
+    │   └── LimitsTableError      the rate-limits table or a user's limits file is unusable
     ├── ApiCallError              a Messages API call failed, after the retries
     │   └── IncompleteResponseError   a response stream ended before `message_stop`
     ├── BudgetExceededError       a request would pass --max-usd-per-day; nothing was sent
@@ -60,6 +61,10 @@ class UnknownModelError(ModelTableError):
 
     def __str__(self) -> str:
         return f"unknown model {self.name!r}; known models: {', '.join(self.known)}"
+
+
+class LimitsTableError(ModelTableError):
+    """The rate-limits table (models/limits.toml) or a user's limits file is not usable."""
 
 
 class ApiCallError(CorpusCacheError):

@@ -27,6 +27,15 @@ class Control:
     def fault(self, **fault: Any) -> None:
         self.post("faults", fault)
 
+    def limits(self, **body: Any) -> dict[str, Any]:
+        """Replace the rate limits (`{}`: none); the answer is GET /_emulator/limits."""
+        described: dict[str, Any] = self.post("limits", body)
+        return described
+
+    def latency(self, **body: Any) -> dict[str, Any]:
+        described: dict[str, Any] = self.post("latency", body)
+        return described
+
     def log(self, bodies: bool = False) -> list[dict[str, Any]]:
         params = {"bodies": "1" if bodies else "0", "limit": "1000"}
         requests: list[dict[str, Any]] = self.http.get("/_emulator/log", params=params).json()[

@@ -38,7 +38,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _emulator(args: argparse.Namespace) -> int:
-    from corpus_cache.emulator.runner import serve_forever
+    from corpus_cache.emulator.runner import make_service, serve_forever
 
     if not _is_loopback(args.host) and not args.allow_remote:
         print(
@@ -47,14 +47,30 @@ def _emulator(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.time_scale <= 0:
+        print("--time-scale: expected a positive number", file=sys.stderr)
+        return 2
     catalog = load_catalog(args.models_file)
+    service = make_service(
+        catalog,
+        tier=args.tier,
+        limits_file=args.limits,
+        latency=args.latency,
+        time_scale=args.time_scale,
+    )
+    tier = service.limiter.config.tier
+    limits = f"rate limits of tier {tier}" if tier is not None else "no rate limits"
+    latency = "no latency" if service.latency is None else "realistic latency"
+    if service.latency is not None and args.time_scale != 1:
+        latency += f" divided by {args.time_scale:g}"
     print(
         f"corpus-cache emulator: http://{args.host}:{args.port} "
-        f"(offline Anthropic Messages API, models as of {catalog.as_of}); "
+        f"(offline Anthropic Messages API, models as of {catalog.as_of}; {limits}, "
+        f"{latency}); "
         f"use ANTHROPIC_BASE_URL=http://{args.host}:{args.port} with any ANTHROPIC_API_KEY",
         file=sys.stderr,
     )
-    serve_forever(args.host, args.port, catalog)
+    serve_forever(args.host, args.port, catalog, service)
     return 0
 
 
@@ -271,6 +287,32 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--port", type=int, default=8787, help="port (default: 8787)")
     emulator.add_argument(
         "--allow-remote", action="store_true", help="allow binding a non-loopback address"
+    )
+    emulator.add_argument(
+        "--tier",
+        help="apply the API's rate limits of this usage tier (1 to 4, or a tier of --limits); "
+        "default: no rate limits",
+    )
+    emulator.add_argument(
+        "--limits",
+        type=Path,
+        metavar="FILE",
+        help="a TOML file merged into the rate-limits table (models/limits.toml): figures, "
+        "classes, tiers, latency, and the tier in effect (tier = ...)",
+    )
+    emulator.add_argument(
+        "--latency",
+        choices=["none", "realistic"],
+        default="none",
+        help="none: answer at once (default); realistic: time to first token grows with the "
+        "uncached prompt, output streams at a steady rate",
+    )
+    emulator.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="divide realistic latencies by F, for quick runs (default: 1)",
     )
     emulator.set_defaults(run=_emulator)
 

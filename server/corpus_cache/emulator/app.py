@@ -18,6 +18,7 @@ from corpus_cache.models.catalog import Catalog
 
 from .control import Fault
 from .errors import ApiError, invalid, not_found
+from .latency import wait_until
 from .service import Completion, EmulatorService
 from .sse import error_event, message_events
 
@@ -93,7 +94,7 @@ def build_app(
                 emulator.log.record(
                     {"id": request_id, "path": request.url.path, "status": error.status,
                      "time": emulator.clock.now(), "workspace": workspace,
-                     "error": error.body()["error"]}
+                     "error": error.body()["error"], **error.details}
                 )  # fmt: skip
                 return _error_response(error, request_id)
             response.headers["request-id"] = request_id
@@ -108,71 +109,124 @@ def build_app(
             await anyio.sleep(fault.delay)
 
     def record(
-        completion: Completion, body: Any, stream: bool, work: float, cut: Fault | None
-    ) -> None:
+        completion: Completion,
+        body: Any,
+        stream: bool,
+        work: float,
+        cut: Fault | None,
+        timing: tuple[float, float] | None,
+    ) -> dict[str, Any]:
         prompt_usage = completion.message["usage"]
-        emulator.log.record(
-            {
-                "id": completion.message["id"],
-                "path": "/v1/messages",
-                "status": 200,
-                "time": emulator.clock.now(),
-                "workspace": completion.workspace,
-                "model": completion.message["model"],
-                "stream": stream,
-                "usage": prompt_usage,
-                "hit_position": completion.outcome.hit_position,
-                "written_positions": list(completion.outcome.written_positions),
-                "emulator_seconds": round(work, 6),
-                **({"truncated": cut.ending} if cut is not None else {}),
-                "body": body,
+        entry: dict[str, Any] = {
+            "id": completion.message["id"],
+            "path": "/v1/messages",
+            "status": 200,
+            "time": emulator.clock.now(),
+            "workspace": completion.workspace,
+            "model": completion.message["model"],
+            "stream": stream,
+            "usage": prompt_usage,
+            "hit_position": completion.outcome.hit_position,
+            "written_positions": list(completion.outcome.written_positions),
+            "emulator_seconds": round(work, 6),
+            **({"truncated": cut.ending} if cut is not None else {}),
+            "body": body,
+        }
+        admission = completion.admission
+        if admission is not None:
+            entry["limits"] = {
+                "class": admission.bucket_class,
+                "before": admission.before,
+                "after": admission.after,
             }
-        )
+        if timing is not None:
+            entry["latency"] = {"first_token": round(timing[0], 6), "output": round(timing[1], 6)}
+        emulator.log.record(entry)
+        return entry
+
+    def finish(completion: Completion, entry: dict[str, Any]) -> None:
+        """The response has ended: its output-token reservation is corrected."""
+        settled = emulator.finish(completion, completion.message["usage"]["output_tokens"])
+        if settled and "limits" in entry:
+            entry["limits"]["settled"] = settled
 
     async def messages(request: Request, workspace: str) -> Response:
         started = time.perf_counter()
         body = await _read_json(request)
         parsed = emulator.parse(body)
-        completion = emulator.complete(workspace, parsed)
-        work = time.perf_counter() - started  # what the emulator itself costs, delays aside
+        completion = emulator.complete(workspace, parsed)  # a rate limit refuses here
+        work = time.perf_counter() - started  # what the emulator itself costs, waits aside
+        timing = emulator.timing(completion)
+        headers = completion.admission.headers if completion.admission is not None else None
+        # Until the response begins (its first token), the entries it writes stay unreadable.
+        first_token_at = completion.started + timing[0] if timing is not None else 0.0
         try:
-            # Time to first token: the entries this request writes are not readable yet.
             await delay_for(request.url.path)
+            if timing is not None and not parsed.stream:
+                await wait_until(emulator.clock, first_token_at)
         except BaseException:
             emulator.abandon(completion)
             raise
-        emulator.begin(completion)
-        cut = emulator.faults.take(request.url.path, "truncated") if parsed.stream else None
-        record(completion, body, parsed.stream, work, cut)
         if not parsed.stream:
-            return JSONResponse(completion.message)
+            emulator.begin(completion)
+            entry = record(completion, body, False, work, None, timing)
+            try:
+                if timing is not None:
+                    await wait_until(emulator.clock, first_token_at + timing[1])
+            finally:
+                finish(completion, entry)
+            return JSONResponse(completion.message, headers=headers)
+
+        cut = emulator.faults.take(request.url.path, "truncated")
 
         async def events() -> AsyncIterator[bytes]:
-            chunks = list(message_events(completion.message))
-            if cut is not None:
-                chunks = chunks[: max(1, len(chunks) // 2)]  # message_start and some text
-            for event in chunks:
-                yield event
-            if cut is None:
-                return
-            await anyio.sleep(cut.delay)
-            if cut.ending == "error":
-                yield error_event(cut.error_type, cut.message)
-            elif cut.ending == "drop":
-                raise ConnectionAbortedError("the stream was cut by an injected fault")
+            entry: dict[str, Any] | None = None
+            try:
+                if timing is not None:
+                    await wait_until(emulator.clock, first_token_at)
+                emulator.begin(completion)
+                entry = record(completion, body, True, work, cut, timing)
+                chunks = list(message_events(completion.message))
+                paced = len(chunks) - 1
+                if cut is not None:
+                    chunks = chunks[: max(1, len(chunks) // 2)]  # message_start and some text
+                for index, event in enumerate(chunks):
+                    if timing is not None and index > 0:  # output at a steady rate
+                        await wait_until(emulator.clock, first_token_at + timing[1] * index / paced)
+                    yield event
+                if cut is None:
+                    return
+                await anyio.sleep(cut.delay)
+                if cut.ending == "error":
+                    yield error_event(cut.error_type, cut.message)
+                elif cut.ending == "drop":
+                    raise ConnectionAbortedError("the stream was cut by an injected fault")
+            finally:
+                if entry is None:
+                    emulator.abandon(completion)
+                else:
+                    finish(completion, entry)
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
     async def count_tokens(request: Request, workspace: str) -> Response:
         body = await _read_json(request)
         result = emulator.count_tokens(body)
+        admission = emulator.admit_count(workspace, body.get("model"))
         await delay_for(request.url.path)
-        emulator.log.record(
-            {"id": emulator.next_id("count"), "path": request.url.path, "status": 200,
-             "time": emulator.clock.now(), "workspace": workspace, "model": body.get("model"),
-             "input_tokens": result["input_tokens"], "body": body}
-        )  # fmt: skip
-        return JSONResponse(result)
+        entry: dict[str, Any] = {
+            "id": emulator.next_id("count"), "path": request.url.path, "status": 200,
+            "time": emulator.clock.now(), "workspace": workspace, "model": body.get("model"),
+            "input_tokens": result["input_tokens"], "body": body,
+        }  # fmt: skip
+        if admission is not None:
+            entry["limits"] = {
+                "class": admission.bucket_class,
+                "before": admission.before,
+                "after": admission.after,
+            }
+        emulator.log.record(entry)
+        return JSONResponse(result, headers=admission.headers if admission is not None else None)
 
     async def list_models(request: Request, workspace: str) -> Response:
         raw_limit = request.query_params.get("limit", "20")
@@ -221,6 +275,16 @@ def build_app(
             emulator.faults.clear()
         return {"faults": emulator.faults.describe()}
 
+    async def limits(request: Request) -> Any:
+        if request.method == "POST":
+            emulator.set_limits(await control_json(request))
+        return emulator.describe_limits()
+
+    async def latency(request: Request) -> Any:
+        if request.method == "POST":
+            emulator.set_latency(await control_json(request))
+        return emulator.describe_latency()
+
     async def request_log(request: Request) -> Any:
         limit = request.query_params.get("limit", "100")
         bodies = request.query_params.get("bodies", "0") in ("1", "true")
@@ -240,6 +304,8 @@ def build_app(
         Route("/_emulator/clock", control(clock), methods=["GET", "POST"]),
         Route("/_emulator/reset", control(reset), methods=["POST"]),
         Route("/_emulator/faults", control(faults), methods=["GET", "POST", "DELETE"]),
+        Route("/_emulator/limits", control(limits), methods=["GET", "POST"]),
+        Route("/_emulator/latency", control(latency), methods=["GET", "POST"]),
         Route("/_emulator/log", control(request_log), methods=["GET"]),
         Route("/_emulator/cache", control(cache_state), methods=["GET"]),
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,23 @@ class VirtualClock:
     def __init__(self) -> None:
         self._offset = 0.0
         self._frozen_at: float | None = None
+        self._watchers: set[Callable[[], None]] = set()
+
+    def watch(self, moved: Callable[[], None]) -> None:
+        """Call `moved` on every change (responses waiting on the clock); from the
+        thread that changes the clock."""
+        self._watchers.add(moved)
+
+    def unwatch(self, moved: Callable[[], None]) -> None:
+        self._watchers.discard(moved)
+
+    def _moved(self) -> None:
+        for moved in list(self._watchers):
+            moved()
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen_at is not None
 
     def now(self) -> float:
         if self._frozen_at is not None:
@@ -29,12 +47,14 @@ class VirtualClock:
             self._frozen_at += seconds
         else:
             self._offset += seconds
+        self._moved()
 
     def set(self, epoch_seconds: float) -> None:
         if self._frozen_at is not None:
             self._frozen_at = epoch_seconds
         else:
             self._offset = epoch_seconds - time.time()
+        self._moved()
 
     def freeze(self, frozen: bool) -> None:
         if frozen and self._frozen_at is None:
@@ -42,10 +62,12 @@ class VirtualClock:
         elif not frozen and self._frozen_at is not None:
             self._offset = self._frozen_at - time.time()
             self._frozen_at = None
+            self._moved()
 
     def reset(self) -> None:
         self._offset = 0.0
         self._frozen_at = None
+        self._moved()
 
     def describe(self) -> dict[str, Any]:
         return {"now": self.now(), "frozen": self._frozen_at is not None}

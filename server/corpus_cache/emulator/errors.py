@@ -21,6 +21,7 @@ class ApiError(Exception):
         self.error_type = error_type
         self.message = message
         self.headers = headers or {}
+        self.details: dict[str, Any] = {}  # what the request log shows beside the error
 
     def body(self) -> dict[str, Any]:
         return {"type": "error", "error": {"type": self.error_type, "message": self.message}}

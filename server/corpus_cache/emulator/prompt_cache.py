@@ -71,14 +71,14 @@ class PromptCache:
             return None
         return entry
 
-    def account(self, workspace: str, prompt: Prompt, now: float) -> CacheOutcome:
-        """Look up and (pending) write this request's entries; return its billing."""
+    def _hits(self, workspace: str, prompt: Prompt, now: float) -> dict[int, Entry]:
+        """The entry each eligible breakpoint's lookback finds, by position."""
         positions = prompt.positions
         minimum = prompt.model.min_cacheable_tokens
-        eligible = [b for b in prompt.breakpoints if positions[b].cumulative_tokens >= minimum]
-
         hits: dict[int, Entry] = {}
-        for b in eligible:
+        for b in prompt.breakpoints:
+            if positions[b].cumulative_tokens < minimum:
+                continue
             for p in range(b, max(-1, b - LOOKBACK), -1):
                 if positions[p].cumulative_tokens < minimum:
                     break
@@ -86,6 +86,20 @@ class PromptCache:
                 if entry is not None:
                     hits[p] = entry
                     break
+        return hits
+
+    def readable_tokens(self, workspace: str, prompt: Prompt, now: float) -> int:
+        """What this request would read, changing nothing (for rate limits)."""
+        hits = self._hits(workspace, prompt, now)
+        return prompt.positions[max(hits)].cumulative_tokens if hits else 0
+
+    def account(self, workspace: str, prompt: Prompt, now: float) -> CacheOutcome:
+        """Look up and (pending) write this request's entries; return its billing."""
+        positions = prompt.positions
+        minimum = prompt.model.min_cacheable_tokens
+        eligible = [b for b in prompt.breakpoints if positions[b].cumulative_tokens >= minimum]
+
+        hits = self._hits(workspace, prompt, now)
         for entry in hits.values():
             entry.expires_at = max(entry.expires_at, now + TTL_SECONDS[entry.ttl])
 
@@ -149,6 +163,7 @@ class PromptCache:
                 "ttl": entry.ttl,
                 "expires_in": round(entry.expires_at - now, 3),
                 "readable": entry.readable,
+                "writers": 0 if entry.readable else entry.writers,  # requests not yet begun
             }
             for key, entry in sorted(self._entries.items(), key=lambda kv: kv[1].tokens)
             if key[0] == workspace and entry.expires_at > now

@@ -5,15 +5,41 @@ from __future__ import annotations
 import socket
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import uvicorn
 
 from corpus_cache.models.catalog import Catalog, load_catalog
+from corpus_cache.models.limits import load_limits
 
 from .app import build_app
 from .guard import EmulatorGuard, allowed_hosts
+from .latency import Latency
 from .service import EmulatorService
+
+LatencyMode = Literal["none", "realistic"]
+
+
+def make_service(
+    catalog: Catalog,
+    *,
+    tier: str | int | None = None,
+    limits_file: Path | None = None,
+    latency: LatencyMode = "none",
+    time_scale: float = 1.0,
+) -> EmulatorService:
+    """An emulator at a tier of the limits table (the shipped one with `limits_file`
+    merged in; a `tier` in that file applies unless one is given here) and with or
+    without realistic latency, divided by `time_scale`."""
+    table = load_limits(limits_file)
+    if tier is None:
+        tier = table.tier
+    if tier is not None:
+        table.get_tier(tier)  # an unknown tier is the user's error, said plainly
+    timing = Latency.realistic(table.latency, time_scale) if latency == "realistic" else None
+    return EmulatorService(catalog, limits_table=table, tier=tier, latency=timing)
 
 
 def _config(
@@ -89,14 +115,21 @@ def start_in_thread(
     *,
     api_key: str | None = None,
     controls: bool = True,
+    tier: str | int | None = None,
+    limits_file: Path | None = None,
+    latency: LatencyMode = "none",
+    time_scale: float = 1.0,
 ) -> RunningEmulator:
     """Start on a free port (port=0) and return once it accepts connections.
 
     With `api_key`, every request must carry it (any key is accepted otherwise); without
-    `controls`, the /_emulator/ routes are absent.
+    `controls`, the /_emulator/ routes are absent. `tier`, `limits_file`, `latency` and
+    `time_scale` are as for `make_service`: by default no rate limits and no latency.
     """
     catalog = catalog or load_catalog()
-    service = EmulatorService(catalog)
+    service = make_service(
+        catalog, tier=tier, limits_file=limits_file, latency=latency, time_scale=time_scale
+    )
     sock = _bind(host, port)
     server = uvicorn.Server(_config(catalog, service, sock, api_key=api_key, controls=controls))
     thread = threading.Thread(
@@ -113,9 +146,8 @@ def start_in_thread(
     return RunningEmulator(f"http://{display}:{bound_port}", service, server, thread, sock)
 
 
-def serve_forever(host: str, port: int, catalog: Catalog) -> None:
+def serve_forever(host: str, port: int, catalog: Catalog, service: EmulatorService) -> None:
     """The user's own emulator (`corpus-cache emulator`): any key, the controls on."""
-    service = EmulatorService(catalog)
     sock = _bind(host, port)
     server = uvicorn.Server(_config(catalog, service, sock, api_key=None, controls=True))
     server.run(sockets=[sock])

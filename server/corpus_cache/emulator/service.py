@@ -9,13 +9,17 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 
 from corpus_cache.models.catalog import Catalog, ModelSpec
+from corpus_cache.models.limits import LimitsTable, load_limits
 
 from .answer import answer_blocks
 from .control import FaultPlan, RequestLog, VirtualClock
 from .errors import not_found
+from .latency import Latency, latency_from
+from .limit_config import config_from
 from .positions import MessagesRequest, Prompt
 from .prompt import parse_count_tokens_request, parse_messages_request
 from .prompt_cache import CacheOutcome, PromptCache
+from .ratelimit import Admission, RateLimiter
 from .tokenizer import count_text
 
 _SECTION_ORDER = {"tools": 0, "system": 1, "messages": 2}
@@ -57,6 +61,12 @@ class Completion:
     message: dict[str, Any]
     outcome: CacheOutcome
     workspace: str
+    started: float = 0.0  # on the emulator's clock
+    admission: Admission | None = None  # None: no rate limits
+
+    @property
+    def uncached_tokens(self) -> int:
+        return self.outcome.input_tokens + self.outcome.creation_tokens
 
 
 def _usage(outcome: CacheOutcome, output_tokens: int) -> dict[str, Any]:
@@ -101,14 +111,29 @@ def _fit(
 
 
 class EmulatorService:
-    def __init__(self, catalog: Catalog) -> None:
+    """`tier` (a tier of the limits table) and `latency` are what the emulator starts with,
+    and returns to on reset; without them it has no rate limits and answers at once."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        limits_table: LimitsTable | None = None,
+        tier: str | int | None = None,
+        latency: Latency | None = None,
+    ) -> None:
         self.catalog = catalog
+        self.limits_table = limits_table or load_limits()
         self.clock = VirtualClock()
         self.cache = PromptCache()
         self.faults = FaultPlan()
         self.log = RequestLog()
         self._ids = itertools.count(1)
         self._fingerprints: OrderedDict[tuple[str, str], Fingerprint] = OrderedDict()
+        start = {"tier": tier} if tier is not None else {}
+        self._startup = (config_from(self.limits_table, start, catalog), latency)
+        self.limiter = RateLimiter(self._startup[0])
+        self.latency = latency
 
     def reset(self) -> None:
         self.clock.reset()
@@ -116,6 +141,46 @@ class EmulatorService:
         self.faults.clear()
         self.log.clear()
         self._fingerprints.clear()
+        self.limiter = RateLimiter(self._startup[0])
+        self.latency = self._startup[1]
+
+    # --- rate limits and latency -------------------------------------------------------
+
+    def set_limits(self, body: dict[str, Any]) -> None:
+        """New limits, with full buckets."""
+        self.limiter = RateLimiter(config_from(self.limits_table, body, self.catalog))
+
+    def describe_limits(self) -> dict[str, Any]:
+        return {
+            **self.limiter.config.describe(),
+            "buckets": self.limiter.levels(self.clock.now()),
+        }
+
+    def set_latency(self, body: dict[str, Any]) -> None:
+        self.latency = latency_from(body, self.limits_table.latency)
+
+    def describe_latency(self) -> dict[str, Any]:
+        return self.latency.describe() if self.latency is not None else {"mode": "none"}
+
+    def timing(self, completion: Completion) -> tuple[float, float] | None:
+        """(time to first token, output time) in seconds of the emulator's clock."""
+        if self.latency is None:
+            return None
+        first = self.latency.first_token(completion.uncached_tokens, completion.outcome.read_tokens)
+        return first, self.latency.output(completion.message["usage"]["output_tokens"])
+
+    def finish(self, completion: Completion, output_tokens: int) -> dict[str, float]:
+        """The response has ended: correct its output-token reservation."""
+        if completion.admission is None:
+            return {}
+        return self.limiter.settle(
+            completion.admission.reservation, output_tokens, self.clock.now()
+        )
+
+    def admit_count(self, workspace: str, model: Any) -> Admission | None:
+        if not self.limiter.enabled:
+            return None
+        return self.limiter.admit_count(workspace, str(model), self.clock.now())
 
     def next_id(self, prefix: str) -> str:
         return f"{prefix}_emu{next(self._ids):020d}"
@@ -129,6 +194,17 @@ class EmulatorService:
         prompt = request.prompt
         now = self.clock.now()
         self.cache.purge(now)
+        admission = None
+        if self.limiter.enabled:
+            read = self.cache.readable_tokens(workspace, prompt, now)
+            admission = self.limiter.admit_message(
+                workspace,
+                prompt.model.id,
+                uncached_tokens=prompt.total_tokens - read,
+                cached_tokens=read,
+                max_tokens=request.max_tokens,
+                now=now,
+            )  # a refusal raises before anything is cached
         outcome = self.cache.account(workspace, prompt, now)
         if request.max_tokens == 0:
             content: list[dict[str, Any]] = []
@@ -150,13 +226,15 @@ class EmulatorService:
         if request.wants_diagnostics:
             message["diagnostics"] = self._diagnose(workspace, request, outcome)
         self._remember(workspace, message_id, Fingerprint.of(prompt))
-        return Completion(message, outcome, workspace)
+        return Completion(message, outcome, workspace, now, admission)
 
     def begin(self, completion: Completion) -> None:
         self.cache.begin(completion.workspace, completion.outcome)
 
     def abandon(self, completion: Completion) -> None:
+        """The request failed before its response began: nothing cached, nothing written."""
         self.cache.abandon(completion.workspace, completion.outcome)
+        self.finish(completion, 0)
 
     def _remember(self, workspace: str, message_id: str, fingerprint: Fingerprint) -> None:
         self._fingerprints[(workspace, message_id)] = fingerprint
