@@ -131,3 +131,37 @@ def test_plan_shows_blocks_and_the_cost_of_a_question(tmp_path: Path) -> None:
     table = run(["plan", "--corpus", str(corpus)], tmp_path / "state")
     assert "one question:" in table.stdout
     assert "cold" in table.stdout
+
+
+def test_plan_and_report_on_an_empty_folder_say_so_without_a_traceback(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    state = tmp_path / "state"
+    planned = run(["plan", "--corpus", str(empty)], state)
+    assert planned.returncode == 0, planned.stderr
+    assert "Traceback" not in planned.stderr
+    assert "0 documents" in planned.stdout
+    assert "no document to send" in planned.stdout
+    page = tmp_path / "report.html"
+    reported = run(["report", "--html", str(page), "--corpus", str(empty)], state)
+    assert reported.returncode == 0, reported.stderr
+    assert "Traceback" not in reported.stderr
+    assert "Current layout" in page.read_text()
+
+
+def test_plan_lists_what_it_left_out_and_promises_no_cache_for_a_small_folder(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "one"
+    folder.mkdir()
+    (folder / "notes.md").write_text("# Notes\n\nThe deploy freeze starts on Friday.\n")
+    (folder / ".env").write_text("TOKEN=abc\n")
+    (folder / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    result = run(["plan", "--corpus", str(folder)], tmp_path / "state")
+    assert result.returncode == 0, result.stderr
+    assert "1 document," in result.stdout  # not "1 documents"
+    assert "Left out: 2 files" in result.stdout
+    assert ".env: secret file" in result.stdout
+    assert "image.png:" in result.stdout
+    assert "cold (writes the cache)" not in result.stdout
+    assert "too small to cache" in result.stdout
