@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import subprocess
 import sys
@@ -165,3 +167,41 @@ def test_plan_lists_what_it_left_out_and_promises_no_cache_for_a_small_folder(
     assert "image.png:" in result.stdout
     assert "cold (writes the cache)" not in result.stdout
     assert "too small to cache" in result.stdout
+
+
+def test_serve_on_a_missing_folder_says_so_before_starting_the_emulator(tmp_path: Path) -> None:
+    result = run(["serve", "--corpus", str(tmp_path / "nowhere")], tmp_path / "state")
+    assert result.returncode == 2
+    assert "corpus folder not found" in result.stderr
+    assert "emulator" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_started_by_hand_in_a_terminal_says_it_waits_for_an_mcp_client(
+    tmp_path: Path,
+) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    terminal, keyboard = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    env["CORPUS_CACHE_STATE_DIR"] = str(tmp_path / "state")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "corpus_cache", "serve", "--corpus", str(corpus), "--no-watch"],
+        stdin=keyboard,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    os.close(keyboard)
+    try:
+        assert process.stderr is not None
+        seen = []
+        for line in process.stderr:  # ends when the process does
+            seen.append(line)
+            if "waiting for an MCP client on stdin" in line:
+                break
+        assert any("waiting for an MCP client on stdin" in line for line in seen), seen
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        os.close(terminal)

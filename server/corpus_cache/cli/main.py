@@ -140,6 +140,15 @@ async def _serve_mcp(server: MCPServer, args: argparse.Namespace, settings: Sett
             server, host, port, _auth_token(settings), connections=connections, sessions=sessions
         )
     else:
+        if sys.stdin.isatty():
+            print(
+                "corpus-cache serve: ready, waiting for an MCP client on stdin. This command is "
+                "meant to be started by Claude Desktop or Claude Code (`corpus-cache install`, "
+                "docs/clients.md); to try it by hand, use `corpus-cache ask` or `corpus-cache "
+                "demo`, or `--transport http`. Ctrl-C stops it.",
+                file=sys.stderr,
+                flush=True,
+            )
         await server.run_stdio_async()
 
 

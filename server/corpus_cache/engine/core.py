@@ -95,7 +95,10 @@ class Engine:
         backend: Backend,
         ledger: Ledger,
         clock: Callable[[], float] = time.time,
+        *,
+        root: CorpusRoot | None = None,
     ) -> None:
+        """`root`: the corpus folder, if already opened (else it is at the first scan)."""
         self.settings = settings
         self.catalog = catalog
         self.model: ModelSpec = catalog.get(settings.model)
@@ -111,7 +114,7 @@ class Engine:
         self._corpus: Corpus | None = None
         # The corpus folder, opened at the first scan and read through that descriptor ever
         # after: a folder or symlink put at its path later is never read (beneath.py).
-        self._root: CorpusRoot | None = None
+        self._root: CorpusRoot | None = root
         self._version = 0
         self._instructions_tokens: int | None = None
         self._refreshing = anyio.Lock()

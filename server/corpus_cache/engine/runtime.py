@@ -12,6 +12,7 @@ import anyio
 from corpus_cache.accounting.ledger import Ledger
 from corpus_cache.api.backend import open_backend
 from corpus_cache.config import Settings
+from corpus_cache.corpus.scan import CorpusRoot
 from corpus_cache.corpus.watch import FolderWatcher
 from corpus_cache.engine.core import Engine
 from corpus_cache.engine.warm import next_ping_at, prewarm_after_changes
@@ -26,10 +27,12 @@ async def running_engine(
 ) -> AsyncIterator[Engine]:
     catalog = load_catalog(settings.models_file)
     catalog.get(settings.model)  # an unknown model fails here, before anything starts
+    # So does a missing folder: before an emulator starts and says it answers.
+    root = CorpusRoot(settings.corpus)
     ledger = Ledger(settings.ledger_path)
     backend = open_backend(catalog, offline=settings.offline, timeout=settings.request_timeout)
     try:
-        engine = Engine(settings, catalog, backend, ledger)
+        engine = Engine(settings, catalog, backend, ledger, root=root)
         try:
             await engine.refresh(progress)
             prewarm_after_changes(engine)
