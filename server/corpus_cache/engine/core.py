@@ -34,7 +34,7 @@ from corpus_cache.cache.policy import Decision, Prices, decide, upgrades_at_ques
 from corpus_cache.cache.prepare import BY_POLICY, Marking, prepare_request
 from corpus_cache.config import Settings
 from corpus_cache.corpus.documents import Document, Snapshot
-from corpus_cache.corpus.scan import CorpusRoot, ScanOptions, scan
+from corpus_cache.corpus.scan import CorpusRoot, ScanOptions, ScanResult, scan
 from corpus_cache.corpus.search import Hit, SearchIndex
 from corpus_cache.engine.answers import Answer, Prewarmed, ShardAnswer, merge
 from corpus_cache.engine.sessions import (
@@ -175,11 +175,14 @@ class Engine:
         return self._corpus
 
     async def refresh(self, progress: Callable[[int, int], None] | None = None) -> Corpus:
-        """Rescan the folder and swap in a new corpus; unchanged files are not re-read.
+        """Rescan the folder and swap in a new corpus; unchanged files are not re-read, and
+        when nothing changed the live corpus stays as it is (no new snapshot, no swap).
         Refreshes run one at a time; questions keep the corpus they started with."""
         async with self._refreshing:
             old = self._corpus
             new = await self._rebuild(progress)
+            if new is old:
+                return new
             self._corpus = new  # one assignment: a question sees the old corpus or the new
         for listener in self._listeners:
             await listener(old, new)
@@ -197,6 +200,10 @@ class Engine:
         if self._root is None:
             self._root = CorpusRoot(self.settings.corpus)
         result = await anyio.to_thread.run_sync(scan, self._root, options, previous)
+        if self._corpus is not None and _same_folder(self._corpus.snapshot, result):
+            # Nothing a question would see changed: the same snapshot stays live, so a
+            # rescan for nothing (the watcher's catch-up at start, a touch) is no new version.
+            return self._corpus
         tokens = await self.counter.count(result.documents, progress)
         if self._instructions_tokens is None:
             self._instructions_tokens = await self.counter.count_system(INSTRUCTIONS)
@@ -685,3 +692,15 @@ class Engine:
         elif live is not None and live.layout is corpus.layout:
             self._corpus = live_corpus.marked(live, shard.number, markers, self.model.id)
         return new
+
+
+def _same_folder(snapshot: Snapshot, result: ScanResult) -> bool:
+    """Whether a scan found what `snapshot` holds: the same documents with the same text,
+    and the same files left out for the same reasons."""
+
+    def sent(docs: Sequence[Document]) -> list[tuple[str, str, str, tuple[int, ...]]]:
+        return [(d.path, d.sha256, d.encoding_note, d.pages) for d in docs]
+
+    return sent(snapshot.documents) == sent(result.documents) and [
+        (s.path, s.reason) for s in snapshot.skipped
+    ] == [(s.path, s.reason) for s in result.skipped]
