@@ -242,7 +242,9 @@ async def test_bad_tool_arguments_are_explained_in_words_without_pydantic_links(
     for refused in (too_many, missing):
         assert refused.is_error
         text = refused.content[0].text  # type: ignore[union-attr]
-        assert "pydantic" not in text and "http" not in text and "validation error" not in text
+        assert "pydantic" not in text
+        assert "http" not in text
+        assert "validation error" not in text
     assert "`limit`: input should be less than or equal to 50 (got 500)" in (
         too_many.content[0].text  # type: ignore[union-attr]
     )
@@ -257,7 +259,8 @@ async def test_a_paid_refresh_takes_a_real_boolean_and_spends_nothing_on_a_strin
         also_refused = await mcp.call_tool("refresh", {"warm": 1})
         spent = engine.totals().requests
         warmed = await mcp.call_tool("refresh", {"warm": True})
-    assert refused.is_error and also_refused.is_error
+    assert refused.is_error
+    assert also_refused.is_error
     assert "`warm`: input should be a valid boolean (got 'yes')" in (
         refused.content[0].text  # type: ignore[union-attr]
     )
@@ -282,3 +285,20 @@ async def test_the_prompt_without_its_argument_is_a_clean_error_with_no_tracebac
     assert "needs the argument `question`" in str(refused.value)
     assert not [r for r in caplog.records if r.exc_info]
     assert "When are deploys frozen?" in str(prompt.messages[0].content)
+
+
+async def test_a_one_document_folder_is_counted_in_the_singular(
+    running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    folder = tmp_path / "one"
+    folder.mkdir()
+    (folder / "notes.md").write_text("# Notes\n\nThe deploy freeze starts on Friday.\n")
+    async with serving(folder, running_emulator.base_url, tmp_path / "s") as (mcp, _):
+        status = await mcp.call_tool("cache_status", {})
+        listing = await mcp.call_tool("list_documents", {})
+        refreshed = await mcp.call_tool("refresh", {})
+    assert "1 document," in status.content[0].text  # type: ignore[union-attr]
+    assert "1 of 1 document shown" in listing.content[0].text  # type: ignore[union-attr]
+    assert "1 document;" in refreshed.content[0].text  # type: ignore[union-attr]
+    for result in (status, listing, refreshed):
+        assert "1 documents" not in result.content[0].text  # type: ignore[union-attr]

@@ -8,9 +8,11 @@ from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
 from corpus_cache.accounting.ledger import Totals
+from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.engine.answers import Answer
 from corpus_cache.engine.core import Engine
 from corpus_cache.errors import LedgerUnavailableError
+from corpus_cache.wording import plural
 
 # --- structured results ---------------------------------------------------------------
 
@@ -314,14 +316,13 @@ def status(engine: Engine) -> CacheStatus:
             + (f" ({engine.ledger.fault})" if engine.ledger.fault else "")
             + f": they are kept in {engine.ledger.journal.path} and counted in the spend"
         )
-    notes = sorted({plan.note for plan in plans})
     return CacheStatus(
         corpus=str(engine.settings.corpus),
         model=engine.model.id,
         backend=engine.backend.kind,
         min_cacheable_tokens=engine.model.min_cacheable_tokens,
         cached=any(plan.cached for plan in plans),
-        note="; ".join(notes) if len(plans) == 1 else f"{len(plans)} shards: " + "; ".join(notes),
+        note=layout_note(corpus),
         documents=len(corpus.snapshot.documents),
         corpus_tokens=corpus.corpus_tokens,
         instructions_tokens=plans[0].instructions_tokens,
@@ -357,9 +358,36 @@ def status(engine: Engine) -> CacheStatus:
     )
 
 
+def layout_note(corpus: Corpus) -> str:
+    """The layout in one phrase: a single shard's own note, or what several add up to."""
+    plans = [shard.plan for shard in corpus.shards]
+    if len(plans) == 1:
+        return plans[0].note
+    cached = [plan for plan in plans if plan.cached]
+    parts = []
+    if cached:
+        blocks = sum(len(plan.blocks) for plan in cached)
+        parts.append(
+            f"{plural(blocks, 'cached block')} in all, every breakpoint above the "
+            f"{plans[0].min_cacheable_tokens:,}-token minimum"
+        )
+    if len(cached) < len(plans):
+        small = len(plans) - len(cached)
+        parts.append(f"{plural(small, 'shard')} below that minimum, sent uncached")
+    old = sum(len(plan.superseded) for plan in plans)
+    if old:
+        keep = "keeps its" if old == 1 else "keep their"
+        parts.append(
+            f"{plural(old, 'edited document')} {keep} old copy in the cached prefix until it "
+            "is next rewritten"
+        )
+    return f"{plural(len(plans), 'shard')}: " + "; ".join(parts)
+
+
 def render_status(out: CacheStatus) -> str:
     lines = [
-        f"Corpus {out.corpus}: {out.documents} documents, {out.corpus_tokens:,} tokens "
+        f"Corpus {out.corpus}: {plural(out.documents, 'document')}, "
+        f"{plural(out.corpus_tokens, 'token')} "
         f"(snapshot v{out.snapshot_version} of {out.snapshot_time}).",
         f"Model {out.model} via {out.backend}; minimum cacheable prefix "
         f"{out.min_cacheable_tokens:,} tokens.",
@@ -371,7 +399,7 @@ def render_status(out: CacheStatus) -> str:
         ttl = f"breakpoint, TTL {b.ttl}" if b.ttl else "no breakpoint"
         where = f"shard {b.shard} block {b.block}" if out.shards > 1 else f"block {b.block}"
         lines.append(
-            f"  {where}: {b.documents} documents, {b.tokens:,} tokens "
+            f"  {where}: {plural(b.documents, 'document')}, {plural(b.tokens, 'token')} "
             f"(prefix {b.prefix_tokens:,}), {ttl}"
         )
     s = out.spend

@@ -60,6 +60,7 @@ from corpus_cache.mcp_surface.results import (
     result,
     status,
 )
+from corpus_cache.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ def build_server(engine: Engine) -> MCPServer:
             + (f"; {d.encoding_note})" if d.encoding_note else ")")
             for d in out.documents
         ]
-        lines.append(f"{len(page)} of {len(docs)} documents shown.")
+        lines.append(f"{len(page)} of {plural(len(docs), 'document')} shown.")
         if (problem := engine.folder_problem()) is not None:
             lines.append(f"Warning: {problem}.")
         if out.next_offset is not None:
