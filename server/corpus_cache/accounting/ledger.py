@@ -29,6 +29,7 @@ from corpus_cache.accounting.storage import (
     M002_SHARD_AND_TTL,
     M003_CACHE_MISS_REASON,
     M004_ROW_KEY,
+    M005_COUNTS_BY_BACKEND,
     MIGRATIONS,
     ROW_COLUMNS,
     describe_fault,
@@ -42,8 +43,8 @@ from corpus_cache.models.pricing import Usage, hit_rate
 
 __all__ = [
     "BUSY_TIMEOUT", "M001_INITIAL", "M002_SHARD_AND_TTL", "M003_CACHE_MISS_REASON",
-    "M004_ROW_KEY", "MIGRATIONS", "Ledger", "Recorded", "RequestRecord", "StorageFault",
-    "Totals",
+    "M004_ROW_KEY", "M005_COUNTS_BY_BACKEND", "MIGRATIONS", "Ledger", "Recorded",
+    "RequestRecord", "StorageFault", "Totals",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class RequestRecord:
     ttl: str | None = None
     cache_miss_reason: str | None = None  # from the API's cache diagnostics, when it gave one
     cache_missed_tokens: int | None = None
+    emulator_pid: int | None = None  # an offline answer: the process whose memory holds its cache
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class LedgerRow:
     cache_miss_reason: str | None
     cache_missed_tokens: int | None
     row_key: str | None
+    emulator_pid: int | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -291,9 +294,9 @@ class Ledger:
 
     # --- token counts -----------------------------------------------------------------
 
-    def token_counts(self, model: str, keys: Iterable[str]) -> dict[str, int]:
-        """The stored counts of `keys`; none when the ledger cannot be read (the caller
-        counts them again)."""
+    def token_counts(self, model: str, backend: str, keys: Iterable[str]) -> dict[str, int]:
+        """The stored counts of `keys` that `backend` made for `model`; none when the ledger
+        cannot be read (the caller counts them again)."""
         wanted = list(keys)
         found: dict[str, int] = {}
         try:
@@ -302,8 +305,8 @@ class Ledger:
                 marks = ",".join("?" * len(chunk))
                 _, rows = self._query(
                     f"SELECT content_key, tokens FROM token_counts "
-                    f"WHERE model = ? AND content_key IN ({marks})",
-                    [model, *chunk],
+                    f"WHERE model = ? AND backend = ? AND content_key IN ({marks})",
+                    [model, backend, *chunk],
                 )
                 found.update(rows)
         except LedgerUnavailableError as exc:
@@ -311,16 +314,16 @@ class Ledger:
             return {}
         return found
 
-    def store_token_counts(self, model: str, counts: dict[str, int]) -> bool:
-        """Store counts; False when the ledger cannot be written (they are counted again
-        later: nothing is lost)."""
+    def store_token_counts(self, model: str, backend: str, counts: dict[str, int]) -> bool:
+        """Store counts `backend` made; False when the ledger cannot be written (they are
+        counted again later: nothing is lost)."""
         now = time.time()
-        rows = [(key, model, tokens, now) for key, tokens in counts.items()]
+        rows = [(key, model, backend, tokens, now) for key, tokens in counts.items()]
         with self._lock:
             try:
                 self._write(
                     lambda db: db.executemany(
-                        "INSERT OR REPLACE INTO token_counts VALUES (?, ?, ?, ?)", rows
+                        "INSERT OR REPLACE INTO token_counts VALUES (?, ?, ?, ?, ?)", rows
                     )
                 )
             except StorageFault as fault:
@@ -473,6 +476,7 @@ def _row(record: RequestRecord) -> Row:
         "latency_ms": record.latency_ms, "outcome": record.outcome, "error": record.error,
         "shard": record.shard, "ttl": record.ttl, "cache_miss_reason": record.cache_miss_reason,
         "cache_missed_tokens": record.cache_missed_tokens, "row_key": uuid.uuid4().hex,
+        "emulator_pid": record.emulator_pid,
     }  # fmt: skip
 
 

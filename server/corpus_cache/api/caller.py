@@ -57,6 +57,15 @@ class Sent:
     ledger_note: str | None  # why the ledger could not record it yet, and where it waits
 
 
+@dataclass(frozen=True)
+class Counted:
+    """A count of tokens, and the backend that made it (backend.backend_of_response): the
+    emulator's counts are approximations and are kept apart from the API's."""
+
+    tokens: int
+    backend: str
+
+
 class ApiCaller:
     def __init__(
         self,
@@ -137,18 +146,21 @@ class ApiCaller:
             raise
         return self._record(request, message, raw.headers, started)
 
-    async def count_tokens(self, content: list[dict[str, Any]], system: str | None = None) -> int:
+    async def count_tokens(
+        self, content: list[dict[str, Any]], system: str | None = None
+    ) -> Counted:
         """Input tokens of one user message holding `content` (and `system`), for the
-        model; free, so neither guarded nor recorded."""
+        model, and which backend counted them; free, so neither guarded nor recorded."""
         message = cast(MessageParam, {"role": "user", "content": content})
         extra: dict[str, Any] = {"system": [{"type": "text", "text": system}]} if system else {}
         try:
-            result = await self.backend.client.messages.count_tokens(
+            raw = await self.backend.client.messages.with_raw_response.count_tokens(
                 model=self.model.id, messages=[message], **extra
             )
+            result = await raw.parse()
         except anthropic.APIError as exc:
             raise ApiCallError(f"cannot count tokens: {describe_api_error(exc)}") from exc
-        return result.input_tokens
+        return Counted(result.input_tokens, backend_of_response(raw.headers, self.backend.kind))
 
     def _record(
         self, request: PreparedRequest, message: Message, headers: object, started: float
