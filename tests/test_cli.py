@@ -63,16 +63,19 @@ def test_ask_prints_a_cited_answer_and_stats_sees_it(tmp_path: Path) -> None:
 
     stats = run(["stats", "--json"], state)
     figures = json.loads(stats.stdout)
-    assert figures["periods"]["all time"]["requests"] == 1
-    assert figures["periods"]["all time"]["by_kind"]["ask"] == 1
+    assert list(figures["backends"]) == ["offline-emulator"]  # never added to billed spend
+    offline = figures["backends"]["offline-emulator"]
+    assert offline["billed"] is False
+    assert offline["periods"]["all time"]["requests"] == 1
+    assert offline["periods"]["all time"]["by_kind"]["ask"] == 1
     (shard,) = figures["shards"]
-    assert shard["warm"] is True
     assert shard["tokens"] > 0
 
     page = tmp_path / "report.html"
     report = run(["report", "--html", str(page)], state)
     assert report.returncode == 0, report.stderr
-    assert 'data-chart="cumulative-spend"' in page.read_text()
+    assert 'data-chart="offline-cumulative-spend"' in page.read_text()
+    assert 'data-chart="cumulative-spend"' not in page.read_text()
 
 
 @pytest.mark.parametrize(

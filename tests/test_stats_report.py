@@ -126,7 +126,8 @@ def test_stats_figures_are_the_sums_of_the_ledger_rows(tmp_path: Path) -> None:
     ledger = filled_ledger(tmp_path / "l.db")
     stats = collect_stats(ledger, "/c", NOON).as_dict()
     ledger.close()
-    today, week, ever = (stats["periods"][p] for p in ("today", "7 days", "all time"))
+    periods = stats["backends"]["anthropic"]["periods"]
+    today, week, ever = (periods[p] for p in ("today", "7 days", "all time"))
 
     assert ever["requests"] == 7
     assert ever["errors"] == 1

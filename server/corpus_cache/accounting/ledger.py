@@ -409,10 +409,13 @@ class Ledger:
         params.append(limit)
         return self._rows(query, params)
 
-    def totals(self, corpus: str | None = None, since: float | None = None) -> Totals:
+    def totals(
+        self, corpus: str | None = None, since: float | None = None, backend: str | None = None
+    ) -> Totals:
         """What the ledger holds, plus the rows waiting in the journal: money spent is
-        counted (by the daily cap too) whether or not its row could be written yet."""
-        where, params = _where(corpus, since)
+        counted (by the daily cap too) whether or not its row could be written yet. With
+        `backend`, only the requests that backend answered."""
+        where, params = _where(corpus, since, backend)
         _, rows = self._query(
             f"""SELECT COUNT(*), COALESCE(SUM(outcome != 'ok'), 0),
                 COALESCE(SUM(input_tokens), 0), COALESCE(SUM(cache_read_tokens), 0),
@@ -424,7 +427,7 @@ class Ledger:
         )
         with self._lock:
             waiting = list(self._pending.values())
-        return Totals(*rows[0]) + _totals_of(waiting, corpus, since)
+        return Totals(*rows[0]) + _totals_of(waiting, corpus, since, backend)
 
     def history(self, corpus: str | None = None) -> list[LedgerRow]:
         """Every request, oldest first."""
@@ -432,16 +435,27 @@ class Ledger:
         return self._rows(f"SELECT * FROM requests {where} ORDER BY at, id", params)
 
     def requests_by_kind(
-        self, corpus: str | None = None, since: float | None = None
+        self, corpus: str | None = None, since: float | None = None, backend: str | None = None
     ) -> dict[str, tuple[int, int]]:
         """kind -> (requests, of which errors)."""
-        where, params = _where(corpus, since)
+        where, params = _where(corpus, since, backend)
         _, rows = self._query(
             f"SELECT kind, COUNT(*), COALESCE(SUM(outcome != 'ok'), 0) FROM requests {where} "
             "GROUP BY kind ORDER BY kind",
             params,
         )
         return {kind: (count, errors) for kind, count, errors in rows}
+
+    def backends(self, corpus: str | None = None) -> list[str]:
+        """The backends that answered requests, in the ledger or waiting in its journal."""
+        where, params = _where(corpus, None)
+        _, rows = self._query(f"SELECT DISTINCT backend FROM requests {where}", params)
+        with self._lock:
+            waiting = {
+                str(r["backend"]) for r in self._pending.values()
+                if corpus is None or r["corpus"] == corpus
+            }  # fmt: skip
+        return sorted({str(backend) for (backend,) in rows} | waiting)
 
     def last_by_shard(
         self, corpus: str | None = None, *, touched_cache: bool = False
@@ -495,11 +509,14 @@ def _values(row: Row) -> tuple[Any, ...]:
     return tuple(row.get(column) for column in ROW_COLUMNS)
 
 
-def _totals_of(rows: list[Row], corpus: str | None, since: float | None) -> Totals:
+def _totals_of(
+    rows: list[Row], corpus: str | None, since: float | None, backend: str | None = None
+) -> Totals:
     """Totals of rows not in the ledger yet, as the SQL in Ledger.totals adds them up."""
     mine = [
         r for r in rows
         if (corpus is None or r["corpus"] == corpus) and (since is None or r["at"] >= since)
+        and (backend is None or r["backend"] == backend)
     ]  # fmt: skip
 
     def total(*columns: str) -> int:
@@ -513,9 +530,14 @@ def _totals_of(rows: list[Row], corpus: str | None, since: float | None) -> Tota
     )  # fmt: skip
 
 
-def _where(corpus: str | None, since: float | None) -> tuple[str, list[Any]]:
+def _where(
+    corpus: str | None, since: float | None, backend: str | None = None
+) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
+    if backend is not None:
+        clauses.append("backend = ?")
+        params.append(backend)
     if corpus is not None:
         clauses.append("corpus = ?")
         params.append(corpus)

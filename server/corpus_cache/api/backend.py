@@ -52,6 +52,9 @@ class Backend:
     client: AsyncAnthropic
     kind: str
     emulator: RunningEmulator | None = None
+    # The process whose memory holds an offline backend's cache (this one, for an emulator in
+    # a thread), recorded with each answer: its cache dies with that process.
+    emulator_pid: int | None = None
 
     async def close(self) -> None:
         await self.client.close()
@@ -78,7 +81,7 @@ def open_backend(catalog: Catalog, *, offline: bool, timeout: float) -> Backend:
         timeout=timeout,
         max_retries=API_RETRIES,
     )
-    return Backend(client, OFFLINE_EMULATOR, emulator)
+    return Backend(client, OFFLINE_EMULATOR, emulator, os.getpid())
 
 
 def api_client(**options: Any) -> AsyncAnthropic:

@@ -108,7 +108,8 @@ class Engine:
         # Every request to the API goes through this one caller (api/caller.py).
         self.caller = ApiCaller(
             backend, self.model, ledger, self.corpus_key,
-            DailyCap(settings, lambda since: self.totals(since).cost_usd, clock), clock,
+            DailyCap(settings, lambda since: self.totals(since, self.answering).cost_usd, clock),
+            clock,
         )  # fmt: skip
         self.counter = TokenCounter(self.caller, self.model.id, ledger)
         self._corpus: Corpus | None = None
@@ -142,6 +143,12 @@ class Engine:
     def on_swap(self, listener: SwapListener) -> None:
         """Call `listener(old, new)` after every swap of the live corpus (old is None at first)."""
         self._listeners.append(listener)
+
+    @property
+    def answering(self) -> str:
+        """The backend answering now, as its responses say (an emulator behind a base URL is
+        the emulator): spend is counted and capped per backend, never across them."""
+        return self.caller.label
 
     @property
     def corpus_key(self) -> str:
@@ -569,8 +576,8 @@ class Engine:
         """A document of the current snapshot, never read from disk (browse.find_document)."""
         return browse.find_document(self.current.snapshot, path)
 
-    def totals(self, since: float | None = None) -> Totals:
-        return self.ledger.totals(self.corpus_key, since)
+    def totals(self, since: float | None = None, backend: str | None = None) -> Totals:
+        return self.ledger.totals(self.corpus_key, since, backend)
 
     def skipped_summary(self) -> dict[str, int]:
         return browse.skipped_summary(self.current.snapshot)

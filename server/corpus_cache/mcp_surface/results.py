@@ -12,7 +12,7 @@ from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.engine.answers import Answer
 from corpus_cache.engine.core import Engine
 from corpus_cache.errors import LedgerUnavailableError
-from corpus_cache.wording import plural
+from corpus_cache.wording import plural, usd
 
 # --- structured results ---------------------------------------------------------------
 
@@ -136,6 +136,14 @@ class BlockOut(BaseModel):
 
 
 class SpendOut(BaseModel):
+    backend: str = Field(
+        default="anthropic", description="who answered these requests: 'anthropic' bills"
+    )
+    billed: bool = Field(
+        default=True,
+        description="false for the offline emulator: its dollars are what the same requests "
+        "would cost on the API, never added to what the API billed",
+    )
     requests: int
     errors: int
     hit_rate: float
@@ -180,7 +188,11 @@ class CacheStatus(BaseModel):
         description="why the corpus path no longer leads to the folder being served (gone, "
         "or another folder or a symlink in its place): the last snapshot is served meanwhile",
     )
-    spend: SpendOut
+    spend: SpendOut = Field(description="the requests of the backend answering now")
+    other_spend: list[SpendOut] = Field(
+        default_factory=list,
+        description="the ledger's requests on this corpus by other backends, each apart",
+    )
     last_prewarm: str | None = Field(
         default=None, description="the last pre-warm after a change (--prewarm), and its cost"
     )
@@ -305,8 +317,13 @@ def status(engine: Engine) -> CacheStatus:
     corpus = engine.current
     plans = [shard.plan for shard in corpus.shards]
     ledger_note = None
+    answering = engine.answering
+    others: list[SpendOut] = []
     try:
-        totals = engine.totals()
+        totals = engine.totals(backend=answering)
+        for backend in engine.ledger.backends(engine.corpus_key):
+            if backend != answering:
+                others.append(_spend_out(backend, engine.totals(backend=backend)))
     except LedgerUnavailableError as exc:
         totals, ledger_note = Totals(0, 0, 0, 0, 0, 0, 0.0, 0.0), f"{exc}; spend is not shown"
     if engine.ledger.waiting:
@@ -334,7 +351,8 @@ def status(engine: Engine) -> CacheStatus:
         snapshot_version=corpus.snapshot.version,
         snapshot_time=iso(corpus.snapshot.created_at),
         folder_problem=engine.folder_problem(),
-        spend=SpendOut(**totals.as_dict()),
+        spend=_spend_out(answering, totals),
+        other_spend=others,
         last_prewarm=(
             f"shard(s) {', '.join(map(str, engine.last_prewarm.shards))} pre-warmed at "
             f"{iso(engine.last_prewarm.at)} for ${engine.last_prewarm.cost_usd:.4f}"
@@ -356,6 +374,25 @@ def status(engine: Engine) -> CacheStatus:
         ],
         ledger_note=ledger_note,
     )
+
+
+def _spend_out(backend: str, totals: Totals) -> SpendOut:
+    return SpendOut(backend=backend, billed=backend == "anthropic", **totals.as_dict())
+
+
+def _spend_line(s: SpendOut, head: str) -> str:
+    who = "Claude API" if s.billed else "offline emulator, not billed: priced at API rates"
+    line = (
+        f"{head} ({who}): {plural(s.requests, 'request')}, hit rate {s.hit_rate:.1%}, "
+        f"{'spent' if s.billed else 'would cost'} {usd(s.spent_usd)} vs "
+        f"{usd(s.uncached_usd)} uncached"
+    )
+    if s.saved_usd < -0.00005:
+        return (
+            f"{line}: {usd(-s.saved_usd)} more than uncached so far, as cache writes (1.25x "
+            "the input price) are repaid only by later questions that read them (0.1x)."
+        )
+    return f"{line} (saved {usd(s.saved_usd)})."
 
 
 def layout_note(corpus: Corpus) -> str:
@@ -402,11 +439,8 @@ def render_status(out: CacheStatus) -> str:
             f"  {where}: {plural(b.documents, 'document')}, {plural(b.tokens, 'token')} "
             f"(prefix {b.prefix_tokens:,}), {ttl}"
         )
-    s = out.spend
-    lines.append(
-        f"Spend: {s.requests} requests, hit rate {s.hit_rate:.1%}, spent ${s.spent_usd:.4f} vs "
-        f"${s.uncached_usd:.4f} uncached (saved ${s.saved_usd:.4f})."
-    )
+    lines.append(_spend_line(out.spend, "Spend"))
+    lines.extend(_spend_line(other, "Also in the ledger") for other in out.other_spend)
     if out.last_prewarm:
         lines.append(f"After the last change, {out.last_prewarm}.")
     for policy in out.cache_policy:
