@@ -126,7 +126,8 @@ def test_the_report_draws_each_backend_apart_and_shades_a_loss_red(tmp_path: Pat
     ledger.close()
     billed = re.search(r'<svg [^>]*data-chart="cumulative-spend".*?</svg>', page, re.S)
     offline = re.search(r'<svg [^>]*data-chart="offline-cumulative-spend".*?</svg>', page, re.S)
-    assert billed is not None and offline is not None
+    assert billed is not None
+    assert offline is not None
     assert 'data-series="lost"' in offline.group(0)  # spent above uncached: red, "Lost"
     assert ">Lost<" in offline.group(0)
     assert 'data-series="lost"' not in billed.group(0)
