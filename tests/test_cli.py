@@ -208,3 +208,20 @@ def test_serve_started_by_hand_in_a_terminal_says_it_waits_for_an_mcp_client(
         process.terminate()
         process.wait(timeout=10)
         os.close(terminal)
+
+
+def test_offline_asks_in_a_row_share_one_cache_and_stats_show_a_saving(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus", filler_sentences=40)
+    state = tmp_path / "state"
+    first = run(["ask", "--corpus", str(corpus), "When are deploys frozen?"], state)
+    second = run(["ask", "--corpus", str(corpus), "--json", "Which port does Kestrel use?"], state)
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert "This question wrote the cache:" in first.stdout  # why it cost more, once
+    assert "kept running between asks" in first.stderr
+    assert json.loads(second.stdout)["usage"]["cache_read_tokens"] > 1_000
+    stats = json.loads(run(["stats", "--json"], state).stdout)
+    offline = stats["backends"]["offline-emulator"]["periods"]["all time"]
+    assert offline["saved_usd"] > 0
+    (shard,) = stats["shards"]
+    assert shard["warm"] is True  # the emulator holding it still runs

@@ -159,7 +159,7 @@ def _ask(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
     async def run() -> str:
-        async with running_engine(settings) as engine:
+        async with running_engine(settings, keep_emulator=True) as engine:
             result = ask_result(await engine.ask(args.question))
         return result.model_dump_json(indent=2) if args.json else render_answer(result)
 

@@ -258,6 +258,17 @@ def ask_result(answer: Answer) -> AskResult:
     )
 
 
+def one_off_write(cost_usd: float, uncached_usd: float, written_tokens: int) -> str | None:
+    """Why a question cost more than it would have uncached, when it did: it wrote the cache."""
+    if cost_usd <= uncached_usd + 0.00005 or not written_tokens:
+        return None
+    return (
+        f"This question wrote the cache: {usd(cost_usd - uncached_usd)} more than sending it "
+        "uncached, once; the questions that read it before it expires pay a tenth of the "
+        "input price for it."
+    )
+
+
 def render_answer(result: AskResult) -> str:
     lines = [result.answer, ""]
     if result.citations:
@@ -297,6 +308,9 @@ def render_answer(result: AskResult) -> str:
         lines.append(note + ".")
     if result.ledger_note:
         lines.append(f"Note: {result.ledger_note}.")
+    written = u.cache_write_5m_tokens + u.cache_write_1h_tokens
+    if (note := one_off_write(result.cost_usd, result.uncached_cost_usd, written)) is not None:
+        lines.append(note)
     lines.append(
         f"— answered by {source}, {result.model}; {u.cache_read_tokens:,} of {prompt:,} prompt "
         f"tokens read from cache; ${result.cost_usd:.4f} "
