@@ -309,8 +309,8 @@ def render_answer(result: AskResult) -> str:
     if result.ledger_note:
         lines.append(f"Note: {result.ledger_note}.")
     written = u.cache_write_5m_tokens + u.cache_write_1h_tokens
-    if (note := one_off_write(result.cost_usd, result.uncached_cost_usd, written)) is not None:
-        lines.append(note)
+    if (write := one_off_write(result.cost_usd, result.uncached_cost_usd, written)) is not None:
+        lines.append(write)
     lines.append(
         f"— answered by {source}, {result.model}; {u.cache_read_tokens:,} of {prompt:,} prompt "
         f"tokens read from cache; ${result.cost_usd:.4f} "
