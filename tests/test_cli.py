@@ -14,6 +14,8 @@ from typing import Any
 
 import anthropic
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from support.commands import free_port, run
 from support.corpus_fixture import write_corpus
@@ -225,3 +227,45 @@ def test_offline_asks_in_a_row_share_one_cache_and_stats_show_a_saving(tmp_path:
     assert offline["saved_usd"] > 0
     (shard,) = stats["shards"]
     assert shard["warm"] is True  # the emulator holding it still runs
+
+
+def test_the_demo_asks_the_questions_it_is_given(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    asked = ["Which port does Kestrel use?", "When are deploys frozen?", "Who is on call?"]
+    args = ["demo", "--corpus", str(corpus)]
+    for question in asked:
+        args += ["--question", question]
+    result = run(args, tmp_path / "state", timeout=120)
+    assert result.returncode == 0, result.stderr
+    for number, question in enumerate(asked, start=1):
+        assert f"Q{number}: {question}" in result.stdout
+    assert "Q4:" not in result.stdout
+    assert "This question wrote the cache:" in result.stdout.split("Q2:")[0]
+
+
+def test_questions_for_a_folder_of_ones_own_come_from_its_documents() -> None:
+    from corpus_cache.cli.demo import questions_from
+
+    documents = [
+        ("guide/deploys.md", "# Deploys\n\nIntro.\n\n## Friday freezes\n\nNo deploys.\n"),
+        ("notes.txt", "Plain notes with no heading at all.\n"),
+        ("third.md", "# Never asked\n"),
+    ]
+    assert questions_from(documents) == (
+        "What does guide/deploys.md say about Friday freezes?",
+        "What is notes.txt about?",
+    )
+
+
+@given(st.lists(st.tuples(st.from_regex(r"[a-z]{1,8}\.md", fullmatch=True), st.text()),
+                max_size=4))  # fmt: skip
+def test_drawn_questions_are_one_per_document_and_name_it(
+    documents: list[tuple[str, str]],
+) -> None:
+    from corpus_cache.cli.demo import questions_from
+
+    questions = questions_from(documents)
+    assert len(questions) == min(2, len(documents))
+    for (path, _), question in zip(documents, questions, strict=False):
+        assert path in question
+        assert question.endswith("?")

@@ -249,7 +249,7 @@ def _demo(args: argparse.Namespace) -> int:
     if not corpus.is_dir():
         print(f"corpus-cache: demo corpus not found: {corpus}", file=sys.stderr)
         return 2
-    return demo_main(corpus)
+    return demo_main(corpus, args.question or ())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -433,10 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="serve a folder over stdio, ask two questions with an MCP client, show the savings",
+        help="serve a folder over stdio, ask questions with an MCP client, show the savings",
     )
     demo.add_argument(
         "--corpus", type=Path, default=Path("corpora/handbook"), help="default: corpora/handbook"
+    )
+    demo.add_argument(
+        "--question",
+        action="append",
+        help="a question to ask; repeat for more (default: two of the sample handbook's "
+        "facts, or, for another folder, two drawn from its largest documents)",
     )
     demo.set_defaults(run=_demo)
 
