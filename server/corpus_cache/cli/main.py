@@ -389,8 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--debounce-ms",
         type=int,
-        help="milliseconds of quiet after a change before the folder is rescanned, so a burst "
-        "of saves is one rescan (default: 100)",
+        help="milliseconds a change settles before the folder is rescanned: saves that close "
+        "together are one rescan, and what arrives during a rescan is coalesced into one more "
+        "(default: 15)",
     )
     serve.set_defaults(run=_serve)
 
