@@ -10,8 +10,8 @@ the search index.
 
 Latencies are also given as ratios to baselines measured in the same run: a plain write
 and fsync of the same file (what the save itself costs), and the settle (what the watcher
-waits after a burst's events on purpose). Each burst's rebuilds are counted. The emulator runs as its own process, so that
-its work does not share the engine's interpreter.
+waits after a burst's events on purpose). Each burst's rebuilds are counted. The emulator
+runs as its own process, so that its work does not share the engine's interpreter.
 
     .venv/bin/python bench/freshness.py [--files 10000] [--megabytes 50] [--edits 30]
         [--bursts 5] [--debounce-ms 15] [--json bench/results/freshness.json]
