@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import re
+import select
 import subprocess
 import sys
 import time
@@ -200,8 +201,13 @@ def test_serve_started_by_hand_in_a_terminal_says_it_waits_for_an_mcp_client(
     os.close(keyboard)
     try:
         assert process.stderr is not None
-        seen = []
-        for line in process.stderr:  # ends when the process does
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # bounded: a server that never says it fails
+            ready, _, _ = select.select([process.stderr], [], [], deadline - time.monotonic())
+            line = process.stderr.readline() if ready else ""
+            if not line:
+                break
             seen.append(line)
             if "waiting for an MCP client on stdin" in line:
                 break
