@@ -9,12 +9,12 @@ each in its own process, with its peak memory, before and after the first search
 the search index.
 
 Latencies are also given as ratios to baselines measured in the same run: a plain write
-and fsync of the same file (what the save itself costs), and the debounce interval (the
-quiet the watcher waits for on purpose). The emulator runs as its own process, so that
-its work does not share the engine's interpreter.
+and fsync of the same file (what the save itself costs), and the settle (what the watcher
+waits after a burst's events on purpose). Each burst's rebuilds are counted. The emulator
+runs as its own process, so that its work does not share the engine's interpreter.
 
     .venv/bin/python bench/freshness.py [--files 10000] [--megabytes 50] [--edits 30]
-        [--bursts 5] [--debounce-ms 100] [--json bench/results/freshness.json]
+        [--bursts 5] [--debounce-ms 15] [--json bench/results/freshness.json]
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ from corpus_cache.mcp_surface.server import build_server
 from corpus_cache.models.catalog import load_catalog
 from synthetic import document
 
-TARGET_P50_NOTIFIED_MS = 300.0
+# Single save to a subscribed client, p50: 50 ms on a team's folder, 100 ms on the large one.
+TARGET_P50_NOTIFIED_MS = {"typical": 50.0, "large": 100.0}
 TARGET_WARM_RESTART_S = 2.0
 FILES_PER_FOLDER = 100
 SENTENCE_BYTES = 64  # what synthetic.document averages per sentence, roughly
@@ -243,6 +244,7 @@ async def measure_freshness(
     single_notified: list[float] = []
     burst_live: list[float] = []
     burst_notified: list[float] = []
+    burst_rebuilds: list[int] = []  # the watcher's rescans for each burst of 100 saves
     async with (
         Client(build_server(engine)) as client,
         watching(engine) as watcher,
@@ -268,10 +270,12 @@ async def measure_freshness(
             group_paths = burst_paths[n * 100 : (n + 1) * 100]
             for path in group_paths:
                 clock.expected[path] = ""
+            rebuilt = watcher.stats.refreshes
             started = time.perf_counter()
             for path in group_paths:
                 save(corpus / path)
             await clock.wait(group_paths)
+            burst_rebuilds.append(watcher.stats.refreshes - rebuilt)
             burst_live.append(max(clock.live[p] for p in group_paths) - started)
             burst_notified.append(max(clock.notified[p] for p in group_paths) - started)
         group.cancel_scope.cancel()
@@ -289,6 +293,7 @@ async def measure_freshness(
             "to_client_notified": summary(burst_notified, baselines),
         },
         "refreshes": watcher.stats.refreshes,
+        "rebuilds_per_burst_of_100": burst_rebuilds,
     }
 
 
@@ -318,17 +323,16 @@ def run_corpus(
         measure_freshness, corpus, state, url, args.edits, args.bursts, args.debounce_ms
     )
     base = fresh["baselines_ms"]
-    print(
-        f"  baselines: write+fsync {base['write_fsync']:.2f} ms, debounce {base['debounce']:g} ms"
-    )
+    print(f"  baselines: write+fsync {base['write_fsync']:.2f} ms, settle {base['debounce']:g} ms")
+    print(f"  rebuilds per burst of 100 saves: {fresh['rebuilds_per_burst_of_100']}")
     for kind in ("single_edit", "burst_of_100"):
         for stage in ("to_snapshot_live", "to_client_notified"):
             s = fresh[kind][stage]
             print(
                 f"  {kind:13} {stage:19} p50 {s['p50_ms']:7.1f} ms "
-                f"({s['p50_over_debounce']:4.1f}x debounce, "
+                f"({s['p50_over_debounce']:4.1f}x settle, "
                 f"{s['p50_over_write_fsync']:5.0f}x write)"
-                f"  p95 {s['p95_ms']:7.1f} ms ({s['p95_over_debounce']:4.1f}x debounce)",
+                f"  p95 {s['p95_ms']:7.1f} ms ({s['p95_over_debounce']:4.1f}x settle)",
                 flush=True,
             )
     corpus_mb = size / 1e6
@@ -337,7 +341,8 @@ def run_corpus(
     peak = max(cold["peak_rss_mb"], warm["peak_rss_mb"])
     searched = max(cold["peak_rss_with_search_index_mb"], warm["peak_rss_with_search_index_mb"])
     targets = {
-        "p50_notified_ms": [TARGET_P50_NOTIFIED_MS, notified <= TARGET_P50_NOTIFIED_MS],
+        "p50_notified_ms": [TARGET_P50_NOTIFIED_MS[name], notified <= TARGET_P50_NOTIFIED_MS[name]],
+        "one_rebuild_per_burst": [1, max(fresh["rebuilds_per_burst_of_100"]) <= 1],
         "warm_restart_s": [TARGET_WARM_RESTART_S, warm["seconds"] <= TARGET_WARM_RESTART_S],
         "peak_memory_mb": [round(memory_limit, 1), peak <= memory_limit],
         "peak_memory_with_search_index_mb": [round(memory_limit, 1), searched <= memory_limit],
@@ -363,7 +368,12 @@ def main() -> None:
     parser.add_argument("--megabytes", type=float, default=50.0, help="of the large corpus")
     parser.add_argument("--edits", type=int, default=30)
     parser.add_argument("--bursts", type=int, default=5)
-    parser.add_argument("--debounce-ms", type=int, default=100)
+    parser.add_argument(
+        "--debounce-ms",
+        type=int,
+        default=Settings.model_fields["debounce_ms"].default,
+        help="the watcher's settle",
+    )
     parser.add_argument("--json", type=Path, default=Path("bench/results/freshness.json"))
     args = parser.parse_args()
 

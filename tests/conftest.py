@@ -52,3 +52,14 @@ def aclient(running_emulator: RunningEmulator, emulator: Control) -> anthropic.A
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _local_emulators_end(tmp_path: Path) -> Iterator[None]:
+    """A command-line `ask` leaves a local emulator running for the next one: each test
+    ends the ones it started (their state files are under its tmp_path)."""
+    yield
+    from corpus_cache.api import local_emulator
+
+    for state in tmp_path.rglob(local_emulator.STATE_FILE):
+        local_emulator.stop(state.parent)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
+import select
 import subprocess
 import sys
 import time
@@ -13,6 +16,8 @@ from typing import Any
 import anthropic
 import httpx2
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from support.commands import free_port, run
 from support.corpus_fixture import write_corpus
@@ -98,16 +103,19 @@ def test_ask_prints_a_cited_answer_and_stats_sees_it(tmp_path: Path) -> None:
 
     stats = run(["stats", "--json"], state)
     figures = json.loads(stats.stdout)
-    assert figures["periods"]["all time"]["requests"] == 1
-    assert figures["periods"]["all time"]["by_kind"]["ask"] == 1
+    assert list(figures["backends"]) == ["offline-emulator"]  # never added to billed spend
+    offline = figures["backends"]["offline-emulator"]
+    assert offline["billed"] is False
+    assert offline["periods"]["all time"]["requests"] == 1
+    assert offline["periods"]["all time"]["by_kind"]["ask"] == 1
     (shard,) = figures["shards"]
-    assert shard["warm"] is True
     assert shard["tokens"] > 0
 
     page = tmp_path / "report.html"
     report = run(["report", "--html", str(page)], state)
     assert report.returncode == 0, report.stderr
-    assert 'data-chart="cumulative-spend"' in page.read_text()
+    assert 'data-chart="offline-cumulative-spend"' in page.read_text()
+    assert 'data-chart="cumulative-spend"' not in page.read_text()
 
 
 @pytest.mark.parametrize(
@@ -168,3 +176,139 @@ def test_plan_shows_blocks_and_the_cost_of_a_question(tmp_path: Path) -> None:
     table = run(["plan", "--corpus", str(corpus)], tmp_path / "state")
     assert "one question:" in table.stdout
     assert "cold" in table.stdout
+
+
+def test_plan_and_report_on_an_empty_folder_say_so_without_a_traceback(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    state = tmp_path / "state"
+    planned = run(["plan", "--corpus", str(empty)], state)
+    assert planned.returncode == 0, planned.stderr
+    assert "Traceback" not in planned.stderr
+    assert "0 documents" in planned.stdout
+    assert "no document to send" in planned.stdout
+    page = tmp_path / "report.html"
+    reported = run(["report", "--html", str(page), "--corpus", str(empty)], state)
+    assert reported.returncode == 0, reported.stderr
+    assert "Traceback" not in reported.stderr
+    assert "Current layout" in page.read_text()
+
+
+def test_plan_lists_what_it_left_out_and_promises_no_cache_for_a_small_folder(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "one"
+    folder.mkdir()
+    (folder / "notes.md").write_text("# Notes\n\nThe deploy freeze starts on Friday.\n")
+    (folder / ".env").write_text("TOKEN=abc\n")
+    (folder / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    result = run(["plan", "--corpus", str(folder)], tmp_path / "state")
+    assert result.returncode == 0, result.stderr
+    assert "1 document," in result.stdout  # not "1 documents"
+    assert "Left out: 2 files" in result.stdout
+    assert ".env: secret file" in result.stdout
+    assert "image.png:" in result.stdout
+    assert "cold (writes the cache)" not in result.stdout
+    assert "too small to cache" in result.stdout
+
+
+def test_serve_on_a_missing_folder_says_so_before_starting_the_emulator(tmp_path: Path) -> None:
+    result = run(["serve", "--corpus", str(tmp_path / "nowhere")], tmp_path / "state")
+    assert result.returncode == 2
+    assert "corpus folder not found" in result.stderr
+    assert "emulator" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_started_by_hand_in_a_terminal_says_it_waits_for_an_mcp_client(
+    tmp_path: Path,
+) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    terminal, keyboard = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    env["CORPUS_CACHE_STATE_DIR"] = str(tmp_path / "state")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "corpus_cache", "serve", "--corpus", str(corpus), "--no-watch"],
+        stdin=keyboard,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    os.close(keyboard)
+    try:
+        assert process.stderr is not None
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # bounded: a server that never says it fails
+            ready, _, _ = select.select([process.stderr], [], [], deadline - time.monotonic())
+            line = process.stderr.readline() if ready else ""
+            if not line:
+                break
+            seen.append(line)
+            if "waiting for an MCP client on stdin" in line:
+                break
+        assert any("waiting for an MCP client on stdin" in line for line in seen), seen
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        os.close(terminal)
+
+
+def test_offline_asks_in_a_row_share_one_cache_and_stats_show_a_saving(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus", filler_sentences=40)
+    state = tmp_path / "state"
+    first = run(["ask", "--corpus", str(corpus), "When are deploys frozen?"], state)
+    second = run(["ask", "--corpus", str(corpus), "--json", "Which port does Kestrel use?"], state)
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert "This question wrote the cache:" in first.stdout  # why it cost more, once
+    assert "kept running between asks" in first.stderr
+    assert json.loads(second.stdout)["usage"]["cache_read_tokens"] > 1_000
+    stats = json.loads(run(["stats", "--json"], state).stdout)
+    offline = stats["backends"]["offline-emulator"]["periods"]["all time"]
+    assert offline["saved_usd"] > 0
+    (shard,) = stats["shards"]
+    assert shard["warm"] is True  # the emulator holding it still runs
+
+
+def test_the_demo_asks_the_questions_it_is_given(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    asked = ["Which port does Kestrel use?", "When are deploys frozen?", "Who is on call?"]
+    args = ["demo", "--corpus", str(corpus)]
+    for question in asked:
+        args += ["--question", question]
+    result = run(args, tmp_path / "state", timeout=120)
+    assert result.returncode == 0, result.stderr
+    for number, question in enumerate(asked, start=1):
+        assert f"Q{number}: {question}" in result.stdout
+    assert "Q4:" not in result.stdout
+    assert "This question wrote the cache:" in result.stdout.split("Q2:")[0]
+
+
+def test_questions_for_a_folder_of_ones_own_come_from_its_documents() -> None:
+    from corpus_cache.cli.demo import questions_from
+
+    documents = [
+        ("guide/deploys.md", "# Deploys\n\nIntro.\n\n## Friday freezes\n\nNo deploys.\n"),
+        ("notes.txt", "Plain notes with no heading at all.\n"),
+        ("third.md", "# Never asked\n"),
+    ]
+    assert questions_from(documents) == (
+        "What does guide/deploys.md say about Friday freezes?",
+        "What is notes.txt about?",
+    )
+
+
+@given(st.lists(st.tuples(st.from_regex(r"[a-z]{1,8}\.md", fullmatch=True), st.text()),
+                max_size=4))  # fmt: skip
+def test_drawn_questions_are_one_per_document_and_name_it(
+    documents: list[tuple[str, str]],
+) -> None:
+    from corpus_cache.cli.demo import questions_from
+
+    questions = questions_from(documents)
+    assert len(questions) == min(2, len(documents))
+    for (path, _), question in zip(documents, questions, strict=False):
+        assert path in question
+        assert question.endswith("?")

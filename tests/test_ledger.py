@@ -20,11 +20,12 @@ def test_opening_twice_runs_each_migration_once(tmp_path: Path) -> None:
 
 def test_token_counts_survive_a_restart_and_are_per_model(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.db")
-    ledger.store_token_counts("model-a", {"k1": 10, "k2": 20})
+    ledger.store_token_counts("model-a", "anthropic", {"k1": 10, "k2": 20})
     ledger.close()
     reopened = Ledger(tmp_path / "l.db")
-    assert reopened.token_counts("model-a", ["k1", "k2", "k3"]) == {"k1": 10, "k2": 20}
-    assert reopened.token_counts("model-b", ["k1"]) == {}
+    assert reopened.token_counts("model-a", "anthropic", ["k1", "k2", "k3"]) == {"k1": 10, "k2": 20}
+    assert reopened.token_counts("model-b", "anthropic", ["k1"]) == {}
+    assert reopened.token_counts("model-a", "offline-emulator", ["k1"]) == {}
 
 
 def test_totals_add_up_requests_and_compute_the_hit_rate(tmp_path: Path) -> None:

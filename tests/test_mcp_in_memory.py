@@ -231,3 +231,74 @@ async def test_a_corpus_below_the_minimum_is_served_uncached_and_says_so(
     assert "below the 4,096-token minimum" in status.content[0].text  # type: ignore[union-attr]
     usage = answer.structured_content["usage"]  # type: ignore[index]
     assert usage["cache_read_tokens"] == usage["cache_write_5m_tokens"] == 0
+
+
+async def test_bad_tool_arguments_are_explained_in_words_without_pydantic_links(
+    corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    async with serving(corpus, running_emulator.base_url, tmp_path / "s") as (mcp, _):
+        too_many = await mcp.call_tool("search", {"query": "deploys", "limit": 500})
+        missing = await mcp.call_tool("ask", {})
+    for refused in (too_many, missing):
+        assert refused.is_error
+        text = refused.content[0].text  # type: ignore[union-attr]
+        assert "pydantic" not in text
+        assert "http" not in text
+        assert "validation error" not in text
+    assert "`limit`: input should be less than or equal to 50 (got 500)" in (
+        too_many.content[0].text  # type: ignore[union-attr]
+    )
+    assert "`question` is required" in missing.content[0].text  # type: ignore[union-attr]
+
+
+async def test_a_paid_refresh_takes_a_real_boolean_and_spends_nothing_on_a_string(
+    corpus: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    async with serving(corpus, running_emulator.base_url, tmp_path / "s") as (mcp, engine):
+        refused = await mcp.call_tool("refresh", {"warm": "yes"})
+        also_refused = await mcp.call_tool("refresh", {"warm": 1})
+        spent = engine.totals().requests
+        warmed = await mcp.call_tool("refresh", {"warm": True})
+    assert refused.is_error
+    assert also_refused.is_error
+    assert "`warm`: input should be a valid boolean (got 'yes')" in (
+        refused.content[0].text  # type: ignore[union-attr]
+    )
+    assert spent == 0
+    assert not warmed.is_error
+    assert warmed.structured_content["warmed"]  # type: ignore[index]
+
+
+async def test_the_prompt_without_its_argument_is_a_clean_error_with_no_traceback(
+    corpus: Path,
+    running_emulator: Any,
+    emulator: Control,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from mcp.shared.exceptions import MCPError
+
+    async with serving(corpus, running_emulator.base_url, tmp_path / "s") as (mcp, _):
+        with pytest.raises(MCPError) as refused:
+            await mcp.get_prompt("ask_corpus", {})
+        prompt = await mcp.get_prompt("ask_corpus", {"question": "When are deploys frozen?"})
+    assert "needs the argument `question`" in str(refused.value)
+    assert not [r for r in caplog.records if r.exc_info]
+    assert "When are deploys frozen?" in str(prompt.messages[0].content)
+
+
+async def test_a_one_document_folder_is_counted_in_the_singular(
+    running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    folder = tmp_path / "one"
+    folder.mkdir()
+    (folder / "notes.md").write_text("# Notes\n\nThe deploy freeze starts on Friday.\n")
+    async with serving(folder, running_emulator.base_url, tmp_path / "s") as (mcp, _):
+        status = await mcp.call_tool("cache_status", {})
+        listing = await mcp.call_tool("list_documents", {})
+        refreshed = await mcp.call_tool("refresh", {})
+    assert "1 document," in status.content[0].text  # type: ignore[union-attr]
+    assert "1 of 1 document shown" in listing.content[0].text  # type: ignore[union-attr]
+    assert "1 document;" in refreshed.content[0].text  # type: ignore[union-attr]
+    for result in (status, listing, refreshed):
+        assert "1 documents" not in result.content[0].text  # type: ignore[union-attr]

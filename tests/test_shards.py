@@ -101,3 +101,17 @@ def test_between_equal_best_matches_the_better_supported_shard_wins() -> None:
     shard_of = {"a1.md": 0, "a2.md": 0, "b1.md": 1, "b2.md": 1}
     assert rank_shards(hits, shard_of, [0, 1, 2]) == [1, 0, 2]
     assert rank_shards([], shard_of, [2, 0, 1]) == [2, 0, 1]  # no evidence: as given
+
+
+async def test_cache_status_on_shards_says_the_layout_once_in_plain_numbers(
+    engine: Engine,
+) -> None:
+    from corpus_cache.mcp_surface.results import render_status, status
+
+    text = render_status(status(engine))
+    layout = next(line for line in text.splitlines() if line.startswith("Layout:"))
+    shards = len(engine.current.shards)
+    blocks = sum(len(s.plan.blocks) for s in engine.current.shards if s.plan.cached)
+    assert layout.startswith(f"Layout: {shards} shards: {blocks} cached blocks in all")
+    assert layout.count("every breakpoint") == 1
+    assert "(s)" not in text

@@ -119,14 +119,15 @@ def test_m003_adds_the_cache_miss_columns_to_an_existing_v2_ledger(tmp_path: Pat
     )  # fmt: skip
     assert (new.cache_miss_reason, new.cache_missed_tokens) == ("system_changed", 7)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) == (5,)
 
 
 def test_stats_figures_are_the_sums_of_the_ledger_rows(tmp_path: Path) -> None:
     ledger = filled_ledger(tmp_path / "l.db")
     stats = collect_stats(ledger, "/c", NOON).as_dict()
     ledger.close()
-    today, week, ever = (stats["periods"][p] for p in ("today", "7 days", "all time"))
+    periods = stats["backends"]["anthropic"]["periods"]
+    today, week, ever = (periods[p] for p in ("today", "7 days", "all time"))
 
     assert ever["requests"] == 7
     assert ever["errors"] == 1

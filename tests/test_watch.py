@@ -266,3 +266,17 @@ async def test_a_refresh_that_fails_is_retried(
         (folder / "new.md").write_text("Counted on the second try.\n")
         await swaps.until(lambda s: "new.md" in paths(s))
     assert watcher.stats.failures == 1
+
+
+async def test_starting_to_watch_an_unchanged_folder_makes_no_new_snapshot(
+    folder: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    async with live(folder, running_emulator.base_url, tmp_path / "s") as (engine, swaps, w):
+        assert w.stats.refreshes >= 1  # the catch-up rescan ran, and found nothing new
+        assert engine.current.snapshot.version == 1
+        assert swaps.count == 0
+        after = await engine.refresh()  # as the refresh tool does
+        assert after.snapshot.version == 1
+        (folder / "guide.md").write_text("# Guide\n\nThe kettle is descaled on Mondays.\n")
+        snapshot = await swaps.until(lambda s: "Mondays" in (text_of(s, "guide.md") or ""))
+    assert snapshot.version == 2

@@ -42,7 +42,9 @@ class Settings(BaseSettings):
         False, description="watch by polling, for filesystems whose change events do not arrive"
     )
     debounce_ms: int = Field(
-        100, ge=0, description="milliseconds of quiet after a change before the folder is rescanned"
+        15,
+        ge=0,
+        description="milliseconds a burst of changes settles before the folder is rescanned",
     )
     budget_tokens: int | None = Field(
         None, gt=0, description="tokens of corpus per request (default: window less reserve)"

@@ -237,8 +237,10 @@ async def test_a_failed_token_count_store_leaves_no_transaction_open_for_later_a
         # Committed: another connection sees them, and can write at once.
         assert ask_rows(ledger) == [m for a in answers for m in a["message_ids"]]
         assert no_transaction_left_open(ledger)
-        # The count that could not be stored is stored at the next refresh that counts it.
+        # The count that could not be stored is stored at the next refresh that counts it
+        # (a refresh that finds nothing changed counts nothing).
         engine.counter._recent.clear()
+        (corpus / "newer.md").write_text("# Newer\n\nCounted once the ledger was free.\n")
         await mcp.call_tool("refresh", {})
         with sqlite3.connect(ledger) as db:
             (counts,) = db.execute("SELECT COUNT(*) FROM token_counts").fetchone()
@@ -398,8 +400,8 @@ def test_no_storage_fault_escapes_the_ledger_as_a_sqlite_error(tmp_path: Path) -
     path.write_bytes(os.urandom(8192))
     ledger = Ledger(path)  # opens
     try:
-        assert ledger.store_token_counts("m", {"k": 3}) is False
-        assert ledger.token_counts("m", ["k"]) == {}
+        assert ledger.store_token_counts("m", "anthropic", {"k": 3}) is False
+        assert ledger.token_counts("m", "anthropic", ["k"]) == {}
         kept = ledger.record(RequestRecord("ask", "/c", "m", "anthropic", "ok", cost_usd=1.0))
         assert kept.unrecorded is not None
         with pytest.raises(LedgerUnavailableError, match="not a readable database"):

@@ -29,6 +29,7 @@ from corpus_cache.accounting.storage import (
     M002_SHARD_AND_TTL,
     M003_CACHE_MISS_REASON,
     M004_ROW_KEY,
+    M005_COUNTS_BY_BACKEND,
     MIGRATIONS,
     ROW_COLUMNS,
     describe_fault,
@@ -42,8 +43,8 @@ from corpus_cache.models.pricing import Usage, hit_rate
 
 __all__ = [
     "BUSY_TIMEOUT", "M001_INITIAL", "M002_SHARD_AND_TTL", "M003_CACHE_MISS_REASON",
-    "M004_ROW_KEY", "MIGRATIONS", "Ledger", "Recorded", "RequestRecord", "StorageFault",
-    "Totals",
+    "M004_ROW_KEY", "M005_COUNTS_BY_BACKEND", "MIGRATIONS", "Ledger", "Recorded",
+    "RequestRecord", "StorageFault", "Totals",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class RequestRecord:
     ttl: str | None = None
     cache_miss_reason: str | None = None  # from the API's cache diagnostics, when it gave one
     cache_missed_tokens: int | None = None
+    emulator_pid: int | None = None  # an offline answer: the process whose memory holds its cache
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class LedgerRow:
     cache_miss_reason: str | None
     cache_missed_tokens: int | None
     row_key: str | None
+    emulator_pid: int | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -291,9 +294,9 @@ class Ledger:
 
     # --- token counts -----------------------------------------------------------------
 
-    def token_counts(self, model: str, keys: Iterable[str]) -> dict[str, int]:
-        """The stored counts of `keys`; none when the ledger cannot be read (the caller
-        counts them again)."""
+    def token_counts(self, model: str, backend: str, keys: Iterable[str]) -> dict[str, int]:
+        """The stored counts of `keys` that `backend` made for `model`; none when the ledger
+        cannot be read (the caller counts them again)."""
         wanted = list(keys)
         found: dict[str, int] = {}
         try:
@@ -302,8 +305,8 @@ class Ledger:
                 marks = ",".join("?" * len(chunk))
                 _, rows = self._query(
                     f"SELECT content_key, tokens FROM token_counts "
-                    f"WHERE model = ? AND content_key IN ({marks})",
-                    [model, *chunk],
+                    f"WHERE model = ? AND backend = ? AND content_key IN ({marks})",
+                    [model, backend, *chunk],
                 )
                 found.update(rows)
         except LedgerUnavailableError as exc:
@@ -311,16 +314,16 @@ class Ledger:
             return {}
         return found
 
-    def store_token_counts(self, model: str, counts: dict[str, int]) -> bool:
-        """Store counts; False when the ledger cannot be written (they are counted again
-        later: nothing is lost)."""
+    def store_token_counts(self, model: str, backend: str, counts: dict[str, int]) -> bool:
+        """Store counts `backend` made; False when the ledger cannot be written (they are
+        counted again later: nothing is lost)."""
         now = time.time()
-        rows = [(key, model, tokens, now) for key, tokens in counts.items()]
+        rows = [(key, model, backend, tokens, now) for key, tokens in counts.items()]
         with self._lock:
             try:
                 self._write(
                     lambda db: db.executemany(
-                        "INSERT OR REPLACE INTO token_counts VALUES (?, ?, ?, ?)", rows
+                        "INSERT OR REPLACE INTO token_counts VALUES (?, ?, ?, ?, ?)", rows
                     )
                 )
             except StorageFault as fault:
@@ -406,10 +409,13 @@ class Ledger:
         params.append(limit)
         return self._rows(query, params)
 
-    def totals(self, corpus: str | None = None, since: float | None = None) -> Totals:
+    def totals(
+        self, corpus: str | None = None, since: float | None = None, backend: str | None = None
+    ) -> Totals:
         """What the ledger holds, plus the rows waiting in the journal: money spent is
-        counted (by the daily cap too) whether or not its row could be written yet."""
-        where, params = _where(corpus, since)
+        counted (by the daily cap too) whether or not its row could be written yet. With
+        `backend`, only the requests that backend answered."""
+        where, params = _where(corpus, since, backend)
         _, rows = self._query(
             f"""SELECT COUNT(*), COALESCE(SUM(outcome != 'ok'), 0),
                 COALESCE(SUM(input_tokens), 0), COALESCE(SUM(cache_read_tokens), 0),
@@ -421,7 +427,7 @@ class Ledger:
         )
         with self._lock:
             waiting = list(self._pending.values())
-        return Totals(*rows[0]) + _totals_of(waiting, corpus, since)
+        return Totals(*rows[0]) + _totals_of(waiting, corpus, since, backend)
 
     def history(self, corpus: str | None = None) -> list[LedgerRow]:
         """Every request, oldest first."""
@@ -429,16 +435,27 @@ class Ledger:
         return self._rows(f"SELECT * FROM requests {where} ORDER BY at, id", params)
 
     def requests_by_kind(
-        self, corpus: str | None = None, since: float | None = None
+        self, corpus: str | None = None, since: float | None = None, backend: str | None = None
     ) -> dict[str, tuple[int, int]]:
         """kind -> (requests, of which errors)."""
-        where, params = _where(corpus, since)
+        where, params = _where(corpus, since, backend)
         _, rows = self._query(
             f"SELECT kind, COUNT(*), COALESCE(SUM(outcome != 'ok'), 0) FROM requests {where} "
             "GROUP BY kind ORDER BY kind",
             params,
         )
         return {kind: (count, errors) for kind, count, errors in rows}
+
+    def backends(self, corpus: str | None = None) -> list[str]:
+        """The backends that answered requests, in the ledger or waiting in its journal."""
+        where, params = _where(corpus, None)
+        _, rows = self._query(f"SELECT DISTINCT backend FROM requests {where}", params)
+        with self._lock:
+            waiting = {
+                str(r["backend"]) for r in self._pending.values()
+                if corpus is None or r["corpus"] == corpus
+            }  # fmt: skip
+        return sorted({str(backend) for (backend,) in rows} | waiting)
 
     def last_by_shard(
         self, corpus: str | None = None, *, touched_cache: bool = False
@@ -473,6 +490,7 @@ def _row(record: RequestRecord) -> Row:
         "latency_ms": record.latency_ms, "outcome": record.outcome, "error": record.error,
         "shard": record.shard, "ttl": record.ttl, "cache_miss_reason": record.cache_miss_reason,
         "cache_missed_tokens": record.cache_missed_tokens, "row_key": uuid.uuid4().hex,
+        "emulator_pid": record.emulator_pid,
     }  # fmt: skip
 
 
@@ -491,11 +509,14 @@ def _values(row: Row) -> tuple[Any, ...]:
     return tuple(row.get(column) for column in ROW_COLUMNS)
 
 
-def _totals_of(rows: list[Row], corpus: str | None, since: float | None) -> Totals:
+def _totals_of(
+    rows: list[Row], corpus: str | None, since: float | None, backend: str | None = None
+) -> Totals:
     """Totals of rows not in the ledger yet, as the SQL in Ledger.totals adds them up."""
     mine = [
         r for r in rows
         if (corpus is None or r["corpus"] == corpus) and (since is None or r["at"] >= since)
+        and (backend is None or r["backend"] == backend)
     ]  # fmt: skip
 
     def total(*columns: str) -> int:
@@ -509,9 +530,14 @@ def _totals_of(rows: list[Row], corpus: str | None, since: float | None) -> Tota
     )  # fmt: skip
 
 
-def _where(corpus: str | None, since: float | None) -> tuple[str, list[Any]]:
+def _where(
+    corpus: str | None, since: float | None, backend: str | None = None
+) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
+    if backend is not None:
+        clauses.append("backend = ?")
+        params.append(backend)
     if corpus is not None:
         clauses.append("corpus = ?")
         params.append(corpus)

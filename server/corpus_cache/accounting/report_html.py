@@ -10,8 +10,15 @@ from html import escape
 from typing import Any
 
 from corpus_cache.accounting import report_data as data
-from corpus_cache.accounting.ledger import LedgerRow
-from corpus_cache.accounting.stats import Stats
+from corpus_cache.accounting.ledger import LedgerRow, Totals
+from corpus_cache.accounting.stats import (
+    BILLED_BACKEND,
+    NEGATIVE_SAVING,
+    BackendSpend,
+    Stats,
+    backend_title,
+    cache_state,
+)
 from corpus_cache.accounting.svg_charts import (
     Segment,
     Series,
@@ -22,6 +29,7 @@ from corpus_cache.accounting.svg_charts import (
 )
 
 SPENT, UNCACHED, SAVED = "#2563eb", "#f97316", "rgba(16, 185, 129, 0.18)"
+LOST = "rgba(239, 68, 68, 0.22)"
 TOKEN_SEGMENTS = (
     Segment("read from cache", "cache-read", "#10b981"),
     Segment("written, 5m TTL", "cache-write-5m", "#f59e0b"),
@@ -48,6 +56,8 @@ header p { margin: 4px 0 0; color: #475569; }
 .card .value { font-size: 28px; font-weight: 650; margin-top: 2px; }
 .card .sub { color: #64748b; font-size: 13px; }
 .saved .value { color: #047857; } .spent .value { color: #1d4ed8; }
+.lost .value { color: #b91c1c; }
+h2.backend { margin: 26px 0 0; font-size: 19px; }
 .uncached .value { color: #c2410c; }
 section { background: #fff; border-radius: 12px; padding: 16px 18px 10px; margin: 0 0 16px;
   box-shadow: 0 1px 2px rgba(15, 23, 42, 0.08); }
@@ -71,14 +81,22 @@ def render_report(
     rows: Sequence[LedgerRow], stats: Stats, layout: dict[str, Any] | None = None
 ) -> str:
     """The whole page. `rows` are the ledger's requests, oldest first."""
-    body = [
-        _header(rows, stats),
-        _cards(stats),
-        _spend_section(rows),
-        _hit_rate_section(rows),
-        _tokens_section(rows),
-        _shards_and_misses(rows, stats),
-    ]
+    body = [_header(rows, stats)]
+    # Each backend apart: the API's dollars are billed, the emulator's are not, and the two
+    # are never added up. The billed one keeps the plain chart names; others are prefixed.
+    spends = stats.spends or (BackendSpend(BILLED_BACKEND, ()),)
+    for spend in spends:
+        mine = [r for r in rows if r.backend == spend.backend]
+        prefix = "" if spend.billed else f"{_slug(spend.backend)}-"
+        if len(spends) > 1 or not spend.billed:
+            body.append(f'<h2 class="backend">{escape(backend_title(spend))}</h2>')
+        body += [
+            _cards(spend),
+            _spend_section(mine, prefix),
+            _hit_rate_section(mine, prefix),
+            _tokens_section(mine, prefix),
+        ]
+    body.append(_shards_and_misses(rows, stats))
     if layout is not None:
         body.append(_layout_section(layout))
     body.append(_recent(rows))
@@ -125,20 +143,31 @@ def _card(kind: str, label: str, value: str, sub: str) -> str:
     )
 
 
-def _cards(stats: Stats) -> str:
-    periods = {p.name: p for p in stats.periods}
-    total = periods["all time"]
-    t = total.totals
+def _cards(spend: BackendSpend) -> str:
+    periods = {p.name: p for p in spend.periods}
+    none = Totals(0, 0, 0, 0, 0, 0, 0.0, 0.0)
+    total = periods.get("all time")
+    t = total.totals if total is not None else none
+    by_kind = total.by_kind if total is not None else {}
     share = t.saved_usd / t.uncached_cost_usd if t.uncached_cost_usd else 0.0
-    today = periods["today"].totals
-    kinds = ", ".join(f"{n} {k}" for k, n in total.by_kind.items() if n)
+    today = periods["today"].totals if "today" in periods else none
+    kinds = ", ".join(f"{n} {k}" for k, n in by_kind.items() if n)
+    spent = "Spent" if spend.billed else "Priced at API rates"
+    if t.saved_usd < 0:
+        # A loss is not shown as a saving: what it is, and why.
+        saving = _card(
+            "lost", "Cost more than uncached", money(-t.saved_usd),
+            "cache writes not yet repaid by reads",
+        )  # fmt: skip
+    else:
+        saving = _card("saved", "Saved", money(t.saved_usd), f"{share:.0%} of the uncached bill")
     return (
         '<div class="cards">'
-        + _card("spent", "Spent", money(t.cost_usd), f"today {money(today.cost_usd)}")
+        + _card("spent", spent, money(t.cost_usd), f"today {money(today.cost_usd)}")
         + _card(
             "uncached", "Would have spent", money(t.uncached_cost_usd), "with no prompt caching"
         )
-        + _card("saved", "Saved", money(t.saved_usd), f"{share:.0%} of the uncached bill")
+        + saving
         + _card("rate", "Hit rate", f"{t.hit_rate:.1%}", f"{t.cache_read_tokens:,} tokens read")
         + _card(
             "requests",
@@ -147,6 +176,15 @@ def _cards(stats: Stats) -> str:
             (kinds or "none") + (f"; {t.errors} failed" if t.errors else ""),
         )
         + "</div>"
+        + (f'<p class="note">{escape(NEGATIVE_SAVING)}</p>' if t.saved_usd < 0 else "")
+    )
+
+
+def _slug(backend: str) -> str:
+    return (
+        "offline"
+        if backend == "offline-emulator"
+        else "".join(c if c.isalnum() else "-" for c in backend)
     )
 
 
@@ -155,11 +193,11 @@ def _section(title: str, note: str, content: str) -> str:
     return f"<section><h2>{escape(title)}</h2>{note_html}{content}</section>"
 
 
-def _spend_section(rows: Sequence[LedgerRow]) -> str:
+def _spend_section(rows: Sequence[LedgerRow], prefix: str = "") -> str:
     spent, uncached = data.cumulative(rows)
-    scale = uncached[-1][1] if uncached else 0.0
+    scale = max(uncached[-1][1], spent[-1][1]) if uncached else 0.0
     chart = step_chart(
-        "cumulative-spend",
+        f"{prefix}cumulative-spend",
         "Cumulative spend vs uncached",
         [
             Series("would have spent (uncached)", "uncached", tuple(uncached), UNCACHED, True),
@@ -167,23 +205,24 @@ def _spend_section(rows: Sequence[LedgerRow]) -> str:
         ],
         y_format=lambda v: money(v, scale),
         between=("spent", "uncached", SAVED, "Saved"),
+        below=(LOST, "Lost"),
     )
     return _section(
         "Spend over time",
         "What the requests cost, against what the same requests would have cost uncached; "
-        "the shaded gap is what caching saved.",
+        "green where caching saved, red where it cost more (a cache write not yet repaid).",
         chart,
     )
 
 
-def _hit_rate_section(rows: Sequence[LedgerRow]) -> str:
+def _hit_rate_section(rows: Sequence[LedgerRow], prefix: str = "") -> str:
     what, bars = data.hit_rate_buckets(rows)
 
     def color(rate: float) -> str:
         return "#10b981" if rate >= 0.8 else "#f59e0b" if rate >= 0.4 else "#ef4444"
 
     chart = column_chart(
-        "hit-rate",
+        f"{prefix}hit-rate",
         "Hit rate over time",
         bars,
         y_max=1.0,
@@ -194,18 +233,18 @@ def _hit_rate_section(rows: Sequence[LedgerRow]) -> str:
     return _section("Hit rate over time", f"Cache-read tokens over prompt tokens, {what}.", chart)
 
 
-def _tokens_section(rows: Sequence[LedgerRow]) -> str:
+def _tokens_section(rows: Sequence[LedgerRow], prefix: str = "") -> str:
     def tokens(v: float) -> str:
         return f"{v:,.0f}"
 
     by_shard = stacked_bars(
-        "tokens-per-shard", "Prompt tokens per shard",
+        f"{prefix}tokens-per-shard", "Prompt tokens per shard",
         data.tokens_by(sorted(rows, key=lambda r: (r.shard is None, r.shard or 0)),
                        data.shard_label),
         TOKEN_SEGMENTS, value_format=tokens,
     )  # fmt: skip
     by_kind = stacked_bars(
-        "tokens-per-kind", "Prompt tokens per request kind",
+        f"{prefix}tokens-per-kind", "Prompt tokens per request kind",
         data.tokens_by(rows, data.kind_label), TOKEN_SEGMENTS, value_format=tokens,
     )  # fmt: skip
     return _section(
@@ -220,6 +259,8 @@ def _shards_and_misses(rows: Sequence[LedgerRow], stats: Stats) -> str:
     for s in stats.shards:
         if s.warm_until is None:
             state = '<span class="cold">never cached</span>'
+        elif s.holder_alive is False:
+            state = f'<span class="cold">{escape(cache_state(s, stats.now))}</span>'
         elif s.warm(stats.now):
             state = f'<span class="warm">warm until {escape(_clock(s.warm_until))}</span>'
         else:

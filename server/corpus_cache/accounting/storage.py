@@ -55,16 +55,35 @@ M004_ROW_KEY = """
         CREATE UNIQUE INDEX requests_by_row_key ON requests (row_key);
 """
 
+# Token counts keyed by the backend that counted them as well: the emulator's counts are
+# approximations and must never stand for the API's. Counts stored before say not which
+# backend made them, so they are dropped (counting is free; they are counted again).
+# `emulator_pid`: the process holding the cache an offline answer wrote, so that `stats`
+# says "warm until" only while that process lives.
+M005_COUNTS_BY_BACKEND = """
+        DROP TABLE token_counts;
+        CREATE TABLE token_counts (
+            content_key TEXT NOT NULL,
+            model TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            counted_at REAL NOT NULL,
+            PRIMARY KEY (content_key, model, backend)
+        );
+        ALTER TABLE requests ADD COLUMN emulator_pid INTEGER;
+"""
+
 # Ordered; each runs once, in one transaction with the version bump.
 MIGRATIONS: list[str] = [
     M001_INITIAL, M002_SHARD_AND_TTL, M003_CACHE_MISS_REASON, M004_ROW_KEY,
+    M005_COUNTS_BY_BACKEND,
 ]  # fmt: skip
 
 ROW_COLUMNS = (
     "at", "kind", "corpus", "model", "backend", "snapshot", "message_id", "input_tokens",
     "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "output_tokens",
     "cost_usd", "uncached_cost_usd", "latency_ms", "outcome", "error", "shard", "ttl",
-    "cache_miss_reason", "cache_missed_tokens", "row_key",
+    "cache_miss_reason", "cache_missed_tokens", "row_key", "emulator_pid",
 )  # fmt: skip
 INSERT_ROW = (
     f"INSERT OR IGNORE INTO requests ({', '.join(ROW_COLUMNS)}) "

@@ -115,10 +115,13 @@ def step_chart(
     *,
     y_format: Format,
     between: tuple[str, str, str, str] | None = None,
+    below: tuple[str, str] | None = None,
     height: int = 340,
 ) -> str:
     """Cumulative lines over time, drawn as steps (the value changes at each point).
-    `between` = (lower key, upper key, fill colour, legend name) shades the gap."""
+    `between` = (lower key, upper key, fill colour, legend name) shades the gap where the
+    upper line is above; `below` = (fill colour, legend name) shades it where it is not
+    (spent above uncached: a loss, not a saving)."""
     left, right, top, bottom = 86.0, 24.0, 40.0, 36.0
     xs = [x for s in series for x, _ in s.points]
     ys = [y for s in series for _, y in s.points]
@@ -173,16 +176,31 @@ def step_chart(
 
     by_key = {s.key: s for s in series}
     legend: list[tuple[str, str, bool]] = []
+    losses = False
     if between is not None and between[0] in by_key and between[1] in by_key:
-        lower, upper = steps(by_key[between[0]].points), steps(by_key[between[1]].points)
-        outline = [*upper, *reversed(lower)]
-        d = " ".join(
-            f"{'M' if i == 0 else 'L'}{px(x):.1f},{py(y):.1f}" for i, (x, y) in enumerate(outline)
-        )
+        low_points, high_points = by_key[between[0]].points, by_key[between[1]].points
+        gained, lost = _gaps(low_points, high_points, x_high, px, py)
+        if below is None or (not gained and not lost):  # one shade for the whole gap
+            lower, upper = steps(low_points), steps(high_points)
+            outline = [*upper, *reversed(lower)]
+            gained = [
+                " ".join(
+                    f"{'M' if i == 0 else 'L'}{px(x):.1f},{py(y):.1f}"
+                    for i, (x, y) in enumerate(outline)
+                )
+                + " Z"
+            ]
+            lost = []
         parts.append(
-            f'<path data-series="{escape(between[3].lower())}" d="{d} Z" fill="{between[2]}" '
-            'stroke="none"/>'
+            f'<path data-series="{escape(between[3].lower())}" d="{" ".join(gained)}" '
+            f'fill="{between[2]}" stroke="none"/>'
         )
+        if below is not None and lost:
+            losses = True
+            parts.append(
+                f'<path data-series="{escape(below[1].lower())}" d="{" ".join(lost)}" '
+                f'fill="{below[0]}" stroke="none"/>'
+            )
     for s in series:
         if not s.points:
             continue
@@ -202,9 +220,37 @@ def step_chart(
         legend.append((s.name, s.color, s.dashed))
     if between is not None:
         legend.append((between[3], between[2], False))
+    if below is not None and losses:
+        legend.append((below[1], below[0], False))
     parts.extend(_legend(legend, left, 18))
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _gaps(
+    low: Sequence[tuple[float, float]],
+    high: Sequence[tuple[float, float]],
+    end: float,
+    px: Callable[[float], float],
+    py: Callable[[float], float],
+) -> tuple[list[str], list[str]]:
+    """Rectangles (path pieces) between two step lines measured at the same moments: those
+    where `high` is above `low`, and those where it is below. Empty when the moments differ."""
+    if len(low) != len(high) or any(a[0] != b[0] for a, b in zip(low, high, strict=True)):
+        return [], []
+    above: list[str] = []
+    under: list[str] = []
+    for i, ((x0, lo), (_, hi)) in enumerate(zip(low, high, strict=True)):
+        x1 = low[i + 1][0] if i + 1 < len(low) else end
+        if x1 <= x0 or hi == lo:
+            continue
+        top, bottom = max(hi, lo), min(hi, lo)
+        piece = (
+            f"M{px(x0):.1f},{py(top):.1f} L{px(x1):.1f},{py(top):.1f} "
+            f"L{px(x1):.1f},{py(bottom):.1f} L{px(x0):.1f},{py(bottom):.1f} Z"
+        )
+        (above if hi > lo else under).append(piece)
+    return above, under
 
 
 def column_chart(

@@ -15,14 +15,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anthropic
 import httpx2
 from anthropic import AsyncAnthropic
 
+from corpus_cache.api import local_emulator
 from corpus_cache.emulator import RunningEmulator, start_in_thread
-from corpus_cache.errors import IncompleteResponseError
+from corpus_cache.errors import IncompleteResponseError, SetupError
 from corpus_cache.models.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ class Backend:
     client: AsyncAnthropic
     kind: str
     emulator: RunningEmulator | None = None
+    # The process whose memory holds an offline backend's cache (this one, for an emulator in
+    # a thread), recorded with each answer: its cache dies with that process.
+    emulator_pid: int | None = None
 
     async def close(self) -> None:
         await self.client.close()
@@ -59,9 +64,36 @@ class Backend:
             self.emulator.stop()
 
 
-def open_backend(catalog: Catalog, *, offline: bool, timeout: float) -> Backend:
+def open_backend(
+    catalog: Catalog,
+    *,
+    offline: bool,
+    timeout: float,
+    keep_between: Path | None = None,
+    models_file: Path | None = None,
+) -> Backend:
+    """`keep_between`: the state folder of a local emulator that outlives this process
+    (local_emulator.py), for commands that end after one question; else, offline, an
+    emulator in this process, whose cache ends with it."""
     if not offline and os.environ.get("ANTHROPIC_API_KEY"):
         return Backend(api_client(timeout=timeout, max_retries=API_RETRIES), ANTHROPIC)
+    if keep_between is not None:
+        try:
+            local = local_emulator.connect(keep_between, models_file)
+        except (SetupError, OSError) as exc:
+            log.warning("%s: this ask's cache ends with it (`corpus-cache serve` keeps one)", exc)
+        else:
+            log.warning(
+                "no ANTHROPIC_API_KEY%s: answering with the offline emulator at %s (extractive "
+                "answers, not Claude), kept running between asks so that the next one reads "
+                "this one's cache; it stops after an hour unused (pid %d)",
+                " used (--offline)" if offline else "", local.base_url, local.pid,
+            )  # fmt: skip
+            client = api_client(
+                base_url=local.base_url, api_key=local.api_key, timeout=timeout,
+                max_retries=API_RETRIES,
+            )  # fmt: skip
+            return Backend(client, OFFLINE_EMULATOR, emulator_pid=local.pid)
     # A key only this process knows, and no controls: other local programs, and web pages
     # that reach loopback, can neither read what was sent nor steer the answers.
     key = secrets.token_urlsafe(32)
@@ -78,7 +110,7 @@ def open_backend(catalog: Catalog, *, offline: bool, timeout: float) -> Backend:
         timeout=timeout,
         max_retries=API_RETRIES,
     )
-    return Backend(client, OFFLINE_EMULATOR, emulator)
+    return Backend(client, OFFLINE_EMULATOR, emulator, os.getpid())
 
 
 def api_client(**options: Any) -> AsyncAnthropic:

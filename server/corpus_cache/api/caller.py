@@ -23,6 +23,7 @@ from anthropic.types import Message, MessageParam
 from corpus_cache.accounting.ledger import Ledger, RequestRecord
 from corpus_cache.api.backend import (
     API_FAILURES,
+    OFFLINE_EMULATOR,
     Backend,
     backend_of_response,
     describe_api_error,
@@ -57,6 +58,15 @@ class Sent:
     ledger_note: str | None  # why the ledger could not record it yet, and where it waits
 
 
+@dataclass(frozen=True)
+class Counted:
+    """A count of tokens, and the backend that made it (backend.backend_of_response): the
+    emulator's counts are approximations and are kept apart from the API's."""
+
+    tokens: int
+    backend: str
+
+
 class ApiCaller:
     def __init__(
         self,
@@ -73,6 +83,13 @@ class ApiCaller:
         self.corpus_key = corpus_key
         self.cap = cap
         self.clock = clock
+        self._answered_by: str | None = None  # as the last response said (backend_of_response)
+
+    @property
+    def label(self) -> str:
+        """The backend answering, as its responses say: an emulator behind ANTHROPIC_BASE_URL
+        is the emulator. Rows of requests that got no response are labelled with it too."""
+        return self._answered_by or self.backend.kind
 
     async def answer(self, request: PreparedRequest, on_begun: Callable[[Usage], None]) -> Sent:
         """Send `request` streaming, and read its answer to the end. `on_begun(usage)` is
@@ -137,24 +154,28 @@ class ApiCaller:
             raise
         return self._record(request, message, raw.headers, started)
 
-    async def count_tokens(self, content: list[dict[str, Any]], system: str | None = None) -> int:
+    async def count_tokens(
+        self, content: list[dict[str, Any]], system: str | None = None
+    ) -> Counted:
         """Input tokens of one user message holding `content` (and `system`), for the
-        model; free, so neither guarded nor recorded."""
+        model, and which backend counted them; free, so neither guarded nor recorded."""
         message = cast(MessageParam, {"role": "user", "content": content})
         extra: dict[str, Any] = {"system": [{"type": "text", "text": system}]} if system else {}
         try:
-            result = await self.backend.client.messages.count_tokens(
+            raw = await self.backend.client.messages.with_raw_response.count_tokens(
                 model=self.model.id, messages=[message], **extra
             )
+            result = await raw.parse()
         except anthropic.APIError as exc:
             raise ApiCallError(f"cannot count tokens: {describe_api_error(exc)}") from exc
-        return result.input_tokens
+        self._answered_by = backend_of_response(raw.headers, self.backend.kind)
+        return Counted(result.input_tokens, self._answered_by)
 
     def _record(
         self, request: PreparedRequest, message: Message, headers: object, started: float
     ) -> Sent:
         latency = (time.perf_counter() - started) * 1000
-        backend = backend_of_response(headers, self.backend.kind)
+        backend = self._answered_by = backend_of_response(headers, self.backend.kind)
         usage = Usage.from_api(message.usage)
         cost, uncached = cost_usd(usage, self.model), uncached_cost_usd(usage, self.model)
         miss_reason, missed_tokens = cache_miss(message)
@@ -166,6 +187,7 @@ class ApiCaller:
                 message_id=message.id, latency_ms=latency, shard=request.shard,
                 ttl=request.end_ttl, cache_miss_reason=miss_reason,
                 cache_missed_tokens=missed_tokens,
+                emulator_pid=self.backend.emulator_pid if backend == OFFLINE_EMULATOR else None,
             )
         )  # fmt: skip
         return Sent(message, usage, cost, uncached, latency, backend, recorded.unrecorded)
@@ -176,7 +198,7 @@ class ApiCaller:
         self.ledger.record(
             RequestRecord(
                 at=self.clock(), kind=request.kind, corpus=self.corpus_key,
-                model=self.model.id, backend=self.backend.kind, outcome="refused",
+                model=self.model.id, backend=self.label, outcome="refused",
                 snapshot=request.snapshot, shard=request.shard,
                 error=f"refused by the daily cap: up to ${refused.estimate_usd:.4f} with "
                 f"${refused.spent_usd:.4f} spent of ${refused.cap_usd:.2f}",
@@ -199,7 +221,7 @@ class ApiCaller:
         self.ledger.record(
             RequestRecord(
                 at=self.clock(), kind=request.kind, corpus=self.corpus_key,
-                model=self.model.id, backend=self.backend.kind, outcome="error", usage=usage,
+                model=self.model.id, backend=self.label, outcome="error", usage=usage,
                 cost_usd=cost_usd(usage, self.model),
                 uncached_cost_usd=uncached_cost_usd(usage, self.model),
                 snapshot=request.snapshot, latency_ms=seconds * 1000,

@@ -2,8 +2,10 @@
 
 A document's count is the count of a request holding it as the request builder renders it,
 minus the count of the same request without it. Counts are keyed by the rendered block's
-content and the model, so a restart or a revert does not count again, and a count is
-never reused across models (their tokenizers differ).
+content, the model and the backend that counted them, so a restart or a revert does not
+count again, a count is never reused across models (their tokenizers differ), and the
+offline emulator's approximations never stand for the API's counts. The backend is the one
+that answered the first count of this process (the baseline), as its response says.
 """
 
 from __future__ import annotations
@@ -48,15 +50,18 @@ class TokenCounter:
         self._limit = anyio.Semaphore(concurrency)
         self._concurrency = concurrency
         self._baseline: int | None = None
+        self.backend: str | None = None  # which backend counts: known after the baseline
         self._recent: dict[str, int] = {}
 
     async def _count(self, content: list[dict[str, Any]], system: str | None = None) -> int:
         async with self._limit:
-            return await self._caller.count_tokens(content, system)
+            return (await self._caller.count_tokens(content, system)).tokens
 
     async def _baseline_tokens(self) -> int:
         if self._baseline is None:
-            self._baseline = await self._count([_PROBE])
+            async with self._limit:
+                counted = await self._caller.count_tokens([_PROBE])
+            self._baseline, self.backend = counted.tokens, counted.backend
         return self._baseline
 
     async def count_system(self, text: str) -> int:
@@ -72,16 +77,18 @@ class TokenCounter:
     ) -> dict[str, int]:
         """Tokens per document path. Only documents never counted for this model hit the API."""
         keys = {doc.path: content_key(doc) for doc in documents}
+        baseline = await self._baseline_tokens()  # and which backend counts
+        backend = self.backend or ""
         # The last call's counts are kept in memory: a rescan after a save asks SQLite only
         # about what changed.
         known = {key: self._recent[key] for key in keys.values() if key in self._recent}
         if len(known) < len(keys):
             unknown = [key for key in keys.values() if key not in known]
-            known.update(self._ledger.token_counts(self._model, unknown))
+            known.update(self._ledger.token_counts(self._model, backend, unknown))
         missing = [doc for doc in documents if keys[doc.path] not in known]
         if missing:
-            log.info("counting tokens of %d documents with %s", len(missing), self._model)
-            baseline = await self._baseline_tokens()
+            log.info("counting tokens of %d documents with %s (%s)", len(missing), self._model,
+                     backend)  # fmt: skip
             fresh: dict[str, int] = {}
             failed: list[ApiCallError] = []
             done = 0
@@ -111,7 +118,7 @@ class TokenCounter:
                 for _ in range(min(self._concurrency, len(missing))):
                     group.start_soon(worker)
             if fresh:  # what was counted before a failure is kept
-                self._ledger.store_token_counts(self._model, fresh)
+                self._ledger.store_token_counts(self._model, backend, fresh)
             if failed:
                 raise failed[0]
             known.update(fresh)

@@ -46,6 +46,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from corpus_cache.wording import plural
+
 Ttl = Literal["5m", "1h"]
 
 FIVE_MINUTES = 300.0
@@ -312,7 +314,7 @@ def _explain_upgrade(
     if tail_ttl == "1h":
         what += "; recently edited files are then written with 1 hour too"
     if pings:
-        what += f", then kept warm by up to {pings} hourly keep-warm request(s)"
+        what += f", then kept warm by up to {plural(pings, 'hourly keep-warm request')}"
     return f"{what}: {_basis(gaps, gaps_seen)}."
 
 
@@ -333,7 +335,7 @@ def _explain(
         what += "keeping them warm or paying twice the input price for 1-hour entries"
     elif ttl == "5m":
         what = (
-            f"5-minute cache entries kept warm by up to {pings} keep-warm request(s) "
+            f"5-minute cache entries kept warm by up to {plural(pings, 'keep-warm request')} "
             f"{every / 60:.1f} minutes apart after each question, then let lapse"
         )
     elif tail_ttl == "1h":
@@ -343,5 +345,5 @@ def _explain(
         what = "1-hour cache entries for the stable documents (writing them costs 2x the input "
         what += "price, but they outlive the gaps), 5-minute ones for recently edited files"
     if ttl == "1h" and pings:
-        what += f", kept warm by up to {pings} hourly keep-warm request(s)"
+        what += f", kept warm by up to {plural(pings, 'hourly keep-warm request')}"
     return f"{what}: {basis}."

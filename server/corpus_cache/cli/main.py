@@ -156,6 +156,15 @@ async def _serve_mcp(server: MCPServer, args: argparse.Namespace, settings: Sett
             server, host, port, _auth_token(settings), connections=connections, sessions=sessions
         )
     else:
+        if sys.stdin.isatty():
+            print(
+                "corpus-cache serve: ready, waiting for an MCP client on stdin. This command is "
+                "meant to be started by Claude Desktop or Claude Code (`corpus-cache install`, "
+                "docs/clients.md); to try it by hand, use `corpus-cache ask` or `corpus-cache "
+                "demo`, or `--transport http`. Ctrl-C stops it.",
+                file=sys.stderr,
+                flush=True,
+            )
         await server.run_stdio_async()
 
 
@@ -166,7 +175,7 @@ def _ask(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
     async def run() -> str:
-        async with running_engine(settings) as engine:
+        async with running_engine(settings, keep_emulator=True) as engine:
             result = ask_result(await engine.ask(args.question))
         return result.model_dump_json(indent=2) if args.json else render_answer(result)
 
@@ -256,7 +265,7 @@ def _demo(args: argparse.Namespace) -> int:
     if not corpus.is_dir():
         print(f"corpus-cache: demo corpus not found: {corpus}", file=sys.stderr)
         return 2
-    return demo_main(corpus)
+    return demo_main(corpus, args.question or ())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,8 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--debounce-ms",
         type=int,
-        help="milliseconds of quiet after a change before the folder is rescanned, so a burst "
-        "of saves is one rescan (default: 100)",
+        help="milliseconds a change settles before the folder is rescanned: saves that close "
+        "together are one rescan, and what arrives during a rescan is coalesced into one more "
+        "(default: 15)",
     )
     serve.set_defaults(run=_serve)
 
@@ -466,10 +476,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="serve a folder over stdio, ask two questions with an MCP client, show the savings",
+        help="serve a folder over stdio, ask questions with an MCP client, show the savings",
     )
     demo.add_argument(
         "--corpus", type=Path, default=Path("corpora/handbook"), help="default: corpora/handbook"
+    )
+    demo.add_argument(
+        "--question",
+        action="append",
+        help="a question to ask; repeat for more (default: two of the sample handbook's "
+        "facts, or, for another folder, two drawn from its largest documents)",
     )
     demo.set_defaults(run=_demo)
 

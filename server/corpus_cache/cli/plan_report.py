@@ -6,8 +6,10 @@ from typing import Any
 
 from corpus_cache.engine.core import Engine
 from corpus_cache.models.pricing import project_question
+from corpus_cache.wording import plural
 
 SHOWN_PER_BLOCK = 8
+SHOWN_LEFT_OUT = 20
 
 
 def plan_report(engine: Engine) -> dict[str, Any]:
@@ -17,9 +19,8 @@ def plan_report(engine: Engine) -> dict[str, Any]:
     for shard in corpus.shards:
         plan = shard.plan
         cached = plan.blocks[-1].prefix_tokens if plan.cached else 0
-        cold, warm, uncached = project_question(
-            cached, plan.total_tokens - cached, model, ttl=plan.blocks[-1].ttl or "5m"
-        )
+        ttl = (plan.blocks[-1].ttl if plan.blocks else None) or "5m"
+        cold, warm, uncached = project_question(cached, plan.total_tokens - cached, model, ttl=ttl)
         position = -1
         blocks = []
         for number, block in enumerate(plan.blocks, start=1):
@@ -61,6 +62,7 @@ def plan_report(engine: Engine) -> dict[str, Any]:
         "instructions_tokens": corpus.shards[0].plan.instructions_tokens,
         "too_large": list(corpus.layout.oversized),
         "left_out": engine.skipped_summary(),
+        "left_out_files": [{"path": s.path, "reason": s.reason} for s in corpus.snapshot.skipped],
         "assumptions": "a question of 50 tokens and an answer of 500 tokens",
         "shards": shards,
     }
@@ -68,13 +70,15 @@ def plan_report(engine: Engine) -> dict[str, Any]:
 
 def render_plan(report: dict[str, Any], show_all: bool = False) -> str:
     lines = [
-        f"Corpus {report['corpus']}: {report['documents']} documents, "
-        f"{report['corpus_tokens']:,} tokens",
+        f"Corpus {report['corpus']}: {plural(report['documents'], 'document')}, "
+        f"{plural(report['corpus_tokens'], 'token')}",
         f"Model {report['model']}: minimum cacheable prefix {report['min_cacheable_tokens']:,} "
         f"tokens; budget {report['budget_tokens']:,} tokens per request; "
-        f"{len(report['shards'])} shard(s)",
+        f"{plural(len(report['shards']), 'shard')}",
     ]
-    for shard in report["shards"]:
+    if not report["documents"]:
+        lines.append("Nothing to lay out: the folder holds no document to send.")
+    for shard in report["shards"] if report["documents"] else ():
         costs = shard["question_cost_usd"]
         lines.append("")
         lines.append(f"Shard {shard['shard']}: {shard['tokens']:,} tokens. {shard['note']}.")
@@ -90,11 +94,28 @@ def render_plan(report: dict[str, Any], show_all: bool = False) -> str:
                 lines.append(f"{'':14}{doc['tokens']:>9,}  {doc['path']}")
             if len(shown) < len(docs):
                 lines.append(f"{'':25}... and {len(docs) - len(shown)} more (--all shows them)")
-        lines.append(
-            f"  one question: ${costs['cold']:.4f} cold (writes the cache), "
-            f"${costs['warm']:.4f} warm, ${costs['uncached']:.4f} uncached"
-        )
+        if not shard["blocks"]:
+            continue
+        if shard["cached"]:
+            lines.append(
+                f"  one question: ${costs['cold']:.4f} cold (writes the cache), "
+                f"${costs['warm']:.4f} warm, ${costs['uncached']:.4f} uncached"
+            )
+        else:
+            lines.append(
+                f"  one question: ${costs['uncached']:.4f} every time (too small to cache: "
+                "it is sent uncached)"
+            )
     if report["too_large"]:
         lines.append(f"Too large for the budget, left out: {', '.join(report['too_large'])}")
-    lines.append(f"(costs assume {report['assumptions']})")
+    if report["documents"]:
+        lines.append(f"(costs assume {report['assumptions']})")
+    left_out = report["left_out_files"]
+    if left_out:
+        lines.append("")
+        lines.append(f"Left out: {plural(len(left_out), 'file')}")
+        shown = left_out if show_all else left_out[:SHOWN_LEFT_OUT]
+        lines.extend(f"  {item['path']}: {item['reason']}" for item in shown)
+        if len(shown) < len(left_out):
+            lines.append(f"  ... and {len(left_out) - len(shown)} more (--all shows them)")
     return "\n".join(lines)

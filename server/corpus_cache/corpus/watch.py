@@ -2,10 +2,13 @@
 
 Watchdog reports events on its own threads. Each event that can matter is left in an
 inbox under a lock, and only the first of a burst crosses to the event loop (one
-`anyio.from_thread.run_sync` per burst, not per event). The loop then waits until the
-folder has been quiet for the debounce interval, never longer than `max_delay` after the
-burst began, and calls `refresh()` once: a `git checkout` of thousands of files is one
-rebuild. Debouncing lives here and nowhere else.
+`anyio.from_thread.run_sync` per burst, not per event). The loop acts on the first event
+of a burst after a short settle (`debounce`, 15 ms by default: an editor's atomic save, a
+temporary file written then renamed, lands within it as one change, and so does a script
+saving files back to back), never later than `max_delay` after the burst began, and calls
+`refresh()` once; whatever arrives while it runs is coalesced into one more refresh. So a
+save is live a settle and a rescan after it, and a `git checkout` of thousands of files is
+one or two rebuilds. Debouncing lives here and nowhere else.
 
 `refresh()` rescans the whole folder (unchanged files are not re-read), so what changed
 is only counted for the log: a rescan also re-evaluates edited `.gitignore` files, moves
@@ -72,7 +75,8 @@ warnings.filterwarnings(
     "ignore", message="Callback with id", category=RuntimeWarning, module="watchdog"
 )
 
-DEFAULT_DEBOUNCE = 0.1
+DEFAULT_DEBOUNCE = 0.015  # the settle after a burst's events: short, not a quiet period
+MAX_DELAY = 0.1  # the latest a burst is acted on after its first event (at least)
 POLL_INTERVAL = 1.0  # seconds between two looks at the folder in polling mode
 ROOT_CHECK_INTERVAL = 1.0  # how often to check that the folder is still the one watched
 RETRY_DELAYS = (1.0, 2.0, 5.0, 15.0, 60.0)  # after a refresh fails, e.g. the API is away
@@ -263,8 +267,9 @@ class FolderWatcher:
         self._pinned = pinned  # the folder being served: no other is ever watched
         self._refresh = refresh
         self.debounce = max(0.0, debounce)
-        # A folder that never goes quiet (a log written every few ms) still gets refreshed.
-        self.max_delay = max_delay if max_delay is not None else max(1.0, 10 * self.debounce)
+        # A burst that goes on (a log written every few ms) is acted on all the same, and
+        # what follows it is the next burst.
+        self.max_delay = max_delay if max_delay is not None else max(MAX_DELAY, 10 * self.debounce)
         self._poll = poll
         self._ignores = ignores
         self.stats = WatchStats(polling=poll)
@@ -315,7 +320,8 @@ class FolderWatcher:
                 return
 
     async def _settle(self, inbox: _Inbox) -> None:
-        """Wait until no event arrived for `debounce` seconds, or `max_delay` passed."""
+        """Wait until no event arrived for `debounce` seconds (the settle), or `max_delay`
+        passed since the burst's first event."""
         deadline = time.monotonic() + self.max_delay
         while True:
             now = time.monotonic()

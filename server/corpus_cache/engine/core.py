@@ -34,7 +34,7 @@ from corpus_cache.cache.policy import Decision, Prices, decide, upgrades_at_ques
 from corpus_cache.cache.prepare import BY_POLICY, Marking, prepare_request
 from corpus_cache.config import Settings
 from corpus_cache.corpus.documents import Document, Snapshot
-from corpus_cache.corpus.scan import CorpusRoot, ScanOptions, scan
+from corpus_cache.corpus.scan import CorpusRoot, ScanOptions, ScanResult, scan
 from corpus_cache.corpus.search import Hit, SearchIndex
 from corpus_cache.engine.answers import Answer, Prewarmed, ShardAnswer, merge
 from corpus_cache.engine.sessions import (
@@ -95,7 +95,10 @@ class Engine:
         backend: Backend,
         ledger: Ledger,
         clock: Callable[[], float] = time.time,
+        *,
+        root: CorpusRoot | None = None,
     ) -> None:
+        """`root`: the corpus folder, if already opened (else it is at the first scan)."""
         self.settings = settings
         self.catalog = catalog
         self.model: ModelSpec = catalog.get(settings.model)
@@ -105,13 +108,14 @@ class Engine:
         # Every request to the API goes through this one caller (api/caller.py).
         self.caller = ApiCaller(
             backend, self.model, ledger, self.corpus_key,
-            DailyCap(settings, lambda since: self.totals(since).cost_usd, clock), clock,
+            DailyCap(settings, lambda since: self.totals(since, self.answering).cost_usd, clock),
+            clock,
         )  # fmt: skip
         self.counter = TokenCounter(self.caller, self.model.id, ledger)
         self._corpus: Corpus | None = None
         # The corpus folder, opened at the first scan and read through that descriptor ever
         # after: a folder or symlink put at its path later is never read (beneath.py).
-        self._root: CorpusRoot | None = None
+        self._root: CorpusRoot | None = root
         self._version = 0
         self._instructions_tokens: int | None = None
         self._refreshing = anyio.Lock()
@@ -139,6 +143,12 @@ class Engine:
     def on_swap(self, listener: SwapListener) -> None:
         """Call `listener(old, new)` after every swap of the live corpus (old is None at first)."""
         self._listeners.append(listener)
+
+    @property
+    def answering(self) -> str:
+        """The backend answering now, as its responses say (an emulator behind a base URL is
+        the emulator): spend is counted and capped per backend, never across them."""
+        return self.caller.label
 
     @property
     def corpus_key(self) -> str:
@@ -172,11 +182,14 @@ class Engine:
         return self._corpus
 
     async def refresh(self, progress: Callable[[int, int], None] | None = None) -> Corpus:
-        """Rescan the folder and swap in a new corpus; unchanged files are not re-read.
+        """Rescan the folder and swap in a new corpus; unchanged files are not re-read, and
+        when nothing changed the live corpus stays as it is (no new snapshot, no swap).
         Refreshes run one at a time; questions keep the corpus they started with."""
         async with self._refreshing:
             old = self._corpus
             new = await self._rebuild(progress)
+            if new is old:
+                return new
             self._corpus = new  # one assignment: a question sees the old corpus or the new
         for listener in self._listeners:
             await listener(old, new)
@@ -194,6 +207,10 @@ class Engine:
         if self._root is None:
             self._root = CorpusRoot(self.settings.corpus)
         result = await anyio.to_thread.run_sync(scan, self._root, options, previous)
+        if self._corpus is not None and _same_folder(self._corpus.snapshot, result):
+            # Nothing a question would see changed: the same snapshot stays live, so a
+            # rescan for nothing (the watcher's catch-up at start, a touch) is no new version.
+            return self._corpus
         tokens = await self.counter.count(result.documents, progress)
         if self._instructions_tokens is None:
             self._instructions_tokens = await self.counter.count_system(INSTRUCTIONS)
@@ -559,8 +576,8 @@ class Engine:
         """A document of the current snapshot, never read from disk (browse.find_document)."""
         return browse.find_document(self.current.snapshot, path)
 
-    def totals(self, since: float | None = None) -> Totals:
-        return self.ledger.totals(self.corpus_key, since)
+    def totals(self, since: float | None = None, backend: str | None = None) -> Totals:
+        return self.ledger.totals(self.corpus_key, since, backend)
 
     def skipped_summary(self) -> dict[str, int]:
         return browse.skipped_summary(self.current.snapshot)
@@ -682,3 +699,15 @@ class Engine:
         elif live is not None and live.layout is corpus.layout:
             self._corpus = live_corpus.marked(live, shard.number, markers, self.model.id)
         return new
+
+
+def _same_folder(snapshot: Snapshot, result: ScanResult) -> bool:
+    """Whether a scan found what `snapshot` holds: the same documents with the same text,
+    and the same files left out for the same reasons."""
+
+    def sent(docs: Sequence[Document]) -> list[tuple[str, str, str, tuple[int, ...]]]:
+        return [(d.path, d.sha256, d.encoding_note, d.pages) for d in docs]
+
+    return sent(snapshot.documents) == sent(result.documents) and [
+        (s.path, s.reason) for s in snapshot.skipped
+    ] == [(s.path, s.reason) for s in result.skipped]

@@ -12,6 +12,7 @@ import anyio
 from corpus_cache.accounting.ledger import Ledger
 from corpus_cache.api.backend import open_backend
 from corpus_cache.config import Settings
+from corpus_cache.corpus.scan import CorpusRoot
 from corpus_cache.corpus.watch import FolderWatcher
 from corpus_cache.engine.core import Engine
 from corpus_cache.engine.warm import next_ping_at, prewarm_after_changes
@@ -22,14 +23,25 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def running_engine(
-    settings: Settings, progress: Callable[[int, int], None] | None = None
+    settings: Settings,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    keep_emulator: bool = False,
 ) -> AsyncIterator[Engine]:
+    """`keep_emulator`: offline, answer with an emulator that outlives this process (for a
+    command that asks once and ends, so that the next one reads this one's cache)."""
     catalog = load_catalog(settings.models_file)
     catalog.get(settings.model)  # an unknown model fails here, before anything starts
+    # So does a missing folder: before an emulator starts and says it answers.
+    root = CorpusRoot(settings.corpus)
     ledger = Ledger(settings.ledger_path)
-    backend = open_backend(catalog, offline=settings.offline, timeout=settings.request_timeout)
+    backend = open_backend(
+        catalog, offline=settings.offline, timeout=settings.request_timeout,
+        keep_between=settings.state_dir if keep_emulator else None,
+        models_file=settings.models_file,
+    )  # fmt: skip
     try:
-        engine = Engine(settings, catalog, backend, ledger)
+        engine = Engine(settings, catalog, backend, ledger, root=root)
         try:
             await engine.refresh(progress)
             prewarm_after_changes(engine)

@@ -13,6 +13,7 @@ from corpus_cache.corpus.changes import snapshot_changes
 from corpus_cache.engine.core import Engine
 from corpus_cache.engine.warm import WarmRun, warm
 from corpus_cache.mcp_surface.results import iso
+from corpus_cache.wording import plural
 
 PATHS_SHOWN = 50  # per list, so a rescan after a big checkout stays a small result
 
@@ -94,7 +95,7 @@ def render_refresh(out: RefreshResult) -> str:
     )
     lines = [
         f"Rescanned: snapshot v{out.snapshot_version} of {out.snapshot_time}, "
-        f"{out.documents} documents; {counts}."
+        f"{plural(out.documents, 'document')}; {counts}."
     ]
     lines += [
         line

@@ -8,9 +8,11 @@ from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
 from corpus_cache.accounting.ledger import Totals
+from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.engine.answers import Answer
 from corpus_cache.engine.core import Engine
 from corpus_cache.errors import LedgerUnavailableError
+from corpus_cache.wording import plural, usd
 
 # --- structured results ---------------------------------------------------------------
 
@@ -134,6 +136,14 @@ class BlockOut(BaseModel):
 
 
 class SpendOut(BaseModel):
+    backend: str = Field(
+        default="anthropic", description="who answered these requests: 'anthropic' bills"
+    )
+    billed: bool = Field(
+        default=True,
+        description="false for the offline emulator: its dollars are what the same requests "
+        "would cost on the API, never added to what the API billed",
+    )
     requests: int
     errors: int
     hit_rate: float
@@ -178,7 +188,11 @@ class CacheStatus(BaseModel):
         description="why the corpus path no longer leads to the folder being served (gone, "
         "or another folder or a symlink in its place): the last snapshot is served meanwhile",
     )
-    spend: SpendOut
+    spend: SpendOut = Field(description="the requests of the backend answering now")
+    other_spend: list[SpendOut] = Field(
+        default_factory=list,
+        description="the ledger's requests on this corpus by other backends, each apart",
+    )
     last_prewarm: str | None = Field(
         default=None, description="the last pre-warm after a change (--prewarm), and its cost"
     )
@@ -244,6 +258,17 @@ def ask_result(answer: Answer) -> AskResult:
     )
 
 
+def one_off_write(cost_usd: float, uncached_usd: float, written_tokens: int) -> str | None:
+    """Why a question cost more than it would have uncached, when it did: it wrote the cache."""
+    if cost_usd <= uncached_usd + 0.00005 or not written_tokens:
+        return None
+    return (
+        f"This question wrote the cache: {usd(cost_usd - uncached_usd)} more than sending it "
+        "uncached, once; the questions that read it before it expires pay a tenth of the "
+        "input price for it."
+    )
+
+
 def render_answer(result: AskResult) -> str:
     lines = [result.answer, ""]
     if result.citations:
@@ -283,6 +308,9 @@ def render_answer(result: AskResult) -> str:
         lines.append(note + ".")
     if result.ledger_note:
         lines.append(f"Note: {result.ledger_note}.")
+    written = u.cache_write_5m_tokens + u.cache_write_1h_tokens
+    if (write := one_off_write(result.cost_usd, result.uncached_cost_usd, written)) is not None:
+        lines.append(write)
     lines.append(
         f"— answered by {source}, {result.model}; {u.cache_read_tokens:,} of {prompt:,} prompt "
         f"tokens read from cache; ${result.cost_usd:.4f} "
@@ -303,8 +331,13 @@ def status(engine: Engine) -> CacheStatus:
     corpus = engine.current
     plans = [shard.plan for shard in corpus.shards]
     ledger_note = None
+    answering = engine.answering
+    others: list[SpendOut] = []
     try:
-        totals = engine.totals()
+        totals = engine.totals(backend=answering)
+        for backend in engine.ledger.backends(engine.corpus_key):
+            if backend != answering:
+                others.append(_spend_out(backend, engine.totals(backend=backend)))
     except LedgerUnavailableError as exc:
         totals, ledger_note = Totals(0, 0, 0, 0, 0, 0, 0.0, 0.0), f"{exc}; spend is not shown"
     if engine.ledger.waiting:
@@ -314,14 +347,13 @@ def status(engine: Engine) -> CacheStatus:
             + (f" ({engine.ledger.fault})" if engine.ledger.fault else "")
             + f": they are kept in {engine.ledger.journal.path} and counted in the spend"
         )
-    notes = sorted({plan.note for plan in plans})
     return CacheStatus(
         corpus=str(engine.settings.corpus),
         model=engine.model.id,
         backend=engine.backend.kind,
         min_cacheable_tokens=engine.model.min_cacheable_tokens,
         cached=any(plan.cached for plan in plans),
-        note="; ".join(notes) if len(plans) == 1 else f"{len(plans)} shards: " + "; ".join(notes),
+        note=layout_note(corpus),
         documents=len(corpus.snapshot.documents),
         corpus_tokens=corpus.corpus_tokens,
         instructions_tokens=plans[0].instructions_tokens,
@@ -333,7 +365,8 @@ def status(engine: Engine) -> CacheStatus:
         snapshot_version=corpus.snapshot.version,
         snapshot_time=iso(corpus.snapshot.created_at),
         folder_problem=engine.folder_problem(),
-        spend=SpendOut(**totals.as_dict()),
+        spend=_spend_out(answering, totals),
+        other_spend=others,
         last_prewarm=(
             f"shard(s) {', '.join(map(str, engine.last_prewarm.shards))} pre-warmed at "
             f"{iso(engine.last_prewarm.at)} for ${engine.last_prewarm.cost_usd:.4f}"
@@ -357,9 +390,55 @@ def status(engine: Engine) -> CacheStatus:
     )
 
 
+def _spend_out(backend: str, totals: Totals) -> SpendOut:
+    return SpendOut(backend=backend, billed=backend == "anthropic", **totals.as_dict())
+
+
+def _spend_line(s: SpendOut, head: str) -> str:
+    who = "Claude API" if s.billed else "offline emulator, not billed: priced at API rates"
+    line = (
+        f"{head} ({who}): {plural(s.requests, 'request')}, hit rate {s.hit_rate:.1%}, "
+        f"{'spent' if s.billed else 'would cost'} {usd(s.spent_usd)} vs "
+        f"{usd(s.uncached_usd)} uncached"
+    )
+    if s.saved_usd < -0.00005:
+        return (
+            f"{line}: {usd(-s.saved_usd)} more than uncached so far, as cache writes (1.25x "
+            "the input price) are repaid only by later questions that read them (0.1x)."
+        )
+    return f"{line} (saved {usd(s.saved_usd)})."
+
+
+def layout_note(corpus: Corpus) -> str:
+    """The layout in one phrase: a single shard's own note, or what several add up to."""
+    plans = [shard.plan for shard in corpus.shards]
+    if len(plans) == 1:
+        return plans[0].note
+    cached = [plan for plan in plans if plan.cached]
+    parts = []
+    if cached:
+        blocks = sum(len(plan.blocks) for plan in cached)
+        parts.append(
+            f"{plural(blocks, 'cached block')} in all, every breakpoint above the "
+            f"{plans[0].min_cacheable_tokens:,}-token minimum"
+        )
+    if len(cached) < len(plans):
+        small = len(plans) - len(cached)
+        parts.append(f"{plural(small, 'shard')} below that minimum, sent uncached")
+    old = sum(len(plan.superseded) for plan in plans)
+    if old:
+        keep = "keeps its" if old == 1 else "keep their"
+        parts.append(
+            f"{plural(old, 'edited document')} {keep} old copy in the cached prefix until it "
+            "is next rewritten"
+        )
+    return f"{plural(len(plans), 'shard')}: " + "; ".join(parts)
+
+
 def render_status(out: CacheStatus) -> str:
     lines = [
-        f"Corpus {out.corpus}: {out.documents} documents, {out.corpus_tokens:,} tokens "
+        f"Corpus {out.corpus}: {plural(out.documents, 'document')}, "
+        f"{plural(out.corpus_tokens, 'token')} "
         f"(snapshot v{out.snapshot_version} of {out.snapshot_time}).",
         f"Model {out.model} via {out.backend}; minimum cacheable prefix "
         f"{out.min_cacheable_tokens:,} tokens.",
@@ -371,14 +450,11 @@ def render_status(out: CacheStatus) -> str:
         ttl = f"breakpoint, TTL {b.ttl}" if b.ttl else "no breakpoint"
         where = f"shard {b.shard} block {b.block}" if out.shards > 1 else f"block {b.block}"
         lines.append(
-            f"  {where}: {b.documents} documents, {b.tokens:,} tokens "
+            f"  {where}: {plural(b.documents, 'document')}, {plural(b.tokens, 'token')} "
             f"(prefix {b.prefix_tokens:,}), {ttl}"
         )
-    s = out.spend
-    lines.append(
-        f"Spend: {s.requests} requests, hit rate {s.hit_rate:.1%}, spent ${s.spent_usd:.4f} vs "
-        f"${s.uncached_usd:.4f} uncached (saved ${s.saved_usd:.4f})."
-    )
+    lines.append(_spend_line(out.spend, "Spend"))
+    lines.extend(_spend_line(other, "Also in the ledger") for other in out.other_spend)
     if out.last_prewarm:
         lines.append(f"After the last change, {out.last_prewarm}.")
     for policy in out.cache_policy:

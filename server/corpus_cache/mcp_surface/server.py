@@ -12,10 +12,18 @@ from typing import Annotated, Any
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError, UnexpectedToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus
-from mcp.types import CallToolResult, Resource, ToolAnnotations
-from pydantic import Field
+from mcp.shared.exceptions import MCPError
+from mcp.types import (
+    INVALID_PARAMS,
+    CallToolResult,
+    GetPromptResult,
+    InputRequiredResult,
+    Resource,
+    ToolAnnotations,
+)
+from pydantic import Field, StrictBool, StrictInt, ValidationError
 
 from corpus_cache import __version__
 from corpus_cache.api.backend import deadline_advice, noting_throttles
@@ -52,6 +60,7 @@ from corpus_cache.mcp_surface.results import (
     result,
     status,
 )
+from corpus_cache.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +100,7 @@ def build_server(engine: Engine) -> MCPServer:
         question: Annotated[str, Field(description="the question, in natural language")],
         ctx: Context[Any, Any],
         fan_out: Annotated[
-            int | None,
+            StrictInt | None,
             Field(
                 ge=1,
                 le=8,
@@ -210,7 +219,7 @@ def build_server(engine: Engine) -> MCPServer:
             + (f"; {d.encoding_note})" if d.encoding_note else ")")
             for d in out.documents
         ]
-        lines.append(f"{len(page)} of {len(docs)} documents shown.")
+        lines.append(f"{len(page)} of {plural(len(docs), 'document')} shown.")
         if (problem := engine.folder_problem()) is not None:
             lines.append(f"Warning: {problem}.")
         if out.next_offset is not None:
@@ -291,8 +300,10 @@ def build_server(engine: Engine) -> MCPServer:
         ),
     )
     async def refresh(
+        # Strict: it spends, so only a JSON true does ("yes" or 1 is refused, not taken as true).
         warm: Annotated[
-            bool, Field(description="also write the prompt cache (max_tokens 0 requests)")
+            StrictBool,
+            Field(description="also write the prompt cache (max_tokens 0 requests); true or false"),
         ] = False,
     ) -> Annotated[CallToolResult, RefreshResult]:
         try:
@@ -371,6 +382,52 @@ class _CorpusServer(MCPServer):
             for doc in self._engine.current.snapshot.documents
         ]
         return [*await super().list_resources(), *documents]
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
+                raise
+            # The SDK's text is pydantic's, with a link to its docs: say it as a person would.
+            raise ToolError(argument_errors(name, cause)) from cause
+
+    async def get_prompt(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        context: Context[Any, Any] | None = None,
+    ) -> GetPromptResult | InputRequiredResult:
+        prompt = self._prompt_manager.get_prompt(name)
+        if prompt is not None:
+            given = arguments or {}
+            missing = [a.name for a in prompt.arguments or () if a.required and a.name not in given]
+            if missing:
+                # A protocol error the client shows; not an exception logged with a traceback.
+                raise MCPError(
+                    code=INVALID_PARAMS,
+                    message=f"the prompt {name} needs "
+                    + ", ".join(f"the argument `{m}`" for m in missing),
+                )
+        return await super().get_prompt(name, arguments, context)
+
+
+def argument_errors(tool: str, error: ValidationError) -> str:
+    """Readable reasons why `tool`'s arguments were refused, one per argument."""
+    reasons = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(part) for part in item["loc"]) or "arguments"
+        if item["type"] == "missing":
+            reasons.append(f"`{where}` is required")
+            continue
+        got = repr(item.get("input"))
+        got = got if len(got) <= 60 else got[:57] + "..."
+        message = str(item["msg"])
+        reasons.append(f"`{where}`: {message[0].lower()}{message[1:]} (got {got})")
+    return f"invalid arguments for {tool}: " + "; ".join(reasons)
 
 
 def _hit_chars(hit: Hit) -> int:

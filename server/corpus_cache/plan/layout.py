@@ -35,6 +35,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..models.pricing import Ttl
+from ..wording import plural
 from .anchors import MAX_ANCHORS
 from .breakpoints import choose_cuts
 from .shards import assign_shards
@@ -337,13 +338,15 @@ def plan_shard(
         )  # fmt: skip
         start = end + 1
     note = (
-        f"{len(blocks)} cached block(s), every breakpoint above the "
+        f"{plural(len(blocks), 'cached block')}, every breakpoint above the "
         f"{min_cacheable_tokens:,}-token minimum"
     )
     if superseded:
+        their = "keeps its" if len(superseded) == 1 else "keep their"
         note += (
-            f"; {len(superseded)} edited document(s) keep their old copy in the cached prefix "
-            f"({sum(order[i].tokens for i in superseded):,} tokens) until it is next rewritten"
+            f"; {plural(len(superseded), 'edited document')} {their} old copy in the cached "
+            f"prefix ({sum(order[i].tokens for i in superseded):,} tokens) until it is next "
+            "rewritten"
         )
     return Plan(
         tuple(blocks), instructions_tokens, min_cacheable_tokens, True, note, hot_from, superseded
