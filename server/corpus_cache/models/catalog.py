@@ -110,11 +110,14 @@ class Catalog:
         return spec
 
 
-def _read_toml(text: str, origin: str) -> dict[str, Any]:
+def read_toml(
+    text: str, origin: str, error: type[ModelTableError] = ModelTableError
+) -> dict[str, Any]:
+    """A table file's contents; `error`, naming `origin`, when it is not TOML."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ModelTableError(f"{origin}: not valid TOML: {exc}") from exc
+        raise error(f"{origin}: not valid TOML: {exc}") from exc
 
 
 def _entries(table: Mapping[str, Any], origin: str) -> list[dict[str, Any]]:
@@ -138,14 +141,14 @@ def parse_catalog(
     shipped: str, override: str | None = None, *, override_origin: str = ""
 ) -> Catalog:
     """Build a catalog from the shipped table's text and an optional override's text."""
-    base = _read_toml(shipped, "models.toml")
+    base = read_toml(shipped, "models.toml")
     defaults: dict[str, Any] = dict(base.get("defaults", {}))
     merged: dict[str, dict[str, Any]] = {}
     for entry in _entries(base, "models.toml"):
         merged[entry["id"]] = {**defaults, **entry}
     if override is not None:
         origin = override_origin or "override"
-        extra = _read_toml(override, origin)
+        extra = read_toml(override, origin)
         defaults.update(extra.get("defaults", {}))
         for entry in _entries(extra, origin):
             current = merged.get(entry["id"], defaults)

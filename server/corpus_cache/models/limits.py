@@ -9,7 +9,6 @@ top-level `tier = "2"`.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from corpus_cache.errors import LimitsTableError
+from corpus_cache.models.catalog import read_toml
 
 
 class _Figures(BaseModel):
@@ -119,21 +119,14 @@ def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _read_toml(text: str, origin: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise LimitsTableError(f"{origin}: not valid TOML: {exc}") from exc
-
-
 def parse_limits(
     shipped: str, override: str | None = None, *, override_origin: str = ""
 ) -> LimitsTable:
-    raw = _read_toml(shipped, "limits.toml")
+    raw = read_toml(shipped, "limits.toml", LimitsTableError)
     origin = "limits.toml"
     if override is not None:
         origin = override_origin or "limits override"
-        extra = _read_toml(override, origin)
+        extra = read_toml(override, origin, LimitsTableError)
         if isinstance(extra.get("tier"), int):
             extra["tier"] = str(extra["tier"])
         raw = _merge(raw, extra)
