@@ -135,20 +135,6 @@ def build_request(
     }
 
 
-def marked_anchors(params: dict[str, Any]) -> tuple[int, ...]:
-    """The document positions a request built by `build_request` marks with cache_control."""
-    marked: list[int] = []
-    position = -1
-    for block in params["messages"][0]["content"]:
-        if block.get("type") == "document":
-            position += 1
-        elif block.get("text") != MARKER:
-            break
-        if "cache_control" in block:
-            marked.append(position)
-    return tuple(marked)
-
-
 NO_ANSWER = "(no answer)"  # an empty text block is rejected, and cannot carry cache_control
 
 
