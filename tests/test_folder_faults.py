@@ -20,10 +20,7 @@ import anyio
 import pytest
 from mcp.types import CallToolResult, TextContent
 
-from corpus_cache.cache.live_corpus import Corpus
-from corpus_cache.corpus.documents import Snapshot
 from corpus_cache.corpus.scan import ScanOptions, scan
-from corpus_cache.engine.core import Engine
 from support.emulator_control import Control
 from support.faulty_folders import (
     before_opening,
@@ -35,7 +32,7 @@ from support.faulty_folders import (
     scratch_folder,
     write,
 )
-from support.live_folder import Swaps, condition, paths, text_of, watched
+from support.live_folder import Seen, Swaps, condition, paths, text_of, watched
 from support.mcp_session import serving
 
 pytestmark = pytest.mark.anyio
@@ -65,20 +62,6 @@ def structured(result: CallToolResult) -> dict[str, Any]:
 
 def reasons(root: Path, **options: Any) -> dict[str, str]:
     return {s.path: s.reason for s in scan(root, ScanOptions(**options)).skipped}
-
-
-class Seen:
-    """Every snapshot the engine swaps in, even those replaced before a test looks."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.snapshots: list[Snapshot] = []
-        engine.on_swap(self._on_swap)
-
-    async def _on_swap(self, old: Corpus | None, new: Corpus) -> None:
-        self.snapshots.append(new.snapshot)
-
-    def left_out(self) -> set[tuple[str, str]]:
-        return {(s.path, s.reason) for snap in self.snapshots for s in snap.skipped}
 
 
 # --- permission denied ----------------------------------------------------------------

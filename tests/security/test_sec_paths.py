@@ -27,17 +27,15 @@ from typing import Any
 import pytest
 from mcp.types import CallToolResult, TextContent
 
-from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.corpus import beneath
 from corpus_cache.corpus.beneath import CorpusRoot
 from corpus_cache.corpus.documents import Snapshot
 from corpus_cache.corpus.scan import ScanOptions, scan
-from corpus_cache.engine.core import Engine
 from corpus_cache.errors import CorpusReplacedError
 from support.emulator_control import Control
 from support.engines import engine_on
 from support.faulty_folders import before_opening, write
-from support.live_folder import Swaps, condition, paths, text_of, watched
+from support.live_folder import Seen, Swaps, condition, paths, text_of, watched
 from support.mcp_session import serving
 
 OUTSIDE = "OUTSIDE-THE-CORPUS the root password is hunter2"
@@ -94,20 +92,6 @@ def text(result: CallToolResult) -> str:
 
 def saved(words: str) -> Callable[[Snapshot], bool]:
     return lambda snapshot: words in (text_of(snapshot, "guide.md") or "")
-
-
-class Seen:
-    """Every snapshot the engine swaps in, even those replaced before a test looks."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.snapshots: list[Snapshot] = []
-        engine.on_swap(self._on_swap)
-
-    async def _on_swap(self, old: Corpus | None, new: Corpus) -> None:
-        self.snapshots.append(new.snapshot)
-
-    def texts(self) -> list[str]:
-        return [d.text for s in self.snapshots for d in s.documents]
 
 
 @contextmanager

@@ -71,3 +71,22 @@ def paths(snapshot: Snapshot) -> set[str]:
 def text_of(snapshot: Snapshot, path: str) -> str | None:
     doc = snapshot.get(path)
     return doc.text if doc is not None else None
+
+
+class Seen:
+    """Every snapshot the engine swaps in, even those replaced before a test looks."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.snapshots: list[Snapshot] = []
+        engine.on_swap(self._on_swap)
+
+    async def _on_swap(self, old: Corpus | None, new: Corpus) -> None:
+        self.snapshots.append(new.snapshot)
+
+    def texts(self) -> list[str]:
+        """The text of every document of every snapshot seen."""
+        return [d.text for s in self.snapshots for d in s.documents]
+
+    def left_out(self) -> set[tuple[str, str]]:
+        """Every (path, reason) any snapshot seen left out."""
+        return {(s.path, s.reason) for snap in self.snapshots for s in snap.skipped}
