@@ -169,10 +169,18 @@ def load_catalog(override_file: Path | None = None) -> Catalog:
     """The shipped table, with the user's file (argument, else environment) applied."""
     if override_file is None and os.environ.get(MODELS_FILE_ENV):
         override_file = Path(os.environ[MODELS_FILE_ENV])
-    override: str | None = None
-    if override_file is not None:
-        try:
-            override = override_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ModelTableError(f"cannot read model file {override_file}: {exc}") from exc
+    override = read_user_file(override_file, "model file")
     return parse_catalog(shipped_table(), override, override_origin=str(override_file or ""))
+
+
+def read_user_file(
+    path: Path | None, what: str, error: type[ModelTableError] = ModelTableError
+) -> str | None:
+    """The text of a user's override file (None when there is none); `error` when it
+    cannot be read."""
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc}") from exc

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from corpus_cache.errors import LimitsTableError
-from corpus_cache.models.catalog import read_toml
+from corpus_cache.models.catalog import read_toml, read_user_file
 
 
 class _Figures(BaseModel):
@@ -144,10 +144,5 @@ def shipped_limits() -> str:
 
 def load_limits(override_file: Path | None = None) -> LimitsTable:
     """The shipped table, with the user's file merged into it."""
-    override: str | None = None
-    if override_file is not None:
-        try:
-            override = override_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise LimitsTableError(f"cannot read limits file {override_file}: {exc}") from exc
+    override = read_user_file(override_file, "limits file", LimitsTableError)
     return parse_limits(shipped_limits(), override, override_origin=str(override_file or ""))
