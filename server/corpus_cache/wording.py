@@ -11,3 +11,14 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
 def usd(value: float) -> str:
     """Dollars to four places, the sign before the symbol: `-$0.0312`."""
     return f"{'-' if value < 0 else ''}${abs(value):.4f}"
+
+
+def about_seconds(seconds: float) -> str:
+    """A wait as people say it, rounded up: `about 40 s`, `about 2 min 10 s`, `about 3 h`."""
+    whole = max(1, int(-(-seconds // 1)))
+    if whole < 60:
+        return f"about {whole} s"
+    if whole < 3600:
+        minutes, rest = divmod(-(-whole // 10) * 10, 60)
+        return f"about {minutes} min" + (f" {rest} s" if rest else "")
+    return f"about {-(-whole // 3600)} h"

@@ -4,10 +4,12 @@ Asking (streamed), warming and keeping warm (`max_tokens: 0`), and counting toke
 is sent by `ApiCaller`, which is the one place that checks the spending guard before a
 request that spends, prices what the API reports, records the ledger row (an error row
 for a failure, charging what the API bills), and turns a failure into an `ApiCallError`
-that says what happened and what to do. Before a request is sent it waits as long as the
-account's rate limits need (api/ratelimits.py), and refuses one that could never fit;
-every response's `anthropic-ratelimit-*` headers update what is known of them. Retries
-live in the SDK's client (backend.API_RETRIES).
+that says what happened and what to do. Before a request is sent it waits in one queue
+(api/scheduler.py) until the account's rate limits hold it (api/ratelimits.py), questions
+first, then background work, then counting (api/scheduling.py), and one that could never
+fit is refused unsent; every response's `anthropic-ratelimit-*` headers, 429s included,
+update what is known of the buckets. Retries live in the SDK's client
+(backend.API_RETRIES); `rate_limit_wait` is how long a 429 should wait before its retry.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import anthropic
@@ -33,16 +36,20 @@ from corpus_cache.api.backend import (
 )
 from corpus_cache.api.outcomes import cache_miss, failure_text
 from corpus_cache.api.prepared import PreparedRequest, RequestKind
-from corpus_cache.api.ratelimits import Demand, RateLimits
+from corpus_cache.api.ratelimits import Demand, RateLimits, wait_after_refusal
+from corpus_cache.api.scheduler import NeverFits, Scheduler, WaitingNote
+from corpus_cache.api.scheduling import Pool, Priority
 from corpus_cache.api.spending import DailyCap
 from corpus_cache.errors import (
     ApiCallError,
     BeyondRateLimitError,
     BudgetExceededError,
     IncompleteResponseError,
+    RateLimitWaitError,
 )
 from corpus_cache.models.catalog import ModelSpec
 from corpus_cache.models.pricing import Usage, cost_usd, uncached_cost_usd
+from corpus_cache.wording import about_seconds, plural
 
 log = logging.getLogger(__name__)
 
@@ -87,23 +94,68 @@ class ApiCaller:
         clock: Callable[[], float] = time.time,
         *,
         limits: RateLimits | None = None,
+        count_limits: RateLimits | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         """`limits`: what is known of the rate limits before the first response (a tier's
-        figures), else nothing; `sleep` waits on `clock` (the emulator's virtual clock in
-        tests)."""
+        figures), else nothing; `count_limits`: the same of token counting's own bucket;
+        `sleep` waits on `clock` (the emulator's virtual clock in tests)."""
         self.backend = backend
         self.model = model
         self.ledger = ledger
         self.corpus_key = corpus_key
         self.cap = cap
         self.clock = clock
-        self.limits = limits or RateLimits.unknown()
-        self._sleep = sleep
-        # One admission at a time: two requests waiting on one bucket must not both go.
-        self._admission = anyio.Lock()
-        self._in_flight: list[Demand] = []
+        # Every request that spends from the buckets waits here, in one queue.
+        self.scheduler = Scheduler(
+            clock, sleep,
+            {
+                "messages": limits or RateLimits.unknown(),
+                "count_tokens": count_limits or RateLimits.unknown(),
+            },
+        )  # fmt: skip
+        self._in_flight: dict[Pool, list[Demand]] = {"messages": [], "count_tokens": []}
         self._answered_by: str | None = None  # as the last response said (backend_of_response)
+
+    @property
+    def limits(self) -> RateLimits:
+        """The Messages API's buckets, as known now."""
+        return self.scheduler.buckets["messages"]
+
+    @property
+    def count_limits(self) -> RateLimits:
+        """Token counting's bucket, as known now."""
+        return self.scheduler.buckets["count_tokens"]
+
+    def waiting(self) -> list[WaitingNote]:
+        """What waits for the buckets now (for the status tools)."""
+        return self.scheduler.waiting()
+
+    def question_wait(self, requests: list[PreparedRequest]) -> float | None:
+        """Seconds before the last of a question's requests could be sent, were it asked
+        now; None if one never can."""
+        return self.scheduler.expected_wait("question", "messages", [r.demand() for r in requests])
+
+    def too_long_to_wait(self, wait: float, patience: float) -> RateLimitWaitError:
+        """The refusal of a question the buckets would hold `wait` seconds, longer than the
+        client's `patience`: what holds it, and when to ask again."""
+        ahead = sum(note.count for note in self.waiting() if note.pool == "messages")
+        at = datetime.fromtimestamp(self.scheduler.now() + wait, UTC).strftime("%H:%M:%S UTC")
+        queued = f"; {plural(ahead, 'request')} already waiting" if ahead else ""
+        return RateLimitWaitError(
+            f"not sent: the account's rate limits ({_figures(self.limits)}, "
+            f"{self.limits.source}{queued}) let this question go in {about_seconds(wait)}, "
+            f"longer than your client waits ({patience:g} s). Ask again in "
+            f"{about_seconds(wait)} (after {at}); nothing was spent. Meanwhile search and "
+            "read_document answer at once.",
+            wait_seconds=wait,
+        )
+
+    def rate_limit_wait(self, headers: Mapping[str, str], request: PreparedRequest) -> float:
+        """How long a request the API refused with a 429 waits before it is sent again:
+        what the refusal's retry-after asks, or longer if the buckets, as its headers state
+        them, need longer. For the attempt loop's retries of a 429."""
+        return wait_after_refusal(self.limits, headers, request.demand(), self.scheduler.now())
 
     @property
     def label(self) -> str:
@@ -111,11 +163,18 @@ class ApiCaller:
         is the emulator. Rows of requests that got no response are labelled with it too."""
         return self._answered_by or self.backend.kind
 
-    async def answer(self, request: PreparedRequest, on_begun: Callable[[Usage], None]) -> Sent:
+    async def answer(
+        self,
+        request: PreparedRequest,
+        on_begun: Callable[[Usage], None],
+        *,
+        group: int | None = None,
+    ) -> Sent:
         """Send `request` streaming, and read its answer to the end. `on_begun(usage)` is
         called as soon as the response has begun (`message_start` carries the cache
         usage): the entries it writes are readable from then on. A stream that ends or
-        breaks before `message_stop` is an error, never a partial answer."""
+        breaks before `message_stop` is an error, never a partial answer. `group`: the
+        fan-out question it is part of (`scheduler.new_group()`), paced as one."""
         begun: Usage | None = None
         received = 0  # characters of the answer's text that have arrived
         stopped = False
@@ -123,7 +182,7 @@ class ApiCaller:
         with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
             try:
                 async with (
-                    self._admitted(request) as demand,
+                    self._admitted(request, group) as demand,
                     self.backend.client.messages.stream(**request.body()) as stream,
                 ):
                     self._observe(stream.response.headers, demand)
@@ -189,47 +248,56 @@ class ApiCaller:
         model, and which backend counted them; free, so neither guarded nor recorded."""
         message = cast(MessageParam, {"role": "user", "content": content})
         extra: dict[str, Any] = {"system": [{"type": "text", "text": system}]} if system else {}
+        one = Demand(requests=1)
+        try:
+            await self.scheduler.admit("count", "count_tokens", one)
+        except NeverFits as exc:  # a bucket of no requests at all: a limits file's mistake
+            raise ApiCallError("cannot count tokens: the token-counting limit is zero") from exc
+        self._in_flight["count_tokens"].append(one)
         try:
             raw = await self.backend.client.messages.with_raw_response.count_tokens(
                 model=self.model.id, messages=[message], **extra
             )
+            self._observe(raw.headers, one, "count_tokens")
             result = await raw.parse()
         except anthropic.APIError as exc:
+            self._observe_failure(exc, "count_tokens")
             raise ApiCallError(f"cannot count tokens: {describe_api_error(exc)}") from exc
+        finally:
+            self._in_flight["count_tokens"].remove(one)
         self._answered_by = backend_of_response(raw.headers, self.backend.kind)
         return Counted(result.input_tokens, self._answered_by)
 
     @asynccontextmanager
-    async def _admitted(self, request: PreparedRequest) -> AsyncIterator[Demand]:
-        """Wait until the buckets hold what `request` takes, then take it and keep it in
-        flight while the block runs. A request no bucket can ever hold is refused, unsent."""
+    async def _admitted(
+        self, request: PreparedRequest, group: int | None = None
+    ) -> AsyncIterator[Demand]:
+        """Wait in the queue until the buckets hold what `request` takes (questions before
+        background work), then take it and keep it in flight while the block runs. A
+        request no bucket can ever hold is refused, unsent."""
         demand = request.demand()
-        async with self._admission:
-            wait = self.limits.wait_seconds(demand, self.clock())
-            if wait is None:
-                raise BeyondRateLimitError(_beyond_limits(self.limits, demand))
-            if wait > 0:
-                log.info(
-                    "shard %d: waiting %.1f s for the rate limits (%s)",
-                    request.shard, wait, self.limits.source,
-                )  # fmt: skip
-                began = self.clock()
-                await self._sleep(wait)
-                # A clock that did not move as far (a frozen test clock) counts as if it had.
-                now = max(self.clock(), began + wait)
-            else:
-                now = self.clock()
-            self.limits = self.limits.taken(demand, now)
-            self._in_flight.append(demand)
+        priority: Priority = "question" if request.kind == "ask" else "background"
+        try:
+            waited = await self.scheduler.admit(priority, "messages", demand, group)
+        except NeverFits:
+            raise BeyondRateLimitError(_beyond_limits(self.limits, demand)) from None
+        if waited > 0:
+            log.info(
+                "shard %d: waited %.1f s for the rate limits (%s)",
+                request.shard, waited, self.limits.source,
+            )  # fmt: skip
+        self._in_flight["messages"].append(demand)
         try:
             yield demand
         finally:
-            self._in_flight.remove(demand)
+            self._in_flight["messages"].remove(demand)
 
-    def _observe(self, headers: Mapping[str, str], demand: Demand | None = None) -> None:
+    def _observe(
+        self, headers: Mapping[str, str], demand: Demand | None = None, pool: Pool = "messages"
+    ) -> None:
         """What a response's headers say of the buckets; `demand`: its own request, which
         they have counted already, unlike the others still in flight."""
-        others = list(self._in_flight)
+        others = list(self._in_flight[pool])
         if demand is not None and demand in others:
             others.remove(demand)
         pending = Demand(
@@ -237,14 +305,17 @@ class ApiCaller:
             input_tokens=sum(d.input_tokens for d in others),
             output_tokens=sum(d.output_tokens for d in others),
         )
-        self.limits = self.limits.observed(headers, self.clock(), in_flight=pending)
+        known = self.scheduler.buckets[pool]
+        seen = known.observed(headers, self.scheduler.now(), in_flight=pending)
+        if seen is not known:
+            self.scheduler.observed(pool, seen)
 
-    def _observe_failure(self, exc: BaseException) -> None:
+    def _observe_failure(self, exc: BaseException, pool: Pool = "messages") -> None:
         # A 429 carries the buckets' state as well: the next wait starts from it.
         response = getattr(exc, "response", None)
         headers = getattr(response, "headers", None)
         if headers is not None:
-            self._observe(headers)
+            self._observe(headers, pool=pool)
 
     def _record(
         self, request: PreparedRequest, message: Message, headers: object, started: float
@@ -303,6 +374,11 @@ class ApiCaller:
                 error=failure_text(exc, seconds, begun, received), shard=request.shard,
             )
         )  # fmt: skip
+
+
+def _figures(limits: RateLimits) -> str:
+    shown = [f"{b.per_minute:,} {k.replace('_', ' ')}" for k, b in limits.buckets.items()]
+    return (", ".join(shown) + " a minute") if shown else "figures not known yet"
 
 
 def _beyond_limits(limits: RateLimits, demand: Demand) -> str:

@@ -12,6 +12,7 @@ from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.engine.answers import Answer
 from corpus_cache.engine.core import Engine
 from corpus_cache.errors import LedgerUnavailableError
+from corpus_cache.mcp_surface.limits_status import LimitsOut, limits_out, render_limits
 from corpus_cache.wording import plural, usd
 
 # --- structured results ---------------------------------------------------------------
@@ -207,6 +208,11 @@ class CacheStatus(BaseModel):
         description="set when the ledger cannot be written or read: why, and where the "
         "requests it could not record are kept",
     )
+    rate_limits: LimitsOut | None = Field(
+        default=None,
+        description="the account's rate limits as known (from --tier or the API's headers), "
+        "what is available now, and the requests waiting for them",
+    )
 
 
 # --- rendering ------------------------------------------------------------------------
@@ -387,6 +393,7 @@ def status(engine: Engine) -> CacheStatus:
             if shard.plan.cached and (d := engine.ttl_decision(shard))
         ],
         ledger_note=ledger_note,
+        rate_limits=limits_out(engine.caller),
     )
 
 
@@ -466,4 +473,6 @@ def render_status(out: CacheStatus) -> str:
         lines.append("Left out: " + ", ".join(f"{n} {r}" for r, n in out.skipped.items()) + ".")
     if out.ledger_note:
         lines.append(f"Ledger: {out.ledger_note}.")
+    if out.rate_limits is not None:
+        lines.extend(render_limits(out.rate_limits))
     return "\n".join(lines)

@@ -124,7 +124,13 @@ def build_server(engine: Engine) -> MCPServer:
         try:
             with noting_throttles() as throttles:
                 answer = await with_heartbeat(
-                    lambda: engine.ask(question, fan_out, session, owner=owner),
+                    lambda: engine.ask(
+                        question,
+                        fan_out,
+                        session,
+                        owner=owner,
+                        patience=engine.settings.ask_deadline,
+                    ),
                     ctx.report_progress,
                     interval=engine.settings.heartbeat_interval,
                     deadline=engine.settings.ask_deadline,
