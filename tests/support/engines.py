@@ -23,10 +23,11 @@ async def engine_on(
     api_key: str = "test-key",
     clock: Callable[[], float] | None = None,
     max_retries: int = 0,
+    index: bool = True,
     **settings: Any,
 ) -> AsyncIterator[Engine]:
-    """An indexed engine; its SDK client and ledger are closed on the way out. The SDK does
-    not retry unless `max_retries` says so."""
+    """An indexed engine (not yet indexed if `index` is false); its SDK client and ledger
+    are closed on the way out. The SDK does not retry unless `max_retries` says so."""
     config = Settings(corpus=corpus, state_dir=state, **settings)
     ledger = Ledger(config.ledger_path)
     client = api_client(
@@ -35,7 +36,8 @@ async def engine_on(
     extra = {"clock": clock} if clock is not None else {}
     engine = Engine(config, load_catalog(), Backend(client, "anthropic"), ledger, **extra)
     try:
-        await engine.refresh()
+        if index:
+            await engine.refresh()
         yield engine
     finally:
         await client.close()

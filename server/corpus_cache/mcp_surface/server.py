@@ -125,6 +125,7 @@ def build_server(engine: Engine) -> MCPServer:
         ] = None,
     ) -> Annotated[CallToolResult, AskResult]:
         owner = session_owner(ctx)  # a session is continued only by the connection it began on
+
         async def asking() -> Answer:
             await corpus_ready(engine)  # within the deadline, its progress the heartbeat's
             return await engine.ask(question, fan_out, session, owner=owner)
