@@ -11,6 +11,7 @@ import pytest
 
 from corpus_cache.accounting.ledger import Ledger
 from corpus_cache.api.tokens import EXACT_UP_TO, START_CALLS
+from corpus_cache.cli.plan_report import plan_report, render_plan
 from corpus_cache.emulator.tokenizer import count_text
 from corpus_cache.plan.layout import safe_minimum
 from support.corpus_fixture import write_folder
@@ -124,7 +125,7 @@ async def test_figures_that_rest_on_estimates_say_so(
     running_emulator: Any, emulator: Control, tmp_path: Path
 ) -> None:
     folder = write_folder(tmp_path / "corpus", 300)
-    async with serving(folder, running_emulator.base_url, tmp_path / "state") as (mcp, _engine):
+    async with serving(folder, running_emulator.base_url, tmp_path / "state") as (mcp, engine):
         status = await mcp.call_tool("cache_status", {})
         text = status.content[0].text  # type: ignore[union-attr]
         assert "tokens (estimated)" in text
@@ -140,3 +141,6 @@ async def test_figures_that_rest_on_estimates_say_so(
         assert f"{counted['path']}  ({counted['tokens']:,} tokens," in (
             listing.content[0].text  # type: ignore[union-attr]
         )
+        plan = render_plan(plan_report(engine))
+        assert "tokens (estimated)" in plan
+        assert "(~: a local estimate, not a count" in plan
