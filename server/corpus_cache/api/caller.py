@@ -54,6 +54,13 @@ _WHAT: dict[RequestKind, str] = {
 }
 
 
+@dataclass
+class _Admission:
+    """Whether a request got past the rate limits, so may have been sent."""
+
+    past: bool = False
+
+
 @dataclass(frozen=True)
 class Sent:
     """A request the API answered, as priced and recorded."""
@@ -120,10 +127,11 @@ class ApiCaller:
         received = 0  # characters of the answer's text that have arrived
         stopped = False
         started = time.perf_counter()
+        admitted = _Admission()
         with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
             try:
                 async with (
-                    self._admitted(request) as demand,
+                    self._admitted(request, admitted) as demand,
                     self.backend.client.messages.stream(**request.body()) as stream,
                 ):
                     self._observe(stream.response.headers, demand)
@@ -148,7 +156,8 @@ class ApiCaller:
                     describe_api_error(exc, received=received if begun is not None else None)
                 ) from exc
             except anyio.get_cancelled_exc_class():
-                self._record_failure(request, started, None, begun, received)
+                if admitted.past:  # cancelled while waiting for the limits: nothing was sent
+                    self._record_failure(request, started, None, begun, received)
                 raise
         return self._record(request, message, headers, started)
 
@@ -157,11 +166,12 @@ class ApiCaller:
         read, nothing is generated."""
         started = time.perf_counter()
         checked = False
+        admitted = _Admission()
         try:
             with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
                 checked = True
                 try:
-                    async with self._admitted(request) as demand:
+                    async with self._admitted(request, admitted) as demand:
                         raw = await self.backend.client.messages.with_raw_response.create(
                             **request.body()
                         )
@@ -174,7 +184,8 @@ class ApiCaller:
                         f"warming the cache failed: {describe_api_error(exc)}"
                     ) from exc
                 except anyio.get_cancelled_exc_class():
-                    self._record_failure(request, started, None)
+                    if admitted.past:
+                        self._record_failure(request, started, None)
                     raise
         except BudgetExceededError as refused:
             if not checked:  # nothing was sent: a row says so, as no one waits on the answer
@@ -200,9 +211,12 @@ class ApiCaller:
         return Counted(result.input_tokens, self._answered_by)
 
     @asynccontextmanager
-    async def _admitted(self, request: PreparedRequest) -> AsyncIterator[Demand]:
+    async def _admitted(
+        self, request: PreparedRequest, admission: _Admission
+    ) -> AsyncIterator[Demand]:
         """Wait until the buckets hold what `request` takes, then take it and keep it in
-        flight while the block runs. A request no bucket can ever hold is refused, unsent."""
+        flight while the block runs (`admission.past` from then on). A request no bucket can
+        ever hold is refused, unsent."""
         demand = request.demand()
         async with self._admission:
             wait = self.limits.wait_seconds(demand, self.clock())
@@ -221,6 +235,7 @@ class ApiCaller:
                 now = self.clock()
             self.limits = self.limits.taken(demand, now)
             self._in_flight.append(demand)
+            admission.past = True
         try:
             yield demand
         finally:
