@@ -22,6 +22,15 @@ class Settings(BaseSettings):
         description="where the ledger (SQLite) lives",
     )
     models_file: Path | None = Field(None, description="a TOML file of model table overrides")
+    tier: str | None = Field(
+        None,
+        description="the account's rate-limit tier (1 to 4, or a tier of the limits file): the "
+        "limits assumed until the API's first response states them; offline, the emulator "
+        "applies them too (default: unknown, so nothing waits before the first response)",
+    )
+    limits_file: Path | None = Field(
+        None, description="a TOML file merged into the rate-limits table (models/limits.toml)"
+    )
     offline: bool = Field(False, description="use the built-in emulator even with an API key")
     max_file_bytes: int = Field(2 * 1024 * 1024, gt=0, description="larger files are left out")
     allow_secret_content: bool = Field(

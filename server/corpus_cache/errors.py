@@ -76,6 +76,10 @@ class IncompleteResponseError(ApiCallError):
     """A response stream ended before `message_stop`: what arrived is not the answer."""
 
 
+class BeyondRateLimitError(ApiCallError):
+    """A request larger than the account's rate limits ever allow in one minute; not sent."""
+
+
 class BudgetExceededError(CorpusCacheError):
     """A question would take the day's spend over --max-usd-per-day; nothing was sent."""
 

@@ -4,15 +4,18 @@ Asking (streamed), warming and keeping warm (`max_tokens: 0`), and counting toke
 is sent by `ApiCaller`, which is the one place that checks the spending guard before a
 request that spends, prices what the API reports, records the ledger row (an error row
 for a failure, charging what the API bills), and turns a failure into an `ApiCallError`
-that says what happened and what to do. Retries live in the SDK's client
-(backend.API_RETRIES); limits will live here.
+that says what happened and what to do. Before a request is sent it waits as long as the
+account's rate limits need (api/ratelimits.py), and refuses one that could never fit;
+every response's `anthropic-ratelimit-*` headers update what is known of them. Retries
+live in the SDK's client (backend.API_RETRIES).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -30,8 +33,14 @@ from corpus_cache.api.backend import (
 )
 from corpus_cache.api.outcomes import cache_miss, failure_text
 from corpus_cache.api.prepared import PreparedRequest, RequestKind
+from corpus_cache.api.ratelimits import Demand, RateLimits
 from corpus_cache.api.spending import DailyCap
-from corpus_cache.errors import ApiCallError, BudgetExceededError, IncompleteResponseError
+from corpus_cache.errors import (
+    ApiCallError,
+    BeyondRateLimitError,
+    BudgetExceededError,
+    IncompleteResponseError,
+)
 from corpus_cache.models.catalog import ModelSpec
 from corpus_cache.models.pricing import Usage, cost_usd, uncached_cost_usd
 
@@ -43,6 +52,13 @@ _WHAT: dict[RequestKind, str] = {
     "warm": "warm request",
     "keep-warm": "keep-warm request",
 }
+
+
+@dataclass
+class _Admission:
+    """Whether a request got past the rate limits, so may have been sent."""
+
+    past: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,13 +92,24 @@ class ApiCaller:
         corpus_key: str,
         cap: DailyCap,
         clock: Callable[[], float] = time.time,
+        *,
+        limits: RateLimits | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
+        """`limits`: what is known of the rate limits before the first response (a tier's
+        figures), else nothing; `sleep` waits on `clock` (the emulator's virtual clock in
+        tests)."""
         self.backend = backend
         self.model = model
         self.ledger = ledger
         self.corpus_key = corpus_key
         self.cap = cap
         self.clock = clock
+        self.limits = limits or RateLimits.unknown()
+        self._sleep = sleep
+        # One admission at a time: two requests waiting on one bucket must not both go.
+        self._admission = anyio.Lock()
+        self._in_flight: list[Demand] = []
         self._answered_by: str | None = None  # as the last response said (backend_of_response)
 
     @property
@@ -100,9 +127,14 @@ class ApiCaller:
         received = 0  # characters of the answer's text that have arrived
         stopped = False
         started = time.perf_counter()
+        admitted = _Admission()
         with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
             try:
-                async with self.backend.client.messages.stream(**request.body()) as stream:
+                async with (
+                    self._admitted(request, admitted) as demand,
+                    self.backend.client.messages.stream(**request.body()) as stream,
+                ):
+                    self._observe(stream.response.headers, demand)
                     async for event in stream:
                         if event.type == "message_start":
                             begun = Usage.from_api(event.message.usage)
@@ -118,12 +150,14 @@ class ApiCaller:
                     message = await stream.get_final_message()
                     headers = stream.response.headers
             except API_FAILURES as exc:
+                self._observe_failure(exc)
                 self._record_failure(request, started, exc, begun, received)
                 raise ApiCallError(
                     describe_api_error(exc, received=received if begun is not None else None)
                 ) from exc
             except anyio.get_cancelled_exc_class():
-                self._record_failure(request, started, None, begun, received)
+                if admitted.past:  # cancelled while waiting for the limits: nothing was sent
+                    self._record_failure(request, started, None, begun, received)
                 raise
         return self._record(request, message, headers, started)
 
@@ -132,21 +166,26 @@ class ApiCaller:
         read, nothing is generated."""
         started = time.perf_counter()
         checked = False
+        admitted = _Admission()
         try:
             with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
                 checked = True
                 try:
-                    raw = await self.backend.client.messages.with_raw_response.create(
-                        **request.body()
-                    )
+                    async with self._admitted(request, admitted) as demand:
+                        raw = await self.backend.client.messages.with_raw_response.create(
+                            **request.body()
+                        )
+                        self._observe(raw.headers, demand)
                     message = await raw.parse()
                 except API_FAILURES as exc:
+                    self._observe_failure(exc)
                     self._record_failure(request, started, exc)
                     raise ApiCallError(
                         f"warming the cache failed: {describe_api_error(exc)}"
                     ) from exc
                 except anyio.get_cancelled_exc_class():
-                    self._record_failure(request, started, None)
+                    if admitted.past:
+                        self._record_failure(request, started, None)
                     raise
         except BudgetExceededError as refused:
             if not checked:  # nothing was sent: a row says so, as no one waits on the answer
@@ -170,6 +209,57 @@ class ApiCaller:
             raise ApiCallError(f"cannot count tokens: {describe_api_error(exc)}") from exc
         self._answered_by = backend_of_response(raw.headers, self.backend.kind)
         return Counted(result.input_tokens, self._answered_by)
+
+    @asynccontextmanager
+    async def _admitted(
+        self, request: PreparedRequest, admission: _Admission
+    ) -> AsyncIterator[Demand]:
+        """Wait until the buckets hold what `request` takes, then take it and keep it in
+        flight while the block runs (`admission.past` from then on). A request no bucket can
+        ever hold is refused, unsent."""
+        demand = request.demand()
+        async with self._admission:
+            wait = self.limits.wait_seconds(demand, self.clock())
+            if wait is None:
+                raise BeyondRateLimitError(_beyond_limits(self.limits, demand))
+            if wait > 0:
+                log.info(
+                    "shard %d: waiting %.1f s for the rate limits (%s)",
+                    request.shard, wait, self.limits.source,
+                )  # fmt: skip
+                began = self.clock()
+                await self._sleep(wait)
+                # A clock that did not move as far (a frozen test clock) counts as if it had.
+                now = max(self.clock(), began + wait)
+            else:
+                now = self.clock()
+            self.limits = self.limits.taken(demand, now)
+            self._in_flight.append(demand)
+            admission.past = True
+        try:
+            yield demand
+        finally:
+            self._in_flight.remove(demand)
+
+    def _observe(self, headers: Mapping[str, str], demand: Demand | None = None) -> None:
+        """What a response's headers say of the buckets; `demand`: its own request, which
+        they have counted already, unlike the others still in flight."""
+        others = list(self._in_flight)
+        if demand is not None and demand in others:
+            others.remove(demand)
+        pending = Demand(
+            requests=sum(d.requests for d in others),
+            input_tokens=sum(d.input_tokens for d in others),
+            output_tokens=sum(d.output_tokens for d in others),
+        )
+        self.limits = self.limits.observed(headers, self.clock(), in_flight=pending)
+
+    def _observe_failure(self, exc: BaseException) -> None:
+        # A 429 carries the buckets' state as well: the next wait starts from it.
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+        if headers is not None:
+            self._observe(headers)
 
     def _record(
         self, request: PreparedRequest, message: Message, headers: object, started: float
@@ -228,3 +318,15 @@ class ApiCaller:
                 error=failure_text(exc, seconds, begun, received), shard=request.shard,
             )
         )  # fmt: skip
+
+
+def _beyond_limits(limits: RateLimits, demand: Demand) -> str:
+    parts = [
+        f"{wanted:,} {kind.replace('_', ' ')} where the account allows {allowed:,} a minute"
+        for kind, wanted, allowed in limits.too_large(demand)
+    ]
+    return (
+        f"not sent: this request needs {'; '.join(parts)} ({limits.source}), so it can never "
+        "pass. A smaller --budget-tokens splits the corpus into shards that fit; a higher "
+        "usage tier raises the limit."
+    )

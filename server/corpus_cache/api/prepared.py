@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
+from corpus_cache.api.ratelimits import Demand
 from corpus_cache.api.spending import Bound
 from corpus_cache.models.catalog import ModelSpec
 from corpus_cache.models.pricing import Ttl
@@ -50,6 +51,20 @@ class PreparedRequest:
     def end_ttl(self) -> Ttl | None:
         """The TTL it gives the end of the corpus: the ledger's `ttl` for the request."""
         return self.ttls[self.corpus_end] if self.corpus_end is not None else None
+
+    def demand(self) -> Demand:
+        """What it takes from the rate-limit buckets, as far as can be known beforehand:
+        input tokens past the last breakpoint believed alive (cache reads do not count),
+        and the output its max_tokens reserves."""
+        segments = [tokens for tokens, _ in self.bound.segments]
+        # The last breakpoints are the marked anchors (a system breakpoint may come first).
+        offset = len(segments) - len(self.marked)
+        read_up_to = 0
+        for i, anchor in enumerate(self.marked):
+            if anchor in self.alive and offset + i >= 0:
+                read_up_to = offset + i + 1
+        written = sum(segments[read_up_to:]) + self.bound.uncached
+        return Demand(input_tokens=written, output_tokens=self.bound.output)
 
     def body(self) -> dict[str, Any]:
         """A fresh copy of the params for the SDK, which takes keyword arguments."""

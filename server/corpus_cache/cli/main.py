@@ -85,6 +85,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "allow_hard_links": True if getattr(args, "allow_hard_links", False) else None,
         "fan_out": getattr(args, "fan_out", None),
         "ttl": getattr(args, "ttl", None),
+        "tier": getattr(args, "tier", None),
+        "limits_file": getattr(args, "limits_file", None),
         "prewarm": True if getattr(args, "prewarm", False) else None,
         "keep_old_copies": True if getattr(args, "keep_old_copies", False) else None,
         "max_usd_per_day": getattr(args, "max_usd_per_day", None),
@@ -370,6 +372,19 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="keep edited documents' old copies in the cached prefix even when an edit "
             "removed text, which is then still sent to the API (cheaper; see docs/privacy.md)",
+        )
+        command.add_argument(
+            "--tier",
+            help="your account's rate-limit tier (1 to 4, or a tier of --limits-file): the "
+            "limits assumed until the API's first response states them; offline, the emulator "
+            "applies them too (default: unknown, or $CORPUS_CACHE_TIER)",
+        )
+        command.add_argument(
+            "--limits-file",
+            type=Path,
+            metavar="FILE",
+            help="a TOML file merged into the rate-limits table (models/limits.toml), as for "
+            "`corpus-cache emulator --limits`",
         )
         command.add_argument(
             "--ttl",

@@ -17,6 +17,7 @@ from corpus_cache.api.backend import (
 )
 from corpus_cache.api.caller import ApiCaller
 from corpus_cache.api.prepared import PreparedRequest, RequestKind
+from corpus_cache.api.ratelimits import RateLimits, limits_at_tier
 from corpus_cache.api.request import (
     INSTRUCTIONS,
     checked_question,
@@ -55,6 +56,7 @@ from corpus_cache.errors import (
     first_leaf,
 )
 from corpus_cache.models.catalog import Catalog, ModelSpec
+from corpus_cache.models.limits import load_limits
 from corpus_cache.models.pricing import Ttl, Usage
 from corpus_cache.plan.budget import default_budget
 from corpus_cache.plan.layout import (
@@ -97,8 +99,10 @@ class Engine:
         clock: Callable[[], float] = time.time,
         *,
         root: CorpusRoot | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
-        """`root`: the corpus folder, if already opened (else it is at the first scan)."""
+        """`root`: the corpus folder, if already opened (else it is at the first scan);
+        `sleep`: waits for the rate limits, on `clock`."""
         self.settings = settings
         self.catalog = catalog
         self.model: ModelSpec = catalog.get(settings.model)
@@ -109,7 +113,7 @@ class Engine:
         self.caller = ApiCaller(
             backend, self.model, ledger, self.corpus_key,
             DailyCap(settings, lambda since: self.totals(since, self.answering).cost_usd, clock),
-            clock,
+            clock, limits=_known_limits(settings, self.model, clock()), sleep=sleep,
         )  # fmt: skip
         self.counter = TokenCounter(self.caller, self.model.id, ledger)
         self._corpus: Corpus | None = None
@@ -699,6 +703,13 @@ class Engine:
         elif live is not None and live.layout is corpus.layout:
             self._corpus = live_corpus.marked(live, shard.number, markers, self.model.id)
         return new
+
+
+def _known_limits(settings: Settings, model: ModelSpec, now: float) -> RateLimits:
+    """The rate limits assumed before the first response: the tier's, if one is set."""
+    if settings.tier is None:
+        return RateLimits.unknown()
+    return limits_at_tier(load_limits(settings.limits_file), settings.tier, model.id, now)
 
 
 def _same_folder(snapshot: Snapshot, result: ScanResult) -> bool:
