@@ -38,7 +38,8 @@ def test_every_slice_fits_the_capacity_and_ends_above_the_minimum(
     p = plan(docs, minimum)
     staged = stage(p, capacity)
     if not p.cached:
-        assert isinstance(staged, Staging) and not staged.todo
+        assert isinstance(staged, Staging)
+        assert not staged.todo
         return
     if isinstance(staged, Unbuildable):
         # Only when a document, or the first cacheable prefix, is larger than a slice.
@@ -67,7 +68,8 @@ def test_every_anchor_of_the_layout_is_written_by_some_slice_within_four_breakpo
     assert len(staged.todo[0].anchors) + 1 <= FIRST_WRITES
     assert all(len(piece.anchors) + 1 <= LATER_WRITES for piece in staged.todo[1:])
     # The refined plan has the same documents, with a block end at every slice end.
-    assert staged.plan.order == p.order and staged.plan.keys == p.keys
+    assert staged.plan.order == p.order
+    assert staged.plan.keys == p.keys
     assert set(staged.ends) | set(p.anchors) == set(staged.plan.anchors)
     assert staged.plan.total_tokens == p.total_tokens
 

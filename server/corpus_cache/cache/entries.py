@@ -27,7 +27,9 @@ class CacheEntries:
     def alive_now(self, now: float) -> dict[str, tuple[float, Ttl]]:
         """Every entry believed alive at `now`: identity -> (expiry, TTL)."""
         return {
-            i: (expiry, self._ttls.get(i, "5m")) for i, expiry in self._expiry.items() if expiry > now
+            i: (expiry, self._ttls.get(i, "5m"))
+            for i, expiry in self._expiry.items()
+            if expiry > now
         }
 
     def restore(self, entries: Mapping[str, tuple[float, Ttl]]) -> None:
