@@ -20,8 +20,9 @@ import pytest
 
 from corpus_cache.emulator import RunningEmulator
 from corpus_cache.engine.core import Engine
+from corpus_cache.engine.warm import warm_shard
 from corpus_cache.errors import CacheBuildingError
-from support.corpus_fixture import write_corpus
+from support.corpus_fixture import document, write_corpus
 from support.emulator_control import Control
 from support.engines import engine_on
 from support.mcp_session import Client, build_server
@@ -262,3 +263,29 @@ async def test_a_question_that_waits_for_the_build_hears_how_far_it_is(
     assert not asked.is_error
     assert asked.structured_content["usage"]["cache_read_tokens"] >= 0.95 * total  # type: ignore[index]
     assert any(m.startswith("building the cache: 2 of 4 slices") for m in heard)
+
+
+async def test_a_build_longer_than_the_ttl_keeps_the_layouts_first_entry_alive(
+    tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
+) -> None:
+    emulator.freeze(T0)
+    corpus = tmp_path / "many"
+    corpus.mkdir()
+    for i in range(40):
+        (corpus / f"part{i:02d}.md").write_text(f"# part {i}\n\n{document(i, 25)}\n")
+    total = await corpus_tokens(corpus, tmp_path / "count", running_emulator.base_url)
+    settings = limited(tmp_path, emulator, total // 8)  # about ten slices: over 5 minutes
+    time = VirtualTime(emulator)
+    async with building(
+        corpus, tmp_path / "state", running_emulator.base_url, time, ask_deadline=3_600,
+        **settings,
+    ) as engine:  # fmt: skip
+        live = engine.current
+        shard = live.shards[0]
+        built = await engine.builder.build(live, shard)
+        assert built is not None
+        assert time.now - T0 > 300  # longer than the 5-minute entries it began with
+        # A request through the layout's first anchor only: it reads, and writes nothing.
+        read = await warm_shard(engine, live, shard, "keep-warm", through=shard.plan.anchors[0])
+    assert read.usage.cache_read_tokens > 0
+    assert read.usage.cache_write_tokens == 0
