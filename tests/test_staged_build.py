@@ -21,7 +21,7 @@ import pytest
 from corpus_cache.emulator import RunningEmulator
 from corpus_cache.engine.core import Engine
 from corpus_cache.engine.warm import warm_shard
-from corpus_cache.errors import CacheBuildingError
+from corpus_cache.errors import BeyondRateLimitError, CacheBuildingError
 from support.corpus_fixture import document, write_corpus
 from support.emulator_control import Control
 from support.engines import engine_on
@@ -289,3 +289,38 @@ async def test_a_build_longer_than_the_ttl_keeps_the_layouts_first_entry_alive(
         read = await warm_shard(engine, live, shard, "keep-warm", through=shard.plan.anchors[0])
     assert read.usage.cache_read_tokens > 0
     assert read.usage.cache_write_tokens == 0
+
+
+async def test_shards_sized_by_the_limits_keep_the_size_the_first_plan_gave_them(
+    corpus: Path, tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
+) -> None:
+    emulator.freeze(T0)
+    settings = limited(tmp_path, emulator, 8_000)
+    time = VirtualTime(emulator)
+    async with building(
+        corpus, tmp_path / "state", running_emulator.base_url, time, build_minutes=2,
+        ask_deadline=3_600, **settings,
+    ) as engine:  # fmt: skip
+        assert engine.budget_tokens == 16_000  # two minutes of the bucket
+        assert len(engine.current.shards) == 2
+        emulator.limits(itpm=12_000, rpm=1_000, otpm=100_000)
+        await engine.ask(QUESTION)
+        assert engine.caller.limits.input_tokens_per_minute == 12_000  # as the headers say
+        assert engine.budget_tokens == 16_000  # but the shards stay as they were
+
+
+async def test_a_document_larger_than_a_slice_is_refused_unsent_and_named(
+    corpus: Path, tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
+) -> None:
+    emulator.freeze(T0)
+    settings = limited(tmp_path, emulator, 5_000)  # a slice of 3,994: each document is more
+    time = VirtualTime(emulator)
+    async with building(
+        corpus, tmp_path / "state", running_emulator.base_url, time, **settings
+    ) as engine:
+        sent_before = len(messages(emulator))
+        with pytest.raises(BeyondRateLimitError, match="can never pass") as refused:
+            await engine.ask(QUESTION)
+    assert "the document " in str(refused.value)
+    assert "Leave it out of the folder" in str(refused.value)
+    assert len(messages(emulator)) == sent_before

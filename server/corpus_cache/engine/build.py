@@ -228,12 +228,15 @@ class Builder:
 
     def start(self, corpus: Corpus, shard: Shard) -> BuildProgress | None:
         """Start building `shard` in the background, unless it is building already; its
-        progress, or None if there is nothing to build or no task group to build in."""
+        progress, or None if there is nothing to build or no task group to build in.
+        Raises BeyondRateLimitError if it can never be built under the limit."""
         running = self._builds.get(shard.number)
         if running is not None and not running.finished.is_set():
             return running.progress
         staged = self.staging(corpus, shard)
-        if not isinstance(staged, Staging) or not staged.todo or self._group is None:
+        if isinstance(staged, Unbuildable):
+            raise _unbuildable(shard, staged, self._host.caller.limits)
+        if staged is None or not staged.todo or self._group is None:
             return None
         build = _Build(shard.number, self.estimate(shard.number, staged))
         self._builds[shard.number] = build

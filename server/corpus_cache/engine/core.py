@@ -126,6 +126,7 @@ class Engine:
         self._root: CorpusRoot | None = root
         self._version = 0
         self._instructions_tokens: int | None = None
+        self._budget: int | None = None  # the shards' size, once worked out
         self._refreshing = anyio.Lock()
         self.sleep = sleep
         self.entries = CacheEntries()  # the cache entries we believe alive
@@ -311,9 +312,19 @@ class Engine:
 
     @property
     def budget_tokens(self) -> int:
+        """The shards' size (plan/budget.py): set, or by the window, the price of a warm
+        question and the input-token limit known when the corpus was first planned. That
+        limit is kept: what the API's headers say later must not reshard the corpus."""
         if self.settings.budget_tokens is not None:
             return self.settings.budget_tokens
-        return default_budget(self.model, self.settings.reserve_tokens)
+        if self._budget is None:
+            self._budget = default_budget(
+                self.model, self.settings.reserve_tokens,
+                warm_question_usd=self.settings.warm_question_usd,
+                input_tokens_per_minute=self.caller.limits.input_tokens_per_minute,
+                build_minutes=self.settings.build_minutes,
+            )  # fmt: skip
+        return self._budget
 
     # --- ask --------------------------------------------------------------------------
 
