@@ -20,7 +20,7 @@ import pytest
 
 from corpus_cache.emulator import RunningEmulator
 from corpus_cache.engine.core import Engine
-from corpus_cache.engine.warm import warm_shard
+from corpus_cache.engine.warm import prewarm_after_changes, warm_shard
 from corpus_cache.errors import BeyondRateLimitError, CacheBuildingError
 from support.corpus_fixture import document, write_corpus
 from support.emulator_control import Control
@@ -324,3 +324,33 @@ async def test_a_document_larger_than_a_slice_is_refused_unsent_and_named(
     assert "the document " in str(refused.value)
     assert "Leave it out of the folder" in str(refused.value)
     assert len(messages(emulator)) == sent_before
+
+
+async def test_with_prewarm_an_edit_starts_a_build_in_the_background_and_the_refresh_goes_on(
+    corpus: Path, tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
+) -> None:
+    emulator.freeze(T0)
+    total = await corpus_tokens(corpus, tmp_path / "count", running_emulator.base_url)
+    settings = limited(tmp_path, emulator, total // 3)
+    time = VirtualTime(emulator)
+    async with building(
+        corpus, tmp_path / "state", running_emulator.base_url, time, ask_deadline=3_600,
+        prewarm=True, watch=False, **settings,
+    ) as engine:  # fmt: skip
+        prewarm_after_changes(engine)  # as `serve` does
+        await engine.ask(QUESTION)  # built
+        time.hold_at = time.sleeps + 1  # the next wait for the bucket holds the build
+        first = engine.current.shards[0].plan.order[0]
+        # An edit that removes text: the prefix from this first document on is written again.
+        text = (corpus / first).read_text()
+        (corpus / first).write_text(text.replace("\n", " (edited)\n", 1))
+        with anyio.fail_after(30):
+            await engine.refresh()  # returns while the build goes on
+            await time.held.wait()
+        assert engine.builder.building(0)
+        time.release.set()
+        with anyio.fail_after(30):
+            await engine.builder.wait(0)
+        answer = await engine.ask(QUESTION)
+    assert answer.usage.cache_read_tokens >= 0.95 * answer.usage.prompt_tokens
+    assert 429 not in [e["status"] for e in messages(emulator)]

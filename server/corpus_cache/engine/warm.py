@@ -19,7 +19,7 @@ from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.cache.prepare import Marking
 from corpus_cache.engine.answers import Prewarmed, Warmed
 from corpus_cache.engine.core import Engine
-from corpus_cache.errors import ApiCallError, BudgetExceededError
+from corpus_cache.errors import ApiCallError, BeyondRateLimitError, BudgetExceededError
 from corpus_cache.plan.layout import Shard
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,13 @@ def prewarm_after_changes(engine: Engine) -> None:
             return
         run = WarmRun()
         for shard in changed:
+            if engine.builder.needed(new, shard):
+                try:
+                    if engine.builder.start(new, shard) is not None:
+                        continue  # a staged build, in the background: the refresh goes on
+                except BeyondRateLimitError as never:
+                    log.warning("shard %d not pre-warmed: %s", shard.number, never)
+                    continue
             try:
                 run.warmed.append(await warm_or_build(engine, new, shard))
             except BudgetExceededError as refused:  # logged and recorded: serving goes on
