@@ -137,7 +137,11 @@ def build_server(engine: Engine) -> MCPServer:
                     ctx.report_progress,
                     interval=engine.settings.heartbeat_interval,
                     deadline=engine.settings.ask_deadline,
-                    waiting_for="waiting for the answer",
+                    waiting_for=lambda: (
+                        engine.builder.describe()
+                        or (engine.indexing.describe() if not engine.indexed else None)
+                        or "waiting for the answer"
+                    ),
                     on_deadline=lambda: deadline_advice(throttles, DEADLINE_ADVICE),
                 )
         except CorpusCacheError as exc:
