@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -177,3 +178,27 @@ async def test_the_headers_of_the_first_response_replace_the_tiers_figures(
         await engine.ask("When does the on-call rotation hand over?")
         assert engine.caller.limits.input_tokens_per_minute == 400_000
         assert engine.caller.limits.requests_per_minute == 77
+
+
+async def test_a_question_cancelled_while_it_waits_for_the_limits_leaves_no_row(
+    corpus: Path, tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
+) -> None:
+    emulator.freeze(T0)
+    waiting = anyio.Event()
+
+    async def sleep_until_cancelled(seconds: float) -> None:
+        waiting.set()
+        await anyio.sleep_forever()
+
+    async with engine_on(
+        corpus, running_emulator.base_url, tmp_path / "state", model=MODEL,
+        clock=lambda: T0, sleep=sleep_until_cancelled,
+    ) as engine:  # fmt: skip
+        engine.caller.limits = RateLimits({"input_tokens": Bucket(30_000, 0.0, T0)}, "test")
+        rows_before = len(engine.ledger.requests(engine.corpus_key, limit=100))
+        async with anyio.create_task_group() as group:
+            group.start_soon(engine.ask, "When does the on-call rotation hand over?")
+            await waiting.wait()
+            group.cancel_scope.cancel()
+        assert len(engine.ledger.requests(engine.corpus_key, limit=100)) == rows_before
+    assert not [e for e in emulator.log() if e["path"] == "/v1/messages"]

@@ -18,6 +18,7 @@ from corpus_cache.emulator import RunningEmulator
 from corpus_cache.engine.warm import warm_shard
 from corpus_cache.errors import RateLimitWaitError
 from corpus_cache.mcp_surface.results import render_status, status
+from corpus_cache.plan.staging import SLICE_SHARE
 from support.corpus_fixture import write_corpus
 from support.emulator_control import Control
 from support.engines import engine_on
@@ -139,23 +140,24 @@ async def test_a_question_the_buckets_would_hold_past_the_deadline_is_refused_at
         corpus, running_emulator.base_url, tmp_path / "state", model=MODEL, clock=time.clock,
         sleep=time.sleep,
     ) as engine:  # fmt: skip
-        written = engine.current.corpus_tokens
-        # Room for one write of the corpus a minute: the next write waits most of a minute.
-        emulator.limits(itpm=int(written * 1.05), rpm=1_000, otpm=100_000)
-        await engine.ask("When does the on-call rotation hand over?", patience=50)
+        written = engine.current.shards[0].plan.total_tokens
+        # Room for one write of the corpus a minute, in one request (no staged build): the
+        # next write waits most of a minute.
+        emulator.limits(itpm=int((written + 800) / SLICE_SHARE), rpm=1_000, otpm=100_000)
+        await engine.ask("When does the on-call rotation hand over?", patience=30)
         routing = corpus / "architecture" / "routing.md"
         routing.write_text(routing.read_text() + "\nKestrel moved to port 7444.\n")
         await engine.refresh()
         sent_before = len(emulator.log())
         with anyio.fail_after(5), pytest.raises(RateLimitWaitError) as refused:
-            await engine.ask(ROUTING, patience=50)
+            await engine.ask(ROUTING, patience=30)
         assert len(emulator.log()) == sent_before  # nothing was sent
         assert time.slept == []  # nor waited for
         message = str(refused.value)
         assert "Ask again in about" in message
-        assert "longer than your client waits (50 s)" in message
+        assert "longer than your client waits (30 s)" in message
         assert "nothing was spent" in message
-        assert refused.value.wait_seconds > 40
+        assert refused.value.wait_seconds > 20
         # Without a deadline (the command line), the question waits its turn instead.
         async with anyio.create_task_group() as group:
             group.start_soon(engine.ask, ROUTING)

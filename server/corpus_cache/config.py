@@ -56,7 +56,25 @@ class Settings(BaseSettings):
         description="milliseconds a burst of changes settles before the folder is rescanned",
     )
     budget_tokens: int | None = Field(
-        None, gt=0, description="tokens of corpus per request (default: window less reserve)"
+        None,
+        gt=0,
+        description="tokens of corpus per request, setting the shards' size directly "
+        "(default: the window less the reserve, or less by --warm-question-usd and "
+        "--build-minutes)",
+    )
+    warm_question_usd: float | None = Field(
+        None,
+        gt=0,
+        description="size shards so that a question read from the cache costs about this "
+        "many dollars on the model, 0.05 for example (default: not by price; "
+        "docs/caching.md says why)",
+    )
+    build_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="size shards so that the account's input-token rate limit, when known "
+        "(--tier), writes one to the cache in about this many minutes, 5 for example "
+        "(default: not by the limits; staged builds write a larger shard in slices)",
     )
     reserve_tokens: int = Field(
         16_000, ge=0, description="tokens kept free in the window for question and answer"
@@ -97,6 +115,12 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds an MCP `ask` may take before it ends with an error; keep it below "
         "the client's own timeout (Claude Desktop gives up after about 60 s)",
+    )
+    index_wait: float = Field(
+        10.0,
+        ge=0,
+        description="seconds a tool that needs the corpus waits for the first index of the "
+        "folder (which runs in the background from start) before it says how far it is",
     )
     heartbeat_interval: float = Field(
         5.0, gt=0, description="seconds between progress notifications while an answer is awaited"

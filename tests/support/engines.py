@@ -24,10 +24,11 @@ async def engine_on(
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
     max_retries: int = 0,
+    index: bool = True,
     **settings: Any,
 ) -> AsyncIterator[Engine]:
-    """An indexed engine; its SDK client and ledger are closed on the way out. The SDK does
-    not retry unless `max_retries` says so."""
+    """An indexed engine (not yet indexed if `index` is false); its SDK client and ledger
+    are closed on the way out. The SDK does not retry unless `max_retries` says so."""
     config = Settings(corpus=corpus, state_dir=state, **settings)
     ledger = Ledger(config.ledger_path)
     client = api_client(
@@ -38,7 +39,8 @@ async def engine_on(
         extra["sleep"] = sleep
     engine = Engine(config, load_catalog(), Backend(client, "anthropic"), ledger, **extra)
     try:
-        await engine.refresh()
+        if index:
+            await engine.refresh()
         yield engine
     finally:
         await client.close()

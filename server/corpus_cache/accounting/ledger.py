@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -314,16 +314,30 @@ class Ledger:
             return {}
         return found
 
-    def store_token_counts(self, model: str, backend: str, counts: dict[str, int]) -> bool:
+    def store_token_counts(
+        self,
+        model: str,
+        backend: str,
+        counts: dict[str, int],
+        sketches: Mapping[str, tuple[str, float]] | None = None,
+    ) -> bool:
         """Store counts `backend` made; False when the ledger cannot be written (they are
-        counted again later: nothing is lost)."""
+        counted again later: nothing is lost). `sketches`: per key, the kind and prior the
+        local estimate gave the document (api/estimate.py): such counts calibrate it."""
         now = time.time()
-        rows = [(key, model, backend, tokens, now) for key, tokens in counts.items()]
+        known = sketches or {}
+        rows = [
+            (key, model, backend, tokens, now, *known.get(key, (None, None)))
+            for key, tokens in counts.items()
+        ]
         with self._lock:
             try:
                 self._write(
                     lambda db: db.executemany(
-                        "INSERT OR REPLACE INTO token_counts VALUES (?, ?, ?, ?, ?)", rows
+                        "INSERT OR REPLACE INTO token_counts "
+                        "(content_key, model, backend, tokens, counted_at, kind, prior) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        rows,
                     )
                 )
             except StorageFault as fault:
@@ -334,6 +348,23 @@ class Ledger:
                 )  # fmt: skip
                 return False
         return True
+
+    def calibration_samples(
+        self, model: str, backend: str, limit: int = 2_000
+    ) -> list[tuple[str, float, int]]:
+        """The latest (kind, prior, tokens) of counts `backend` made for `model` that the
+        local estimate had sketched; none when the ledger cannot be read (the estimate is
+        calibrated again)."""
+        try:
+            _, rows = self._query(
+                "SELECT kind, prior, tokens FROM token_counts WHERE model = ? AND backend = ? "
+                "AND kind IS NOT NULL AND prior IS NOT NULL ORDER BY counted_at DESC LIMIT ?",
+                [model, backend, limit],
+            )
+        except LedgerUnavailableError as exc:
+            log.warning("%s; the token estimate is calibrated again", exc)
+            return []
+        return [(str(kind), float(prior), int(tokens)) for kind, prior, tokens in rows]
 
     # --- requests ---------------------------------------------------------------------
 

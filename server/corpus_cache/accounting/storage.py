@@ -73,10 +73,17 @@ M005_COUNTS_BY_BACKEND = """
         ALTER TABLE requests ADD COLUMN emulator_pid INTEGER;
 """
 
+# What the local estimate knew of a counted document (api/estimate.py): its kind of text
+# and its prior. Counts that have them calibrate the estimate for their model and backend.
+M006_COUNTS_CALIBRATE = """
+        ALTER TABLE token_counts ADD COLUMN kind TEXT;
+        ALTER TABLE token_counts ADD COLUMN prior REAL;
+"""
+
 # Ordered; each runs once, in one transaction with the version bump.
 MIGRATIONS: list[str] = [
     M001_INITIAL, M002_SHARD_AND_TTL, M003_CACHE_MISS_REASON, M004_ROW_KEY,
-    M005_COUNTS_BY_BACKEND,
+    M005_COUNTS_BY_BACKEND, M006_COUNTS_CALIBRATE,
 ]  # fmt: skip
 
 ROW_COLUMNS = (

@@ -61,6 +61,13 @@ _WHAT: dict[RequestKind, str] = {
 }
 
 
+@dataclass
+class _Admission:
+    """Whether a request got past the rate limits, so may have been sent."""
+
+    past: bool = False
+
+
 @dataclass(frozen=True)
 class Sent:
     """A request the API answered, as priced and recorded."""
@@ -179,10 +186,11 @@ class ApiCaller:
         received = 0  # characters of the answer's text that have arrived
         stopped = False
         started = time.perf_counter()
+        admitted = _Admission()
         with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
             try:
                 async with (
-                    self._admitted(request, group) as demand,
+                    self._admitted(request, admitted, group) as demand,
                     self.backend.client.messages.stream(**request.body()) as stream,
                 ):
                     self._observe(stream.response.headers, demand)
@@ -207,7 +215,8 @@ class ApiCaller:
                     describe_api_error(exc, received=received if begun is not None else None)
                 ) from exc
             except anyio.get_cancelled_exc_class():
-                self._record_failure(request, started, None, begun, received)
+                if admitted.past:  # cancelled while waiting for the limits: nothing was sent
+                    self._record_failure(request, started, None, begun, received)
                 raise
         return self._record(request, message, headers, started)
 
@@ -216,11 +225,12 @@ class ApiCaller:
         read, nothing is generated."""
         started = time.perf_counter()
         checked = False
+        admitted = _Admission()
         try:
             with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
                 checked = True
                 try:
-                    async with self._admitted(request) as demand:
+                    async with self._admitted(request, admitted) as demand:
                         raw = await self.backend.client.messages.with_raw_response.create(
                             **request.body()
                         )
@@ -233,7 +243,8 @@ class ApiCaller:
                         f"warming the cache failed: {describe_api_error(exc)}"
                     ) from exc
                 except anyio.get_cancelled_exc_class():
-                    self._record_failure(request, started, None)
+                    if admitted.past:
+                        self._record_failure(request, started, None)
                     raise
         except BudgetExceededError as refused:
             if not checked:  # nothing was sent: a row says so, as no one waits on the answer
@@ -270,11 +281,12 @@ class ApiCaller:
 
     @asynccontextmanager
     async def _admitted(
-        self, request: PreparedRequest, group: int | None = None
+        self, request: PreparedRequest, admission: _Admission, group: int | None = None
     ) -> AsyncIterator[Demand]:
         """Wait in the queue until the buckets hold what `request` takes (questions before
-        background work), then take it and keep it in flight while the block runs. A
-        request no bucket can ever hold is refused, unsent."""
+        background work), then take it and keep it in flight while the block runs
+        (`admission.past` from then on). A request no bucket can ever hold is refused,
+        unsent."""
         demand = request.demand()
         priority: Priority = "question" if request.kind == "ask" else "background"
         try:
@@ -287,6 +299,7 @@ class ApiCaller:
                 request.shard, waited, self.limits.source,
             )  # fmt: skip
         self._in_flight["messages"].append(demand)
+        admission.past = True
         try:
             yield demand
         finally:

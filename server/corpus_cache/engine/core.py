@@ -38,6 +38,9 @@ from corpus_cache.corpus.documents import Document, Snapshot
 from corpus_cache.corpus.scan import CorpusRoot, ScanOptions, ScanResult, scan
 from corpus_cache.corpus.search import Hit, SearchIndex
 from corpus_cache.engine.answers import Answer, Prewarmed, ShardAnswer, merge
+from corpus_cache.engine.build import Builder
+from corpus_cache.engine.indexing import Indexing
+from corpus_cache.engine.remembered import RememberedEntries
 from corpus_cache.engine.sessions import (
     LOCAL,
     NEW,
@@ -74,6 +77,8 @@ log = logging.getLogger(__name__)
 QUESTION_RESERVE = 2_000  # tokens kept free in the window for the question
 # Of a client's deadline, what is left for the answer to arrive once a question is sent.
 ANSWER_ROOM_SECONDS = 10.0
+# What an answer takes once its prefix is cached: a read of it and the output streamed.
+ANSWER_SECONDS = 20.0
 # After the last breakpoint, so it is never cached and its wording does not matter.
 WARM_QUESTION = "(Warming the cache: no answer is wanted.)"
 
@@ -125,8 +130,17 @@ class Engine:
         self._root: CorpusRoot | None = root
         self._version = 0
         self._instructions_tokens: int | None = None
+        self._estimate_error = 0.0  # of the latest token figures (api/tokens.py, Counts)
+        self.indexing = Indexing()  # how far the latest refresh is; `done` after the first
+        self._budget: int | None = None  # the shards' size, once worked out
         self._refreshing = anyio.Lock()
+        self.sleep = sleep
         self.entries = CacheEntries()  # the cache entries we believe alive
+        # Kept across a restart, so that a staged build goes on from what it wrote.
+        remembered = RememberedEntries(settings.state_dir, self.corpus_key, _backend_key(backend))
+        self.entries.restore(remembered.load(clock()))
+        self.entries.on_change = remembered.save
+        self.builder = Builder(self)  # staged cache builds, within the rate limits (build.py)
         self._turn = 0
         # Edits and question times, for the planner and the TTL policy.
         try:
@@ -198,6 +212,7 @@ class Engine:
             if new is old:
                 return new
             self._corpus = new  # one assignment: a question sees the old corpus or the new
+            self.indexing.done.set()
         for listener in self._listeners:
             await listener(old, new)
         return new
@@ -213,14 +228,19 @@ class Engine:
         )
         if self._root is None:
             self._root = CorpusRoot(self.settings.corpus)
-        result = await anyio.to_thread.run_sync(scan, self._root, options, previous)
+        result = await anyio.to_thread.run_sync(
+            scan, self._root, options, previous, self.indexing.reading
+        )
         if self._corpus is not None and _same_folder(self._corpus.snapshot, result):
             # Nothing a question would see changed: the same snapshot stays live, so a
             # rescan for nothing (the watcher's catch-up at start, a touch) is no new version.
             return self._corpus
-        tokens = await self.counter.count(result.documents, progress)
+        counts = await self.counter.count(result.documents, self._counting(progress))
+        tokens = counts.tokens
         if self._instructions_tokens is None:
             self._instructions_tokens = await self.counter.count_system(INSTRUCTIONS)
+        self.indexing.planning()
+        self._estimate_error = counts.error
         now = self.clock()
         docs = self.history.observe(result.documents, tokens, now)
         layout = self._plan(docs, self._corpus, now, result.documents)
@@ -229,14 +249,26 @@ class Engine:
             self.settings.corpus, self._version, now, result.documents, result.skipped
         )
         corpus = live_corpus.with_entries(
-            Corpus(snapshot, tokens, layout, SearchIndex(snapshot)), self._corpus, self.model.id
-        )
+            Corpus(
+                snapshot, tokens, layout, SearchIndex(snapshot),
+                estimated=counts.estimated, estimate_error=counts.error,
+            ),
+            self._corpus, self.model.id,
+        )  # fmt: skip
         log.info(
             "corpus v%d: %d documents, %d tokens, %d left out; %d shard(s): %s",
             snapshot.version, len(snapshot.documents), corpus.corpus_tokens,
             len(snapshot.skipped), len(layout.shards), layout.shards[0].plan.note,
         )  # fmt: skip
         return corpus
+
+    def _counting(self, progress: Callable[[int, int], None] | None) -> Callable[[int, int], None]:
+        def counted(done: int, total: int) -> None:
+            self.indexing.counting(done, total)
+            if progress is not None:
+                progress(done, total)
+
+        return counted
 
     def _plan(
         self,
@@ -260,6 +292,7 @@ class Engine:
             previous=previous.layout if previous else None,
             live=self._live_anchors(previous, now) if previous else None,
             dropped=dropped,
+            estimate_error=self._estimate_error,
         )
 
     def _live_anchors(self, corpus: Corpus, now: float) -> dict[int, tuple[int, ...]]:
@@ -304,9 +337,19 @@ class Engine:
 
     @property
     def budget_tokens(self) -> int:
+        """The shards' size (plan/budget.py): set, or by the window, the price of a warm
+        question and the input-token limit known when the corpus was first planned. That
+        limit is kept: what the API's headers say later must not reshard the corpus."""
         if self.settings.budget_tokens is not None:
             return self.settings.budget_tokens
-        return default_budget(self.model, self.settings.reserve_tokens)
+        if self._budget is None:
+            self._budget = default_budget(
+                self.model, self.settings.reserve_tokens,
+                warm_question_usd=self.settings.warm_question_usd,
+                input_tokens_per_minute=self.caller.limits.input_tokens_per_minute,
+                build_minutes=self.settings.build_minutes,
+            )  # fmt: skip
+        return self._budget
 
     # --- ask --------------------------------------------------------------------------
 
@@ -349,7 +392,18 @@ class Engine:
         corpus = await self._compacted()
         self._check_documents(corpus)
         chosen = self.route(question, corpus, fan_out or self.settings.fan_out)
+        began = self.clock()
+        await self.builder.ready(corpus, chosen, within=self.build_patience)
+        if patience is not None:
+            patience -= self.clock() - began  # what the build took of the client's wait
         return await self._ask_shards(question, corpus, chosen, patience)
+
+    @property
+    def build_patience(self) -> float:
+        """How long a question may wait for a staged build (build.py) to finish: the
+        client's deadline, less the time the answer itself takes once the cache is built."""
+        deadline = self.settings.ask_deadline
+        return max(0.0, deadline - min(ANSWER_SECONDS, deadline / 2))
 
     def _check_documents(self, corpus: Corpus) -> None:
         if not corpus.snapshot.documents:
@@ -433,6 +487,7 @@ class Engine:
                 found.pin = _Pin(live, self.route(question, live, 1)[0])
                 log.info("session %s moved to the live corpus: text it held was removed", found.id)
             pin = found.pin
+            await self.builder.ready(pin.corpus, [pin.shard], within=self.build_patience)
             kept, dropped = trim_turns(
                 found.turns, estimate_tokens(question),
                 max_turns=self.settings.session_max_turns,
@@ -757,6 +812,12 @@ def _known_count_limits(settings: Settings, now: float) -> RateLimits:
     if settings.tier is None:
         return RateLimits.unknown()
     return count_limits_at_tier(load_limits(settings.limits_file), settings.tier, now)
+
+
+def _backend_key(backend: Backend) -> str:
+    """Which API's cache entries the engine's beliefs are about: its kind and address,
+    and the emulator's process (whose cache ends with it)."""
+    return f"{backend.kind} {backend.client.base_url} {backend.emulator_pid}"
 
 
 def _same_folder(snapshot: Snapshot, result: ScanResult) -> bool:
