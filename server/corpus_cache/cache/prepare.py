@@ -104,7 +104,8 @@ def prepare_request(
         read_tokens=max(
             (
                 block.prefix_tokens
-                for anchor, block in zip(plan.anchors, plan.blocks, strict=True)
+                # No anchors at all when the plan is not cached.
+                for anchor, block in zip(plan.anchors, plan.blocks, strict=False)
                 if anchor in alive and anchor <= max(marked, default=-1)
             ),
             default=0,
