@@ -129,6 +129,10 @@ class ApiCaller:
         """The Messages API's buckets, as known now."""
         return self.scheduler.buckets["messages"]
 
+    @limits.setter
+    def limits(self, known: RateLimits) -> None:
+        self.scheduler.observed("messages", known)
+
     @property
     def count_limits(self) -> RateLimits:
         """Token counting's bucket, as known now."""
