@@ -22,6 +22,7 @@ from corpus_cache.plan.staging import SLICE_SHARE
 from support.corpus_fixture import write_corpus
 from support.emulator_control import Control
 from support.engines import engine_on
+from support.mcp_session import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -180,3 +181,27 @@ async def test_cache_status_shows_the_tiers_limits_before_any_response(
         shown = render_status(out)
     assert "Rate limits (tier 1 of the limits table" in shown
     assert "30,000 input tokens" in shown
+
+
+async def test_the_ask_tool_says_at_once_when_to_ask_again_instead_of_timing_out(
+    corpus: Path, tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
+) -> None:
+    emulator.freeze(T0)
+    time = Stepper(emulator)
+    async with serving(
+        corpus, running_emulator.base_url, tmp_path / "state", model=MODEL, clock=time.clock,
+        sleep=time.sleep, ask_deadline=30,
+    ) as (mcp, engine):  # fmt: skip
+        written = engine.current.shards[0].plan.total_tokens
+        emulator.limits(itpm=int((written + 800) / SLICE_SHARE), rpm=1_000, otpm=100_000)
+        first = await mcp.call_tool("ask", {"question": "Who is on call on Tuesday?"})
+        assert not first.is_error
+        routing = corpus / "architecture" / "routing.md"
+        routing.write_text(routing.read_text() + "\nKestrel moved to port 7444.\n")
+        await engine.refresh()
+        with anyio.fail_after(10):
+            refused = await mcp.call_tool("ask", {"question": ROUTING})
+    assert refused.is_error
+    text = refused.content[0].text  # type: ignore[union-attr]
+    assert "Ask again in about" in text
+    assert "longer than your client waits" in text
