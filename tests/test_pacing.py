@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corpus_cache.api.ratelimits import Bucket, Demand, RateLimits
+from corpus_cache.api.ratelimits import Bucket, Demand, RateLimits, wait_after_refusal
 from corpus_cache.emulator import RunningEmulator
 from corpus_cache.errors import BeyondRateLimitError
 from support.corpus_fixture import write_corpus
@@ -202,3 +202,17 @@ async def test_a_question_cancelled_while_it_waits_for_the_limits_leaves_no_row(
             group.cancel_scope.cancel()
         assert len(engine.ledger.requests(engine.corpus_key, limit=100)) == rows_before
     assert not [e for e in emulator.log() if e["path"] == "/v1/messages"]
+
+
+def test_a_429_waits_the_longer_of_its_retry_after_and_what_its_headers_say_the_bucket_needs() -> (
+    None
+):
+    known = limits(30_000, 30_000)  # we believed the bucket full: another program spent it
+    refusal = {
+        "retry-after": "3",
+        "anthropic-ratelimit-input-tokens-limit": "30000",
+        "anthropic-ratelimit-input-tokens-remaining": "1000",
+    }
+    wait = wait_after_refusal(known, refusal, Demand(input_tokens=10_500), 0.0)
+    assert wait == pytest.approx(20.0)  # 500 held (rounded down), 10,000 more at 500 a second
+    assert wait_after_refusal(known, {"retry-after": "30"}, Demand(input_tokens=1), 0.0) == 30
