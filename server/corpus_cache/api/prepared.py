@@ -51,6 +51,15 @@ class PreparedRequest:
         """The TTL it gives the end of the corpus: the ledger's `ttl` for the request."""
         return self.ttls[self.corpus_end] if self.corpus_end is not None else None
 
+    def expected_usd(self, model: ModelSpec) -> float:
+        """What it would cost if it ran as believed: the entries believed alive read, the
+        others written, its answer left out (an estimate, for a request whose usage is not
+        known: spending.Bound.expected_usd)."""
+        # Breakpoints follow the anchors' order, so a bound's segments do too.
+        marked = sorted(self.marked)
+        read = max((i + 1 for i, a in enumerate(marked) if a in self.alive), default=0)
+        return self.bound.expected_usd(model, read)
+
     def body(self) -> dict[str, Any]:
         """A fresh copy of the params for the SDK, which takes keyword arguments."""
         return dict(self.params)

@@ -43,9 +43,10 @@ async def running_engine(
     try:
         engine = Engine(settings, catalog, backend, ledger, root=root)
         try:
-            await engine.refresh(progress)
-            prewarm_after_changes(engine)
-            yield engine
+            async with engine.reading_answers():
+                await engine.refresh(progress)
+                prewarm_after_changes(engine)
+                yield engine
         finally:
             engine.close()
     finally:
