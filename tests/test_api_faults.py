@@ -285,7 +285,8 @@ async def test_a_refused_connection_is_retried_then_reported_and_charges_nothing
             assert answered
             *refused, answer = rows(engine)
             assert answer.outcome == "ok"
-            assert refused and all(r.billing == "unbilled" for r in refused)
+            assert refused
+            assert all(r.billing == "unbilled" for r in refused)
             after_ok = await spend(mcp)
 
             # Persistent: every attempt is refused.
@@ -331,7 +332,8 @@ async def test_a_malformed_response_is_reported_not_retried_and_charges_nothing(
         (failed,) = rows(engine)
         assert_charges_nothing(failed)
         assert failed.billing == "maybe"
-        assert failed.estimate_usd is not None and failed.estimate_usd > 0
+        assert failed.estimate_usd is not None
+        assert failed.estimate_usd > 0
         assert MAY_BILL in failed.error
         assert_only_errors_added(before, await spend(mcp), errors=1, maybe=1)
         await ask_ok(mcp)
