@@ -217,7 +217,7 @@ async def test_a_deadline_passed_waiting_out_a_retry_after_says_so(
         assert message == f"no answer within 0.5 s; {says} {wait}; {again}"
         # Without a throttle, the deadline's usual advice.
         emulator.fault(kind="delay", delay=1.5)
-        assert "Ask again: the API may be slow" in await ask_fails(mcp)
+        assert "the server reads its response to the end" in await ask_fails(mcp)
 
 
 # --- connection refused -------------------------------------------------------------------

@@ -144,6 +144,7 @@ class Engine:
         # Where questions' requests run while `reading_answers` does: read to their end
         # whether or not anyone still waits for them (a deadline, a sibling's failure).
         self._readers: TaskGroup | None = None
+        self.read_for_no_one = 0  # responses being read that no question waits for any more
 
     def _spent_since(self, since: float) -> float:
         totals = self.totals(since, self.answering)
@@ -618,13 +619,16 @@ class Engine:
                     log.warning("shard %d, given up: %s", request.shard, exc)
             finally:
                 done.set()
+                if not waiting[0]:
+                    self.read_for_no_one -= 1
 
         readers.start_soon(read)
         try:
             await done.wait()
         except anyio.get_cancelled_exc_class():
-            waiting[0] = False
             if not done.is_set():
+                waiting[0] = False
+                self.read_for_no_one += 1
                 log.info("shard %d: the answer is given up; its response is read to the end "
                          "in the background", request.shard)  # fmt: skip
             raise
