@@ -183,7 +183,7 @@ def _cards(spend: BackendSpend) -> str:
                 f"about {money(t.maybe_usd)}",
                 f"{t.maybe_requests} sent with no response begun: an estimate, not in "
                 f"{spent.lower()}",
-            )  # fmt: skip
+            )
             if t.maybe_requests
             else ""
         )
