@@ -158,14 +158,19 @@ class Engine:
         usage is recorded and the cache entries it writes are known alive for the next
         question. On the way out, responses still under way are cancelled at once, and
         recorded with what is known of them."""
+        failed: Exception | None = None
         async with anyio.create_task_group() as group:
             self._readers = group
             try:
                 yield
+            except Exception as exc:  # raised below, not wrapped in the task group's group
+                failed = exc
             finally:
                 self._readers = None
                 self.caller.stopping = "the server stopped before the response ended"
                 group.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
 
     def on_swap(self, listener: SwapListener) -> None:
         """Call `listener(old, new)` after every swap of the live corpus (old is None at first)."""
