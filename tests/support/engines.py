@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ async def engine_on(
     *,
     api_key: str = "test-key",
     clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
     max_retries: int = 0,
     **settings: Any,
 ) -> AsyncIterator[Engine]:
@@ -36,7 +37,9 @@ async def engine_on(
     backend = Backend(
         client, "anthropic", retries=max_retries, request_timeout=config.request_timeout
     )
-    extra = {"clock": clock} if clock is not None else {}
+    extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
+    if sleep is not None:
+        extra["sleep"] = sleep
     engine = Engine(config, load_catalog(), backend, ledger, **extra)
     try:
         async with engine.reading_answers():

@@ -92,10 +92,13 @@ def open_backend(
     timeout: float,
     keep_between: Path | None = None,
     models_file: Path | None = None,
+    tier: str | None = None,
+    limits_file: Path | None = None,
 ) -> Backend:
     """`keep_between`: the state folder of a local emulator that outlives this process
     (local_emulator.py), for commands that end after one question; else, offline, an
-    emulator in this process, whose cache ends with it."""
+    emulator in this process, whose cache ends with it, and which applies the rate limits
+    of `tier` (from the shipped table with `limits_file` merged in), if one is given."""
     if not offline and os.environ.get("ANTHROPIC_API_KEY"):
         client = api_client(timeout=timeout, max_retries=0)
         return Backend(client, ANTHROPIC, request_timeout=timeout)
@@ -120,7 +123,9 @@ def open_backend(
     # A key only this process knows, and no controls: other local programs, and web pages
     # that reach loopback, can neither read what was sent nor steer the answers.
     key = secrets.token_urlsafe(32)
-    emulator = start_in_thread(catalog=catalog, api_key=key, controls=False)
+    emulator = start_in_thread(
+        catalog=catalog, api_key=key, controls=False, tier=tier, limits_file=limits_file
+    )
     log.warning(
         "no ANTHROPIC_API_KEY%s: answering with the offline emulator at %s "
         "(extractive answers, not Claude)",

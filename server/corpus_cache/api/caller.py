@@ -5,8 +5,10 @@ is sent by `ApiCaller`, which is the one place that checks the spending guard be
 request that spends, makes its attempts (api/retrying.py decides whether and when to try
 again; the SDK makes one attempt per call), prices what the API reports, records a ledger
 row for every attempt (billed, not billed, or perhaps billed: docs/accounting.md), and
-turns a failure into an `ApiCallError` that says what happened and what to do. Limits will
-live here.
+turns a failure into an `ApiCallError` that says what happened and what to do. Before each
+attempt is sent it waits as long as the account's rate limits need (api/ratelimits.py),
+and refuses one that could never fit; every response's `anthropic-ratelimit-*` headers
+update what is known of them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -35,8 +38,14 @@ from corpus_cache.api.backend import (
 )
 from corpus_cache.api.outcomes import billing_of, cache_miss, cancelled_text, failure_text
 from corpus_cache.api.prepared import PreparedRequest, RequestKind
+from corpus_cache.api.ratelimits import Demand, RateLimits
 from corpus_cache.api.spending import DailyCap
-from corpus_cache.errors import ApiCallError, BudgetExceededError, IncompleteResponseError
+from corpus_cache.errors import (
+    ApiCallError,
+    BeyondRateLimitError,
+    BudgetExceededError,
+    IncompleteResponseError,
+)
 from corpus_cache.models.catalog import ModelSpec
 from corpus_cache.models.pricing import Usage, cost_usd, uncached_cost_usd
 
@@ -56,6 +65,13 @@ _FAILURES: tuple[type[Exception], ...] = (*API_FAILURES, TimeoutError)
 
 def _always() -> bool:
     return True
+
+
+@dataclass
+class _Admission:
+    """Whether a request got past the rate limits, so may have been sent."""
+
+    past: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,7 +118,13 @@ class ApiCaller:
         cap: DailyCap,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
+        *,
+        limits: RateLimits | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
+        """`limits`: what is known of the rate limits before the first response (a tier's
+        figures), else nothing; `sleep` waits on `clock` (the emulator's virtual clock in
+        tests)."""
         self.backend = backend
         self.model = model
         self.ledger = ledger
@@ -110,6 +132,11 @@ class ApiCaller:
         self.cap = cap
         self.clock = clock
         self.jitter = jitter  # shortens a backoff by up to a quarter (retrying.next_wait)
+        self.limits = limits or RateLimits.unknown()
+        self._sleep = sleep
+        # One admission at a time: two requests waiting on one bucket must not both go.
+        self._admission = anyio.Lock()
+        self._in_flight: list[Demand] = []
         self._answered_by: str | None = None  # as the last response said (backend_of_response)
         # Why attempts still under way are cancelled, once the server is stopping.
         self.stopping: str | None = None
@@ -194,10 +221,15 @@ class ApiCaller:
         received = 0  # characters of the answer's text that have arrived
         stopped = False
         started = time.perf_counter()
+        admitted = _Admission()
         try:
-            async with self.backend.client.messages.stream(
-                **request.body(), timeout=self.backend.timeout()
-            ) as stream:
+            async with (
+                self._admitted(request, admitted) as demand,
+                self.backend.client.messages.stream(
+                    **request.body(), timeout=self.backend.timeout()
+                ) as stream,
+            ):
+                self._observe(stream.response.headers, demand)
                 events = stream.__aiter__()
                 while True:
                     try:
@@ -221,10 +253,12 @@ class ApiCaller:
                 message = await stream.get_final_message()
                 headers = stream.response.headers
         except _FAILURES as exc:
+            self._observe_failure(exc)
             failed = self._failed(request, started, attempt, exc, begun, message_id, received)
             raise failed from exc
         except anyio.get_cancelled_exc_class():
-            self._record_cancelled(request, started, attempt, begun, message_id)
+            if admitted.past:  # cancelled while waiting for the limits: nothing was sent
+                self._record_cancelled(request, started, attempt, begun, message_id)
             raise
         return self._record(request, message, headers, started, attempt)
 
@@ -232,15 +266,20 @@ class ApiCaller:
         """One attempt of a request sent whole (`max_tokens: 0`): its response begins when
         its body arrives, all at once."""
         started = time.perf_counter()
+        admitted = _Admission()
         try:
-            raw = await self.backend.client.messages.with_raw_response.create(
-                **request.body(), timeout=self.backend.timeout()
-            )
+            async with self._admitted(request, admitted) as demand:
+                raw = await self.backend.client.messages.with_raw_response.create(
+                    **request.body(), timeout=self.backend.timeout()
+                )
+                self._observe(raw.headers, demand)
             message = await raw.parse()
         except _FAILURES as exc:
+            self._observe_failure(exc)
             raise self._failed(request, started, attempt, exc, None, None, 0) from exc
         except anyio.get_cancelled_exc_class():
-            self._record_cancelled(request, started, attempt, None, None)
+            if admitted.past:
+                self._record_cancelled(request, started, attempt, None, None)
             raise
         return self._record(request, message, raw.headers, started, attempt)
 
@@ -279,6 +318,57 @@ class ApiCaller:
             raise ApiCallError(f"cannot count tokens: {describe_api_error(exc)}") from exc
         self._answered_by = backend_of_response(raw.headers, self.backend.kind)
         return Counted(result.input_tokens, self._answered_by)
+
+    @asynccontextmanager
+    async def _admitted(
+        self, request: PreparedRequest, admission: _Admission
+    ) -> AsyncIterator[Demand]:
+        """Wait until the buckets hold what `request` takes, then take it and keep it in
+        flight while the block runs (`admission.past` from then on). A request no bucket can
+        ever hold is refused, unsent."""
+        demand = request.demand()
+        async with self._admission:
+            wait = self.limits.wait_seconds(demand, self.clock())
+            if wait is None:
+                raise BeyondRateLimitError(_beyond_limits(self.limits, demand))
+            if wait > 0:
+                log.info(
+                    "shard %d: waiting %.1f s for the rate limits (%s)",
+                    request.shard, wait, self.limits.source,
+                )  # fmt: skip
+                began = self.clock()
+                await self._sleep(wait)
+                # A clock that did not move as far (a frozen test clock) counts as if it had.
+                now = max(self.clock(), began + wait)
+            else:
+                now = self.clock()
+            self.limits = self.limits.taken(demand, now)
+            self._in_flight.append(demand)
+            admission.past = True
+        try:
+            yield demand
+        finally:
+            self._in_flight.remove(demand)
+
+    def _observe(self, headers: Mapping[str, str], demand: Demand | None = None) -> None:
+        """What a response's headers say of the buckets; `demand`: its own request, which
+        they have counted already, unlike the others still in flight."""
+        others = list(self._in_flight)
+        if demand is not None and demand in others:
+            others.remove(demand)
+        pending = Demand(
+            requests=sum(d.requests for d in others),
+            input_tokens=sum(d.input_tokens for d in others),
+            output_tokens=sum(d.output_tokens for d in others),
+        )
+        self.limits = self.limits.observed(headers, self.clock(), in_flight=pending)
+
+    def _observe_failure(self, exc: BaseException) -> None:
+        # A 429 carries the buckets' state as well: the next wait starts from it.
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+        if headers is not None:
+            self._observe(headers)
 
     def _record(
         self,
@@ -367,3 +457,15 @@ class ApiCaller:
                 attempt=attempt,
             )
         )  # fmt: skip
+
+
+def _beyond_limits(limits: RateLimits, demand: Demand) -> str:
+    parts = [
+        f"{wanted:,} {kind.replace('_', ' ')} where the account allows {allowed:,} a minute"
+        for kind, wanted, allowed in limits.too_large(demand)
+    ]
+    return (
+        f"not sent: this request needs {'; '.join(parts)} ({limits.source}), so it can never "
+        "pass. A smaller --budget-tokens splits the corpus into shards that fit; a higher "
+        "usage tier raises the limit."
+    )

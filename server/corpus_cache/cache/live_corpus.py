@@ -11,7 +11,7 @@ from corpus_cache.api.tokens import content_key
 from corpus_cache.cache import markers as marker_blocks
 from corpus_cache.corpus.documents import Document, Snapshot
 from corpus_cache.corpus.search import SearchIndex
-from corpus_cache.plan.layout import Layout, Shard
+from corpus_cache.plan.layout import Layout, Plan, Shard
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,17 @@ def marked(corpus: Corpus, shard: int, markers: dict[int, int], model: str) -> C
     every = {**corpus.markers, shard: markers}
     return replace(
         corpus, markers=every, anchor_ids=marker_blocks.anchor_ids(corpus.layout, model, every)
+    )
+
+
+def with_plan(corpus: Corpus, shard: int, plan: Plan, model: str) -> Corpus:
+    """`corpus` with shard number `shard` laid out as `plan` (the same documents cut at more
+    block ends: a staged build's, plan/staging.py), and its anchors' entry identities. The
+    anchors the two plans share have the same identities: an entry is its prefix."""
+    shards = tuple(replace(s, plan=plan) if s.number == shard else s for s in corpus.shards)
+    layout = replace(corpus.layout, shards=shards)
+    return replace(
+        corpus, layout=layout, anchor_ids=marker_blocks.anchor_ids(layout, model, corpus.markers)
     )
 
 

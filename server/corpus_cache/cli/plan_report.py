@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.engine.core import Engine
 from corpus_cache.models.pricing import project_question
+from corpus_cache.plan.layout import Shard
+from corpus_cache.plan.staging import Staging, about
 from corpus_cache.wording import plural
 
 SHOWN_PER_BLOCK = 8
@@ -40,8 +43,10 @@ def plan_report(engine: Engine) -> dict[str, Any]:
                     "ttl": block.ttl,
                 }
             )
+        build = _build(engine, corpus, shard)
         shards.append(
             {
+                "build": build,
                 "shard": shard.number,
                 "tokens": plan.total_tokens,
                 "cached": plan.cached,
@@ -65,6 +70,24 @@ def plan_report(engine: Engine) -> dict[str, Any]:
         "left_out_files": [{"path": s.path, "reason": s.reason} for s in corpus.snapshot.skipped],
         "assumptions": "a question of 50 tokens and an answer of 500 tokens",
         "shards": shards,
+    }
+
+
+def _build(engine: Engine, corpus: Corpus, shard: Shard) -> dict[str, Any] | None:
+    """How the shard's cache is written under the known input-token limit, when one
+    request cannot carry it: in how many slices, and in about how long."""
+    if not engine.builder.needed(corpus, shard):
+        return None
+    staged = engine.builder.staging(corpus, shard)
+    if not isinstance(staged, Staging):
+        return None
+    progress = engine.builder.estimate(shard.number, staged)
+    return {
+        "slices": progress.total,
+        "slices_done": progress.done,
+        "slice_tokens": engine.builder.capacity,
+        "input_tokens_per_minute": engine.caller.limits.input_tokens_per_minute,
+        "seconds": round(progress.eta_seconds),
     }
 
 
@@ -96,6 +119,14 @@ def render_plan(report: dict[str, Any], show_all: bool = False) -> str:
                 lines.append(f"{'':25}... and {len(docs) - len(shown)} more (--all shows them)")
         if not shard["blocks"]:
             continue
+        if shard["build"]:
+            build = shard["build"]
+            lines.append(
+                f"  at {build['input_tokens_per_minute']:,} input tokens a minute, the cache is "
+                f"written in {build['slices']} slices of at most {build['slice_tokens']:,} "
+                f"tokens, {about(build['seconds'])}"
+                + (f" ({build['slices_done']} alive already)" if build["slices_done"] else "")
+            )
         if shard["cached"]:
             lines.append(
                 f"  one question: ${costs['cold']:.4f} cold (writes the cache), "

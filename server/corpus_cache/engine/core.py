@@ -19,6 +19,7 @@ from corpus_cache.api.backend import (
 )
 from corpus_cache.api.caller import ApiCaller, Sent
 from corpus_cache.api.prepared import PreparedRequest, RequestKind
+from corpus_cache.api.ratelimits import RateLimits, limits_at_tier
 from corpus_cache.api.request import (
     INSTRUCTIONS,
     checked_question,
@@ -39,6 +40,8 @@ from corpus_cache.corpus.documents import Document, Snapshot
 from corpus_cache.corpus.scan import CorpusRoot, ScanOptions, ScanResult, scan
 from corpus_cache.corpus.search import Hit, SearchIndex
 from corpus_cache.engine.answers import Answer, Prewarmed, ShardAnswer, merge
+from corpus_cache.engine.build import Builder
+from corpus_cache.engine.remembered import RememberedEntries
 from corpus_cache.engine.sessions import (
     LOCAL,
     NEW,
@@ -57,6 +60,7 @@ from corpus_cache.errors import (
     first_leaf,
 )
 from corpus_cache.models.catalog import Catalog, ModelSpec
+from corpus_cache.models.limits import load_limits
 from corpus_cache.models.pricing import Ttl, Usage
 from corpus_cache.plan.budget import default_budget
 from corpus_cache.plan.layout import (
@@ -72,6 +76,8 @@ from corpus_cache.plan.stability import DocInfo
 log = logging.getLogger(__name__)
 
 QUESTION_RESERVE = 2_000  # tokens kept free in the window for the question
+# What an answer takes once its prefix is cached: a read of it and the output streamed.
+ANSWER_SECONDS = 20.0
 # After the last breakpoint, so it is never cached and its wording does not matter.
 WARM_QUESTION = "(Warming the cache: no answer is wanted.)"
 
@@ -99,8 +105,10 @@ class Engine:
         clock: Callable[[], float] = time.time,
         *,
         root: CorpusRoot | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
-        """`root`: the corpus folder, if already opened (else it is at the first scan)."""
+        """`root`: the corpus folder, if already opened (else it is at the first scan);
+        `sleep`: waits for the rate limits, on `clock`."""
         self.settings = settings
         self.catalog = catalog
         self.model: ModelSpec = catalog.get(settings.model)
@@ -112,6 +120,7 @@ class Engine:
         self.caller = ApiCaller(
             backend, self.model, ledger, self.corpus_key,
             DailyCap(settings, self._spent_since, clock), clock,
+            limits=_known_limits(settings, self.model, clock()), sleep=sleep,
         )  # fmt: skip
         self.counter = TokenCounter(self.caller, self.model.id, ledger)
         self._corpus: Corpus | None = None
@@ -120,8 +129,15 @@ class Engine:
         self._root: CorpusRoot | None = root
         self._version = 0
         self._instructions_tokens: int | None = None
+        self._budget: int | None = None  # the shards' size, once worked out
         self._refreshing = anyio.Lock()
+        self.sleep = sleep
         self.entries = CacheEntries()  # the cache entries we believe alive
+        # Kept across a restart, so that a staged build goes on from what it wrote.
+        remembered = RememberedEntries(settings.state_dir, self.corpus_key, _backend_key(backend))
+        self.entries.restore(remembered.load(clock()))
+        self.entries.on_change = remembered.save
+        self.builder = Builder(self)  # staged cache builds, within the rate limits (build.py)
         self._turn = 0
         # Edits and question times, for the planner and the TTL policy.
         try:
@@ -329,9 +345,19 @@ class Engine:
 
     @property
     def budget_tokens(self) -> int:
+        """The shards' size (plan/budget.py): set, or by the window, the price of a warm
+        question and the input-token limit known when the corpus was first planned. That
+        limit is kept: what the API's headers say later must not reshard the corpus."""
         if self.settings.budget_tokens is not None:
             return self.settings.budget_tokens
-        return default_budget(self.model, self.settings.reserve_tokens)
+        if self._budget is None:
+            self._budget = default_budget(
+                self.model, self.settings.reserve_tokens,
+                warm_question_usd=self.settings.warm_question_usd,
+                input_tokens_per_minute=self.caller.limits.input_tokens_per_minute,
+                build_minutes=self.settings.build_minutes,
+            )  # fmt: skip
+        return self._budget
 
     # --- ask --------------------------------------------------------------------------
 
@@ -370,7 +396,15 @@ class Engine:
         corpus = await self._compacted()
         self._check_documents(corpus)
         chosen = self.route(question, corpus, fan_out or self.settings.fan_out)
+        await self.builder.ready(corpus, chosen, within=self.build_patience)
         return await self._ask_shards(question, corpus, chosen)
+
+    @property
+    def build_patience(self) -> float:
+        """How long a question may wait for a staged build (build.py) to finish: the
+        client's deadline, less the time the answer itself takes once the cache is built."""
+        deadline = self.settings.ask_deadline
+        return max(0.0, deadline - min(ANSWER_SECONDS, deadline / 2))
 
     def _check_documents(self, corpus: Corpus) -> None:
         if not corpus.snapshot.documents:
@@ -436,6 +470,7 @@ class Engine:
                 found.pin = _Pin(live, self.route(question, live, 1)[0])
                 log.info("session %s moved to the live corpus: text it held was removed", found.id)
             pin = found.pin
+            await self.builder.ready(pin.corpus, [pin.shard], within=self.build_patience)
             kept, dropped = trim_turns(
                 found.turns, estimate_tokens(question),
                 max_turns=self.settings.session_max_turns,
@@ -776,6 +811,19 @@ class Engine:
         elif live is not None and live.layout is corpus.layout:
             self._corpus = live_corpus.marked(live, shard.number, markers, self.model.id)
         return new
+
+
+def _known_limits(settings: Settings, model: ModelSpec, now: float) -> RateLimits:
+    """The rate limits assumed before the first response: the tier's, if one is set."""
+    if settings.tier is None:
+        return RateLimits.unknown()
+    return limits_at_tier(load_limits(settings.limits_file), settings.tier, model.id, now)
+
+
+def _backend_key(backend: Backend) -> str:
+    """Which API's cache entries the engine's beliefs are about: its kind and address,
+    and the emulator's process (whose cache ends with it)."""
+    return f"{backend.kind} {backend.client.base_url} {backend.emulator_pid}"
 
 
 def _same_folder(snapshot: Snapshot, result: ScanResult) -> bool:

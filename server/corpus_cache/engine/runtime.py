@@ -38,7 +38,7 @@ async def running_engine(
     backend = open_backend(
         catalog, offline=settings.offline, timeout=settings.request_timeout,
         keep_between=settings.state_dir if keep_emulator else None,
-        models_file=settings.models_file,
+        models_file=settings.models_file, tier=settings.tier, limits_file=settings.limits_file,
     )  # fmt: skip
     try:
         engine = Engine(settings, catalog, backend, ledger, root=root)

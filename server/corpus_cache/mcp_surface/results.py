@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from corpus_cache.accounting.ledger import Totals
 from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.engine.answers import Answer
+from corpus_cache.engine.build import BuildProgress
 from corpus_cache.engine.core import Engine
 from corpus_cache.errors import LedgerUnavailableError
 from corpus_cache.wording import plural, usd
@@ -174,6 +175,16 @@ class PolicyOut(BaseModel):
     reason: str
 
 
+class BuildOut(BaseModel):
+    shard: int
+    slices_done: int
+    slices: int
+    remaining_tokens: int
+    done_in_seconds: float = Field(description="an estimate, from the input-token rate limit")
+    failed: str | None = Field(default=None, description="why the build stopped, if it did")
+    text: str
+
+
 class CacheStatus(BaseModel):
     corpus: str
     model: str
@@ -215,6 +226,20 @@ class CacheStatus(BaseModel):
         description="set when the ledger cannot be written or read: why, and where the "
         "requests it could not record are kept",
     )
+    cache_build: list[BuildOut] = Field(
+        default_factory=list,
+        description="shards whose cache is being written a slice per request, within the "
+        "input-token rate limit, or whose build stopped: how far, and when it is done",
+    )
+
+
+def _build_out(progress: BuildProgress) -> BuildOut:
+    return BuildOut(
+        shard=progress.shard, slices_done=progress.done, slices=progress.total,
+        remaining_tokens=progress.remaining_tokens,
+        done_in_seconds=round(progress.eta_seconds, 1), failed=progress.failed,
+        text=progress.describe(),
+    )  # fmt: skip
 
 
 # --- rendering ------------------------------------------------------------------------
@@ -395,6 +420,7 @@ def status(engine: Engine) -> CacheStatus:
             if shard.plan.cached and (d := engine.ttl_decision(shard))
         ],
         ledger_note=ledger_note,
+        cache_build=[_build_out(p) for p in engine.builder.progress()],
     )
 
 
@@ -460,6 +486,9 @@ def render_status(out: CacheStatus) -> str:
     ]
     if out.folder_problem:
         lines.insert(0, f"Warning: {out.folder_problem}.")
+    for build in out.cache_build:
+        where = f"Shard {build.shard}: b" if out.shards > 1 else "B"
+        lines.append(f"{where}{build.text[1:]}.")
     for b in out.blocks:
         ttl = f"breakpoint, TTL {b.ttl}" if b.ttl else "no breakpoint"
         where = f"shard {b.shard} block {b.block}" if out.shards > 1 else f"block {b.block}"

@@ -135,7 +135,7 @@ def build_server(engine: Engine) -> MCPServer:
                     ctx.report_progress,
                     interval=engine.settings.heartbeat_interval,
                     deadline=engine.settings.ask_deadline,
-                    waiting_for="waiting for the answer",
+                    waiting_for=lambda: engine.builder.describe() or "waiting for the answer",
                     on_deadline=lambda: deadline_advice(
                         throttles,
                         STILL_READING_ADVICE if engine.read_for_no_one else DEADLINE_ADVICE,
