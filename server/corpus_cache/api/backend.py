@@ -161,8 +161,8 @@ _throttles: ContextVar[list[Throttle] | None] = ContextVar("corpus_cache_throttl
 
 @contextmanager
 def noting_throttles() -> Iterator[list[Throttle]]:
-    """Within it, each 429 and 529 the API answers to this task's calls, the SDK's retries
-    included, is added to the list it gives. The SDK waits out a retry-after before asking
+    """Within it, each 429 and 529 the API answers to this task's calls, the caller's retries
+    included, is added to the list it gives. The caller waits out a retry-after before asking
     again, and a deadline may end that wait: then the list says why the answer is late."""
     noted: list[Throttle] = []
     token = _throttles.set(noted)
