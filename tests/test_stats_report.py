@@ -119,15 +119,15 @@ def test_m003_adds_the_cache_miss_columns_to_an_existing_v2_ledger(tmp_path: Pat
     )  # fmt: skip
     assert (new.cache_miss_reason, new.cache_missed_tokens) == ("system_changed", 7)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) == (6,)
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) == (7,)
 
 
-def test_m006_says_which_rows_of_an_existing_ledger_were_billed(tmp_path: Path) -> None:
+def test_m007_says_which_rows_of_an_existing_ledger_were_billed(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     with sqlite3.connect(path) as db:
-        for migration in MIGRATIONS[:5]:
+        for migration in MIGRATIONS[:6]:
             db.executescript(migration)
-        db.execute("PRAGMA user_version=5")
+        db.execute("PRAGMA user_version=6")
         insert = (
             "INSERT INTO requests (at, kind, corpus, model, backend, outcome, cost_usd, error) "
             "VALUES (?, 'ask', '/c', 'm', 'anthropic', ?, ?, ?)"

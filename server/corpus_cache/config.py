@@ -122,6 +122,12 @@ class Settings(BaseSettings):
         description="seconds an MCP `ask` may take before it ends with an error; keep it below "
         "the client's own timeout (Claude Desktop gives up after about 60 s)",
     )
+    index_wait: float = Field(
+        10.0,
+        ge=0,
+        description="seconds a tool that needs the corpus waits for the first index of the "
+        "folder (which runs in the background from start) before it says how far it is",
+    )
     heartbeat_interval: float = Field(
         5.0, gt=0, description="seconds between progress notifications while an answer is awaited"
     )

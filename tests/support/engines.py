@@ -24,11 +24,12 @@ async def engine_on(
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
     max_retries: int = 0,
+    index: bool = True,
     **settings: Any,
 ) -> AsyncIterator[Engine]:
-    """An indexed engine, reading its answers to their end as a server's does; its SDK
-    client and ledger are closed on the way out. The caller does not retry unless
-    `max_retries` says so."""
+    """An indexed engine (not yet indexed if `index` is false), reading its answers to
+    their end as a server's does; its SDK client and ledger are closed on the way out. The
+    caller does not retry unless `max_retries` says so."""
     config = Settings(corpus=corpus, state_dir=state, **settings)
     ledger = Ledger(config.ledger_path)
     client = api_client(
@@ -43,7 +44,8 @@ async def engine_on(
     engine = Engine(config, load_catalog(), backend, ledger, **extra)
     try:
         async with engine.reading_answers():
-            await engine.refresh()
+            if index:
+                await engine.refresh()
             yield engine
     finally:
         await client.close()

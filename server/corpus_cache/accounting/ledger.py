@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from corpus_cache.accounting.storage import (
     M003_CACHE_MISS_REASON,
     M004_ROW_KEY,
     M005_COUNTS_BY_BACKEND,
-    M006_BILLING,
+    M007_BILLING,
     MIGRATIONS,
     ROW_COLUMNS,
     describe_fault,
@@ -50,7 +50,7 @@ __all__ = [
     "M003_CACHE_MISS_REASON",
     "M004_ROW_KEY",
     "M005_COUNTS_BY_BACKEND",
-    "M006_BILLING",
+    "M007_BILLING",
     "MAYBE",
     "MIGRATIONS",
     "UNBILLED",
@@ -68,7 +68,7 @@ BUSY_TIMEOUT = 2.0  # seconds a write waits for another process's lock, then is 
 # minutes does not stall every request by the full timeout (its row is journaled anyway).
 BUSY_TIMEOUT_BEHIND = 0.1
 
-# What the API did with an attempt, as far as is known (storage.M006_BILLING).
+# What the API did with an attempt, as far as is known (storage.M007_BILLING).
 BILLED, UNBILLED, MAYBE = "billed", "unbilled", "maybe"
 
 
@@ -343,16 +343,30 @@ class Ledger:
             return {}
         return found
 
-    def store_token_counts(self, model: str, backend: str, counts: dict[str, int]) -> bool:
+    def store_token_counts(
+        self,
+        model: str,
+        backend: str,
+        counts: dict[str, int],
+        sketches: Mapping[str, tuple[str, float]] | None = None,
+    ) -> bool:
         """Store counts `backend` made; False when the ledger cannot be written (they are
-        counted again later: nothing is lost)."""
+        counted again later: nothing is lost). `sketches`: per key, the kind and prior the
+        local estimate gave the document (api/estimate.py): such counts calibrate it."""
         now = time.time()
-        rows = [(key, model, backend, tokens, now) for key, tokens in counts.items()]
+        known = sketches or {}
+        rows = [
+            (key, model, backend, tokens, now, *known.get(key, (None, None)))
+            for key, tokens in counts.items()
+        ]
         with self._lock:
             try:
                 self._write(
                     lambda db: db.executemany(
-                        "INSERT OR REPLACE INTO token_counts VALUES (?, ?, ?, ?, ?)", rows
+                        "INSERT OR REPLACE INTO token_counts "
+                        "(content_key, model, backend, tokens, counted_at, kind, prior) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        rows,
                     )
                 )
             except StorageFault as fault:
@@ -363,6 +377,23 @@ class Ledger:
                 )  # fmt: skip
                 return False
         return True
+
+    def calibration_samples(
+        self, model: str, backend: str, limit: int = 2_000
+    ) -> list[tuple[str, float, int]]:
+        """The latest (kind, prior, tokens) of counts `backend` made for `model` that the
+        local estimate had sketched; none when the ledger cannot be read (the estimate is
+        calibrated again)."""
+        try:
+            _, rows = self._query(
+                "SELECT kind, prior, tokens FROM token_counts WHERE model = ? AND backend = ? "
+                "AND kind IS NOT NULL AND prior IS NOT NULL ORDER BY counted_at DESC LIMIT ?",
+                [model, backend, limit],
+            )
+        except LedgerUnavailableError as exc:
+            log.warning("%s; the token estimate is calibrated again", exc)
+            return []
+        return [(str(kind), float(prior), int(tokens)) for kind, prior, tokens in rows]
 
     # --- requests ---------------------------------------------------------------------
 

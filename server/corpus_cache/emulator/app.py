@@ -310,7 +310,10 @@ def build_app(
     async def request_log(request: Request) -> Any:
         limit = request.query_params.get("limit", "100")
         bodies = request.query_params.get("bodies", "0") in ("1", "true")
-        return {"requests": emulator.log.recent(int(limit) if limit.isdigit() else 100, bodies)}
+        return {
+            "requests": emulator.log.recent(int(limit) if limit.isdigit() else 100, bodies),
+            "counts": dict(emulator.log.counts),
+        }
 
     async def cache_state(request: Request) -> Any:
         workspace = _workspace(request)

@@ -41,6 +41,7 @@ from corpus_cache.corpus.scan import CorpusRoot, ScanOptions, ScanResult, scan
 from corpus_cache.corpus.search import Hit, SearchIndex
 from corpus_cache.engine.answers import Answer, Prewarmed, ShardAnswer, merge
 from corpus_cache.engine.build import Builder
+from corpus_cache.engine.indexing import Indexing
 from corpus_cache.engine.remembered import RememberedEntries
 from corpus_cache.engine.sessions import (
     LOCAL,
@@ -129,6 +130,8 @@ class Engine:
         self._root: CorpusRoot | None = root
         self._version = 0
         self._instructions_tokens: int | None = None
+        self._estimate_error = 0.0  # of the latest token figures (api/tokens.py, Counts)
+        self.indexing = Indexing()  # how far the latest refresh is; `done` after the first
         self._budget: int | None = None  # the shards' size, once worked out
         self._refreshing = anyio.Lock()
         self.sleep = sleep
@@ -239,6 +242,7 @@ class Engine:
             if new is old:
                 return new
             self._corpus = new  # one assignment: a question sees the old corpus or the new
+            self.indexing.done.set()
         for listener in self._listeners:
             await listener(old, new)
         return new
@@ -254,14 +258,19 @@ class Engine:
         )
         if self._root is None:
             self._root = CorpusRoot(self.settings.corpus)
-        result = await anyio.to_thread.run_sync(scan, self._root, options, previous)
+        result = await anyio.to_thread.run_sync(
+            scan, self._root, options, previous, self.indexing.reading
+        )
         if self._corpus is not None and _same_folder(self._corpus.snapshot, result):
             # Nothing a question would see changed: the same snapshot stays live, so a
             # rescan for nothing (the watcher's catch-up at start, a touch) is no new version.
             return self._corpus
-        tokens = await self.counter.count(result.documents, progress)
+        counts = await self.counter.count(result.documents, self._counting(progress))
+        tokens = counts.tokens
         if self._instructions_tokens is None:
             self._instructions_tokens = await self.counter.count_system(INSTRUCTIONS)
+        self.indexing.planning()
+        self._estimate_error = counts.error
         now = self.clock()
         docs = self.history.observe(result.documents, tokens, now)
         layout = self._plan(docs, self._corpus, now, result.documents)
@@ -270,14 +279,26 @@ class Engine:
             self.settings.corpus, self._version, now, result.documents, result.skipped
         )
         corpus = live_corpus.with_entries(
-            Corpus(snapshot, tokens, layout, SearchIndex(snapshot)), self._corpus, self.model.id
-        )
+            Corpus(
+                snapshot, tokens, layout, SearchIndex(snapshot),
+                estimated=counts.estimated, estimate_error=counts.error,
+            ),
+            self._corpus, self.model.id,
+        )  # fmt: skip
         log.info(
             "corpus v%d: %d documents, %d tokens, %d left out; %d shard(s): %s",
             snapshot.version, len(snapshot.documents), corpus.corpus_tokens,
             len(snapshot.skipped), len(layout.shards), layout.shards[0].plan.note,
         )  # fmt: skip
         return corpus
+
+    def _counting(self, progress: Callable[[int, int], None] | None) -> Callable[[int, int], None]:
+        def counted(done: int, total: int) -> None:
+            self.indexing.counting(done, total)
+            if progress is not None:
+                progress(done, total)
+
+        return counted
 
     def _plan(
         self,
@@ -301,6 +322,7 @@ class Engine:
             previous=previous.layout if previous else None,
             live=self._live_anchors(previous, now) if previous else None,
             dropped=dropped,
+            estimate_error=self._estimate_error,
         )
 
     def _live_anchors(self, corpus: Corpus, now: float) -> dict[int, tuple[int, ...]]:
