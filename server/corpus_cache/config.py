@@ -45,7 +45,13 @@ class Settings(BaseSettings):
         "name may be outside the folder)",
     )
     max_answer_tokens: int = Field(1024, gt=0, description="max_tokens of an answer")
-    request_timeout: float = Field(50.0, gt=0, description="seconds before an API call gives up")
+    request_timeout: float = Field(
+        50.0,
+        gt=0,
+        description="seconds to connect to the API, and the longest silence in a response "
+        "that has begun (a response may take up to 10 minutes to begin: until then the API "
+        "may be running it)",
+    )
     watch: bool = Field(True, description="watch the folder and refresh after every change")
     poll: bool = Field(
         False, description="watch by polling, for filesystems whose change events do not arrive"

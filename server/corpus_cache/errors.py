@@ -73,7 +73,7 @@ class LimitsTableError(ModelTableError):
 
 
 class ApiCallError(CorpusCacheError):
-    """The Messages API call failed after the SDK's retries."""
+    """The Messages API call failed after the caller's retries."""
 
 
 class IncompleteResponseError(ApiCallError):

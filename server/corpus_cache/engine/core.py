@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from corpus_cache.accounting.ledger import Ledger, Totals
 from corpus_cache.api.backend import (
     Backend,
 )
-from corpus_cache.api.caller import ApiCaller
+from corpus_cache.api.caller import ApiCaller, Sent
 from corpus_cache.api.prepared import PreparedRequest, RequestKind
 from corpus_cache.api.ratelimits import RateLimits, count_limits_at_tier, limits_at_tier
 from corpus_cache.api.request import (
@@ -116,11 +118,12 @@ class Engine:
         self.backend = backend
         self.ledger = ledger
         self.clock = clock
-        # Every request to the API goes through this one caller (api/caller.py).
+        # Every request to the API goes through this one caller (api/caller.py). The daily
+        # cap counts what may have been billed too: an estimate, but money perhaps spent.
         self.caller = ApiCaller(
             backend, self.model, ledger, self.corpus_key,
-            DailyCap(settings, lambda since: self.totals(since, self.answering).cost_usd, clock),
-            clock, limits=_known_limits(settings, self.model, clock()),
+            DailyCap(settings, self._spent_since, clock), clock,
+            limits=_known_limits(settings, self.model, clock()),
             count_limits=_known_count_limits(settings, clock()), sleep=sleep,
         )  # fmt: skip
         self.counter = TokenCounter(self.caller, self.model.id, ledger)
@@ -160,6 +163,36 @@ class Engine:
         # has begun, when its entries become readable.
         self._writing: dict[str, anyio.Event] = {}
         self._last_message: dict[int, str] = {}  # shard -> last answer's id, for diagnostics
+        # Where questions' requests run while `reading_answers` does: read to their end
+        # whether or not anyone still waits for them (a deadline, a sibling's failure).
+        self._readers: TaskGroup | None = None
+        self.read_for_no_one = 0  # responses being read that no question waits for any more
+
+    def _spent_since(self, since: float) -> float:
+        totals = self.totals(since, self.answering)
+        return totals.cost_usd + totals.maybe_usd
+
+    @asynccontextmanager
+    async def reading_answers(self) -> AsyncIterator[None]:
+        """While it runs, the engine reads every question's response to its end, even when
+        the question is given up (the ask's deadline, a shard of a fan-out failing): the API
+        runs a request to completion whether or not anyone listens, and bills it, so its
+        usage is recorded and the cache entries it writes are known alive for the next
+        question. On the way out, responses still under way are cancelled at once, and
+        recorded with what is known of them."""
+        failed: Exception | None = None
+        async with anyio.create_task_group() as group:
+            self._readers = group
+            try:
+                yield
+            except Exception as exc:  # raised below, not wrapped in the task group's group
+                failed = exc
+            finally:
+                self._readers = None
+                self.caller.stopping = "the server stopped before the response ended"
+                group.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
 
     def on_swap(self, listener: SwapListener) -> None:
         """Call `listener(old, new)` after every swap of the live corpus (old is None at first)."""
@@ -650,12 +683,16 @@ class Engine:
             self.entries.answered(request, usage)
             release()
 
-        try:
-            sent = await self.caller.answer(request, begun, group=group)
-        finally:
-            release()  # failed before it began: a waiting request writes the prefix itself
+        async def send(wanted: Callable[[], bool]) -> Sent:
+            try:
+                sent = await self.caller.answer(request, begun, wanted=wanted, group=group)
+            finally:
+                release()  # failed before it began: a waiting request writes the prefix itself
+            self._last_message[shard.number] = sent.message.id
+            return sent
+
+        sent = await self._read_to_the_end(send, request)
         message = sent.message
-        self._last_message[shard.number] = message.id
         mapped = map_answer(list(message.content), shard.plan, corpus.snapshot)
         raw_text = "".join(b.text for b in message.content if b.type == "text")
         return ShardAnswer(
@@ -663,6 +700,47 @@ class Engine:
             sent.uncached_cost_usd, sent.backend, sent.latency_ms, raw_text, request.marked,
             message.id, sent.ledger_note, request.estimate_usd,
         )  # fmt: skip
+
+    async def _read_to_the_end(
+        self, send: Callable[[Callable[[], bool]], Awaitable[Sent]], request: PreparedRequest
+    ) -> Sent:
+        """`send(wanted)` run by the engine (`reading_answers`), awaited here: if this wait
+        is cancelled, the response is still read to its end, its usage recorded and its
+        cache entries remembered; `wanted()` turns false, so a failed attempt is not tried
+        again for no one. Without `reading_answers`, sent here and cancelled with the wait."""
+        readers = self._readers
+        if readers is None:
+            return await send(lambda: True)
+        done = anyio.Event()
+        outcome: list[Sent | BaseException] = []
+        waiting = [True]
+
+        async def read() -> None:
+            try:
+                outcome.append(await send(lambda: waiting[0]))
+            except Exception as exc:  # handed to the waiter; logged if no one waits
+                outcome.append(exc)
+                if not waiting[0]:
+                    log.warning("shard %d, given up: %s", request.shard, exc)
+            finally:
+                done.set()
+                if not waiting[0]:
+                    self.read_for_no_one -= 1
+
+        readers.start_soon(read)
+        try:
+            await done.wait()
+        except anyio.get_cancelled_exc_class():
+            if not done.is_set():
+                waiting[0] = False
+                self.read_for_no_one += 1
+                log.info("shard %d: the answer is given up; its response is read to the end "
+                         "in the background", request.shard)  # fmt: skip
+            raise
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     # --- local tools: no API call ------------------------------------------------------
 

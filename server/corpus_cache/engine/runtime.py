@@ -48,17 +48,18 @@ async def running_engine(
     try:
         engine = Engine(settings, catalog, backend, ledger, root=root)
         try:
-            if not background:
-                await engine.refresh(progress)
-                prewarm_after_changes(engine)
-                yield engine
-                return
-            async with anyio.create_task_group() as group:
-                group.start_soon(first_index, engine, progress)
-                try:
+            async with engine.reading_answers():
+                if not background:
+                    await engine.refresh(progress)
+                    prewarm_after_changes(engine)
                     yield engine
-                finally:
-                    group.cancel_scope.cancel()
+                    return
+                async with anyio.create_task_group() as group:
+                    group.start_soon(first_index, engine, progress)
+                    try:
+                        yield engine
+                    finally:
+                        group.cancel_scope.cancel()
         finally:
             engine.close()
     finally:

@@ -170,6 +170,14 @@ class SpendOut(BaseModel):
     spent_usd: float
     uncached_usd: float
     saved_usd: float
+    maybe_billed_requests: int = Field(
+        default=0,
+        description="attempts the API may have billed with no usage known (sent, no response "
+        "began): not in spent_usd",
+    )
+    maybe_billed_usd: float = Field(
+        default=0.0, description="what those attempts would cost if they ran: an estimate"
+    )
 
 
 class PolicyOut(BaseModel):
@@ -492,12 +500,18 @@ def _spend_line(s: SpendOut, head: str) -> str:
         f"{'spent' if s.billed else 'would cost'} {usd(s.spent_usd)} vs "
         f"{usd(s.uncached_usd)} uncached"
     )
+    maybe = (
+        f" Apart: {plural(s.maybe_billed_requests, 'request')} that may have been billed, "
+        f"about {usd(s.maybe_billed_usd)} if they ran (sent, and no response began)."
+        if s.maybe_billed_requests
+        else ""
+    )
     if s.saved_usd < -0.00005:
         return (
             f"{line}: {usd(-s.saved_usd)} more than uncached so far, as cache writes (1.25x "
-            "the input price) are repaid only by later questions that read them (0.1x)."
+            "the input price) are repaid only by later questions that read them (0.1x)." + maybe
         )
-    return f"{line} (saved {usd(s.saved_usd)})."
+    return f"{line} (saved {usd(s.saved_usd)}).{maybe}"
 
 
 def layout_note(corpus: Corpus) -> str:

@@ -75,6 +75,13 @@ DEADLINE_ADVICE = (
     "If your client waits longer, raise the deadline with `corpus-cache serve --ask-deadline "
     "SECONDS` or CORPUS_CACHE_ASK_DEADLINE."
 )
+STILL_READING_ADVICE = (
+    "it was given up so that your MCP client does not time out first, but the request goes "
+    "on: the server reads its response to the end in the background, records what it costs "
+    "and keeps the cache it writes. Ask again in a few seconds: the question reads that "
+    "cache and is quicker. If your client waits longer, raise the deadline with "
+    "`corpus-cache serve --ask-deadline SECONDS` or CORPUS_CACHE_ASK_DEADLINE."
+)
 
 
 # --- the server -----------------------------------------------------------------------
@@ -147,7 +154,10 @@ def build_server(engine: Engine) -> MCPServer:
                         or (engine.indexing.describe() if not engine.indexed else None)
                         or "waiting for the answer"
                     ),
-                    on_deadline=lambda: deadline_advice(throttles, DEADLINE_ADVICE),
+                    on_deadline=lambda: deadline_advice(
+                        throttles,
+                        STILL_READING_ADVICE if engine.read_for_no_one else DEADLINE_ADVICE,
+                    ),
                 )
         except CorpusCacheError as exc:
             raise _tool_error(exc) from exc
