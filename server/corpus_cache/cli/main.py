@@ -138,7 +138,10 @@ def _serve(args: argparse.Namespace) -> int:
 
         async with anyio.create_task_group() as group:
             group.start_soon(engine)
-            await _serve_mcp(server, args, settings)
+            try:
+                await _serve_mcp(server, args, settings)
+            except Exception as exc:  # a port in use, say: said plainly, below
+                failed.append(exc)
             group.cancel_scope.cancel()
         if failed:
             raise failed[0]
