@@ -45,7 +45,13 @@ class Settings(BaseSettings):
         "name may be outside the folder)",
     )
     max_answer_tokens: int = Field(1024, gt=0, description="max_tokens of an answer")
-    request_timeout: float = Field(50.0, gt=0, description="seconds before an API call gives up")
+    request_timeout: float = Field(
+        50.0,
+        gt=0,
+        description="seconds to connect to the API, and the longest silence in a response "
+        "that has begun (a response may take up to 10 minutes to begin: until then the API "
+        "may be running it)",
+    )
     watch: bool = Field(True, description="watch the folder and refresh after every change")
     poll: bool = Field(
         False, description="watch by polling, for filesystems whose change events do not arrive"
@@ -115,6 +121,12 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds an MCP `ask` may take before it ends with an error; keep it below "
         "the client's own timeout (Claude Desktop gives up after about 60 s)",
+    )
+    index_wait: float = Field(
+        10.0,
+        ge=0,
+        description="seconds a tool that needs the corpus waits for the first index of the "
+        "folder (which runs in the background from start) before it says how far it is",
     )
     heartbeat_interval: float = Field(
         5.0, gt=0, description="seconds between progress notifications while an answer is awaited"

@@ -16,6 +16,7 @@ One tree, so that a caller catches `CorpusCacheError` and never a tuple:
     ├── BudgetExceededError       a request would pass --max-usd-per-day; nothing was sent
     ├── LedgerUnavailableError    the ledger cannot be read now (a write is journaled instead)
     ├── DeadlineExceededError     a tool call ran past its deadline
+    ├── IndexingError             the folder's first index has not ended (or failed)
     ├── CacheBuildingError        the cache is being written slice by slice; ask again later
     └── SetupError                the command cannot start as configured
 
@@ -69,7 +70,7 @@ class LimitsTableError(ModelTableError):
 
 
 class ApiCallError(CorpusCacheError):
-    """The Messages API call failed after the SDK's retries."""
+    """The Messages API call failed after the caller's retries."""
 
 
 class IncompleteResponseError(ApiCallError):
@@ -97,6 +98,11 @@ class LedgerUnavailableError(CorpusCacheError):
 
 class DeadlineExceededError(CorpusCacheError):
     """A tool call ran past its deadline and was given up."""
+
+
+class IndexingError(CorpusCacheError):
+    """The first index of the folder is still running (the message says how far it is and
+    when to ask again), or it failed (the message says why)."""
 
 
 class CacheBuildingError(CorpusCacheError):

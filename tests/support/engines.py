@@ -24,22 +24,29 @@ async def engine_on(
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
     max_retries: int = 0,
+    index: bool = True,
     **settings: Any,
 ) -> AsyncIterator[Engine]:
-    """An indexed engine; its SDK client and ledger are closed on the way out. The SDK does
-    not retry unless `max_retries` says so."""
+    """An indexed engine (not yet indexed if `index` is false), reading its answers to
+    their end as a server's does; its SDK client and ledger are closed on the way out. The
+    caller does not retry unless `max_retries` says so."""
     config = Settings(corpus=corpus, state_dir=state, **settings)
     ledger = Ledger(config.ledger_path)
     client = api_client(
-        base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=config.request_timeout
+        base_url=base_url, api_key=api_key, max_retries=0, timeout=config.request_timeout
+    )
+    backend = Backend(
+        client, "anthropic", retries=max_retries, request_timeout=config.request_timeout
     )
     extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
     if sleep is not None:
         extra["sleep"] = sleep
-    engine = Engine(config, load_catalog(), Backend(client, "anthropic"), ledger, **extra)
+    engine = Engine(config, load_catalog(), backend, ledger, **extra)
     try:
-        await engine.refresh()
-        yield engine
+        async with engine.reading_answers():
+            if index:
+                await engine.refresh()
+            yield engine
     finally:
         await client.close()
         ledger.close()

@@ -29,10 +29,23 @@ class Corpus:
     # Per shard: anchor position -> marker blocks after that document, which turn a live
     # cached prefix into a 1-hour entry (see markers.py).
     markers: dict[int, dict[int, int]] = field(default_factory=dict, repr=False)
+    # Documents whose figure in `tokens` is the upper end of a local estimate, not a count:
+    # their point estimate, which is what to show ("~1,200 tokens, estimated").
+    estimated: dict[str, int] = field(default_factory=dict, repr=False)
+    estimate_error: float = 0.0  # the estimates' relative error bound (api/estimate.py)
 
     @property
     def corpus_tokens(self) -> int:
         return sum(self.tokens.values())
+
+    @property
+    def shown_tokens(self) -> int:
+        """The corpus's tokens as shown: counts, and the point estimates of the rest."""
+        return sum(self.estimated.get(path, n) for path, n in self.tokens.items())
+
+    def shown(self, path: str) -> int:
+        """A document's tokens as shown (its point estimate if it was not counted)."""
+        return self.estimated.get(path, self.tokens.get(path, 0))
 
     @property
     def shards(self) -> tuple[Shard, ...]:
@@ -40,6 +53,19 @@ class Corpus:
 
     def shard(self, number: int) -> Shard:
         return next(s for s in self.layout.shards if s.number == number)
+
+
+def shown_sizes(corpus: Corpus, shard: Shard) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    """Each position of `shard`'s order: its tokens as shown (a point estimate where the
+    plan holds an estimate's upper end), and whether that figure is an estimate."""
+    plan = shard.plan
+    sizes: list[int] = []
+    flags: list[bool] = []
+    for position, (path, size) in enumerate(zip(plan.order, plan.sizes, strict=True)):
+        estimate = None if position in plan.superseded else corpus.estimated.get(path)
+        sizes.append(size if estimate is None else estimate)
+        flags.append(estimate is not None)
+    return tuple(sizes), tuple(flags)
 
 
 def with_entries(corpus: Corpus, previous: Corpus | None, model: str) -> Corpus:

@@ -110,7 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
     from corpus_cache.mcp_surface.server import build_server
 
     async def run() -> None:
-        async with running_engine(settings) as engine:
+        async with running_engine(settings, background=True) as engine:
             server = build_server(engine)
             async with watching(engine), keeping_warm(engine), engine.builder.running():
                 await _serve_mcp(server, args, settings)

@@ -8,7 +8,7 @@ import logging
 import os
 import stat
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -286,8 +286,10 @@ def scan(
     root: Path | CorpusRoot,
     options: ScanOptions | None = None,
     previous: Mapping[str, Document] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ScanResult:
     """Read the corpus. A file whose size and mtime match `previous` is not read again.
+    `progress(done, total)`: called as the files listed are read.
 
     `root`: the corpus folder, pinned (a `CorpusRoot` the caller keeps), or a path opened
     for this scan only. Raises CorpusNotFoundError when the folder is gone, and
@@ -296,7 +298,7 @@ def scan(
     pinned = root if isinstance(root, CorpusRoot) else CorpusRoot(root)
     try:
         pinned.check()
-        result = _scan(pinned, options or ScanOptions(), previous or {})
+        result = _scan(pinned, options or ScanOptions(), previous or {}, progress)
         pinned.check()
     finally:
         if pinned is not root:
@@ -304,7 +306,12 @@ def scan(
     return result
 
 
-def _scan(root: CorpusRoot, options: ScanOptions, previous: Mapping[str, Document]) -> ScanResult:
+def _scan(
+    root: CorpusRoot,
+    options: ScanOptions,
+    previous: Mapping[str, Document],
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanResult:
     documents: list[Document] = []
     skipped: list[Skipped] = []
     reused = 0
@@ -317,7 +324,9 @@ def _scan(root: CorpusRoot, options: ScanOptions, previous: Mapping[str, Documen
     # Names of one file met in the corpus (a file with several is a hard link).
     names = Counter(identity(f.info) for f in listed if not f.is_link)
     links: list[_Listed] = []
-    for item in listed:
+    for done, item in enumerate(listed):
+        if progress is not None and done % 100 == 0:
+            progress(done, len(listed))
         if item.is_link:
             links.append(item)
             continue

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from corpus_cache.accounting.ledger import Ledger, Totals
 from corpus_cache.api.backend import (
     Backend,
 )
-from corpus_cache.api.caller import ApiCaller
+from corpus_cache.api.caller import ApiCaller, Sent
 from corpus_cache.api.prepared import PreparedRequest, RequestKind
 from corpus_cache.api.ratelimits import RateLimits, limits_at_tier
 from corpus_cache.api.request import (
@@ -39,6 +41,7 @@ from corpus_cache.corpus.scan import CorpusRoot, ScanOptions, ScanResult, scan
 from corpus_cache.corpus.search import Hit, SearchIndex
 from corpus_cache.engine.answers import Answer, Prewarmed, ShardAnswer, merge
 from corpus_cache.engine.build import Builder
+from corpus_cache.engine.indexing import Indexing
 from corpus_cache.engine.remembered import RememberedEntries
 from corpus_cache.engine.sessions import (
     LOCAL,
@@ -113,11 +116,12 @@ class Engine:
         self.backend = backend
         self.ledger = ledger
         self.clock = clock
-        # Every request to the API goes through this one caller (api/caller.py).
+        # Every request to the API goes through this one caller (api/caller.py). The daily
+        # cap counts what may have been billed too: an estimate, but money perhaps spent.
         self.caller = ApiCaller(
             backend, self.model, ledger, self.corpus_key,
-            DailyCap(settings, lambda since: self.totals(since, self.answering).cost_usd, clock),
-            clock, limits=_known_limits(settings, self.model, clock()), sleep=sleep,
+            DailyCap(settings, self._spent_since, clock), clock,
+            limits=_known_limits(settings, self.model, clock()), sleep=sleep,
         )  # fmt: skip
         self.counter = TokenCounter(self.caller, self.model.id, ledger)
         self._corpus: Corpus | None = None
@@ -126,6 +130,8 @@ class Engine:
         self._root: CorpusRoot | None = root
         self._version = 0
         self._instructions_tokens: int | None = None
+        self._estimate_error = 0.0  # of the latest token figures (api/tokens.py, Counts)
+        self.indexing = Indexing()  # how far the latest refresh is; `done` after the first
         self._budget: int | None = None  # the shards' size, once worked out
         self._refreshing = anyio.Lock()
         self.sleep = sleep
@@ -154,6 +160,36 @@ class Engine:
         # has begun, when its entries become readable.
         self._writing: dict[str, anyio.Event] = {}
         self._last_message: dict[int, str] = {}  # shard -> last answer's id, for diagnostics
+        # Where questions' requests run while `reading_answers` does: read to their end
+        # whether or not anyone still waits for them (a deadline, a sibling's failure).
+        self._readers: TaskGroup | None = None
+        self.read_for_no_one = 0  # responses being read that no question waits for any more
+
+    def _spent_since(self, since: float) -> float:
+        totals = self.totals(since, self.answering)
+        return totals.cost_usd + totals.maybe_usd
+
+    @asynccontextmanager
+    async def reading_answers(self) -> AsyncIterator[None]:
+        """While it runs, the engine reads every question's response to its end, even when
+        the question is given up (the ask's deadline, a shard of a fan-out failing): the API
+        runs a request to completion whether or not anyone listens, and bills it, so its
+        usage is recorded and the cache entries it writes are known alive for the next
+        question. On the way out, responses still under way are cancelled at once, and
+        recorded with what is known of them."""
+        failed: Exception | None = None
+        async with anyio.create_task_group() as group:
+            self._readers = group
+            try:
+                yield
+            except Exception as exc:  # raised below, not wrapped in the task group's group
+                failed = exc
+            finally:
+                self._readers = None
+                self.caller.stopping = "the server stopped before the response ended"
+                group.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
 
     def on_swap(self, listener: SwapListener) -> None:
         """Call `listener(old, new)` after every swap of the live corpus (old is None at first)."""
@@ -206,6 +242,7 @@ class Engine:
             if new is old:
                 return new
             self._corpus = new  # one assignment: a question sees the old corpus or the new
+            self.indexing.done.set()
         for listener in self._listeners:
             await listener(old, new)
         return new
@@ -221,14 +258,19 @@ class Engine:
         )
         if self._root is None:
             self._root = CorpusRoot(self.settings.corpus)
-        result = await anyio.to_thread.run_sync(scan, self._root, options, previous)
+        result = await anyio.to_thread.run_sync(
+            scan, self._root, options, previous, self.indexing.reading
+        )
         if self._corpus is not None and _same_folder(self._corpus.snapshot, result):
             # Nothing a question would see changed: the same snapshot stays live, so a
             # rescan for nothing (the watcher's catch-up at start, a touch) is no new version.
             return self._corpus
-        tokens = await self.counter.count(result.documents, progress)
+        counts = await self.counter.count(result.documents, self._counting(progress))
+        tokens = counts.tokens
         if self._instructions_tokens is None:
             self._instructions_tokens = await self.counter.count_system(INSTRUCTIONS)
+        self.indexing.planning()
+        self._estimate_error = counts.error
         now = self.clock()
         docs = self.history.observe(result.documents, tokens, now)
         layout = self._plan(docs, self._corpus, now, result.documents)
@@ -237,14 +279,26 @@ class Engine:
             self.settings.corpus, self._version, now, result.documents, result.skipped
         )
         corpus = live_corpus.with_entries(
-            Corpus(snapshot, tokens, layout, SearchIndex(snapshot)), self._corpus, self.model.id
-        )
+            Corpus(
+                snapshot, tokens, layout, SearchIndex(snapshot),
+                estimated=counts.estimated, estimate_error=counts.error,
+            ),
+            self._corpus, self.model.id,
+        )  # fmt: skip
         log.info(
             "corpus v%d: %d documents, %d tokens, %d left out; %d shard(s): %s",
             snapshot.version, len(snapshot.documents), corpus.corpus_tokens,
             len(snapshot.skipped), len(layout.shards), layout.shards[0].plan.note,
         )  # fmt: skip
         return corpus
+
+    def _counting(self, progress: Callable[[int, int], None] | None) -> Callable[[int, int], None]:
+        def counted(done: int, total: int) -> None:
+            self.indexing.counting(done, total)
+            if progress is not None:
+                progress(done, total)
+
+        return counted
 
     def _plan(
         self,
@@ -268,6 +322,7 @@ class Engine:
             previous=previous.layout if previous else None,
             live=self._live_anchors(previous, now) if previous else None,
             dropped=dropped,
+            estimate_error=self._estimate_error,
         )
 
     def _live_anchors(self, corpus: Corpus, now: float) -> dict[int, tuple[int, ...]]:
@@ -585,12 +640,16 @@ class Engine:
             self.entries.answered(request, usage)
             release()
 
-        try:
-            sent = await self.caller.answer(request, begun)
-        finally:
-            release()  # failed before it began: a waiting request writes the prefix itself
+        async def send(wanted: Callable[[], bool]) -> Sent:
+            try:
+                sent = await self.caller.answer(request, begun, wanted=wanted)
+            finally:
+                release()  # failed before it began: a waiting request writes the prefix itself
+            self._last_message[shard.number] = sent.message.id
+            return sent
+
+        sent = await self._read_to_the_end(send, request)
         message = sent.message
-        self._last_message[shard.number] = message.id
         mapped = map_answer(list(message.content), shard.plan, corpus.snapshot)
         raw_text = "".join(b.text for b in message.content if b.type == "text")
         return ShardAnswer(
@@ -598,6 +657,47 @@ class Engine:
             sent.uncached_cost_usd, sent.backend, sent.latency_ms, raw_text, request.marked,
             message.id, sent.ledger_note, request.estimate_usd,
         )  # fmt: skip
+
+    async def _read_to_the_end(
+        self, send: Callable[[Callable[[], bool]], Awaitable[Sent]], request: PreparedRequest
+    ) -> Sent:
+        """`send(wanted)` run by the engine (`reading_answers`), awaited here: if this wait
+        is cancelled, the response is still read to its end, its usage recorded and its
+        cache entries remembered; `wanted()` turns false, so a failed attempt is not tried
+        again for no one. Without `reading_answers`, sent here and cancelled with the wait."""
+        readers = self._readers
+        if readers is None:
+            return await send(lambda: True)
+        done = anyio.Event()
+        outcome: list[Sent | BaseException] = []
+        waiting = [True]
+
+        async def read() -> None:
+            try:
+                outcome.append(await send(lambda: waiting[0]))
+            except Exception as exc:  # handed to the waiter; logged if no one waits
+                outcome.append(exc)
+                if not waiting[0]:
+                    log.warning("shard %d, given up: %s", request.shard, exc)
+            finally:
+                done.set()
+                if not waiting[0]:
+                    self.read_for_no_one -= 1
+
+        readers.start_soon(read)
+        try:
+            await done.wait()
+        except anyio.get_cancelled_exc_class():
+            if not done.is_set():
+                waiting[0] = False
+                self.read_for_no_one += 1
+                log.info("shard %d: the answer is given up; its response is read to the end "
+                         "in the background", request.shard)  # fmt: skip
+            raise
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     # --- local tools: no API call ------------------------------------------------------
 

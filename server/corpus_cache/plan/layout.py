@@ -31,6 +31,7 @@ document; one old copy in the tail at most, so that they do not pile up.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -161,9 +162,20 @@ class Layout:
         return {path: s.number for s in self.shards for path in s.plan.order}
 
 
-def safe_minimum(min_cacheable_tokens: int) -> int:
-    """count_tokens is an estimate: keep a margin so a breakpoint is never just short."""
-    return int(min_cacheable_tokens * 1.05) + 32
+def safe_minimum(
+    min_cacheable_tokens: int, instructions_tokens: int = 0, estimate_error: float = 0.0
+) -> int:
+    """The least prefix a breakpoint may end, as planned. count_tokens is an estimate: keep
+    a margin so a breakpoint is never just short. `estimate_error`: the relative bound of
+    the documents' figures that are local estimates (api/estimate.py), planned at the upper
+    end of their bound; a prefix planned at P then holds at least I + (P - I)(1 - e)/(1 + e)
+    tokens (I, the instructions, is counted), so the floor rises until that clears it."""
+    floor = int(min_cacheable_tokens * 1.05) + 32
+    if estimate_error <= 0 or floor <= instructions_tokens:
+        return floor
+    error = min(estimate_error, 0.9)
+    spread = (1 + error) / (1 - error)
+    return instructions_tokens + math.ceil((floor - instructions_tokens) * spread)
 
 
 def shared_prefix(before: Sequence[tuple[str, str]], after: Sequence[tuple[str, str]]) -> int:
@@ -259,11 +271,13 @@ def plan_shard(
     live: Sequence[int] = (),
     budget_tokens: int | None = None,
     dropped: Collection[tuple[str, str]] = frozenset(),
+    estimate_error: float = 0.0,
 ) -> Plan:
     """`live`: the previous plan's anchors whose cache entries are alive, those most worth
     keeping first. The prefix through the furthest is kept as it was, edited documents'
     old copies included (see the module's note), and the first few stay anchors.
-    `dropped`: old copies, by (path, key), never to keep (they hold removed text)."""
+    `dropped`: old copies, by (path, key), never to keep (they hold removed text).
+    `estimate_error`: see `safe_minimum`."""
     kept: list[DocInfo] = []
     if previous is not None and previous.cached and live:
         room = int(MAX_SUPERSEDED_SHARE * sum(d.tokens for d in docs))
@@ -280,7 +294,7 @@ def plan_shard(
     superseded = frozenset(i for i, d in enumerate(order) if d.superseded)
     hot_from = next((i for i, d in enumerate(order) if is_hot(d, now)), len(order))
     total = instructions_tokens + sum(d.tokens for d in order)
-    floor = safe_minimum(min_cacheable_tokens)
+    floor = safe_minimum(min_cacheable_tokens, instructions_tokens, estimate_error)
     if not order:
         return Plan((), instructions_tokens, min_cacheable_tokens, False, "the corpus is empty")
     if total < floor:
@@ -364,10 +378,14 @@ def plan_corpus(
     ttl: Ttl = "5m",
     live: Mapping[int, Sequence[int]] | None = None,
     dropped: Collection[tuple[str, str]] = frozenset(),
+    estimate_error: float = 0.0,
 ) -> Layout:
     """Shards within the budget, each laid out for the fewest expected rewrites. `live`:
     per shard, the previous plan's anchors whose entries are alive; `dropped`: old copies
-    never to keep (see `plan_shard`)."""
+    never to keep (see `plan_shard`). `estimate_error`: the relative error bound of the
+    documents' figures that are estimates, given at the upper end of that bound (so that
+    a shard within the budget as planned is within it in fact): every breakpoint clears
+    the minimum even at the lower end (`safe_minimum`)."""
     previous_shards = previous.shard_of() if previous else None
     assignment, oversized = assign_shards(
         docs, budget=budget_tokens, overhead=instructions_tokens, previous=previous_shards
@@ -390,6 +408,7 @@ def plan_corpus(
                 live=(live or {}).get(number, ()),
                 budget_tokens=budget_tokens,
                 dropped=dropped,
+                estimate_error=estimate_error,
             ),
             sum(d.tokens for d in members[number]),
         )
