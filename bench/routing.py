@@ -9,13 +9,17 @@ no answer is requested, so this costs nothing.
     .venv/bin/python bench/routing.py [--documents 600] [--json bench/results/routing.json]
 
 With `--folder PATH`, a held-out check on real documents instead (Django's docs: `pip
-download --no-deps --no-binary :all: django`, then its `docs/`): `--questions` documents
-drawn with a fixed seed, each asked about one of its section headings (reStructuredText
-or Markdown, three words or more, not its title), and routing must pick the shard that
-holds that document. Shards as the default budget makes them, or `--budget-tokens`, or
-`--itpm` (a known input-token limit, which bounds them too):
+download --no-deps --no-binary :all: django`, then its `docs/`): questions about
+`--questions` documents drawn with `--seed` (18), of three kinds (bench/questions.py: a
+section heading verbatim, the heading paraphrased, words of a body sentence; `--kinds` to
+choose), `--per-document` each, and routing must pick a shard holding that document (or
+the heading or sentence verbatim). `--half tune` or `--half test` asks only about one half
+of the documents, split by a hash of the path: tune on one, report on the other. Shards as
+the default budget makes them, or `--budget-tokens`, `--warm-question-usd`, or `--itpm` (a
+known input-token limit per minute):
 
-    .venv/bin/python bench/routing.py --folder /tmp/django/docs --questions 40
+    .venv/bin/python bench/routing.py --folder /tmp/django/docs --half test --questions 1000 \
+        --per-document 2 --warm-question-usd 0.05
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 import tempfile
 import time

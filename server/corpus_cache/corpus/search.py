@@ -79,6 +79,7 @@ _QUESTION_WORDS = _STOPWORDS | frozenset(
     "hadn hasn haven isn ma mightn mustn needn shan shouldn wasn weren won wouldn".split()
 )
 _UNDERLINE = re.compile(r"([=\-~^\"'`#*+])\1{2,}\s*")
+_MARKS = frozenset("=-~^\"'`#*+")  # the characters a heading's marking line starts with
 _MARKDOWN_HEADING = re.compile(r"#{1,6} ")
 _FENCE = re.compile(r"(```|~~~)")
 
@@ -90,19 +91,17 @@ def heading_lines(lines: list[str]) -> set[int]:
     found = set()
     fenced = False
     for i, line in enumerate(lines):
+        if line[:1] not in _MARKS:  # most lines: nothing here can be a heading's
+            continue
         if _FENCE.match(line):
             fenced = not fenced
         elif not fenced and _MARKDOWN_HEADING.match(line):
             found.add(i)
-        title = line.strip()
-        if (
-            title
-            and i + 1 < len(lines)
-            and _UNDERLINE.fullmatch(lines[i + 1])
-            and not _UNDERLINE.fullmatch(line)
-            and len(lines[i + 1].strip()) >= len(title)
-        ):
-            found.add(i)
+        if i and _UNDERLINE.fullmatch(line):
+            title = lines[i - 1].strip()
+            above = lines[i - 1]
+            if title and not _UNDERLINE.fullmatch(above) and len(line.strip()) >= len(title):
+                found.add(i - 1)
     return found
 
 
@@ -153,22 +152,22 @@ class _Vocabulary:
         bags.offsets.append(0)
         lines = doc.text.split("\n")
         headings = sorted(heading_lines(lines))
-        path = Counter(_words(doc.path))
-        whole: Counter[str] = Counter()
+        extra = HEADING_COUNT - 1
+        path = _words(doc.path)
+        everything: list[str] = []  # the document's words, headings' twice, path's not yet
         for start, end in _spans(doc):
-            body = Counter(_words(doc.lines(start, end)))
+            words = _words(doc.lines(start, end))
             for i in headings[bisect_left(headings, start - 1) : bisect_left(headings, end)]:
-                for _ in range(HEADING_COUNT - 1):
-                    body.update(_words(lines[i]))
-            whole.update(body)
-            counted = body + path
+                words += _words(lines[i]) * extra
+            everything += words
+            counted = Counter(words + path)
             bags.starts.append(start)
             bags.ends.append(end)
             bags.terms.extend(ids.setdefault(w, len(ids)) for w in counted)
             bags.counts.extend(counted.values())
             bags.offsets.append(len(bags.terms))
         if bags.starts:  # a document without words is no unit of the search
-            whole.update(path)
+            whole = Counter(everything + path)
             bags.whole_terms.extend(ids.setdefault(w, len(ids)) for w in whole)
             bags.whole_counts.extend(whole.values())
         return bags
@@ -254,15 +253,16 @@ def _joined(parts: list[array[int]]) -> npt.NDArray[np.uint32]:
 def _passage_scores(bags: list[_Bags], words: int) -> _Scores | None:
     sizes = [np.diff(np.frombuffer(b.offsets, dtype=np.uint32)) for b in bags]
     distinct = np.concatenate(sizes).astype(np.int64) if sizes else np.zeros(0, dtype=np.int64)
-    return _score(distinct, _joined([b.terms for b in bags]), _joined([b.counts for b in bags]), words)
+    terms, counts = _joined([b.terms for b in bags]), _joined([b.counts for b in bags])
+    return _score(distinct, terms, counts, words)
 
 
 def _document_scores(bags: list[_Bags], words: int) -> _Scores | None:
     """The documents (those with a passage) as units, in the order of `bags`."""
     whole = [b for b in bags if b.starts]
     distinct = np.array([len(b.whole_terms) for b in whole], dtype=np.int64)
-    terms, counts = _joined([b.whole_terms for b in whole]), _joined([b.whole_counts for b in whole])
-    return _score(distinct, terms, counts, words)
+    terms = _joined([b.whole_terms for b in whole])
+    return _score(distinct, terms, _joined([b.whole_counts for b in whole]), words)
 
 
 class SearchIndex:
