@@ -16,7 +16,7 @@ from corpus_cache.corpus.watch import FolderWatcher
 from corpus_cache.engine.core import Engine
 from support.emulator_control import Control
 from support.engines import engine_on
-from support.live_folder import Swaps, condition, paths, text_of, watched
+from support.live_folder import Swaps, Told, condition, paths, text_of, watched
 
 pytestmark = [
     pytest.mark.anyio,
@@ -115,6 +115,49 @@ async def test_an_editors_atomic_save_is_an_edit_and_leaves_no_temporary_file(
 
 async def _record(seen: list[set[str]], snapshot: Any) -> None:
     seen.append(paths(snapshot))
+
+
+async def test_a_save_is_rescanned_alone_and_a_folder_moved_in_rescans_everything(
+    folder: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "a.md").write_text("Alpha.\n")
+    async with engine_on(folder, running_emulator.base_url, tmp_path / "s") as engine:
+        swaps, told = Swaps(engine), Told(engine)
+        async with watched(engine, told=told):
+            assert told.calls == [None]  # the catch-up rescan at start looks at everything
+            (folder / "guide.md").write_text("# Guide\n\nThe kettle is descaled on Mondays.\n")
+            await swaps.until(lambda s: "Mondays" in (text_of(s, "guide.md") or ""))
+            assert told.calls[-1] == {"guide.md"}
+            staged.rename(folder / "team")  # one event for the folder, none for its files
+            await swaps.until(lambda s: "team/a.md" in paths(s))
+            assert told.calls[-1] is None
+
+
+async def test_polling_rescans_everything(
+    folder: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    async with engine_on(folder, running_emulator.base_url, tmp_path / "s") as engine:
+        swaps, told = Swaps(engine), Told(engine)
+        async with watched(engine, poll=True, told=told):
+            (folder / "polled.md").write_text("Seen by polling.\n")
+            await swaps.until(lambda s: "polled.md" in paths(s))
+    assert told.calls
+    assert all(call is None for call in told.calls)
+
+
+async def test_a_refresh_told_which_files_changed_looks_at_those_alone(
+    folder: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    async with engine_on(folder, running_emulator.base_url, tmp_path / "s") as engine:
+        (folder / "guide.md").write_text("# Guide\n\nDescaled on Mondays.\n")
+        (folder / "notes" / "monday.md").write_text("Monday: the standup moved to 10:00.\n")
+        told = await engine.refresh(changed={"guide.md"})
+        assert "Mondays" in (text_of(told.snapshot, "guide.md") or "")
+        assert "09:45" in (text_of(told.snapshot, "notes/monday.md") or "")  # not looked at
+        everything = await engine.refresh()
+    assert "10:00" in (text_of(everything.snapshot, "notes/monday.md") or "")
 
 
 async def test_whole_directories_created_moved_and_deleted(

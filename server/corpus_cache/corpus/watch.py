@@ -41,6 +41,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -50,6 +51,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,
     FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -86,8 +88,15 @@ RESCAN_INTERVAL = 2.0  # seconds between two looks at a folder that cannot be wa
 # kinds out keeps a rescan from waking the watcher again.
 EVENT_TYPES: list[type[FileSystemEvent]] = [
     FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileAttribEvent, FileDeletedEvent,
-    FileMovedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
+    FileMovedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent, EventsLostEvent,
 ]  # fmt: skip
+
+
+class Refresh(Protocol):
+    """Rescan and swap in what changed: `changed`, the files (relative paths) that changed,
+    or None when the watcher cannot say (the whole folder is rescanned)."""
+
+    def __call__(self, *, changed: frozenset[str] | None = None) -> Awaitable[object]: ...
 
 
 # --- filters: (relative path, is a directory) -> bool ------------------------------------
@@ -114,6 +123,7 @@ class _Inbox:
         self._token = token
         self._lock = threading.Lock()
         self._paths: set[str] = set()
+        self._everything = False  # the paths do not say all that changed: rescan it all
         self._root_gone = False
         self._last_event = 0.0  # time.monotonic(), the clock anyio's asyncio backend uses
         self._signalled = False
@@ -125,11 +135,12 @@ class _Inbox:
         with self._lock:
             return self._last_event
 
-    def put(self, paths: list[str], root_gone: bool = False) -> None:
+    def put(self, paths: list[str], root_gone: bool = False, everything: bool = False) -> None:
         """From a watchdog thread: record, and wake the loop if this starts a burst."""
         with self._lock:
             self._paths.update(paths)
             self._root_gone = self._root_gone or root_gone
+            self._everything = self._everything or everything
             self._last_event = time.monotonic()
             if self._signalled or not self._open:
                 return
@@ -142,20 +153,23 @@ class _Inbox:
         with self._lock:
             self._last_event = time.monotonic()
             self._signalled = True
+            self._everything = True
         self.wake.set()
 
     def _set_wake(self) -> None:
         self.wake.set()
 
-    def take(self) -> tuple[set[str], bool]:
-        """On the loop: the paths since the last take, and whether the folder itself went.
+    def take(self) -> tuple[set[str], bool, bool]:
+        """On the loop: the paths since the last take, whether they say all that changed
+        (not after a lost event or a folder's change), and whether the folder itself went.
         The next event starts a new burst."""
         with self._lock:
             paths, self._paths = self._paths, set()
+            everything, self._everything = self._everything, False
             root_gone, self._root_gone = self._root_gone, False
             self._signalled = False
             self.wake = anyio.Event()  # replaced before any later put can schedule a wake
-            return paths, root_gone
+            return paths, not everything, root_gone
 
     def close(self) -> None:
         with self._lock:
@@ -170,6 +184,9 @@ class _Handler(FileSystemEventHandler):
         self._ignores = ignores
 
     def dispatch(self, event: FileSystemEvent) -> None:
+        if isinstance(event, EventsLostEvent):  # the kernel's queue overflowed
+            self._inbox.put([], everything=True)
+            return
         paths = [os.fsdecode(p) for p in (event.src_path, event.dest_path) if p]
         if event.is_directory and event.event_type == "deleted" and self._root in paths:
             self._inbox.put([], root_gone=True)
@@ -184,7 +201,8 @@ class _Handler(FileSystemEventHandler):
             )
         ]
         if relevant:
-            self._inbox.put(relevant)
+            # A folder created, moved or deleted holds files no event names one by one.
+            self._inbox.put(relevant, everything=event.is_directory)
 
 
 def tree_fingerprint(root: str) -> str:
@@ -255,7 +273,7 @@ class FolderWatcher:
     def __init__(
         self,
         root: Path,
-        refresh: Callable[[], Awaitable[object]],
+        refresh: Refresh,
         *,
         debounce: float = DEFAULT_DEBOUNCE,
         poll: bool = False,
@@ -312,29 +330,35 @@ class FolderWatcher:
                     inbox.poke()
                 continue
             await self._settle(inbox)
-            changed, root_gone = inbox.take()
+            changed, told, root_gone = inbox.take()
             if root_gone or self._folder_replaced():
                 return
             self.stats.events += len(changed)
-            if not await self._refresh_with_retries():
+            # Polling and a folder that cannot be watched name no files reliably.
+            told = told and not (self.stats.polling or self.stats.rescanning)
+            if not await self._refresh_with_retries(frozenset(changed) if told else None):
                 return
 
     async def _settle(self, inbox: _Inbox) -> None:
         """Wait until no event arrived for `debounce` seconds (the settle), or `max_delay`
-        passed since the burst's first event."""
-        deadline = time.monotonic() + self.max_delay
+        passed since the loop heard of the burst. At least `debounce` after hearing of it:
+        the thread that heard the first event waited for the loop to take it, and the rest
+        of the burst reaches the inbox only then."""
+        woke = time.monotonic()
+        deadline = woke + self.max_delay
         while True:
             now = time.monotonic()
-            quiet_at = min(inbox.last_event + self.debounce, deadline)
+            quiet_at = min(max(inbox.last_event, woke) + self.debounce, deadline)
             if now >= quiet_at:
                 return
             await anyio.sleep(quiet_at - now)
 
-    async def _refresh_with_retries(self) -> bool:
-        """Refresh; on failure, retry with backoff. False when the folder is gone."""
+    async def _refresh_with_retries(self, changed: frozenset[str] | None) -> bool:
+        """Refresh (`changed`: the files that changed, None for all); on failure, retry
+        the whole folder with backoff. False when the folder is gone."""
         for delay in (*RETRY_DELAYS, None):
             try:
-                await self._refresh()
+                await self._refresh(changed=changed)
             except CorpusNotFoundError:
                 return False
             # sqlite3.Error: a storage fault the ledger did not absorb (locked, full, corrupt).
@@ -346,6 +370,7 @@ class FolderWatcher:
                     return True
                 log.warning("refresh of %s failed: %s; retrying in %g s", self.root, exc, delay)
                 await anyio.sleep(delay)
+                changed = None
             else:
                 self.stats.refreshes += 1
                 return True

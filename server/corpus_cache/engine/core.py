@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -117,6 +117,7 @@ class Engine:
         # after: a folder or symlink put at its path later is never read (beneath.py).
         self._root: CorpusRoot | None = root
         self._version = 0
+        self._scanned: ScanResult | None = None  # the last scan, the base of the next
         self._instructions_tokens: int | None = None
         self._refreshing = anyio.Lock()
         self.entries = CacheEntries()  # the cache entries we believe alive
@@ -181,13 +182,20 @@ class Engine:
             raise RuntimeError("the corpus has not been indexed yet: call refresh() first")
         return self._corpus
 
-    async def refresh(self, progress: Callable[[int, int], None] | None = None) -> Corpus:
+    async def refresh(
+        self,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        changed: Collection[str] | None = None,
+    ) -> Corpus:
         """Rescan the folder and swap in a new corpus; unchanged files are not re-read, and
         when nothing changed the live corpus stays as it is (no new snapshot, no swap).
+        `changed`: the only files that changed since the last refresh (the watcher says
+        which), so that only they are looked at again; None rescans the whole folder.
         Refreshes run one at a time; questions keep the corpus they started with."""
         async with self._refreshing:
             old = self._corpus
-            new = await self._rebuild(progress)
+            new = await self._rebuild(progress, changed)
             if new is old:
                 return new
             self._corpus = new  # one assignment: a question sees the old corpus or the new
@@ -195,8 +203,16 @@ class Engine:
             await listener(old, new)
         return new
 
-    async def _rebuild(self, progress: Callable[[int, int], None] | None) -> Corpus:
-        previous = {d.path: d for d in self._corpus.snapshot.documents} if self._corpus else {}
+    async def _rebuild(
+        self, progress: Callable[[int, int], None] | None, changed: Collection[str] | None
+    ) -> Corpus:
+        previous: ScanResult | dict[str, Document] = (
+            {d.path: d for d in self._corpus.snapshot.documents} if self._corpus else {}
+        )
+        if changed is not None and self._scanned is not None:
+            previous = self._scanned  # what the last scan found, and those files only again
+        else:
+            changed = None
         # On a worker thread: tools keep answering from the live corpus while a big folder
         # is walked.
         options = ScanOptions(
@@ -206,7 +222,8 @@ class Engine:
         )
         if self._root is None:
             self._root = CorpusRoot(self.settings.corpus)
-        result = await anyio.to_thread.run_sync(scan, self._root, options, previous)
+        result = await anyio.to_thread.run_sync(scan, self._root, options, previous, changed)
+        self._scanned = result
         if self._corpus is not None and _same_folder(self._corpus.snapshot, result):
             # Nothing a question would see changed: the same snapshot stays live, so a
             # rescan for nothing (the watcher's catch-up at start, a touch) is no new version.
