@@ -247,6 +247,44 @@ def _kept_prefix(
     return kept
 
 
+def _stands(
+    previous: Plan,
+    docs: Sequence[DocInfo],
+    now: float,
+    *,
+    ttl: Ttl,
+    max_anchors: int,
+    min_cacheable_tokens: int,
+    instructions_tokens: int,
+) -> bool:
+    """Whether `previous` is the plan of `docs` as they are now: the same documents (path,
+    content, tokens), each on the same side of its hot tail, no old copy kept, planned
+    with the same settings."""
+    if (
+        previous.superseded
+        or previous.instructions_tokens != instructions_tokens
+        or previous.min_cacheable_tokens != min_cacheable_tokens
+        or len(previous.blocks) > max_anchors
+        or (previous.cached and any(block.ttl != ttl for block in previous.blocks))
+    ):
+        return False
+    order, keys, sizes = previous.order, previous.keys, previous.sizes
+    if len(order) != len(docs):
+        return False
+    position = {path: i for i, path in enumerate(order)}
+    tail = previous.tail_start
+    for doc in docs:
+        i = position.get(doc.path)
+        if (
+            i is None
+            or keys[i] != doc.key
+            or sizes[i] != doc.tokens
+            or (i >= tail) != is_hot(doc, now)
+        ):
+            return False
+    return True
+
+
 def plan_shard(
     docs: Sequence[DocInfo],
     *,
@@ -263,7 +301,16 @@ def plan_shard(
     """`live`: the previous plan's anchors whose cache entries are alive, those most worth
     keeping first. The prefix through the furthest is kept as it was, edited documents'
     old copies included (see the module's note), and the first few stay anchors.
-    `dropped`: old copies, by (path, key), never to keep (they hold removed text)."""
+    `dropped`: old copies, by (path, key), never to keep (they hold removed text).
+
+    A shard whose documents are those `previous` was planned from, each as hot or cold as
+    it was then, keeps that plan: nothing in it changed, so it has nothing to rewrite, and
+    an edit elsewhere in the corpus does not move its cuts."""
+    if previous is not None and _stands(
+        previous, docs, now, ttl=ttl, max_anchors=max_anchors,
+        min_cacheable_tokens=min_cacheable_tokens, instructions_tokens=instructions_tokens,
+    ):  # fmt: skip
+        return previous
     kept: list[DocInfo] = []
     if previous is not None and previous.cached and live:
         room = int(MAX_SUPERSEDED_SHARE * sum(d.tokens for d in docs))
