@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -285,6 +286,29 @@ async def test_a_checkout_of_thousands_of_events_is_one_rebuild_and_git_internal
         await swaps.until(lambda s: "sentinel.md" in paths(s))
         assert watcher.stats.events - events_before == 102  # only the sentinel counted
         assert "node_modules/pkg/README.md" not in paths(engine.current.snapshot)
+
+
+async def test_a_burst_of_saves_while_the_loop_is_busy_is_one_rebuild(
+    folder: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    async with live(folder, running_emulator.base_url, tmp_path / "s", debounce=0.015) as (
+        _, swaps, watcher,
+    ):  # fmt: skip
+        rebuilds = []
+        for burst in range(3):
+            before = watcher.stats.bursts
+            # Saved from the event loop itself, which then stays busy (as in a long rebuild):
+            # the watcher's thread may have heard the first save, and waits for the loop.
+            for n in range(100):
+                with (folder / f"saved-{burst}-{n:03d}.md").open("w") as handle:
+                    handle.write(f"Saved {n} in burst {burst}.\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            time.sleep(0.1)  # noqa: ASYNC251 (the loop busy on purpose)
+            await swaps.until(lambda s, b=burst: len(s.documents) == 102 + 100 * b)
+            await anyio.sleep(watcher.max_delay + watcher.debounce)  # time for a straggler
+            rebuilds.append(watcher.stats.bursts - before)
+    assert rebuilds == [1, 1, 1]
 
 
 async def test_polling_sees_creates_edits_and_deletes(

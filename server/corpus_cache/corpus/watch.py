@@ -83,6 +83,7 @@ POLL_INTERVAL = 1.0  # seconds between two looks at the folder in polling mode
 ROOT_CHECK_INTERVAL = 1.0  # how often to check that the folder is still the one watched
 RETRY_DELAYS = (1.0, 2.0, 5.0, 15.0, 60.0)  # after a refresh fails, e.g. the API is away
 RESCAN_INTERVAL = 2.0  # seconds between two looks at a folder that cannot be watched
+QUEUE_CHECK_INTERVAL = 0.002  # while watchdog still hands over a burst's events
 
 # Opening and reading a file (as the scan does) is not a change: leaving those event
 # kinds out keeps a rescan from waking the watcher again.
@@ -258,6 +259,7 @@ class WatchStats:
     refreshes: int = 0
     failures: int = 0
     events: int = 0
+    bursts: int = 0  # bursts of events acted on, each with one refresh (and its retries)
     polling: bool = False
     folder_missing: bool = False
     folder_replaced: bool = False  # another folder, or a symlink, is at the path: not served
@@ -334,24 +336,31 @@ class FolderWatcher:
             if root_gone or self._folder_replaced():
                 return
             self.stats.events += len(changed)
+            self.stats.bursts += 1
             # Polling and a folder that cannot be watched name no files reliably.
             told = told and not (self.stats.polling or self.stats.rescanning)
             if not await self._refresh_with_retries(frozenset(changed) if told else None):
                 return
 
     async def _settle(self, inbox: _Inbox) -> None:
-        """Wait until no event arrived for `debounce` seconds (the settle), or `max_delay`
-        passed since the loop heard of the burst. At least `debounce` after hearing of it:
-        the thread that heard the first event waited for the loop to take it, and the rest
-        of the burst reaches the inbox only then."""
+        """Wait until no event arrived for `debounce` seconds (the settle) and watchdog has
+        handed over every event it read, or until `max_delay` passed since the loop heard of
+        the burst. The thread that heard the first event waited for the loop to take it (a
+        rebuild may have kept the loop busy), so the rest of the burst, queued behind it,
+        reaches the inbox only then: the settle counts from then at the earliest."""
         woke = time.monotonic()
         deadline = woke + self.max_delay
         while True:
             now = time.monotonic()
             quiet_at = min(max(inbox.last_event, woke) + self.debounce, deadline)
-            if now >= quiet_at:
+            if now >= quiet_at and (now >= deadline or not self._events_queued()):
                 return
-            await anyio.sleep(quiet_at - now)
+            await anyio.sleep(max(quiet_at - now, QUEUE_CHECK_INTERVAL))
+
+    def _events_queued(self) -> bool:
+        """Whether watchdog has read events it has not yet handed to the handler."""
+        observer = self._observer
+        return observer is not None and not observer.event_queue.empty()
 
     async def _refresh_with_retries(self, changed: frozenset[str] | None) -> bool:
         """Refresh (`changed`: the files that changed, None for all); on failure, retry

@@ -33,7 +33,8 @@ from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.cache.policy import Decision, Prices, decide, upgrades_at_question
 from corpus_cache.cache.prepare import BY_POLICY, Marking, prepare_request
 from corpus_cache.config import Settings
-from corpus_cache.corpus.documents import Document, Snapshot
+from corpus_cache.corpus.changes import document_changes
+from corpus_cache.corpus.documents import Document, Snapshot, find
 from corpus_cache.corpus.scan import CorpusRoot, ScanOptions, ScanResult, scan
 from corpus_cache.corpus.search import Hit, SearchIndex
 from corpus_cache.engine.answers import Answer, Prewarmed, ShardAnswer, merge
@@ -206,13 +207,12 @@ class Engine:
     async def _rebuild(
         self, progress: Callable[[int, int], None] | None, changed: Collection[str] | None
     ) -> Corpus:
-        previous: ScanResult | dict[str, Document] = (
-            {d.path: d for d in self._corpus.snapshot.documents} if self._corpus else {}
-        )
+        previous: ScanResult | dict[str, Document]
         if changed is not None and self._scanned is not None:
             previous = self._scanned  # what the last scan found, and those files only again
         else:
             changed = None
+            previous = {d.path: d for d in self._corpus.snapshot.documents} if self._corpus else {}
         # On a worker thread: tools keep answering from the live corpus while a big folder
         # is walked.
         options = ScanOptions(
@@ -228,12 +228,16 @@ class Engine:
             # Nothing a question would see changed: the same snapshot stays live, so a
             # rescan for nothing (the watcher's catch-up at start, a touch) is no new version.
             return self._corpus
-        tokens = await self.counter.count(result.documents, progress)
+        touched = None  # the paths whose documents differ from the live corpus's
+        if self._corpus is None:
+            tokens = await self.counter.count(result.documents, progress)
+        else:
+            tokens, touched = await self._count_changes(result.documents, progress)
         if self._instructions_tokens is None:
             self._instructions_tokens = await self.counter.count_system(INSTRUCTIONS)
         now = self.clock()
         docs = self.history.observe(result.documents, tokens, now)
-        layout = self._plan(docs, self._corpus, now, result.documents)
+        layout = self._plan(docs, self._corpus, now, result.documents, touched)
         self._version += 1
         snapshot = Snapshot(
             self.settings.corpus, self._version, now, result.documents, result.skipped
@@ -248,19 +252,41 @@ class Engine:
         )  # fmt: skip
         return corpus
 
+    async def _count_changes(
+        self, documents: Sequence[Document], progress: Callable[[int, int], None] | None
+    ) -> tuple[dict[str, int], set[str]]:
+        """The tokens of `documents`, those of the live corpus's taken as they are (a count
+        depends on the text alone), and the paths added, removed or edited since it."""
+        live = self.current
+        added, removed, edited = document_changes(live.snapshot.documents, documents)
+        fresh = [doc for path in sorted(added + edited) if (doc := find(documents, path))]
+        tokens = dict(live.tokens)
+        for path in removed:
+            del tokens[path]
+        tokens.update(await self.counter.count(fresh, progress) if fresh else {})
+        return tokens, {*added, *removed, *edited}
+
     def _plan(
         self,
         docs: list[DocInfo],
         previous: Corpus | None,
         now: float,
         documents: Sequence[Document],
+        touched: set[str] | None = None,
     ) -> Layout:
         """`documents`: the folder's current documents, against which the old copies
-        `previous` keeps are checked for text the folder no longer has."""
+        `previous` keeps are checked for text the folder no longer has. `touched`, if known:
+        the paths whose documents differ from `previous`'s (the others are not looked at
+        again; the layout is the same)."""
         assert self._instructions_tokens is not None
         dropped: frozenset[tuple[str, str]] = frozenset()
         if previous is not None and not self.settings.keep_old_copies:
-            dropped = live_corpus.removed_text(previous, {d.path: d for d in documents})
+            current = (
+                {d.path: d for d in documents}
+                if touched is None
+                else {p: d for p in touched if (d := find(documents, p)) is not None}
+            )
+            dropped = live_corpus.removed_text(previous, current, paths=touched)
         return plan_corpus(
             docs,
             min_cacheable_tokens=self.model.min_cacheable_tokens,
@@ -270,6 +296,7 @@ class Engine:
             previous=previous.layout if previous else None,
             live=self._live_anchors(previous, now) if previous else None,
             dropped=dropped,
+            changed=touched,
         )
 
     def _live_anchors(self, corpus: Corpus, now: float) -> dict[int, tuple[int, ...]]:
@@ -722,9 +749,16 @@ def _same_folder(snapshot: Snapshot, result: ScanResult) -> bool:
     """Whether a scan found what `snapshot` holds: the same documents with the same text,
     and the same files left out for the same reasons."""
 
-    def sent(docs: Sequence[Document]) -> list[tuple[str, str, str, tuple[int, ...]]]:
-        return [(d.path, d.sha256, d.encoding_note, d.pages) for d in docs]
+    def sent(doc: Document) -> tuple[str, str, str, tuple[int, ...]]:
+        return (doc.path, doc.sha256, doc.encoding_note, doc.pages)
 
-    return sent(snapshot.documents) == sent(result.documents) and [
-        (s.path, s.reason) for s in snapshot.skipped
-    ] == [(s.path, s.reason) for s in result.skipped]
+    # A rescan reuses the documents it did not read again: most are the very same objects.
+    return (
+        len(snapshot.documents) == len(result.documents)
+        and all(
+            a is b or sent(a) == sent(b)
+            for a, b in zip(snapshot.documents, result.documents, strict=True)
+        )
+        and [(s.path, s.reason) for s in snapshot.skipped]
+        == [(s.path, s.reason) for s in result.skipped]
+    )

@@ -260,13 +260,10 @@ def _stands(
     """Whether `previous` is the plan of `docs` as they are now: the same documents (path,
     content, tokens), each on the same side of its hot tail, no old copy kept, planned
     with the same settings."""
-    if (
-        previous.superseded
-        or previous.instructions_tokens != instructions_tokens
-        or previous.min_cacheable_tokens != min_cacheable_tokens
-        or len(previous.blocks) > max_anchors
-        or (previous.cached and any(block.ttl != ttl for block in previous.blocks))
-    ):
+    if previous.superseded or not _settings_stand(
+        previous, ttl=ttl, max_anchors=max_anchors,
+        min_cacheable_tokens=min_cacheable_tokens, instructions_tokens=instructions_tokens,
+    ):  # fmt: skip
         return False
     order, keys, sizes = previous.order, previous.keys, previous.sizes
     if len(order) != len(docs):
@@ -283,6 +280,19 @@ def _stands(
         ):
             return False
     return True
+
+
+def _settings_stand(
+    previous: Plan, *, ttl: Ttl, max_anchors: int, min_cacheable_tokens: int,
+    instructions_tokens: int,
+) -> bool:  # fmt: skip
+    """Whether `previous` was planned with these settings."""
+    return (
+        previous.instructions_tokens == instructions_tokens
+        and previous.min_cacheable_tokens == min_cacheable_tokens
+        and len(previous.blocks) <= max_anchors
+        and not (previous.cached and any(block.ttl != ttl for block in previous.blocks))
+    )
 
 
 def plan_shard(
@@ -411,10 +421,15 @@ def plan_corpus(
     ttl: Ttl = "5m",
     live: Mapping[int, Sequence[int]] | None = None,
     dropped: Collection[tuple[str, str]] = frozenset(),
+    changed: Collection[str] | None = None,
 ) -> Layout:
     """Shards within the budget, each laid out for the fewest expected rewrites. `live`:
     per shard, the previous plan's anchors whose entries are alive; `dropped`: old copies
-    never to keep (see `plan_shard`)."""
+    never to keep (see `plan_shard`). `changed`, if known: the paths of the documents
+    added, removed, or whose content or tokens changed since `previous` was planned; a
+    shard that holds none of them, and the same documents as before, is checked only for
+    a document turning cold (its plan stands otherwise). The layout is the same with or
+    without it."""
     previous_shards = previous.shard_of() if previous else None
     assignment, oversized = assign_shards(
         docs, budget=budget_tokens, overhead=instructions_tokens, previous=previous_shards
@@ -424,22 +439,39 @@ def plan_corpus(
     for doc in docs:
         if doc.path in assignment:
             members.setdefault(assignment[doc.path], []).append(doc)
-    shards = tuple(
-        Shard(
-            number,
-            plan_shard(
-                members[number],
+    touched: set[int | None] = set()
+    if changed is not None:
+        touched = {assignment.get(p) for p in changed}
+        touched |= {(previous_shards or {}).get(p) for p in changed}
+
+    def plan(number: int) -> Plan:
+        before = previous_plans.get(number)
+        if (
+            changed is not None
+            and before is not None
+            and number not in touched
+            and _untouched(before, members[number], number, previous_shards or {}, now)
+            and _settings_stand(
+                before, ttl=ttl, max_anchors=MAX_ANCHORS,
                 min_cacheable_tokens=min_cacheable_tokens,
                 instructions_tokens=instructions_tokens,
-                now=now,
-                previous=previous_plans.get(number),
-                ttl=ttl,
-                live=(live or {}).get(number, ()),
-                budget_tokens=budget_tokens,
-                dropped=dropped,
-            ),
-            sum(d.tokens for d in members[number]),
+            )
+        ):  # fmt: skip
+            return before
+        return plan_shard(
+            members[number],
+            min_cacheable_tokens=min_cacheable_tokens,
+            instructions_tokens=instructions_tokens,
+            now=now,
+            previous=before,
+            ttl=ttl,
+            live=(live or {}).get(number, ()),
+            budget_tokens=budget_tokens,
+            dropped=dropped,
         )
+
+    shards = tuple(
+        Shard(number, plan(number), sum(d.tokens for d in members[number]))
         for number in sorted(members)
     )
     if not shards:
@@ -449,3 +481,19 @@ def plan_corpus(
         )  # fmt: skip
         shards = (Shard(0, empty, 0),)
     return Layout(shards, budget_tokens, tuple(oversized))
+
+
+def _untouched(
+    before: Plan, docs: Sequence[DocInfo], number: int, shard_of: Mapping[str, int], now: float
+) -> bool:
+    """Whether shard `number`, none of whose documents changed, holds the documents of its
+    plan `before`, each on the same side of its hot tail (what `_stands` checks, knowing
+    that the documents' contents and tokens are as they were)."""
+    order = before.order
+    if before.superseded or len(docs) != len(order):
+        return False
+    if any(shard_of.get(doc.path) != number for doc in docs):
+        return False  # another came in, in place of one that left
+    hot = [doc for doc in docs if is_hot(doc, now)]
+    tail = set(order[before.tail_start :])
+    return len(hot) == len(tail) and all(doc.path in tail for doc in hot)

@@ -34,6 +34,11 @@ def assign_shards(
         return {d.path: 0 for d in fitting}, oversized
 
     previous = previous or {}
+    kept = _kept_assignment(fitting, room, previous)
+    return (kept if kept is not None else _assign(fitting, room, previous)), oversized
+
+
+def _assign(fitting: Sequence[DocInfo], room: int, previous: Mapping[str, int]) -> dict[str, int]:
     by_path = {d.path: d for d in fitting}
     shards: dict[int, list[DocInfo]] = {}
     pending: list[DocInfo] = []
@@ -73,7 +78,28 @@ def assign_shards(
         folders[target][folder] += 1
     assignment = {d.path: n for n, members in shards.items() for d in members}
     assert set(assignment) == set(by_path)
-    return _renumbered(assignment, previous), oversized
+    return _renumbered(assignment, previous)
+
+
+def _kept_assignment(
+    fitting: Sequence[DocInfo], room: int, previous: Mapping[str, int]
+) -> dict[str, int] | None:
+    """The previous assignment, when every document has a shard there and none is over
+    budget (what the whole assignment gives then, without sorting a large corpus after
+    each save); None otherwise."""
+    if not previous:
+        return None
+    loads: dict[int, int] = {}
+    assignment: dict[str, int] = {}
+    for doc in fitting:
+        number = previous.get(doc.path)
+        if number is None:
+            return None
+        assignment[doc.path] = number
+        loads[number] = loads.get(number, 0) + doc.tokens
+    if any(load > room for load in loads.values()):
+        return None
+    return assignment
 
 
 def _renumbered(assignment: dict[str, int], previous: Mapping[str, int]) -> dict[str, int]:
