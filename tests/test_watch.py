@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
+from watchdog.events import EventsLostEvent
 
 from corpus_cache.corpus.watch import FolderWatcher
 from corpus_cache.engine.core import Engine
@@ -134,6 +135,22 @@ async def test_a_save_is_rescanned_alone_and_a_folder_moved_in_rescans_everythin
             staged.rename(folder / "team")  # one event for the folder, none for its files
             await swaps.until(lambda s: "team/a.md" in paths(s))
             assert told.calls[-1] is None
+
+
+async def test_events_lost_rescan_everything(
+    folder: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    async with engine_on(folder, running_emulator.base_url, tmp_path / "s") as engine:
+        told = Told(engine)
+        async with watched(engine, told=told) as watcher:
+            # What watchdog's emitter queues when the kernel's event queue overflowed.
+            observer = watcher._observer
+            assert observer is not None
+            (emitter,) = observer.emitters
+            lost = EventsLostEvent(str(folder), is_directory=True)
+            observer.event_queue.put((lost, emitter.watch))
+            await condition(lambda: len(told.calls) == 2)
+    assert told.calls == [None, None]
 
 
 async def test_polling_rescans_everything(

@@ -5,14 +5,21 @@ inbox under a lock, and only the first of a burst crosses to the event loop (one
 `anyio.from_thread.run_sync` per burst, not per event). The loop acts on the first event
 of a burst after a short settle (`debounce`, 15 ms by default: an editor's atomic save, a
 temporary file written then renamed, lands within it as one change, and so does a script
-saving files back to back), never later than `max_delay` after the burst began, and calls
-`refresh()` once; whatever arrives while it runs is coalesced into one more refresh. So a
-save is live a settle and a rescan after it, and a `git checkout` of thousands of files is
-one or two rebuilds. Debouncing lives here and nowhere else.
+saving files back to back), never later than `max_delay` after the loop heard of it, and
+calls `refresh()` once; whatever arrives while it runs is coalesced into one more refresh.
+The settle counts from when the loop heard of the burst at the earliest, and lasts until
+watchdog has handed over every event it read: the thread that heard the first event waits
+for the loop (a rebuild may keep it busy), and the rest of the burst is queued behind it.
+So a save is live a settle and a rescan after it, and a `git checkout` of thousands of
+files is one or two rebuilds. Debouncing lives here and nowhere else.
 
-`refresh()` rescans the whole folder (unchanged files are not re-read), so what changed
-is only counted for the log: a rescan also re-evaluates edited `.gitignore` files, moves
-in and out of the folder, and whole directories at once.
+`refresh(changed=...)` is told the files the burst named, and only those are looked at
+again (and the documents, shards and cache entries they touch). When the events cannot say
+what changed, it is told None and the whole folder is rescanned: the catch-up when
+watching starts, events lost (the kernel's queue overflowed), a folder created, moved or
+deleted (its files come with no event each), polling, a folder too deep to watch, a retry
+after a failure. The scan itself rescans all when a named file reaches further (a
+`.gitignore`, a file with several names).
 
 The folder itself may disappear (deleted, moved away, a network mount dropping). The last
 snapshot is kept, a warning goes to the log, and once the folder is back at its path it is
@@ -78,7 +85,7 @@ warnings.filterwarnings(
 )
 
 DEFAULT_DEBOUNCE = 0.015  # the settle after a burst's events: short, not a quiet period
-MAX_DELAY = 0.1  # the latest a burst is acted on after its first event (at least)
+MAX_DELAY = 0.1  # the latest a burst is acted on after the loop heard of it (at least)
 POLL_INTERVAL = 1.0  # seconds between two looks at the folder in polling mode
 ROOT_CHECK_INTERVAL = 1.0  # how often to check that the folder is still the one watched
 RETRY_DELAYS = (1.0, 2.0, 5.0, 15.0, 60.0)  # after a refresh fails, e.g. the API is away
