@@ -46,7 +46,13 @@ def document_changes(
     added: list[str] = []
     removed: list[str] = []
     changed: list[str] = []
-    i = j = 0
+    # Equal runs at either end are skipped in C (tuples compare the same objects as equal
+    # without looking into them); one save leaves one document between them.
+    old, new = tuple(old), tuple(new)
+    start = _common_prefix(old, new)
+    end = _common_prefix(old[start:][::-1], new[start:][::-1])
+    old, new = old[: len(old) - end], new[: len(new) - end]
+    i = j = start
     while i < len(old) and j < len(new):
         before, after = old[i], new[j]
         if before is after:
@@ -64,3 +70,16 @@ def document_changes(
     removed.extend(doc.path for doc in old[i:])
     added.extend(doc.path for doc in new[j:])
     return tuple(added), tuple(removed), tuple(changed)
+
+
+def _common_prefix(old: tuple[Document, ...], new: tuple[Document, ...]) -> int:
+    """How many leading documents the two have in common: a binary search over prefixes
+    compared whole."""
+    low, high = 0, min(len(old), len(new))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if old[:middle] == new[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low

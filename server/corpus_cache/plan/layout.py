@@ -31,6 +31,7 @@ document; one old copy in the tail at most, so that they do not pile up.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -74,7 +75,9 @@ class Plan:
         sizes = self.sizes
         return sum(sizes[i] for i in self.superseded)
 
-    @property
+    # A plan never changes: what is derived from its blocks is made once (a corpus's
+    # 10,000 paths are read on every replan, per shard).
+    @functools.cached_property
     def sizes(self) -> tuple[int, ...]:
         return tuple(size for block in self.blocks for size in block.sizes)
 
@@ -82,15 +85,15 @@ class Plan:
     def total_tokens(self) -> int:
         return self.instructions_tokens + sum(block.tokens for block in self.blocks)
 
-    @property
+    @functools.cached_property
     def order(self) -> tuple[str, ...]:
         return tuple(path for block in self.blocks for path in block.paths)
 
-    @property
+    @functools.cached_property
     def keys(self) -> tuple[str, ...]:
         return tuple(key for block in self.blocks for key in block.keys)
 
-    @property
+    @functools.cached_property
     def anchors(self) -> tuple[int, ...]:
         """Positions (document indices) of the block ends kept in the cache, ascending."""
         if not self.cached:
@@ -157,7 +160,12 @@ class Layout:
     def total_tokens(self) -> int:
         return sum(s.corpus_tokens for s in self.shards)
 
-    def shard_of(self) -> dict[str, int]:
+    def shard_of(self) -> Mapping[str, int]:
+        return self._shard_of
+
+    @functools.cached_property
+    def _shard_of(self) -> dict[str, int]:
+        # Made once per layout: routing and the next plan read it, for 10,000 paths.
         return {path: s.number for s in self.shards for path in s.plan.order}
 
 
@@ -470,10 +478,16 @@ def plan_corpus(
             dropped=dropped,
         )
 
-    shards = tuple(
-        Shard(number, plan(number), sum(d.tokens for d in members[number]))
-        for number in sorted(members)
-    )
+    previous_shard = {s.number: s for s in previous.shards} if previous else {}
+
+    def shard(number: int) -> Shard:
+        planned = plan(number)
+        before = previous_shard.get(number)
+        if before is not None and before.plan is planned:
+            return before  # the same documents, with the same tokens
+        return Shard(number, planned, sum(d.tokens for d in members[number]))
+
+    shards = tuple(shard(number) for number in sorted(members))
     if not shards:
         empty = plan_shard(
             [], min_cacheable_tokens=min_cacheable_tokens,
