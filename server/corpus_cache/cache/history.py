@@ -66,10 +66,11 @@ class History:
         """Update the edit history from a scan (a changed key is an edit, seen now) and
         return the planner's view of `documents`. Documents gone from the scan are forgotten.
 
-        `documents` in path order, as a snapshot holds them. When the last view was made of
-        the documents last observed, only the documents that differ from those are looked at
-        again (a rescan after one save changes one of 10,000), with the views whose edit
-        weight the edit moves; the result is the same."""
+        `documents` in path order, as a snapshot holds them; `tokens` by path, a document's
+        count changing only with its text. When the last view was made of the documents last
+        observed, only the documents that differ from those are looked at again (a rescan
+        after one save changes one of 10,000), with the views whose edit weight the edit
+        moves; the result is the same."""
         if self._viewed is None or self._viewed is not self._observed:
             return self._observe_all(documents, tokens, now)
         added, removed, edited = document_changes(self._observed, documents)
@@ -88,14 +89,10 @@ class History:
         again = set(fresh)
         if self._pattern is not pattern:  # an edit: the likely next edits are others
             again |= self._edited | {p for p in (pattern.last, self._pattern.last) if p}
-        infos = []
-        for doc in documents:
-            view = self._infos.get(doc.path)
-            if view is None or doc.path in again or view[1].tokens != tokens[doc.path]:
-                view = self._view(doc.path, tokens[doc.path])
-                self._infos[doc.path] = view
-            infos.append(view[1])
-        return infos
+        views = self._infos
+        for path in again & self._documents.keys():  # the last edited may be gone
+            views[path] = self._view(path, tokens[path])
+        return [views[doc.path][1] for doc in documents]
 
     def _observe_all(
         self, documents: Sequence[Document], tokens: Mapping[str, int], now: float

@@ -439,7 +439,7 @@ def plan_corpus(
     a document turning cold (its plan stands otherwise). The layout is the same with or
     without it."""
     previous_shards = previous.shard_of() if previous else None
-    assignment, oversized = assign_shards(
+    assignment, oversized, kept = assign_shards(
         docs, budget=budget_tokens, overhead=instructions_tokens, previous=previous_shards
     )
     previous_plans = {s.number: s.plan for s in previous.shards} if previous else {}
@@ -458,7 +458,9 @@ def plan_corpus(
             changed is not None
             and before is not None
             and number not in touched
-            and _untouched(before, members[number], number, previous_shards or {}, now)
+            and _untouched(
+                before, members[number], now, None if kept else (number, previous_shards or {})
+            )
             and _settings_stand(
                 before, ttl=ttl, max_anchors=MAX_ANCHORS,
                 min_cacheable_tokens=min_cacheable_tokens,
@@ -498,15 +500,19 @@ def plan_corpus(
 
 
 def _untouched(
-    before: Plan, docs: Sequence[DocInfo], number: int, shard_of: Mapping[str, int], now: float
+    before: Plan,
+    docs: Sequence[DocInfo],
+    now: float,
+    moved: tuple[int, Mapping[str, int]] | None,
 ) -> bool:
-    """Whether shard `number`, none of whose documents changed, holds the documents of its
-    plan `before`, each on the same side of its hot tail (what `_stands` checks, knowing
-    that the documents' contents and tokens are as they were)."""
+    """Whether a shard none of whose documents changed holds the documents of its plan
+    `before`, each on the same side of its hot tail (what `_stands` checks, knowing that
+    the documents' contents and tokens are as they were). `moved`, when documents may have
+    changed shards: the shard's number and the previous shard of each path."""
     order = before.order
     if before.superseded or len(docs) != len(order):
         return False
-    if any(shard_of.get(doc.path) != number for doc in docs):
+    if moved is not None and any(moved[1].get(doc.path) != moved[0] for doc in docs):
         return False  # another came in, in place of one that left
     hot = [doc for doc in docs if is_hot(doc, now)]
     tail = set(order[before.tail_start :])

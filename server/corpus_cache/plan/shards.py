@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from .stability import DocInfo
 
@@ -19,23 +20,31 @@ def _folder(path: str) -> str:
     return path.rpartition("/")[0]
 
 
+class Assignment(NamedTuple):
+    shards: dict[str, int]  # shard number per path
+    oversized: list[str]  # documents too large for any shard on their own
+    kept: bool  # every document assigned before is in the shard it was in
+
+
 def assign_shards(
     docs: Sequence[DocInfo],
     *,
     budget: int,
     overhead: int,
     previous: Mapping[str, int] | None = None,
-) -> tuple[dict[str, int], list[str]]:
+) -> Assignment:
     """Shard number per path, and the documents too large for any shard on their own."""
     room = budget - overhead
     fitting = [d for d in docs if d.tokens <= room]
     oversized = sorted(d.path for d in docs if d.tokens > room)
     if sum(d.tokens for d in fitting) <= room:
-        return {d.path: 0 for d in fitting}, oversized
+        return Assignment({d.path: 0 for d in fitting}, oversized, False)
 
     previous = previous or {}
     kept = _kept_assignment(fitting, room, previous)
-    return (kept if kept is not None else _assign(fitting, room, previous)), oversized
+    if kept is not None:
+        return Assignment(kept, oversized, True)
+    return Assignment(_assign(fitting, room, previous), oversized, False)
 
 
 def _assign(fitting: Sequence[DocInfo], room: int, previous: Mapping[str, int]) -> dict[str, int]:
