@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/freshness.py
 	$(BIN)/python bench/planning.py
 	$(BIN)/python bench/routing.py
+	$(BIN)/python bench/ledger_audit.py --json bench/results/ledger-audit.json
 	$(BIN)/python bench/traces.py --kind edit-heavy --questions 150 --out bench/results/edit-heavy.jsonl
 	$(BIN)/python bench/cost.py --trace bench/results/edit-heavy.jsonl --json bench/results/cost-edit-heavy.json
 	$(BIN)/python bench/traces.py --kind rare --questions 500 --out bench/results/rare.jsonl

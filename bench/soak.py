@@ -345,9 +345,10 @@ async def soak(
     control = httpx2.Client(base_url=base_url, timeout=30)
     clock = SimulatedClock(control)
     settings = Settings(corpus=corpus, state_dir=state, debounce_ms=50)
-    sdk = AsyncAnthropic(base_url=base_url, api_key=API_KEY, max_retries=API_RETRIES, timeout=30)
+    sdk = AsyncAnthropic(base_url=base_url, api_key=API_KEY, max_retries=0, timeout=30)
     ledger = Ledger(settings.ledger_path)
-    engine = Engine(settings, load_catalog(), Backend(sdk, OFFLINE_EMULATOR), ledger, clock=clock)
+    backend = Backend(sdk, OFFLINE_EMULATOR, retries=API_RETRIES, request_timeout=30)
+    engine = Engine(settings, load_catalog(), backend, ledger, clock=clock)
     samples: list[dict[str, Any]] = []
     started = time.perf_counter()
     try:

@@ -178,6 +178,24 @@ def test_plan_shows_blocks_and_the_cost_of_a_question(tmp_path: Path) -> None:
     assert "cold" in table.stdout
 
 
+def test_plan_at_a_tier_says_in_how_many_slices_and_how_long_the_cache_is_written(
+    tmp_path: Path,
+) -> None:
+    handbook = Path(__file__).parents[1] / "corpora" / "handbook"  # 72k tokens
+    result = run(["plan", "--corpus", str(handbook), "--tier", "1", "--json"], tmp_path / "state")
+    assert result.returncode == 0, result.stderr
+    (shard,) = json.loads(result.stdout)["shards"]
+    build = shard["build"]
+    assert build["input_tokens_per_minute"] == 30_000
+    assert build["slices"] >= 3
+    assert build["slice_tokens"] < 30_000
+    assert 60 <= build["seconds"] <= 180  # a minute of the bucket per slice, the first free
+    table = run(["plan", "--corpus", str(handbook), "--tier", "1"], tmp_path / "state")
+    assert f"the cache is written in {build['slices']} slices" in table.stdout
+    untiered = run(["plan", "--corpus", str(handbook), "--json"], tmp_path / "state")
+    assert json.loads(untiered.stdout)["shards"][0]["build"] is None
+
+
 def test_plan_and_report_on_an_empty_folder_say_so_without_a_traceback(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

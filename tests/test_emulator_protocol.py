@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -346,6 +347,61 @@ def test_the_log_keeps_accounting_and_recent_bodies(
     assert entry["id"] == response.id
     assert entry["usage"]["input_tokens"] == response.usage.input_tokens
     assert entry["body"]["messages"][0]["content"][0]["text"] == "Hi"
+
+
+def billed_usd(usage: Any, output_tokens: int) -> float:
+    """sonnet-4-6's list prices ($3 input, $15 output per million), a 5-minute write 1.25x."""
+    written = usage.cache_creation_input_tokens or 0
+    return (
+        usage.input_tokens * 3 + written * 3.75 + (usage.cache_read_input_tokens or 0) * 0.3
+        + output_tokens * 15
+    ) * 1e-6  # fmt: skip
+
+
+def test_the_log_says_a_finished_response_was_billed_in_full(
+    client: anthropic.Anthropic, emulator: Control
+) -> None:
+    prompt = user(document(words(1500), "a.txt", cache=True), text_block("When are deploys?"))
+    with client.messages.stream(model=MODEL, max_tokens=100, messages=prompt) as stream:
+        message = stream.get_final_message()
+    (entry,) = emulator.log()
+    assert entry["billed"]["usage"] == entry["usage"]
+    assert entry["billed"]["usage"]["cache_creation_input_tokens"] > 0
+    assert entry["billed"]["usd"] == pytest.approx(
+        billed_usd(message.usage, message.usage.output_tokens)
+    )
+
+
+@pytest.mark.parametrize("ending", ["end", "drop", "error"])
+def test_the_log_says_a_stream_the_emulator_cut_was_billed_what_it_had_reported(
+    client: anthropic.Anthropic, emulator: Control, ending: str
+) -> None:
+    emulator.fault(kind="truncated", ending=ending)
+    started = None
+    # An "end" ending just stops; the others raise.
+    with (
+        contextlib.suppress(anthropic.APIError, httpx2.TransportError),
+        client.messages.stream(model=MODEL, max_tokens=100, messages=user(text_block("Hi"))) as s,
+    ):
+        for event in s:
+            if event.type == "message_start":
+                started = event.message.usage
+    assert started is not None
+    (entry,) = emulator.log()
+    assert entry["truncated"] == ending
+    assert entry["billed"]["usage"]["output_tokens"] == started.output_tokens == 1
+    assert entry["usage"]["output_tokens"] > 1  # what the whole answer would have been
+    assert entry["billed"]["usd"] == pytest.approx(billed_usd(started, 1))
+
+
+def test_a_refused_request_has_no_bill_in_the_log(
+    client: anthropic.Anthropic, emulator: Control
+) -> None:
+    emulator.fault(status=529, error_type="overloaded_error")
+    with pytest.raises(anthropic.APIStatusError):
+        client.messages.create(model=MODEL, max_tokens=10, messages=user(text_block("Hi")))
+    (entry,) = emulator.log()
+    assert "billed" not in entry
 
 
 def test_the_clock_can_be_set_advanced_and_reset(emulator: Control) -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from corpus_cache.cache.history import History
 from corpus_cache.corpus.changes import document_changes
 from corpus_cache.corpus.documents import Document
-from corpus_cache.plan.layout import Layout, plan_corpus
+from corpus_cache.plan.layout import Layout, plan_corpus, safe_minimum
 from corpus_cache.plan.shards import _assign, _kept_assignment
 from corpus_cache.plan.stability import HOT_WINDOW, DocInfo
 
@@ -36,11 +36,12 @@ steps = st.one_of(
 
 def plan(
     docs: dict[str, DocInfo], now: float, previous: Layout | None, live: dict[int, tuple[int, ...]],
-    changed: set[str] | None = None,
+    changed: set[str] | None = None, error: float = 0.0,
 ) -> Layout:  # fmt: skip
     return plan_corpus(
         [docs[p] for p in sorted(docs)], min_cacheable_tokens=1_024, instructions_tokens=300,
         budget_tokens=12_000, now=now, previous=previous, live=live, changed=changed,
+        estimate_error=error,
     )  # fmt: skip
 
 
@@ -57,10 +58,17 @@ def alive(layout: Layout, picks: list[int]) -> dict[int, tuple[int, ...]]:
 @settings(max_examples=60, deadline=None)
 @given(
     st.dictionaries(paths, st.integers(50, 3_000), min_size=1, max_size=30),
-    st.lists(st.tuples(st.lists(steps, max_size=4), st.lists(st.integers(0, 15))), max_size=8),
+    st.lists(
+        st.tuples(
+            st.lists(steps, max_size=4),
+            st.lists(st.integers(0, 15)),
+            st.sampled_from([0.0, 0.0, 0.0, 0.1, 0.25]),  # how far the figures are estimates
+        ),
+        max_size=8,
+    ),
 )
 def test_a_replan_from_the_paths_changed_is_the_replan_of_every_shard(
-    first: dict[str, int], rounds: list[tuple[list[tuple[str, str, int]], list[int]]]
+    first: dict[str, int], rounds: list[tuple[list[tuple[str, str, int]], list[int], float]]
 ) -> None:
     now = NOW
     docs = {
@@ -68,7 +76,7 @@ def test_a_replan_from_the_paths_changed_is_the_replan_of_every_shard(
         for p, tokens in first.items()
     }
     layout = plan(docs, now, None, {})
-    for n, (batch, picks) in enumerate(rounds):
+    for n, (batch, picks, error) in enumerate(rounds):
         changed: set[str] = set()
         for kind, path, value in batch:
             if kind == "wait":
@@ -85,8 +93,8 @@ def test_a_replan_from_the_paths_changed_is_the_replan_of_every_shard(
                 docs[path] = DocInfo(path, value, f"k{n}-{value}-{path}", now, edits, seen)
                 changed.add(path)
         live = alive(layout, picks)
-        everything = plan(docs, now, layout, live)
-        assert plan(docs, now, layout, live, changed) == everything
+        everything = plan(docs, now, layout, live, error=error)
+        assert plan(docs, now, layout, live, changed, error) == everything
         layout = everything
 
 
@@ -105,6 +113,19 @@ def test_a_shard_whose_documents_did_not_change_keeps_its_plan(
         old = plans.get(shard.number)
         if old is not None and edited not in old.order and set(old.order) == set(shard.plan.order):
             assert shard.plan is old
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.dictionaries(paths, st.integers(50, 3_000), min_size=1, max_size=30))
+def test_figures_less_certain_than_when_planned_plan_every_shard_again(
+    first: dict[str, int],
+) -> None:
+    docs = {p: DocInfo(p, tokens, f"k-{p}", NOW - 3_600, first_seen=NOW - 3_600)
+            for p, tokens in first.items()}  # fmt: skip
+    before = plan(docs, NOW, None, {})
+    after = plan(docs, NOW + 60, before, {}, changed=set(), error=0.25)
+    floor = safe_minimum(1_024, 300, 0.25)
+    assert all(shard.plan.floor == floor for shard in after.shards)
 
 
 @given(

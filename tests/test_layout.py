@@ -324,11 +324,32 @@ def test_the_cut_optimiser_finds_the_cheapest_cuts(
     assert cost(tuple(got)) <= best * (1 + 1e-9) + 1e-12
 
 
-def test_the_default_budget_is_the_window_less_a_reserve_and_below_a_price_tier() -> None:
+def test_the_window_budget_is_the_window_less_a_reserve_and_below_a_price_tier() -> None:
     from corpus_cache.models.catalog import load_catalog
+    from corpus_cache.plan.budget import window_budget
+
+    catalog = load_catalog()
+    assert window_budget(catalog.get("claude-sonnet-5-5"), 16_000) == 984_000
+    assert window_budget(catalog.get("claude-haiku-4-5"), 16_000) == 184_000
+    assert window_budget(catalog.get("claude-haiku-5-5"), 16_000) == 84_000  # 5x above 100k
+
+
+def test_shards_sized_by_price_or_by_the_limits_cost_that_or_build_in_that_time() -> None:
+    from corpus_cache.models.catalog import load_catalog
+    from corpus_cache.models.pricing import Usage, cost_usd
     from corpus_cache.plan.budget import default_budget
 
     catalog = load_catalog()
-    assert default_budget(catalog.get("claude-sonnet-5-5"), 16_000) == 984_000
-    assert default_budget(catalog.get("claude-haiku-4-5"), 16_000) == 184_000
-    assert default_budget(catalog.get("claude-haiku-5-5"), 16_000) == 84_000  # 5x above 100k
+    for name in ("claude-sonnet-5-5", "claude-sonnet-4-6", "claude-opus-5-5", "claude-haiku-4-5"):
+        model = catalog.get(name)
+        budget = default_budget(model, warm_question_usd=0.05)
+        warm = cost_usd(Usage(input_tokens=50, cache_read_tokens=budget, output_tokens=500), model)
+        assert warm <= 0.0501, name  # or the window is the smaller bound
+    sonnet = catalog.get("claude-sonnet-5-5")
+    assert 400_000 < default_budget(sonnet, warm_question_usd=0.05) < 500_000
+    assert default_budget(catalog.get("claude-sonnet-4-6"), warm_question_usd=0.05) < 160_000
+    # At tier 1's 30,000 input tokens a minute, five minutes of the bucket.
+    limited = default_budget(sonnet, input_tokens_per_minute=30_000, build_minutes=5)
+    assert limited == 150_000
+    assert default_budget(sonnet, input_tokens_per_minute=30_000) == 984_000  # off by default
+    assert default_budget(sonnet) == 984_000

@@ -119,7 +119,52 @@ def test_m003_adds_the_cache_miss_columns_to_an_existing_v2_ledger(tmp_path: Pat
     )  # fmt: skip
     assert (new.cache_miss_reason, new.cache_missed_tokens) == ("system_changed", 7)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) == (5,)
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) == (7,)
+
+
+def test_m007_says_which_rows_of_an_existing_ledger_were_billed(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    with sqlite3.connect(path) as db:
+        for migration in MIGRATIONS[:6]:
+            db.executescript(migration)
+        db.execute("PRAGMA user_version=6")
+        insert = (
+            "INSERT INTO requests (at, kind, corpus, model, backend, outcome, cost_usd, error) "
+            "VALUES (?, 'ask', '/c', 'm', 'anthropic', ?, ?, ?)"
+        )
+        for at, (outcome, cost, error) in enumerate([
+            ("ok", 0.5, None),
+            ("error", 0.2, "stream broke; the response had begun"),
+            ("error", 0.0, "timed out; the API may bill a request it had begun to process"),
+            ("error", 0.0, "the Anthropic API answered 400"),
+            ("refused", 0.0, "refused by the daily cap"),
+        ]):  # fmt: skip
+            db.execute(insert, (float(at), outcome, cost, error))
+    ledger = Ledger(path)
+    billing = [row.billing for row in ledger.history("/c")]
+    totals = ledger.totals("/c")
+    ledger.close()
+    assert billing == ["billed", "billed", "maybe", "unbilled", "unbilled"]
+    assert totals.maybe_requests == 1
+    assert totals.maybe_usd == 0  # no estimate was made for it then
+
+
+def test_stats_show_what_may_have_been_billed_apart_from_what_was(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.db")
+    record(ledger, NOON - 60, outcome="ok", cost_usd=0.25, uncached_cost_usd=0.3, shard=0)
+    record(ledger, NOON - 30, outcome="error", billing="maybe", estimate_usd=0.125, shard=0,
+           error="no response began")  # fmt: skip
+    stats = collect_stats(ledger, "/c", NOON)
+    html = render_report(ledger.history("/c"), stats)
+    ledger.close()
+    today = stats.as_dict()["backends"]["anthropic"]["periods"]["today"]
+    assert today["spent_usd"] == 0.25  # the estimate is not in what was spent
+    assert (today["maybe_billed_requests"], today["maybe_billed_usd"]) == (1, 0.125)
+    text = render_stats(stats)
+    assert "may have been billed (today): 1 request(s), about $0.1250, not in spent" in text
+    assert "May have been billed: requests sent whose response never began" in text
+    assert "May have been billed" in html
+    assert "about $0.125" in html
 
 
 def test_stats_figures_are_the_sums_of_the_ledger_rows(tmp_path: Path) -> None:

@@ -22,6 +22,15 @@ class Settings(BaseSettings):
         description="where the ledger (SQLite) lives",
     )
     models_file: Path | None = Field(None, description="a TOML file of model table overrides")
+    tier: str | None = Field(
+        None,
+        description="the account's rate-limit tier (1 to 4, or a tier of the limits file): the "
+        "limits assumed until the API's first response states them; offline, the emulator "
+        "applies them too (default: unknown, so nothing waits before the first response)",
+    )
+    limits_file: Path | None = Field(
+        None, description="a TOML file merged into the rate-limits table (models/limits.toml)"
+    )
     offline: bool = Field(False, description="use the built-in emulator even with an API key")
     max_file_bytes: int = Field(2 * 1024 * 1024, gt=0, description="larger files are left out")
     allow_secret_content: bool = Field(
@@ -36,7 +45,13 @@ class Settings(BaseSettings):
         "name may be outside the folder)",
     )
     max_answer_tokens: int = Field(1024, gt=0, description="max_tokens of an answer")
-    request_timeout: float = Field(50.0, gt=0, description="seconds before an API call gives up")
+    request_timeout: float = Field(
+        50.0,
+        gt=0,
+        description="seconds to connect to the API, and the longest silence in a response "
+        "that has begun (a response may take up to 10 minutes to begin: until then the API "
+        "may be running it)",
+    )
     watch: bool = Field(True, description="watch the folder and refresh after every change")
     poll: bool = Field(
         False, description="watch by polling, for filesystems whose change events do not arrive"
@@ -47,7 +62,25 @@ class Settings(BaseSettings):
         description="milliseconds a burst of changes settles before the folder is rescanned",
     )
     budget_tokens: int | None = Field(
-        None, gt=0, description="tokens of corpus per request (default: window less reserve)"
+        None,
+        gt=0,
+        description="tokens of corpus per request, setting the shards' size directly "
+        "(default: the window less the reserve, or less by --warm-question-usd and "
+        "--build-minutes)",
+    )
+    warm_question_usd: float | None = Field(
+        None,
+        gt=0,
+        description="size shards so that a question read from the cache costs about this "
+        "many dollars on the model, 0.05 for example (default: not by price; "
+        "docs/caching.md says why)",
+    )
+    build_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="size shards so that the account's input-token rate limit, when known "
+        "(--tier), writes one to the cache in about this many minutes, 5 for example "
+        "(default: not by the limits; staged builds write a larger shard in slices)",
     )
     reserve_tokens: int = Field(
         16_000, ge=0, description="tokens kept free in the window for question and answer"
@@ -88,6 +121,12 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds an MCP `ask` may take before it ends with an error; keep it below "
         "the client's own timeout (Claude Desktop gives up after about 60 s)",
+    )
+    index_wait: float = Field(
+        10.0,
+        ge=0,
+        description="seconds a tool that needs the corpus waits for the first index of the "
+        "folder (which runs in the background from start) before it says how far it is",
     )
     heartbeat_interval: float = Field(
         5.0, gt=0, description="seconds between progress notifications while an answer is awaited"

@@ -16,6 +16,8 @@ One tree, so that a caller catches `CorpusCacheError` and never a tuple:
     ├── BudgetExceededError       a request would pass --max-usd-per-day; nothing was sent
     ├── LedgerUnavailableError    the ledger cannot be read now (a write is journaled instead)
     ├── DeadlineExceededError     a tool call ran past its deadline
+    ├── IndexingError             the folder's first index has not ended (or failed)
+    ├── CacheBuildingError        the cache is being written slice by slice; ask again later
     └── SetupError                the command cannot start as configured
 
 The MCP surface turns any of them into a tool error the model reads; the command line
@@ -68,11 +70,15 @@ class LimitsTableError(ModelTableError):
 
 
 class ApiCallError(CorpusCacheError):
-    """The Messages API call failed after the SDK's retries."""
+    """The Messages API call failed after the caller's retries."""
 
 
 class IncompleteResponseError(ApiCallError):
     """A response stream ended before `message_stop`: what arrived is not the answer."""
+
+
+class BeyondRateLimitError(ApiCallError):
+    """A request larger than the account's rate limits ever allow in one minute; not sent."""
 
 
 class BudgetExceededError(CorpusCacheError):
@@ -92,6 +98,21 @@ class LedgerUnavailableError(CorpusCacheError):
 
 class DeadlineExceededError(CorpusCacheError):
     """A tool call ran past its deadline and was given up."""
+
+
+class IndexingError(CorpusCacheError):
+    """The first index of the folder is still running (the message says how far it is and
+    when to ask again), or it failed (the message says why)."""
+
+
+class CacheBuildingError(CorpusCacheError):
+    """A question came while its shard's cache is being built in slices (plan/staging.py)
+    and the build will not be done within the client's patience; nothing was sent, and
+    the build goes on. The message says how far it is and when to ask again."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class SetupError(CorpusCacheError):

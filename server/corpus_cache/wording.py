@@ -11,3 +11,19 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
 def usd(value: float) -> str:
     """Dollars to four places, the sign before the symbol: `-$0.0312`."""
     return f"{'-' if value < 0 else ''}${abs(value):.4f}"
+
+
+def approximately(count: int, estimated: bool) -> str:
+    """A token figure as shown: `72,114`, or `~72,100` when it rests on an estimate (three
+    significant figures: the estimate is not better than that)."""
+    if not estimated:
+        return f"{count:,}"
+    digits = len(str(abs(count)))
+    return f"~{round(count, -max(0, digits - 3)):,}"
+
+
+def tokens_figure(count: int, estimated: bool) -> str:
+    """`72,114 tokens`, or `~72,100 tokens (estimated)`."""
+    if not estimated:
+        return plural(count, "token")
+    return f"{approximately(count, True)} tokens (estimated)"

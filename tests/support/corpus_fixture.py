@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
-from synthetic import document
+from synthetic import document, write_folder
+
+__all__ = ["FACTS", "write_corpus", "write_folder"]
 
 FACTS = {
     "oncall.md": "The on-call rotation hands over every Tuesday at 09:30 Stockholm time.",

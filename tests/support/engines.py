@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,21 +22,31 @@ async def engine_on(
     *,
     api_key: str = "test-key",
     clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
     max_retries: int = 0,
+    index: bool = True,
     **settings: Any,
 ) -> AsyncIterator[Engine]:
-    """An indexed engine; its SDK client and ledger are closed on the way out. The SDK does
-    not retry unless `max_retries` says so."""
+    """An indexed engine (not yet indexed if `index` is false), reading its answers to
+    their end as a server's does; its SDK client and ledger are closed on the way out. The
+    caller does not retry unless `max_retries` says so."""
     config = Settings(corpus=corpus, state_dir=state, **settings)
     ledger = Ledger(config.ledger_path)
     client = api_client(
-        base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=config.request_timeout
+        base_url=base_url, api_key=api_key, max_retries=0, timeout=config.request_timeout
     )
-    extra = {"clock": clock} if clock is not None else {}
-    engine = Engine(config, load_catalog(), Backend(client, "anthropic"), ledger, **extra)
+    backend = Backend(
+        client, "anthropic", retries=max_retries, request_timeout=config.request_timeout
+    )
+    extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
+    if sleep is not None:
+        extra["sleep"] = sleep
+    engine = Engine(config, load_catalog(), backend, ledger, **extra)
     try:
-        await engine.refresh()
-        yield engine
+        async with engine.reading_answers():
+            if index:
+                await engine.refresh()
+            yield engine
     finally:
         await client.close()
         ledger.close()

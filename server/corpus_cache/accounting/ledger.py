@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from corpus_cache.accounting.storage import (
     M003_CACHE_MISS_REASON,
     M004_ROW_KEY,
     M005_COUNTS_BY_BACKEND,
+    M007_BILLING,
     MIGRATIONS,
     ROW_COLUMNS,
     describe_fault,
@@ -42,9 +43,22 @@ from corpus_cache.errors import LedgerUnavailableError
 from corpus_cache.models.pricing import Usage, hit_rate
 
 __all__ = [
-    "BUSY_TIMEOUT", "M001_INITIAL", "M002_SHARD_AND_TTL", "M003_CACHE_MISS_REASON",
-    "M004_ROW_KEY", "M005_COUNTS_BY_BACKEND", "MIGRATIONS", "Ledger", "Recorded",
-    "RequestRecord", "StorageFault", "Totals",
+    "BILLED",
+    "BUSY_TIMEOUT",
+    "M001_INITIAL",
+    "M002_SHARD_AND_TTL",
+    "M003_CACHE_MISS_REASON",
+    "M004_ROW_KEY",
+    "M005_COUNTS_BY_BACKEND",
+    "M007_BILLING",
+    "MAYBE",
+    "MIGRATIONS",
+    "UNBILLED",
+    "Ledger",
+    "Recorded",
+    "RequestRecord",
+    "StorageFault",
+    "Totals",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -53,6 +67,9 @@ BUSY_TIMEOUT = 2.0  # seconds a write waits for another process's lock, then is 
 # After a write failed, until one succeeds: a write waits briefly, so that a lock held for
 # minutes does not stall every request by the full timeout (its row is journaled anyway).
 BUSY_TIMEOUT_BEHIND = 0.1
+
+# What the API did with an attempt, as far as is known (storage.M007_BILLING).
+BILLED, UNBILLED, MAYBE = "billed", "unbilled", "maybe"
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,9 @@ class RequestRecord:
     cache_miss_reason: str | None = None  # from the API's cache diagnostics, when it gave one
     cache_missed_tokens: int | None = None
     emulator_pid: int | None = None  # an offline answer: the process whose memory holds its cache
+    billing: str = BILLED  # BILLED, UNBILLED or MAYBE
+    estimate_usd: float | None = None  # MAYBE: what it would cost if it ran (not in cost_usd)
+    attempt: int | None = None  # its number among the attempts of one call, from 1
 
 
 @dataclass(frozen=True)
@@ -105,6 +125,9 @@ class LedgerRow:
     cache_missed_tokens: int | None
     row_key: str | None
     emulator_pid: int | None = None
+    billing: str | None = None
+    estimate_usd: float | None = None
+    attempt: int | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -136,6 +159,10 @@ class Totals:
     output_tokens: int
     cost_usd: float
     uncached_cost_usd: float
+    # Attempts that may have been billed, and what they would cost if they ran: kept apart
+    # from cost_usd, which is what the API surely billed.
+    maybe_requests: int = 0
+    maybe_usd: float = 0.0
 
     @property
     def prompt_tokens(self) -> int:
@@ -164,6 +191,8 @@ class Totals:
             "spent_usd": round(self.cost_usd, 6),
             "uncached_usd": round(self.uncached_cost_usd, 6),
             "saved_usd": round(self.saved_usd, 6),
+            "maybe_billed_requests": self.maybe_requests,
+            "maybe_billed_usd": round(self.maybe_usd, 6),
         }
 
 
@@ -314,16 +343,30 @@ class Ledger:
             return {}
         return found
 
-    def store_token_counts(self, model: str, backend: str, counts: dict[str, int]) -> bool:
+    def store_token_counts(
+        self,
+        model: str,
+        backend: str,
+        counts: dict[str, int],
+        sketches: Mapping[str, tuple[str, float]] | None = None,
+    ) -> bool:
         """Store counts `backend` made; False when the ledger cannot be written (they are
-        counted again later: nothing is lost)."""
+        counted again later: nothing is lost). `sketches`: per key, the kind and prior the
+        local estimate gave the document (api/estimate.py): such counts calibrate it."""
         now = time.time()
-        rows = [(key, model, backend, tokens, now) for key, tokens in counts.items()]
+        known = sketches or {}
+        rows = [
+            (key, model, backend, tokens, now, *known.get(key, (None, None)))
+            for key, tokens in counts.items()
+        ]
         with self._lock:
             try:
                 self._write(
                     lambda db: db.executemany(
-                        "INSERT OR REPLACE INTO token_counts VALUES (?, ?, ?, ?, ?)", rows
+                        "INSERT OR REPLACE INTO token_counts "
+                        "(content_key, model, backend, tokens, counted_at, kind, prior) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        rows,
                     )
                 )
             except StorageFault as fault:
@@ -334,6 +377,23 @@ class Ledger:
                 )  # fmt: skip
                 return False
         return True
+
+    def calibration_samples(
+        self, model: str, backend: str, limit: int = 2_000
+    ) -> list[tuple[str, float, int]]:
+        """The latest (kind, prior, tokens) of counts `backend` made for `model` that the
+        local estimate had sketched; none when the ledger cannot be read (the estimate is
+        calibrated again)."""
+        try:
+            _, rows = self._query(
+                "SELECT kind, prior, tokens FROM token_counts WHERE model = ? AND backend = ? "
+                "AND kind IS NOT NULL AND prior IS NOT NULL ORDER BY counted_at DESC LIMIT ?",
+                [model, backend, limit],
+            )
+        except LedgerUnavailableError as exc:
+            log.warning("%s; the token estimate is calibrated again", exc)
+            return []
+        return [(str(kind), float(prior), int(tokens)) for kind, prior, tokens in rows]
 
     # --- requests ---------------------------------------------------------------------
 
@@ -421,7 +481,8 @@ class Ledger:
                 COALESCE(SUM(input_tokens), 0), COALESCE(SUM(cache_read_tokens), 0),
                 COALESCE(SUM(cache_write_5m_tokens + cache_write_1h_tokens), 0),
                 COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cost_usd), 0),
-                COALESCE(SUM(uncached_cost_usd), 0)
+                COALESCE(SUM(uncached_cost_usd), 0), COALESCE(SUM(billing = 'maybe'), 0),
+                COALESCE(SUM(CASE WHEN billing = 'maybe' THEN estimate_usd END), 0)
                 FROM requests {where}""",
             params,
         )
@@ -490,7 +551,8 @@ def _row(record: RequestRecord) -> Row:
         "latency_ms": record.latency_ms, "outcome": record.outcome, "error": record.error,
         "shard": record.shard, "ttl": record.ttl, "cache_miss_reason": record.cache_miss_reason,
         "cache_missed_tokens": record.cache_missed_tokens, "row_key": uuid.uuid4().hex,
-        "emulator_pid": record.emulator_pid,
+        "emulator_pid": record.emulator_pid, "billing": record.billing,
+        "estimate_usd": record.estimate_usd, "attempt": record.attempt,
     }  # fmt: skip
 
 
@@ -527,6 +589,8 @@ def _totals_of(
         total("cache_read_tokens"), total("cache_write_5m_tokens", "cache_write_1h_tokens"),
         total("output_tokens"), sum(float(r.get("cost_usd") or 0) for r in mine),
         sum(float(r.get("uncached_cost_usd") or 0) for r in mine),
+        sum(r.get("billing") == MAYBE for r in mine),
+        sum(float(r.get("estimate_usd") or 0) for r in mine if r.get("billing") == MAYBE),
     )  # fmt: skip
 
 

@@ -56,6 +56,7 @@ header p { margin: 4px 0 0; color: #475569; }
 .card .value { font-size: 28px; font-weight: 650; margin-top: 2px; }
 .card .sub { color: #64748b; font-size: 13px; }
 .saved .value { color: #047857; } .spent .value { color: #1d4ed8; }
+.maybe .value { color: #92400e; font-style: italic; }
 .lost .value { color: #b91c1c; }
 h2.backend { margin: 26px 0 0; font-size: 19px; }
 .uncached .value { color: #c2410c; }
@@ -174,6 +175,17 @@ def _cards(spend: BackendSpend) -> str:
             "Requests",
             f"{t.requests:,}",
             (kinds or "none") + (f"; {t.errors} failed" if t.errors else ""),
+        )
+        + (
+            _card(
+                "maybe",
+                "May have been billed",
+                f"about {money(t.maybe_usd)}",
+                f"{t.maybe_requests} sent with no response begun: an estimate, not in "
+                f"{spent.lower()}",
+            )
+            if t.maybe_requests
+            else ""
         )
         + "</div>"
         + (f'<p class="note">{escape(NEGATIVE_SAVING)}</p>' if t.saved_usd < 0 else "")

@@ -25,6 +25,11 @@ OFFLINE_NOTE = (
     "not billed: dollars are what these requests would cost on the API, at the emulator's "
     "approximate token counts"
 )
+MAYBE_NOTE = (
+    "May have been billed: requests sent whose response never began (a connection lost, the "
+    "server stopped), so the API may or may not have run them; the dollars are an estimate "
+    "of what they would cost if they ran, kept out of spent."
+)
 NEGATIVE_SAVING = (
     "Saved is negative: each cache write costs more than sending the same tokens uncached "
     "(1.25x the input price for 5 minutes, 2x for an hour), and pays for itself only when "
@@ -214,7 +219,7 @@ def render_stats(stats: Stats) -> str:
     lines = [f"{head}, as of {_clock(stats.now, stats.now)}"]
     if not stats.spends:
         lines += ["", "No requests recorded yet."]
-    negative = False
+    negative = maybe = False
     for spend in stats.spends:
         lines += ["", backend_title(spend) + ":"]
         kinds = [k for k in spend.periods[-1].by_kind]
@@ -229,6 +234,16 @@ def render_stats(stats: Stats) -> str:
                 f"{t.errors}",
             ]  # fmt: skip
             lines.append(f"{p.name:10}" + "".join(f"{c:>11}" for c in cells))
+        for p in spend.periods:
+            if p.totals.maybe_requests:
+                maybe = True
+                t = p.totals
+                lines.append(
+                    f"{'':10}may have been billed ({p.name}): {t.maybe_requests} request(s), "
+                    f"about {usd(t.maybe_usd)}, not in spent"
+                )
+    if maybe:
+        lines += ["", MAYBE_NOTE]
     if negative:
         lines += ["", NEGATIVE_SAVING]
     if stats.shards:

@@ -73,17 +73,40 @@ M005_COUNTS_BY_BACKEND = """
         ALTER TABLE requests ADD COLUMN emulator_pid INTEGER;
 """
 
+# What the local estimate knew of a counted document (api/estimate.py): its kind of text
+# and its prior. Counts that have them calibrate the estimate for their model and backend.
+M006_COUNTS_CALIBRATE = """
+        ALTER TABLE token_counts ADD COLUMN kind TEXT;
+        ALTER TABLE token_counts ADD COLUMN prior REAL;
+"""
+
+# Every attempt is a row (docs/accounting.md): `billing` says whether the API billed it
+# ("billed"), surely did not ("unbilled": an error status, no connection, a refusal), or may
+# have ("maybe": sent, and no response began), with `estimate_usd`, what it would cost if it
+# ran; `attempt` is its number among the attempts of one call. Rows written before say
+# "billed" for what was charged, and "maybe" where their error said the API may bill.
+M007_BILLING = """
+        ALTER TABLE requests ADD COLUMN billing TEXT;
+        ALTER TABLE requests ADD COLUMN estimate_usd REAL;
+        ALTER TABLE requests ADD COLUMN attempt INTEGER;
+        UPDATE requests SET billing = CASE
+            WHEN outcome = 'ok' OR cost_usd > 0 THEN 'billed'
+            WHEN outcome = 'error' AND error LIKE '%may bill a request%' THEN 'maybe'
+            ELSE 'unbilled' END
+"""
+
 # Ordered; each runs once, in one transaction with the version bump.
 MIGRATIONS: list[str] = [
     M001_INITIAL, M002_SHARD_AND_TTL, M003_CACHE_MISS_REASON, M004_ROW_KEY,
-    M005_COUNTS_BY_BACKEND,
+    M005_COUNTS_BY_BACKEND, M006_COUNTS_CALIBRATE, M007_BILLING,
 ]  # fmt: skip
 
 ROW_COLUMNS = (
     "at", "kind", "corpus", "model", "backend", "snapshot", "message_id", "input_tokens",
     "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "output_tokens",
     "cost_usd", "uncached_cost_usd", "latency_ms", "outcome", "error", "shard", "ttl",
-    "cache_miss_reason", "cache_missed_tokens", "row_key", "emulator_pid",
+    "cache_miss_reason", "cache_missed_tokens", "row_key", "emulator_pid", "billing",
+    "estimate_usd", "attempt",
 )  # fmt: skip
 INSERT_ROW = (
     f"INSERT OR IGNORE INTO requests ({', '.join(ROW_COLUMNS)}) "

@@ -23,6 +23,7 @@ import httpx2
 from anthropic import AsyncAnthropic
 
 from corpus_cache.api import local_emulator
+from corpus_cache.api.retrying import Failure
 from corpus_cache.emulator import RunningEmulator, start_in_thread
 from corpus_cache.errors import IncompleteResponseError, SetupError
 from corpus_cache.models.catalog import Catalog
@@ -33,10 +34,16 @@ EMULATOR_HEADER = "x-corpus-cache-emulator"
 ANTHROPIC = "anthropic"
 OFFLINE_EMULATOR = "offline-emulator"
 
-# Retries after a 408, 409, 429, 5xx or a connection failure, so up to 3 attempts. The SDK
-# waits what retry-after says, else about 0.5 s then 1 s; a wait past `ask_deadline` ends
-# at the deadline instead.
+# Retries after a 408, 409, 429, 5xx or a connection failure, so up to 3 attempts: made by
+# the one caller (api/retrying.py decides), so that each attempt is a ledger row. The SDK's
+# client makes one attempt per Messages call; count_tokens, which is free, keeps the SDK's
+# retries (`Backend.counting`).
 API_RETRIES = 2
+# How long a request waits for its response to begin, whatever the request timeout: until
+# it has begun, the API may be running it, and giving up early would leave a billed request
+# with no usage known (and its retry would write the cache again). The ask's deadline ends
+# the answer sooner; the engine reads the response in the background (engine/core.py).
+RESPONSE_BEGIN_SECONDS = 600.0
 
 
 # What a Messages API call can fail with: the SDK's errors, and, once a response streams,
@@ -51,12 +58,26 @@ API_FAILURES: tuple[type[Exception], ...] = (
 
 @dataclass
 class Backend:
-    client: AsyncAnthropic
+    client: AsyncAnthropic  # one attempt per call (max_retries=0): the caller retries
     kind: str
     emulator: RunningEmulator | None = None
     # The process whose memory holds an offline backend's cache (this one, for an emulator in
     # a thread), recorded with each answer: its cache dies with that process.
     emulator_pid: int | None = None
+    retries: int = API_RETRIES  # attempts after the first, made by the caller
+    # Seconds to connect, and the longest silence in a response that has begun.
+    request_timeout: float = 50.0
+
+    @property
+    def counting(self) -> AsyncAnthropic:
+        """The client for count_tokens: free, so the SDK's own retries are kept there."""
+        return self.client.with_options(max_retries=self.retries)
+
+    def timeout(self) -> httpx2.Timeout:
+        """A Messages request's: connecting and sending within the request timeout, and up
+        to RESPONSE_BEGIN_SECONDS for its response to begin."""
+        wait = max(self.request_timeout, RESPONSE_BEGIN_SECONDS)
+        return httpx2.Timeout(wait, connect=self.request_timeout, write=self.request_timeout)
 
     async def close(self) -> None:
         await self.client.close()
@@ -71,12 +92,16 @@ def open_backend(
     timeout: float,
     keep_between: Path | None = None,
     models_file: Path | None = None,
+    tier: str | None = None,
+    limits_file: Path | None = None,
 ) -> Backend:
     """`keep_between`: the state folder of a local emulator that outlives this process
     (local_emulator.py), for commands that end after one question; else, offline, an
-    emulator in this process, whose cache ends with it."""
+    emulator in this process, whose cache ends with it, and which applies the rate limits
+    of `tier` (from the shipped table with `limits_file` merged in), if one is given."""
     if not offline and os.environ.get("ANTHROPIC_API_KEY"):
-        return Backend(api_client(timeout=timeout, max_retries=API_RETRIES), ANTHROPIC)
+        client = api_client(timeout=timeout, max_retries=0)
+        return Backend(client, ANTHROPIC, request_timeout=timeout)
     if keep_between is not None:
         try:
             local = local_emulator.connect(keep_between, models_file)
@@ -90,27 +115,25 @@ def open_backend(
                 " used (--offline)" if offline else "", local.base_url, local.pid,
             )  # fmt: skip
             client = api_client(
-                base_url=local.base_url, api_key=local.api_key, timeout=timeout,
-                max_retries=API_RETRIES,
-            )  # fmt: skip
-            return Backend(client, OFFLINE_EMULATOR, emulator_pid=local.pid)
+                base_url=local.base_url, api_key=local.api_key, timeout=timeout, max_retries=0
+            )
+            return Backend(
+                client, OFFLINE_EMULATOR, emulator_pid=local.pid, request_timeout=timeout
+            )
     # A key only this process knows, and no controls: other local programs, and web pages
     # that reach loopback, can neither read what was sent nor steer the answers.
     key = secrets.token_urlsafe(32)
-    emulator = start_in_thread(catalog=catalog, api_key=key, controls=False)
+    emulator = start_in_thread(
+        catalog=catalog, api_key=key, controls=False, tier=tier, limits_file=limits_file
+    )
     log.warning(
         "no ANTHROPIC_API_KEY%s: answering with the offline emulator at %s "
         "(extractive answers, not Claude)",
         " used (--offline)" if offline else "",
         emulator.base_url,
     )
-    client = api_client(
-        base_url=emulator.base_url,
-        api_key=key,
-        timeout=timeout,
-        max_retries=API_RETRIES,
-    )
-    return Backend(client, OFFLINE_EMULATOR, emulator, os.getpid())
+    client = api_client(base_url=emulator.base_url, api_key=key, timeout=timeout, max_retries=0)
+    return Backend(client, OFFLINE_EMULATOR, emulator, os.getpid(), request_timeout=timeout)
 
 
 def api_client(**options: Any) -> AsyncAnthropic:
@@ -138,8 +161,8 @@ _throttles: ContextVar[list[Throttle] | None] = ContextVar("corpus_cache_throttl
 
 @contextmanager
 def noting_throttles() -> Iterator[list[Throttle]]:
-    """Within it, each 429 and 529 the API answers to this task's calls, the SDK's retries
-    included, is added to the list it gives. The SDK waits out a retry-after before asking
+    """Within it, each 429 and 529 the API answers to this task's calls, the caller's retries
+    included, is added to the list it gives. The caller waits out a retry-after before asking
     again, and a deadline may end that wait: then the list says why the answer is late."""
     noted: list[Throttle] = []
     token = _throttles.set(noted)
@@ -178,9 +201,11 @@ def backend_of_response(headers: object, default: str) -> str:
     return default
 
 
-def describe_api_error(exc: BaseException, *, received: int | None = None) -> str:
+def describe_api_error(
+    exc: BaseException, *, received: int | None = None, attempts: int | None = None
+) -> str:
     """What went wrong with a Messages API call and what to do, for the user; says how many
-    attempts were made when the SDK retried.
+    attempts were made when there were several (`attempts`; else as the SDK counted them).
 
     `received` is how many characters of the answer had arrived when the response had begun
     (its `message_start` was read), None when it had not. A failure after that start is a
@@ -191,29 +216,28 @@ def describe_api_error(exc: BaseException, *, received: int | None = None) -> st
         broken = _describe_broken_answer(exc, received)
         if broken is not None:
             return broken
-    tries = _attempts(exc)
-    if isinstance(exc, anthropic.APITimeoutError):
+    tries = _attempts(exc, attempts)
+    if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException | TimeoutError):
         return (
             f"the Anthropic API did not answer in time{tries}; try again shortly, or allow "
             "longer with CORPUS_CACHE_REQUEST_TIMEOUT"
         )
-    if isinstance(exc, anthropic.APIConnectionError):
+    if isinstance(exc, anthropic.APIConnectionError) and not _connected(exc):
+        host = f"{exc.request.url.host}:{exc.request.url.port}"
         cause = f" ({exc.__cause__})" if exc.__cause__ and str(exc.__cause__) else ""
         return (
-            f"cannot reach the Anthropic API at {exc.request.url.host}:{exc.request.url.port}"
-            f"{tries}{cause}; check the network connection and ANTHROPIC_BASE_URL"
+            f"cannot reach the Anthropic API at {host}{tries}{cause}; check the network "
+            "connection and ANTHROPIC_BASE_URL"
+        )
+    if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
+        return (
+            "the connection to the Anthropic API broke after the request was sent, before "
+            f"its answer began{tries}; ask again"
         )
     if isinstance(exc, anthropic.APIStatusError):
         return _describe_status(exc, tries)
     if isinstance(exc, anthropic.APIResponseValidationError):
         return "the Anthropic API's response was not in the shape expected; ask again"
-    if isinstance(exc, httpx2.TimeoutException):
-        return "the Anthropic API stopped sending in the middle of the answer; ask again"
-    if isinstance(exc, httpx2.TransportError):
-        return (
-            "the connection to the Anthropic API broke while the answer was arriving "
-            f"({type(exc).__name__}); ask again"
-        )
     if isinstance(exc, json.JSONDecodeError):
         return f"the Anthropic API's response could not be read (not JSON: {exc.msg}); ask again"
     if isinstance(exc, IncompleteResponseError):
@@ -225,37 +249,48 @@ def _describe_broken_answer(exc: BaseException, received: int) -> str | None:
     """A response that had begun and did not end: why, by the exception's kind. None for an
     error the API itself reported in the stream (an `error` event), described as a status."""
     after = f"after {received:,} characters of the answer"
-    ask = "only the usage the API reported is recorded; ask again"
     if isinstance(exc, IncompleteResponseError):
-        return f"the Anthropic API's response ended before the answer was complete ({after}); {ask}"
-    if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
-        return f"the Anthropic API stopped sending in the middle of the answer ({after}); {ask}"
+        return (
+            f"the Anthropic API's response ended before the answer was complete ({after}); "
+            "ask again"
+        )
+    if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException | TimeoutError):
+        return f"the Anthropic API stopped sending in the middle of the answer ({after}); ask again"
     if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
         broke = "the connection to the Anthropic API broke while the answer was arriving"
-        return f"{broke} ({after}); {ask}"
+        return f"{broke} ({after}); ask again"
     return None
 
 
-def may_have_been_billed(exc: BaseException) -> bool:
-    """False when the API surely did not process the request: it answered with an error
-    status, or no connection was made. Otherwise it may have, and may bill it."""
-    if isinstance(exc, anthropic.APIStatusError):
-        return exc.status_code < 400  # an error event in a response that had begun
-    if isinstance(exc, anthropic.APIConnectionError) and not isinstance(
-        exc, anthropic.APITimeoutError
-    ):
-        return not isinstance(exc.__cause__, httpx2.ConnectError)
-    return True
+def _connected(exc: anthropic.APIConnectionError) -> bool:
+    """Whether the request got as far as a connection (so it may have been sent)."""
+    if isinstance(exc, anthropic.APITimeoutError):
+        return not isinstance(exc.__cause__, httpx2.ConnectTimeout)
+    return not isinstance(exc.__cause__, httpx2.ConnectError | httpx2.ConnectTimeout)
 
 
-def _attempts(exc: BaseException) -> str:
-    if not isinstance(exc, anthropic.APIError):
-        return ""
-    try:
-        retries = int(exc.request.headers.get("x-stainless-retry-count", "0"))
-    except ValueError:
-        return ""
-    return f" after {retries + 1} attempts" if retries else ""
+def failure_of(exc: BaseException, *, began: bool, writes_cache: bool) -> Failure:
+    """What failed, as the retry decision (api/retrying.py) and the ledger see it. `began`:
+    the response had begun (its message_start, or its body, had arrived)."""
+    if isinstance(exc, anthropic.APIStatusError) and exc.status_code >= 400:
+        headers = dict(exc.response.headers.items())
+        return Failure("refused", exc.status_code, headers, writes_cache)
+    if began:
+        return Failure("broken", writes_cache=writes_cache)
+    if isinstance(exc, anthropic.APIConnectionError) and not _connected(exc):
+        return Failure("unreached", writes_cache=writes_cache)
+    if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError | TimeoutError):
+        return Failure("unanswered", writes_cache=writes_cache)
+    return Failure("garbled", writes_cache=writes_cache)  # a 200 that could not be read
+
+
+def _attempts(exc: BaseException, attempts: int | None) -> str:
+    if attempts is None and isinstance(exc, anthropic.APIError):
+        try:  # the SDK's own retries (count_tokens)
+            attempts = int(exc.request.headers.get("x-stainless-retry-count", "0")) + 1
+        except ValueError:
+            return ""
+    return f" after {attempts} attempts" if attempts and attempts > 1 else ""
 
 
 def _describe_status(exc: anthropic.APIStatusError, tries: str) -> str:

@@ -2,17 +2,23 @@
 
 Asking (streamed), warming and keeping warm (`max_tokens: 0`), and counting tokens: each
 is sent by `ApiCaller`, which is the one place that checks the spending guard before a
-request that spends, prices what the API reports, records the ledger row (an error row
-for a failure, charging what the API bills), and turns a failure into an `ApiCallError`
-that says what happened and what to do. Retries live in the SDK's client
-(backend.API_RETRIES); limits will live here.
+request that spends, makes its attempts (api/retrying.py decides whether and when to try
+again; the SDK makes one attempt per call), prices what the API reports, records a ledger
+row for every attempt (billed, not billed, or perhaps billed: docs/accounting.md), and
+turns a failure into an `ApiCallError` that says what happened and what to do. Before each
+attempt is sent it waits as long as the account's rate limits need (api/ratelimits.py),
+and refuses one that could never fit; every response's `anthropic-ratelimit-*` headers
+update what is known of them.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -20,18 +26,26 @@ import anthropic
 import anyio
 from anthropic.types import Message, MessageParam
 
-from corpus_cache.accounting.ledger import Ledger, RequestRecord
+from corpus_cache.accounting.ledger import MAYBE, UNBILLED, Ledger, RequestRecord
+from corpus_cache.api import retrying
 from corpus_cache.api.backend import (
     API_FAILURES,
     OFFLINE_EMULATOR,
     Backend,
     backend_of_response,
     describe_api_error,
+    failure_of,
 )
-from corpus_cache.api.outcomes import cache_miss, failure_text
+from corpus_cache.api.outcomes import billing_of, cache_miss, cancelled_text, failure_text
 from corpus_cache.api.prepared import PreparedRequest, RequestKind
+from corpus_cache.api.ratelimits import Demand, RateLimits
 from corpus_cache.api.spending import DailyCap
-from corpus_cache.errors import ApiCallError, BudgetExceededError, IncompleteResponseError
+from corpus_cache.errors import (
+    ApiCallError,
+    BeyondRateLimitError,
+    BudgetExceededError,
+    IncompleteResponseError,
+)
 from corpus_cache.models.catalog import ModelSpec
 from corpus_cache.models.pricing import Usage, cost_usd, uncached_cost_usd
 
@@ -43,6 +57,21 @@ _WHAT: dict[RequestKind, str] = {
     "warm": "warm request",
     "keep-warm": "keep-warm request",
 }
+# What a row says of an attempt cancelled with nothing else known.
+CANCELLED = "the call was cancelled"
+# What an attempt can fail with: the API's failures, and a stream that stopped sending.
+_FAILURES: tuple[type[Exception], ...] = (*API_FAILURES, TimeoutError)
+
+
+def _always() -> bool:
+    return True
+
+
+@dataclass
+class _Admission:
+    """Whether a request got past the rate limits, so may have been sent."""
+
+    past: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +85,7 @@ class Sent:
     latency_ms: float
     backend: str  # the server that actually answered (backend.backend_of_response)
     ledger_note: str | None  # why the ledger could not record it yet, and where it waits
+    attempts: int = 1
 
 
 @dataclass(frozen=True)
@@ -67,6 +97,17 @@ class Counted:
     backend: str
 
 
+class _Failed(Exception):
+    """One attempt failed, and its row is recorded: whether to try again is decided next."""
+
+    def __init__(self, exc: BaseException, failure: retrying.Failure, began: bool) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+        self.failure = failure
+        self.received: int | None = None  # characters of the answer, once it had begun
+        self.began = began
+
+
 class ApiCaller:
     def __init__(
         self,
@@ -76,14 +117,29 @@ class ApiCaller:
         corpus_key: str,
         cap: DailyCap,
         clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+        *,
+        limits: RateLimits | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
+        """`limits`: what is known of the rate limits before the first response (a tier's
+        figures), else nothing; `sleep` waits on `clock` (the emulator's virtual clock in
+        tests)."""
         self.backend = backend
         self.model = model
         self.ledger = ledger
         self.corpus_key = corpus_key
         self.cap = cap
         self.clock = clock
+        self.jitter = jitter  # shortens a backoff by up to a quarter (retrying.next_wait)
+        self.limits = limits or RateLimits.unknown()
+        self._sleep = sleep
+        # One admission at a time: two requests waiting on one bucket must not both go.
+        self._admission = anyio.Lock()
+        self._in_flight: list[Demand] = []
         self._answered_by: str | None = None  # as the last response said (backend_of_response)
+        # Why attempts still under way are cancelled, once the server is stopping.
+        self.stopping: str | None = None
 
     @property
     def label(self) -> str:
@@ -91,78 +147,170 @@ class ApiCaller:
         is the emulator. Rows of requests that got no response are labelled with it too."""
         return self._answered_by or self.backend.kind
 
-    async def answer(self, request: PreparedRequest, on_begun: Callable[[Usage], None]) -> Sent:
+    async def answer(
+        self,
+        request: PreparedRequest,
+        on_begun: Callable[[Usage], None],
+        *,
+        wanted: Callable[[], bool] = _always,
+    ) -> Sent:
         """Send `request` streaming, and read its answer to the end. `on_begun(usage)` is
         called as soon as the response has begun (`message_start` carries the cache
         usage): the entries it writes are readable from then on. A stream that ends or
-        breaks before `message_stop` is an error, never a partial answer."""
-        begun: Usage | None = None
-        received = 0  # characters of the answer's text that have arrived
-        stopped = False
-        started = time.perf_counter()
+        breaks before `message_stop` is an error, never a partial answer. `wanted()`: whether
+        anyone still waits for the answer; when not, a failed attempt is not tried again."""
         with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
-            try:
-                async with self.backend.client.messages.stream(**request.body()) as stream:
-                    async for event in stream:
-                        if event.type == "message_start":
-                            begun = Usage.from_api(event.message.usage)
-                            on_begun(begun)
-                        elif (
-                            event.type == "content_block_delta" and event.delta.type == "text_delta"
-                        ):
-                            received += len(event.delta.text)
-                        elif event.type == "message_stop":
-                            stopped = True
-                    if not stopped:  # the SDK would hand back what arrived as if it were whole
-                        raise IncompleteResponseError("the stream ended before message_stop")
-                    message = await stream.get_final_message()
-                    headers = stream.response.headers
-            except API_FAILURES as exc:
-                self._record_failure(request, started, exc, begun, received)
-                raise ApiCallError(
-                    describe_api_error(exc, received=received if begun is not None else None)
-                ) from exc
-            except anyio.get_cancelled_exc_class():
-                self._record_failure(request, started, None, begun, received)
-                raise
-        return self._record(request, message, headers, started)
+            return await self._attempts(
+                request, lambda attempt: self._stream(request, on_begun, attempt), wanted, ""
+            )
 
     async def warm(self, request: PreparedRequest) -> Sent:
         """Send a `max_tokens: 0` request (warming, keeping warm): the cache is written or
         read, nothing is generated."""
-        started = time.perf_counter()
         checked = False
         try:
             with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
                 checked = True
-                try:
-                    raw = await self.backend.client.messages.with_raw_response.create(
-                        **request.body()
-                    )
-                    message = await raw.parse()
-                except API_FAILURES as exc:
-                    self._record_failure(request, started, exc)
-                    raise ApiCallError(
-                        f"warming the cache failed: {describe_api_error(exc)}"
-                    ) from exc
-                except anyio.get_cancelled_exc_class():
-                    self._record_failure(request, started, None)
-                    raise
+                return await self._attempts(
+                    request,
+                    lambda attempt: self._create(request, attempt),
+                    _always,
+                    "warming the cache failed: ",
+                )
         except BudgetExceededError as refused:
             if not checked:  # nothing was sent: a row says so, as no one waits on the answer
                 self._record_refusal(request, refused)
             raise
-        return self._record(request, message, raw.headers, started)
+
+    async def _attempts(
+        self,
+        request: PreparedRequest,
+        once: Callable[[int], Awaitable[Sent]],
+        wanted: Callable[[], bool],
+        prefix: str,
+    ) -> Sent:
+        """Attempts of `once(attempt)` until one is answered, or the retry decision
+        (retrying.next_wait) gives up, or no one wants the answer any more."""
+        for attempt in itertools.count(1):
+            try:
+                return await once(attempt)
+            except _Failed as failed:
+                wait = retrying.next_wait(
+                    failed.failure, attempt, max_retries=self.backend.retries,
+                    jitter=self.jitter(), now=time.time(),
+                )  # fmt: skip
+                if wait is not None and wanted():
+                    log.info(
+                        "%s request, shard %d: attempt %d failed (%s); trying again in %.2f s",
+                        request.kind, request.shard, attempt, failed.exc, wait,
+                    )  # fmt: skip
+                    await anyio.sleep(wait)
+                    if wanted():
+                        continue
+                error = describe_api_error(failed.exc, received=failed.received, attempts=attempt)
+                raise ApiCallError(prefix + error) from failed.exc
+        raise AssertionError("unreachable")  # itertools.count never ends
+
+    async def _stream(
+        self, request: PreparedRequest, on_begun: Callable[[Usage], None], attempt: int
+    ) -> Sent:
+        """One streamed attempt. Until the response begins it may take RESPONSE_BEGIN_SECONDS
+        (backend.py); once it has, a silence longer than the request timeout breaks it."""
+        begun: Usage | None = None
+        message_id: str | None = None
+        received = 0  # characters of the answer's text that have arrived
+        stopped = False
+        started = time.perf_counter()
+        admitted = _Admission()
+        try:
+            async with (
+                self._admitted(request, admitted) as demand,
+                self.backend.client.messages.stream(
+                    **request.body(), timeout=self.backend.timeout()
+                ) as stream,
+            ):
+                self._observe(stream.response.headers, demand)
+                events = stream.__aiter__()
+                while True:
+                    try:
+                        if begun is None:
+                            event = await events.__anext__()
+                        else:
+                            with anyio.fail_after(self.backend.request_timeout):
+                                event = await events.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    if event.type == "message_start":
+                        begun = Usage.from_api(event.message.usage)
+                        message_id = event.message.id
+                        on_begun(begun)
+                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        received += len(event.delta.text)
+                    elif event.type == "message_stop":
+                        stopped = True
+                if not stopped:  # the SDK would hand back what arrived as if it were whole
+                    raise IncompleteResponseError("the stream ended before message_stop")
+                message = await stream.get_final_message()
+                headers = stream.response.headers
+        except _FAILURES as exc:
+            self._observe_failure(exc)
+            failed = self._failed(request, started, attempt, exc, begun, message_id, received)
+            raise failed from exc
+        except anyio.get_cancelled_exc_class():
+            if admitted.past:  # cancelled while waiting for the limits: nothing was sent
+                self._record_cancelled(request, started, attempt, begun, message_id)
+            raise
+        return self._record(request, message, headers, started, attempt)
+
+    async def _create(self, request: PreparedRequest, attempt: int) -> Sent:
+        """One attempt of a request sent whole (`max_tokens: 0`): its response begins when
+        its body arrives, all at once."""
+        started = time.perf_counter()
+        admitted = _Admission()
+        try:
+            async with self._admitted(request, admitted) as demand:
+                raw = await self.backend.client.messages.with_raw_response.create(
+                    **request.body(), timeout=self.backend.timeout()
+                )
+                self._observe(raw.headers, demand)
+            message = await raw.parse()
+        except _FAILURES as exc:
+            self._observe_failure(exc)
+            raise self._failed(request, started, attempt, exc, None, None, 0) from exc
+        except anyio.get_cancelled_exc_class():
+            if admitted.past:
+                self._record_cancelled(request, started, attempt, None, None)
+            raise
+        return self._record(request, message, raw.headers, started, attempt)
+
+    def _failed(
+        self,
+        request: PreparedRequest,
+        started: float,
+        attempt: int,
+        exc: BaseException,
+        begun: Usage | None,
+        message_id: str | None,
+        received: int,
+    ) -> _Failed:
+        """The row of a failed attempt, recorded, and what failed, for the retry decision."""
+        failure = failure_of(exc, began=begun is not None, writes_cache=bool(request.writes))
+        error = describe_api_error(exc, received=received if begun is not None else None)
+        self._record_failure(request, started, attempt, error, failure, begun, message_id, received)
+        failed = _Failed(exc, failure, begun is not None)
+        failed.received = received if begun is not None else None
+        return failed
 
     async def count_tokens(
         self, content: list[dict[str, Any]], system: str | None = None
     ) -> Counted:
         """Input tokens of one user message holding `content` (and `system`), for the
-        model, and which backend counted them; free, so neither guarded nor recorded."""
+        model, and which backend counted them; free, so neither guarded nor recorded, and
+        retried by the SDK (Backend.counting)."""
         message = cast(MessageParam, {"role": "user", "content": content})
         extra: dict[str, Any] = {"system": [{"type": "text", "text": system}]} if system else {}
         try:
-            raw = await self.backend.client.messages.with_raw_response.count_tokens(
+            raw = await self.backend.counting.messages.with_raw_response.count_tokens(
                 model=self.model.id, messages=[message], **extra
             )
             result = await raw.parse()
@@ -171,8 +319,64 @@ class ApiCaller:
         self._answered_by = backend_of_response(raw.headers, self.backend.kind)
         return Counted(result.input_tokens, self._answered_by)
 
+    @asynccontextmanager
+    async def _admitted(
+        self, request: PreparedRequest, admission: _Admission
+    ) -> AsyncIterator[Demand]:
+        """Wait until the buckets hold what `request` takes, then take it and keep it in
+        flight while the block runs (`admission.past` from then on). A request no bucket can
+        ever hold is refused, unsent."""
+        demand = request.demand()
+        async with self._admission:
+            wait = self.limits.wait_seconds(demand, self.clock())
+            if wait is None:
+                raise BeyondRateLimitError(_beyond_limits(self.limits, demand))
+            if wait > 0:
+                log.info(
+                    "shard %d: waiting %.1f s for the rate limits (%s)",
+                    request.shard, wait, self.limits.source,
+                )  # fmt: skip
+                began = self.clock()
+                await self._sleep(wait)
+                # A clock that did not move as far (a frozen test clock) counts as if it had.
+                now = max(self.clock(), began + wait)
+            else:
+                now = self.clock()
+            self.limits = self.limits.taken(demand, now)
+            self._in_flight.append(demand)
+            admission.past = True
+        try:
+            yield demand
+        finally:
+            self._in_flight.remove(demand)
+
+    def _observe(self, headers: Mapping[str, str], demand: Demand | None = None) -> None:
+        """What a response's headers say of the buckets; `demand`: its own request, which
+        they have counted already, unlike the others still in flight."""
+        others = list(self._in_flight)
+        if demand is not None and demand in others:
+            others.remove(demand)
+        pending = Demand(
+            requests=sum(d.requests for d in others),
+            input_tokens=sum(d.input_tokens for d in others),
+            output_tokens=sum(d.output_tokens for d in others),
+        )
+        self.limits = self.limits.observed(headers, self.clock(), in_flight=pending)
+
+    def _observe_failure(self, exc: BaseException) -> None:
+        # A 429 carries the buckets' state as well: the next wait starts from it.
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+        if headers is not None:
+            self._observe(headers)
+
     def _record(
-        self, request: PreparedRequest, message: Message, headers: object, started: float
+        self,
+        request: PreparedRequest,
+        message: Message,
+        headers: object,
+        started: float,
+        attempt: int,
     ) -> Sent:
         latency = (time.perf_counter() - started) * 1000
         backend = self._answered_by = backend_of_response(headers, self.backend.kind)
@@ -188,9 +392,10 @@ class ApiCaller:
                 ttl=request.end_ttl, cache_miss_reason=miss_reason,
                 cache_missed_tokens=missed_tokens,
                 emulator_pid=self.backend.emulator_pid if backend == OFFLINE_EMULATOR else None,
+                attempt=attempt,
             )
         )  # fmt: skip
-        return Sent(message, usage, cost, uncached, latency, backend, recorded.unrecorded)
+        return Sent(message, usage, cost, uncached, latency, backend, recorded.unrecorded, attempt)
 
     def _record_refusal(self, request: PreparedRequest, refused: BudgetExceededError) -> None:
         """A request the daily cap refused: not sent, so it cost nothing."""
@@ -199,32 +404,68 @@ class ApiCaller:
             RequestRecord(
                 at=self.clock(), kind=request.kind, corpus=self.corpus_key,
                 model=self.model.id, backend=self.label, outcome="refused",
-                snapshot=request.snapshot, shard=request.shard,
+                snapshot=request.snapshot, shard=request.shard, billing=UNBILLED,
                 error=f"refused by the daily cap: up to ${refused.estimate_usd:.4f} with "
                 f"${refused.spent_usd:.4f} spent of ${refused.cap_usd:.2f}",
             )
         )  # fmt: skip
 
+    def _record_cancelled(
+        self,
+        request: PreparedRequest,
+        started: float,
+        attempt: int,
+        begun: Usage | None,
+        message_id: str | None,
+    ) -> None:
+        """The row of an attempt cancelled while under way: billed as its start reported if
+        its response had begun, else perhaps billed."""
+        seconds = time.perf_counter() - started
+        error = cancelled_text(seconds, self.stopping or CANCELLED)
+        self._record_failure(request, started, attempt, error, None, begun, message_id, 0)
+
     def _record_failure(
         self,
         request: PreparedRequest,
         started: float,
-        exc: BaseException | None,
-        begun: Usage | None = None,
-        received: int = 0,
+        attempt: int,
+        error: str,
+        failure: retrying.Failure | None,
+        begun: Usage | None,
+        message_id: str | None,
+        received: int,
     ) -> None:
-        """An error row for a call that failed (`exc`) or was cancelled (None), charging
-        what the API bills: the usage its response's start reported (`begun`), if it had
-        begun, else nothing (outcomes.failure_text says which)."""
+        """An error row for an attempt that failed (`failure`) or was cancelled (None),
+        charging what the API surely bills: the usage its response's start reported
+        (`begun`), if it had begun, else nothing; and, when the API may have run it with no
+        usage known, what it would cost kept apart as an estimate (outcomes.billing_of)."""
         seconds = time.perf_counter() - started
         usage = begun or Usage()
+        billing = billing_of(failure, begun)
+        estimate = request.expected_usd(self.model) if billing == MAYBE else None
+        text = failure_text(
+            error, billing, begun=begun, estimate_usd=estimate or 0.0, received=received
+        )
         self.ledger.record(
             RequestRecord(
                 at=self.clock(), kind=request.kind, corpus=self.corpus_key,
                 model=self.model.id, backend=self.label, outcome="error", usage=usage,
                 cost_usd=cost_usd(usage, self.model),
                 uncached_cost_usd=uncached_cost_usd(usage, self.model),
-                snapshot=request.snapshot, latency_ms=seconds * 1000,
-                error=failure_text(exc, seconds, begun, received), shard=request.shard,
+                snapshot=request.snapshot, message_id=message_id, latency_ms=seconds * 1000,
+                error=text, shard=request.shard, billing=billing, estimate_usd=estimate,
+                attempt=attempt,
             )
         )  # fmt: skip
+
+
+def _beyond_limits(limits: RateLimits, demand: Demand) -> str:
+    parts = [
+        f"{wanted:,} {kind.replace('_', ' ')} where the account allows {allowed:,} a minute"
+        for kind, wanted, allowed in limits.too_large(demand)
+    ]
+    return (
+        f"not sent: this request needs {'; '.join(parts)} ({limits.source}), so it can never "
+        "pass. A smaller --budget-tokens splits the corpus into shards that fit; a higher "
+        "usage tier raises the limit."
+    )

@@ -1,40 +1,62 @@
-"""What the ledger says of a request beyond its usage: why a call failed and what that
-was charged, and the API's diagnosis of a cache miss. Pure."""
+"""What the ledger says of a request beyond its usage: why an attempt failed, what it was
+charged and whether the API billed it, and the API's diagnosis of a cache miss. Pure."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from corpus_cache.api.backend import describe_api_error, may_have_been_billed
+from corpus_cache.accounting.ledger import BILLED, MAYBE, UNBILLED
+from corpus_cache.api.retrying import Failure
 from corpus_cache.models.pricing import Usage
 
 
-def failure_text(
-    exc: BaseException | None, seconds: float, begun: Usage | None, received: int = 0
-) -> str:
-    """The error recorded for a call that failed (`exc`) or was cancelled (None) after
-    `seconds`. The API bills a response once it has begun, so the usage its start reported
-    (`begun`) is what is charged; before that, nothing. The text says which, and when the
-    API may bill a request no usage was seen for. `received`: the characters of the answer
-    that had arrived."""
-    if exc is None:
-        error = (
-            f"cancelled after {seconds:.2f} s (the deadline passed, or the client "
-            "cancelled the call)"
-        )
-    else:
-        error = describe_api_error(exc, received=received if begun is not None else None)
+def billing_of(failure: Failure | None, begun: Usage | None) -> str:
+    """Whether the API billed a failed (`failure`) or cancelled (None) attempt: surely,
+    once its response had begun (`begun`); surely not, when it refused it or never got it;
+    else perhaps (ledger.BILLED, UNBILLED, MAYBE)."""
     if begun is not None:
-        error += (
-            "; the response had begun: the usage it reported at its start is recorded, "
-            "and the API may bill more output than that"
+        return BILLED
+    if failure is not None and failure.kind in ("refused", "unreached"):
+        return UNBILLED
+    return MAYBE
+
+
+def failure_text(
+    error: str,
+    billing: str,
+    *,
+    begun: Usage | None,
+    estimate_usd: float,
+    received: int = 0,
+    counted: bool = False,
+) -> str:
+    """The error recorded for a failed or cancelled attempt: `error` (what happened), then
+    what is charged and why. `begun`: the usage the response reported at its start, if it
+    had begun; `received`: the characters of the answer that had arrived, whose output
+    tokens were `counted` (with count_tokens) or not; `estimate_usd`: what it would cost
+    if it ran, for an attempt whose usage is not known."""
+    if billing == UNBILLED:
+        return error
+    if billing == MAYBE:
+        return (
+            f"{error}; no response began, so no usage is known: the API may bill a request it "
+            f"had begun to process, about ${estimate_usd:.4f} for its prompt (an estimate, "
+            "recorded apart as may have been billed)"
         )
-    elif exc is None or may_have_been_billed(exc):
-        error += (
-            "; no usage was reported, so none is recorded, though the API may bill a "
-            "request it had begun to process"
-        )
-    return error
+    assert begun is not None
+    if counted and received:
+        known = "the usage its start reported and the output tokens of the text that arrived"
+    else:
+        known = "the usage its start reported"
+    return (
+        f"{error}; the response had begun: {known} is recorded, and the API may bill more "
+        "output than arrived"
+    )
+
+
+def cancelled_text(seconds: float, reason: str) -> str:
+    """What a cancelled attempt's row says happened."""
+    return f"cancelled after {seconds:.2f} s ({reason})"
 
 
 def cache_miss(message: Any) -> tuple[str | None, int | None]:

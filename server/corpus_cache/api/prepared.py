@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
+from corpus_cache.api.ratelimits import Demand
 from corpus_cache.api.spending import Bound
 from corpus_cache.models.catalog import ModelSpec
 from corpus_cache.models.pricing import Ttl
@@ -50,6 +51,30 @@ class PreparedRequest:
     def end_ttl(self) -> Ttl | None:
         """The TTL it gives the end of the corpus: the ledger's `ttl` for the request."""
         return self.ttls[self.corpus_end] if self.corpus_end is not None else None
+
+    def _read_segments(self) -> int:
+        """How many of the bound's segments lie up to the last breakpoint believed alive."""
+        # The last breakpoints are the marked anchors (a system breakpoint may come first).
+        offset = len(self.bound.segments) - len(self.marked)
+        read_up_to = 0
+        for i, anchor in enumerate(self.marked):
+            if anchor in self.alive and offset + i >= 0:
+                read_up_to = offset + i + 1
+        return read_up_to
+
+    def demand(self) -> Demand:
+        """What it takes from the rate-limit buckets, as far as can be known beforehand:
+        input tokens past the last breakpoint believed alive (cache reads do not count),
+        and the output its max_tokens reserves."""
+        segments = [tokens for tokens, _ in self.bound.segments]
+        written = sum(segments[self._read_segments() :]) + self.bound.uncached
+        return Demand(input_tokens=written, output_tokens=self.bound.output)
+
+    def expected_usd(self, model: ModelSpec) -> float:
+        """What it would cost if it ran as believed: the entries believed alive read, the
+        others written, its answer left out (an estimate, for a request whose usage is not
+        known: spending.Bound.expected_usd)."""
+        return self.bound.expected_usd(model, self._read_segments())
 
     def body(self) -> dict[str, Any]:
         """A fresh copy of the params for the SDK, which takes keyword arguments."""

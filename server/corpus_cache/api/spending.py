@@ -64,6 +64,17 @@ class Bound:
         dollars = (prompt * input_price + self.output * output_price) * 1e-6
         return math.ceil(dollars * 1e6 - 1e-9) / 1e6
 
+    def expected_usd(self, model: ModelSpec, read_segments: int) -> float:
+        """An estimate, not a bound: the prompt as billed if the first `read_segments`
+        segments are read from the cache and the others written, without the answer (its
+        length is not known)."""
+        input_price, _ = model.prices_at(self.prompt_tokens)
+        read = model.cache_read_multiplier
+        prompt = sum(
+            t * (read if i < read_segments else m) for i, (t, m) in enumerate(self.segments)
+        )
+        return (prompt + self.uncached) * input_price * 1e-6
+
 
 def request_bound(
     params: Mapping[str, Any], document_tokens: Sequence[int], instructions_tokens: int,

@@ -1,4 +1,5 @@
-"""Token counts from the API's free count_tokens endpoint, cached in the ledger.
+"""Token counts from the API's free count_tokens endpoint, cached in the ledger, and local
+estimates where counting every file would take too long.
 
 A document's count is the count of a request holding it as the request builder renders it,
 minus the count of the same request without it. Counts are keyed by the rendered block's
@@ -6,6 +7,14 @@ content, the model and the backend that counted them, so a restart or a revert d
 count again, a count is never reused across models (their tokenizers differ), and the
 offline emulator's approximations never stand for the API's counts. The backend is the one
 that answered the first count of this process (the baseline), as its response says.
+
+A refresh that finds at most `EXACT_UP_TO` documents never counted (an edit, a few new
+files) counts each of them. More than that (a cold start on a large folder, a checkout)
+would be a call per file against token counting's own per-minute limit: those documents
+are estimated instead (api/estimate.py), calibrated per model and backend on a few of them
+(`choose_samples`), whose exact counts are stored with what the estimate knew of them so
+that the calibration outlives the process. A cold start makes at most `START_CALLS` calls:
+the baseline, the system prompt, and the samples.
 """
 
 from __future__ import annotations
@@ -13,13 +22,22 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
 from corpus_cache.accounting.ledger import Ledger
 from corpus_cache.api.caller import ApiCaller
+from corpus_cache.api.estimate import (
+    SAMPLES_PER_START,
+    Calibration,
+    Sketch,
+    calibrate,
+    choose_samples,
+    sketch,
+)
 from corpus_cache.api.request import document_block
 from corpus_cache.corpus.documents import Document
 from corpus_cache.errors import ApiCallError
@@ -27,6 +45,11 @@ from corpus_cache.errors import ApiCallError
 log = logging.getLogger(__name__)
 
 _PROBE = {"type": "text", "text": "?"}
+START_CALLS = 25  # count_tokens calls a cold start makes at most, whatever the folder's size
+# Documents never counted that a refresh counts one by one; past this they are estimated.
+# With the baseline and the system prompt, a start stays within START_CALLS.
+EXACT_UP_TO = START_CALLS - 2
+assert SAMPLES_PER_START <= EXACT_UP_TO
 
 
 def content_key(doc: Document) -> str:
@@ -38,6 +61,18 @@ def content_key(doc: Document) -> str:
 def _content_key(path: str, sha256: str) -> str:
     # Cached: every rescan asks again for every document, and few of them changed.
     return hashlib.sha256(f"{path}\0{sha256}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Tokens per document path, as the planner uses them: a count where there is one, the
+    upper end of the estimate's bound where there is not. `estimated`: the point estimate
+    of each document not counted (what to show, with "estimated"); `error`: the largest
+    relative error bound among them (0.0 when every figure is a count)."""
+
+    tokens: dict[str, int]
+    estimated: dict[str, int] = field(default_factory=dict)
+    error: float = 0.0
 
 
 class TokenCounter:
@@ -52,14 +87,19 @@ class TokenCounter:
         self._baseline: int | None = None
         self.backend: str | None = None  # which backend counts: known after the baseline
         self._recent: dict[str, int] = {}
+        self._sketches: dict[str, Sketch] = {}  # by content key: documents estimated lately
+        self._calibration: Calibration | None = None
+        self.calls = 0  # count_tokens calls made by this counter
 
     async def _count(self, content: list[dict[str, Any]], system: str | None = None) -> int:
         async with self._limit:
+            self.calls += 1
             return (await self._caller.count_tokens(content, system)).tokens
 
     async def _baseline_tokens(self) -> int:
         if self._baseline is None:
             async with self._limit:
+                self.calls += 1
                 counted = await self._caller.count_tokens([_PROBE])
             self._baseline, self.backend = counted.tokens, counted.backend
         return self._baseline
@@ -74,10 +114,11 @@ class TokenCounter:
         self,
         documents: Sequence[Document],
         progress: Callable[[int, int], None] | None = None,
-    ) -> dict[str, int]:
-        """Tokens per document path. Only documents never counted for this model hit the API."""
+    ) -> Counts:
+        """Tokens per document path. Only documents never counted for this model hit the API,
+        and only `EXACT_UP_TO` of them: past that, they are estimated (see the module)."""
         keys = {doc.path: content_key(doc) for doc in documents}
-        baseline = await self._baseline_tokens()  # and which backend counts
+        await self._baseline_tokens()  # and which backend counts
         backend = self.backend or ""
         # The last call's counts are kept in memory: a rescan after a save asks SQLite only
         # about what changed.
@@ -86,41 +127,124 @@ class TokenCounter:
             unknown = [key for key in keys.values() if key not in known]
             known.update(self._ledger.token_counts(self._model, backend, unknown))
         missing = [doc for doc in documents if keys[doc.path] not in known]
-        if missing:
-            log.info("counting tokens of %d documents with %s (%s)", len(missing), self._model,
-                     backend)  # fmt: skip
-            fresh: dict[str, int] = {}
-            failed: list[ApiCallError] = []
-            done = 0
+        estimated: dict[str, int] = {}
+        error = 0.0
+        if len(missing) <= EXACT_UP_TO:
+            if missing:
+                known.update(await self._count_each(missing, keys, backend, progress))
+        else:
+            sketches = await anyio.to_thread.run_sync(self._sketch_all, missing, keys)
+            calibration, samples = await self._calibrated(
+                missing, keys, sketches, backend, progress
+            )
+            known.update(samples)
+            for doc in missing:
+                key = keys[doc.path]
+                if key in known:  # a sample, counted just now
+                    continue
+                guess = calibration.estimate(sketches[key])
+                known[key] = guess.upper
+                estimated[doc.path] = guess.tokens
+                error = max(error, guess.error)
+            self._sketches = {keys[d.path]: sketches[keys[d.path]] for d in missing}
+        # Only counts are remembered: an estimate is made again, with the latest calibration.
+        counted = set(keys.values()) - {keys[p] for p in estimated}
+        self._recent = {key: known[key] for key in counted}
+        return Counts({doc.path: known[keys[doc.path]] for doc in documents}, estimated, error)
 
-            async def one(doc: Document) -> None:
-                nonlocal done
-                try:
-                    total = await self._count([document_block(doc), _PROBE])
-                except ApiCallError as exc:  # raised below, unwrapped from the task group
-                    failed.append(exc)
-                    group.cancel_scope.cancel()
-                    return
-                fresh[keys[doc.path]] = max(1, total - baseline)
-                done += 1
-                if progress is not None:
-                    progress(done, len(missing))
+    def _sketch_all(
+        self, documents: Sequence[Document], keys: Mapping[str, str]
+    ) -> dict[str, Sketch]:
+        out: dict[str, Sketch] = {}
+        for doc in documents:
+            key = keys[doc.path]
+            out[key] = self._sketches.get(key) or sketch(doc.text, doc.path)
+        return out
 
-            # A few workers share one queue: a task per document would hold memory for all
-            # of them at once (about 4 KB each, 400 MB for a 100,000-file folder).
-            queue = iter(missing)
+    async def _calibrated(
+        self,
+        missing: Sequence[Document],
+        keys: Mapping[str, str],
+        sketches: Mapping[str, Sketch],
+        backend: str,
+        progress: Callable[[int, int], None] | None,
+    ) -> tuple[Calibration, dict[str, int]]:
+        """The calibration for this model and backend, after counting the samples the kinds
+        of text among `missing` still need (none once each kind has enough, restarts
+        included: the samples are in the ledger), and the samples' counts by content key."""
+        if self._calibration is None:
+            self._calibration = calibrate(self._ledger.calibration_samples(self._model, backend))
+        calibration = self._calibration
+        have = {kind: fit.samples for kind, fit in calibration.fits.items()}
+        by_key = {keys[d.path]: d for d in missing}
+        wanted = choose_samples({k: sketches[k] for k in by_key}, have)
+        if not wanted:
+            return calibration, {}
+        log.info(
+            "calibrating the token estimate of %s (%s) on %d of %d documents",
+            self._model, backend, len(wanted), len(missing),
+        )  # fmt: skip
+        counted = await self._count_each(
+            [by_key[k] for k in wanted], keys, backend, progress, sketches
+        )
+        self._calibration = calibrate(self._ledger.calibration_samples(self._model, backend))
+        if not self._calibration.fits:  # the ledger could not be read or written
+            self._calibration = calibrate(
+                (sketches[k].kind, sketches[k].prior, tokens) for k, tokens in counted.items()
+            )
+        return self._calibration, counted
 
-            async def worker() -> None:
-                for doc in queue:
-                    await one(doc)
+    async def _count_each(
+        self,
+        documents: Sequence[Document],
+        keys: Mapping[str, str],
+        backend: str,
+        progress: Callable[[int, int], None] | None,
+        sketches: Mapping[str, Sketch] | None = None,
+    ) -> dict[str, int]:
+        """Count `documents` one by one, store the counts (with what the estimate knew of
+        each: calibration), and return them by content key."""
+        baseline = await self._baseline_tokens()
+        log.info("counting tokens of %d documents with %s (%s)", len(documents), self._model,
+                 backend)  # fmt: skip
+        fresh: dict[str, int] = {}
+        failed: list[ApiCallError] = []
+        done = 0
 
-            async with anyio.create_task_group() as group:
-                for _ in range(min(self._concurrency, len(missing))):
-                    group.start_soon(worker)
-            if fresh:  # what was counted before a failure is kept
-                self._ledger.store_token_counts(self._model, backend, fresh)
-            if failed:
-                raise failed[0]
-            known.update(fresh)
-        self._recent = {key: known[key] for key in keys.values()}
-        return {doc.path: known[keys[doc.path]] for doc in documents}
+        async def one(doc: Document) -> None:
+            nonlocal done
+            try:
+                total = await self._count([document_block(doc), _PROBE])
+            except ApiCallError as exc:  # raised below, unwrapped from the task group
+                failed.append(exc)
+                group.cancel_scope.cancel()
+                return
+            fresh[keys[doc.path]] = max(1, total - baseline)
+            done += 1
+            if progress is not None:
+                progress(done, len(documents))
+
+        # A few workers share one queue: a task per document would hold memory for all
+        # of them at once (about 4 KB each, 400 MB for a 100,000-file folder).
+        queue = iter(documents)
+
+        async def worker() -> None:
+            for doc in queue:
+                await one(doc)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(min(self._concurrency, len(documents))):
+                group.start_soon(worker)
+        if fresh:  # what was counted before a failure is kept
+            sketched = sketches or {}
+            if sketches is None:  # every count calibrates the estimate: sketch it (cheap)
+                by_key = {keys[d.path]: d for d in documents}
+                sketched = {k: sketch(by_key[k].text, by_key[k].path) for k in fresh}
+            self._ledger.store_token_counts(
+                self._model, backend, fresh,
+                {k: (sketched[k].kind, sketched[k].prior) for k in fresh if k in sketched},
+            )  # fmt: skip
+            self._calibration = None  # new samples: fitted again when next needed
+        if failed:
+            raise failed[0]
+        return fresh

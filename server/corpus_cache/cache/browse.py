@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from corpus_cache.cache.live_corpus import Corpus
+from corpus_cache.cache.live_corpus import Corpus, shown_sizes
 from corpus_cache.corpus.documents import Document, Snapshot
 from corpus_cache.corpus.paths import corpus_relative, normal_form
 from corpus_cache.errors import NotInCorpusError
@@ -52,21 +52,32 @@ def block_of(corpus: Corpus) -> dict[str, tuple[int, int]]:
 
 
 def describe_layout(corpus: Corpus) -> list[dict[str, Any]]:
-    """Each block of each shard: its documents, tokens and TTL."""
-    return [
-        {
-            "shard": shard.number,
-            "block": number,
-            "documents": len(block.paths),
-            "tokens": block.tokens,
-            "prefix_tokens": block.prefix_tokens,
-            "ttl": block.ttl,
-            "first": block.paths[0] if block.paths else None,
-            "last": block.paths[-1] if block.paths else None,
-        }
-        for shard in corpus.shards
-        for number, block in enumerate(shard.plan.blocks, start=1)
-    ]
+    """Each block of each shard: its documents, tokens and TTL. Tokens are shown as
+    counted, or as estimated (`estimated`: the block's prefix holds an estimate)."""
+    out: list[dict[str, Any]] = []
+    for shard in corpus.shards:
+        sizes, flags = shown_sizes(corpus, shard)
+        prefix, start, estimated = shard.plan.instructions_tokens, 0, False
+        for number, block in enumerate(shard.plan.blocks, start=1):
+            end = start + len(block.paths)
+            tokens = sum(sizes[start:end])
+            prefix += tokens
+            estimated = estimated or any(flags[start:end])
+            out.append(
+                {
+                    "shard": shard.number,
+                    "block": number,
+                    "documents": len(block.paths),
+                    "tokens": tokens,
+                    "prefix_tokens": prefix,
+                    "ttl": block.ttl,
+                    "first": block.paths[0] if block.paths else None,
+                    "last": block.paths[-1] if block.paths else None,
+                    "estimated": estimated,
+                }
+            )
+            start = end
+    return out
 
 
 def _reason_kind(reason: str) -> str:

@@ -7,7 +7,7 @@ The API says nothing about expiry; the times here are what the TTLs imply."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from corpus_cache.api.prepared import PreparedRequest
 from corpus_cache.models.pricing import TTL_SECONDS, Ttl, Usage
@@ -20,6 +20,34 @@ class CacheEntries:
     def __init__(self) -> None:
         self._expiry: dict[str, float] = {}  # identity -> when we expect it to expire
         self._ttls: dict[str, Ttl] = {}  # identity -> the TTL it was written with
+        # Called after every change, with the entries then alive (engine/remembered.py
+        # keeps them across a restart, for a staged build to resume from).
+        self.on_change: Callable[[dict[str, tuple[float, Ttl]]], None] | None = None
+
+    def alive_now(self, now: float) -> dict[str, tuple[float, Ttl]]:
+        """Every entry believed alive at `now`: identity -> (expiry, TTL)."""
+        return {
+            i: (expiry, self._ttls.get(i, "5m"))
+            for i, expiry in self._expiry.items()
+            if expiry > now
+        }
+
+    def restore(self, entries: Mapping[str, tuple[float, Ttl]]) -> None:
+        """Believe `entries` alive (identity -> (expiry, TTL)), as an earlier run left them."""
+        for identity, (expiry, ttl) in entries.items():
+            self._expiry[identity] = expiry
+            self._ttls[identity] = ttl
+
+    def forget(self, identities: Iterable[str], now: float) -> None:
+        """Believe these entries gone (a request that read them failed in a way that says
+        they may not be there)."""
+        for identity in identities:
+            self._expiry.pop(identity, None)
+        self._changed(now)
+
+    def _changed(self, now: float) -> None:
+        if self.on_change is not None:
+            self.on_change(self.alive_now(now))
 
     def expires(self, identity: str) -> float:
         """When the entry is expected to expire; 0.0 if it is not known to exist."""
@@ -73,3 +101,4 @@ class CacheEntries:
         if len(self._expiry) > MAX_REMEMBERED:
             self._expiry = {k: v for k, v in self._expiry.items() if v > now}
             self._ttls = {k: v for k, v in self._ttls.items() if k in self._expiry}
+        self._changed(now)

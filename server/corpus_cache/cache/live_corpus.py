@@ -11,7 +11,7 @@ from corpus_cache.api.tokens import content_key
 from corpus_cache.cache import markers as marker_blocks
 from corpus_cache.corpus.documents import Document, Snapshot
 from corpus_cache.corpus.search import SearchIndex
-from corpus_cache.plan.layout import Layout, Shard
+from corpus_cache.plan.layout import Layout, Plan, Shard
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,23 @@ class Corpus:
     # Per shard: anchor position -> marker blocks after that document, which turn a live
     # cached prefix into a 1-hour entry (see markers.py).
     markers: dict[int, dict[int, int]] = field(default_factory=dict, repr=False)
+    # Documents whose figure in `tokens` is the upper end of a local estimate, not a count:
+    # their point estimate, which is what to show ("~1,200 tokens, estimated").
+    estimated: dict[str, int] = field(default_factory=dict, repr=False)
+    estimate_error: float = 0.0  # the estimates' relative error bound (api/estimate.py)
 
     @property
     def corpus_tokens(self) -> int:
         return sum(self.tokens.values())
+
+    @property
+    def shown_tokens(self) -> int:
+        """The corpus's tokens as shown: counts, and the point estimates of the rest."""
+        return sum(self.estimated.get(path, n) for path, n in self.tokens.items())
+
+    def shown(self, path: str) -> int:
+        """A document's tokens as shown (its point estimate if it was not counted)."""
+        return self.estimated.get(path, self.tokens.get(path, 0))
 
     @property
     def shards(self) -> tuple[Shard, ...]:
@@ -40,6 +53,19 @@ class Corpus:
 
     def shard(self, number: int) -> Shard:
         return next(s for s in self.layout.shards if s.number == number)
+
+
+def shown_sizes(corpus: Corpus, shard: Shard) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    """Each position of `shard`'s order: its tokens as shown (a point estimate where the
+    plan holds an estimate's upper end), and whether that figure is an estimate."""
+    plan = shard.plan
+    sizes: list[int] = []
+    flags: list[bool] = []
+    for position, (path, size) in enumerate(zip(plan.order, plan.sizes, strict=True)):
+        estimate = None if position in plan.superseded else corpus.estimated.get(path)
+        sizes.append(size if estimate is None else estimate)
+        flags.append(estimate is not None)
+    return tuple(sizes), tuple(flags)
 
 
 def with_entries(corpus: Corpus, previous: Corpus | None, model: str) -> Corpus:
@@ -113,6 +139,17 @@ def marked(corpus: Corpus, shard: int, markers: dict[int, int], model: str) -> C
     every = {**corpus.markers, shard: markers}
     return replace(
         corpus, markers=every, anchor_ids=marker_blocks.anchor_ids(corpus.layout, model, every)
+    )
+
+
+def with_plan(corpus: Corpus, shard: int, plan: Plan, model: str) -> Corpus:
+    """`corpus` with shard number `shard` laid out as `plan` (the same documents cut at more
+    block ends: a staged build's, plan/staging.py), and its anchors' entry identities. The
+    anchors the two plans share have the same identities: an entry is its prefix."""
+    shards = tuple(replace(s, plan=plan) if s.number == shard else s for s in corpus.shards)
+    layout = replace(corpus.layout, shards=shards)
+    return replace(
+        corpus, layout=layout, anchor_ids=marker_blocks.anchor_ids(layout, model, corpus.markers)
     )
 
 

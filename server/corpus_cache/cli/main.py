@@ -80,11 +80,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "model": getattr(args, "model", None),
         "offline": True if getattr(args, "offline", False) else None,
         "budget_tokens": getattr(args, "budget_tokens", None),
+        "warm_question_usd": getattr(args, "warm_question_usd", None),
+        "build_minutes": getattr(args, "build_minutes", None),
         "max_file_bytes": getattr(args, "max_file_bytes", None),
         "allow_secret_content": True if getattr(args, "allow_secret_content", False) else None,
         "allow_hard_links": True if getattr(args, "allow_hard_links", False) else None,
         "fan_out": getattr(args, "fan_out", None),
         "ttl": getattr(args, "ttl", None),
+        "tier": getattr(args, "tier", None),
+        "limits_file": getattr(args, "limits_file", None),
         "prewarm": True if getattr(args, "prewarm", False) else None,
         "keep_old_copies": True if getattr(args, "keep_old_copies", False) else None,
         "max_usd_per_day": getattr(args, "max_usd_per_day", None),
@@ -106,9 +110,9 @@ def _serve(args: argparse.Namespace) -> int:
     from corpus_cache.mcp_surface.server import build_server
 
     async def run() -> None:
-        async with running_engine(settings) as engine:
+        async with running_engine(settings, background=True) as engine:
             server = build_server(engine)
-            async with watching(engine), keeping_warm(engine):
+            async with watching(engine), keeping_warm(engine), engine.builder.running():
                 await _serve_mcp(server, args, settings)
 
     anyio.run(run)
@@ -337,7 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
             "--budget-tokens",
             type=int,
             help="most corpus tokens per request; a larger corpus is split into shards "
-            "(default: the model's window less a reserve, below a price tier if any)",
+            "(default: the model's window less a reserve, below a price tier if any, or "
+            "less by --warm-question-usd and --build-minutes)",
+        )
+        command.add_argument(
+            "--warm-question-usd",
+            type=float,
+            help="size shards so that a question read from the cache costs about this much, "
+            "0.05 for example (default: not by price; see docs/caching.md)",
+        )
+        command.add_argument(
+            "--build-minutes",
+            type=float,
+            help="size shards so that the input-token rate limit, when known, writes one to "
+            "the cache in about this many minutes, 5 for example (default: not by the limits)",
         )
         command.add_argument(
             "--fan-out", type=int, help="shards that answer each question (default: 1)"
@@ -370,6 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="keep edited documents' old copies in the cached prefix even when an edit "
             "removed text, which is then still sent to the API (cheaper; see docs/privacy.md)",
+        )
+        command.add_argument(
+            "--tier",
+            help="your account's rate-limit tier (1 to 4, or a tier of --limits-file): the "
+            "limits assumed until the API's first response states them; offline, the emulator "
+            "applies them too (default: unknown, or $CORPUS_CACHE_TIER)",
+        )
+        command.add_argument(
+            "--limits-file",
+            type=Path,
+            metavar="FILE",
+            help="a TOML file merged into the rate-limits table (models/limits.toml), as for "
+            "`corpus-cache emulator --limits`",
         )
         command.add_argument(
             "--ttl",

@@ -9,7 +9,7 @@ import logging
 import os
 import stat
 from collections import Counter
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -381,9 +381,11 @@ def scan(
     root: Path | CorpusRoot,
     options: ScanOptions | None = None,
     previous: Mapping[str, Document] | ScanResult | None = None,
+    progress: Callable[[int, int], None] | None = None,
     changed: Collection[str] | None = None,
 ) -> ScanResult:
     """Read the corpus. A file whose size and mtime match `previous` is not read again.
+    `progress(done, total)`: called as the files listed are read.
 
     `root`: the corpus folder, pinned (a `CorpusRoot` the caller keeps), or a path opened
     for this scan only. Raises CorpusNotFoundError when the folder is gone, and
@@ -407,7 +409,7 @@ def scan(
                 log.debug("rescanning all of %s: %s changed", pinned.path, why)
         if result is None:
             known = previous if not isinstance(previous, ScanResult) else _documents(previous)
-            result = _scan(pinned, options, known or {})
+            result = _scan(pinned, options, known or {}, progress)
         pinned.check()
     finally:
         if pinned is not root:
@@ -484,7 +486,12 @@ def _rescan(
     )
 
 
-def _scan(root: CorpusRoot, options: ScanOptions, previous: Mapping[str, Document]) -> ScanResult:
+def _scan(
+    root: CorpusRoot,
+    options: ScanOptions,
+    previous: Mapping[str, Document],
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanResult:
     documents: list[Document] = []
     skipped: list[Skipped] = []
     reused = 0
@@ -497,7 +504,9 @@ def _scan(root: CorpusRoot, options: ScanOptions, previous: Mapping[str, Documen
     # Names of one file met in the corpus (a file with several is a hard link).
     names = Counter(identity(f.info) for f in listed if not f.is_link)
     links: list[_Listed] = []
-    for item in listed:
+    for done, item in enumerate(listed):
+        if progress is not None and done % 100 == 0:
+            progress(done, len(listed))
         if item.is_link:
             links.append(item)
             continue

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from corpus_cache.models.catalog import Catalog
+from corpus_cache.models.pricing import Usage, cost_usd
 
 from .control import Fault
 from .errors import ApiError, invalid, not_found
@@ -108,6 +109,20 @@ def build_app(
         if fault is not None:
             await anyio.sleep(fault.delay)
 
+    def billed(completion: Completion, output_tokens: int) -> dict[str, Any]:
+        """What a request is billed: its prompt, and `output_tokens`, in tokens and dollars
+        at the model's list prices (docs/emulator.md, "What the log says was billed")."""
+        usage = {**completion.message["usage"], "output_tokens": output_tokens}
+        priced = Usage(
+            input_tokens=usage["input_tokens"],
+            cache_read_tokens=usage["cache_read_input_tokens"],
+            cache_write_5m_tokens=usage["cache_creation"]["ephemeral_5m_input_tokens"],
+            cache_write_1h_tokens=usage["cache_creation"]["ephemeral_1h_input_tokens"],
+            output_tokens=output_tokens,
+        )
+        spec = emulator.catalog.get(completion.message["model"])
+        return {"usage": usage, "usd": round(cost_usd(priced, spec), 9)}
+
     def record(
         completion: Completion,
         body: Any,
@@ -129,6 +144,9 @@ def build_app(
             "hit_position": completion.outcome.hit_position,
             "written_positions": list(completion.outcome.written_positions),
             "emulator_seconds": round(work, 6),
+            # A response that has begun runs to its end whether or not the client listens,
+            # and is billed in full; one the emulator itself cuts is corrected at the cut.
+            "billed": billed(completion, prompt_usage["output_tokens"]),
             **({"truncated": cut.ending} if cut is not None else {}),
             "body": body,
         }
@@ -196,6 +214,10 @@ def build_app(
                     yield event
                 if cut is None:
                     return
+                # The emulator's own failure stops the answer where it is cut: it bills the
+                # output its stream had reported (message_start's), as the client knows it.
+                reported = min(1, completion.message["usage"]["output_tokens"])
+                entry["billed"] = billed(completion, reported)
                 await anyio.sleep(cut.delay)
                 if cut.ending == "error":
                     yield error_event(cut.error_type, cut.message)
@@ -288,7 +310,10 @@ def build_app(
     async def request_log(request: Request) -> Any:
         limit = request.query_params.get("limit", "100")
         bodies = request.query_params.get("bodies", "0") in ("1", "true")
-        return {"requests": emulator.log.recent(int(limit) if limit.isdigit() else 100, bodies)}
+        return {
+            "requests": emulator.log.recent(int(limit) if limit.isdigit() else 100, bodies),
+            "counts": dict(emulator.log.counts),
+        }
 
     async def cache_state(request: Request) -> Any:
         workspace = _workspace(request)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,8 +175,11 @@ class RequestLog:
     capacity: int = 1000
     bodies_kept: int = 50
     entries: deque[dict[str, Any]] = field(default_factory=deque)
+    # Requests by path since the last reset, however many the log no longer holds.
+    counts: Counter[str] = field(default_factory=Counter)
 
     def record(self, entry: dict[str, Any]) -> None:
+        self.counts[str(entry.get("path", ""))] += 1
         self.entries.append(entry)
         while len(self.entries) > self.capacity:
             self.entries.popleft()
@@ -191,3 +194,4 @@ class RequestLog:
 
     def clear(self) -> None:
         self.entries.clear()
+        self.counts.clear()

@@ -5,25 +5,28 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from corpus_cache.accounting.ledger import Ledger, Totals
 from corpus_cache.api.backend import (
     Backend,
 )
-from corpus_cache.api.caller import ApiCaller
+from corpus_cache.api.caller import ApiCaller, Sent
 from corpus_cache.api.prepared import PreparedRequest, RequestKind
+from corpus_cache.api.ratelimits import RateLimits, limits_at_tier
 from corpus_cache.api.request import (
     INSTRUCTIONS,
     checked_question,
     map_answer,
 )
 from corpus_cache.api.spending import DailyCap
-from corpus_cache.api.tokens import TokenCounter
+from corpus_cache.api.tokens import Counts, TokenCounter
 from corpus_cache.cache import browse, live_corpus
 from corpus_cache.cache import markers as marker_blocks
 from corpus_cache.cache.entries import CacheEntries
@@ -38,6 +41,9 @@ from corpus_cache.corpus.documents import Document, Snapshot, find
 from corpus_cache.corpus.scan import CorpusRoot, ScanOptions, ScanResult, scan
 from corpus_cache.corpus.search import Hit, SearchIndex
 from corpus_cache.engine.answers import Answer, Prewarmed, ShardAnswer, merge
+from corpus_cache.engine.build import Builder
+from corpus_cache.engine.indexing import Indexing
+from corpus_cache.engine.remembered import RememberedEntries
 from corpus_cache.engine.sessions import (
     LOCAL,
     NEW,
@@ -56,6 +62,7 @@ from corpus_cache.errors import (
     first_leaf,
 )
 from corpus_cache.models.catalog import Catalog, ModelSpec
+from corpus_cache.models.limits import load_limits
 from corpus_cache.models.pricing import Ttl, Usage
 from corpus_cache.plan.budget import default_budget
 from corpus_cache.plan.layout import (
@@ -71,6 +78,8 @@ from corpus_cache.plan.stability import DocInfo
 log = logging.getLogger(__name__)
 
 QUESTION_RESERVE = 2_000  # tokens kept free in the window for the question
+# What an answer takes once its prefix is cached: a read of it and the output streamed.
+ANSWER_SECONDS = 20.0
 # After the last breakpoint, so it is never cached and its wording does not matter.
 WARM_QUESTION = "(Warming the cache: no answer is wanted.)"
 
@@ -98,19 +107,22 @@ class Engine:
         clock: Callable[[], float] = time.time,
         *,
         root: CorpusRoot | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
-        """`root`: the corpus folder, if already opened (else it is at the first scan)."""
+        """`root`: the corpus folder, if already opened (else it is at the first scan);
+        `sleep`: waits for the rate limits, on `clock`."""
         self.settings = settings
         self.catalog = catalog
         self.model: ModelSpec = catalog.get(settings.model)
         self.backend = backend
         self.ledger = ledger
         self.clock = clock
-        # Every request to the API goes through this one caller (api/caller.py).
+        # Every request to the API goes through this one caller (api/caller.py). The daily
+        # cap counts what may have been billed too: an estimate, but money perhaps spent.
         self.caller = ApiCaller(
             backend, self.model, ledger, self.corpus_key,
-            DailyCap(settings, lambda since: self.totals(since, self.answering).cost_usd, clock),
-            clock,
+            DailyCap(settings, self._spent_since, clock), clock,
+            limits=_known_limits(settings, self.model, clock()), sleep=sleep,
         )  # fmt: skip
         self.counter = TokenCounter(self.caller, self.model.id, ledger)
         self._corpus: Corpus | None = None
@@ -120,8 +132,17 @@ class Engine:
         self._version = 0
         self._scanned: ScanResult | None = None  # the last scan, the base of the next
         self._instructions_tokens: int | None = None
+        self._estimate_error = 0.0  # of the latest token figures (api/tokens.py, Counts)
+        self.indexing = Indexing()  # how far the latest refresh is; `done` after the first
+        self._budget: int | None = None  # the shards' size, once worked out
         self._refreshing = anyio.Lock()
+        self.sleep = sleep
         self.entries = CacheEntries()  # the cache entries we believe alive
+        # Kept across a restart, so that a staged build goes on from what it wrote.
+        remembered = RememberedEntries(settings.state_dir, self.corpus_key, _backend_key(backend))
+        self.entries.restore(remembered.load(clock()))
+        self.entries.on_change = remembered.save
+        self.builder = Builder(self)  # staged cache builds, within the rate limits (build.py)
         self._turn = 0
         # Edits and question times, for the planner and the TTL policy.
         try:
@@ -141,6 +162,36 @@ class Engine:
         # has begun, when its entries become readable.
         self._writing: dict[str, anyio.Event] = {}
         self._last_message: dict[int, str] = {}  # shard -> last answer's id, for diagnostics
+        # Where questions' requests run while `reading_answers` does: read to their end
+        # whether or not anyone still waits for them (a deadline, a sibling's failure).
+        self._readers: TaskGroup | None = None
+        self.read_for_no_one = 0  # responses being read that no question waits for any more
+
+    def _spent_since(self, since: float) -> float:
+        totals = self.totals(since, self.answering)
+        return totals.cost_usd + totals.maybe_usd
+
+    @asynccontextmanager
+    async def reading_answers(self) -> AsyncIterator[None]:
+        """While it runs, the engine reads every question's response to its end, even when
+        the question is given up (the ask's deadline, a shard of a fan-out failing): the API
+        runs a request to completion whether or not anyone listens, and bills it, so its
+        usage is recorded and the cache entries it writes are known alive for the next
+        question. On the way out, responses still under way are cancelled at once, and
+        recorded with what is known of them."""
+        failed: Exception | None = None
+        async with anyio.create_task_group() as group:
+            self._readers = group
+            try:
+                yield
+            except Exception as exc:  # raised below, not wrapped in the task group's group
+                failed = exc
+            finally:
+                self._readers = None
+                self.caller.stopping = "the server stopped before the response ended"
+                group.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
 
     def on_swap(self, listener: SwapListener) -> None:
         """Call `listener(old, new)` after every swap of the live corpus (old is None at first)."""
@@ -200,6 +251,7 @@ class Engine:
             if new is old:
                 return new
             self._corpus = new  # one assignment: a question sees the old corpus or the new
+            self.indexing.done.set()
         for listener in self._listeners:
             await listener(old, new)
         return new
@@ -222,19 +274,24 @@ class Engine:
         )
         if self._root is None:
             self._root = CorpusRoot(self.settings.corpus)
-        result = await anyio.to_thread.run_sync(scan, self._root, options, previous, changed)
+        result = await anyio.to_thread.run_sync(
+            scan, self._root, options, previous, self.indexing.reading, changed
+        )
         self._scanned = result
         if self._corpus is not None and _same_folder(self._corpus.snapshot, result):
             # Nothing a question would see changed: the same snapshot stays live, so a
             # rescan for nothing (the watcher's catch-up at start, a touch) is no new version.
             return self._corpus
-        touched = None  # the paths whose documents differ from the live corpus's
-        if self._corpus is None:
-            tokens = await self.counter.count(result.documents, progress)
+        touched = None  # the paths whose documents differ from the live corpus's, if known
+        if changed is None or self._corpus is None:
+            counts = await self.counter.count(result.documents, self._counting(progress))
         else:
-            tokens, touched = await self._count_changes(result.documents, progress)
+            counts, touched = await self._count_changes(result.documents, progress)
+        tokens = counts.tokens
         if self._instructions_tokens is None:
             self._instructions_tokens = await self.counter.count_system(INSTRUCTIONS)
+        self.indexing.planning()
+        self._estimate_error = counts.error
         now = self.clock()
         docs = self.history.observe(result.documents, tokens, now)
         layout = self._plan(docs, self._corpus, now, result.documents, touched)
@@ -243,8 +300,12 @@ class Engine:
             self.settings.corpus, self._version, now, result.documents, result.skipped
         )
         corpus = live_corpus.with_entries(
-            Corpus(snapshot, tokens, layout, SearchIndex(snapshot)), self._corpus, self.model.id
-        )
+            Corpus(
+                snapshot, tokens, layout, SearchIndex(snapshot),
+                estimated=counts.estimated, estimate_error=counts.error,
+            ),
+            self._corpus, self.model.id,
+        )  # fmt: skip
         log.info(
             "corpus v%d: %d documents, %d tokens, %d left out; %d shard(s): %s",
             snapshot.version, len(snapshot.documents), corpus.corpus_tokens,
@@ -254,17 +315,31 @@ class Engine:
 
     async def _count_changes(
         self, documents: Sequence[Document], progress: Callable[[int, int], None] | None
-    ) -> tuple[dict[str, int], set[str]]:
-        """The tokens of `documents`, those of the live corpus's taken as they are (a count
-        depends on the text alone), and the paths added, removed or edited since it."""
+    ) -> tuple[Counts, set[str]]:
+        """After a rescan of the files a save named: the token figures of `documents`, those
+        of the live corpus's documents taken as they are (a figure depends on the text
+        alone; an estimate stays one until its document changes, or a whole rescan), the
+        new texts counted; and the paths added, removed or edited since the live corpus."""
         live = self.current
         added, removed, edited = document_changes(live.snapshot.documents, documents)
+        touched = {*added, *removed, *edited}
         fresh = [doc for path in sorted(added + edited) if (doc := find(documents, path))]
-        tokens = dict(live.tokens)
-        for path in removed:
-            del tokens[path]
-        tokens.update(await self.counter.count(fresh, progress) if fresh else {})
-        return tokens, {*added, *removed, *edited}
+        counted = await self.counter.count(fresh, self._counting(progress)) if fresh else Counts({})
+        tokens = {path: n for path, n in live.tokens.items() if path not in touched}
+        tokens.update(counted.tokens)
+        estimated = {p: n for p, n in live.estimated.items() if p not in touched}
+        # The bound of the estimates kept is not known one by one: the live corpus's holds it.
+        error = max(live.estimate_error if estimated else 0.0, counted.error)
+        estimated.update(counted.estimated)
+        return Counts(tokens, estimated, error), touched
+
+    def _counting(self, progress: Callable[[int, int], None] | None) -> Callable[[int, int], None]:
+        def counted(done: int, total: int) -> None:
+            self.indexing.counting(done, total)
+            if progress is not None:
+                progress(done, total)
+
+        return counted
 
     def _plan(
         self,
@@ -296,6 +371,7 @@ class Engine:
             previous=previous.layout if previous else None,
             live=self._live_anchors(previous, now) if previous else None,
             dropped=dropped,
+            estimate_error=self._estimate_error,
             changed=touched,
         )
 
@@ -341,9 +417,19 @@ class Engine:
 
     @property
     def budget_tokens(self) -> int:
+        """The shards' size (plan/budget.py): set, or by the window, the price of a warm
+        question and the input-token limit known when the corpus was first planned. That
+        limit is kept: what the API's headers say later must not reshard the corpus."""
         if self.settings.budget_tokens is not None:
             return self.settings.budget_tokens
-        return default_budget(self.model, self.settings.reserve_tokens)
+        if self._budget is None:
+            self._budget = default_budget(
+                self.model, self.settings.reserve_tokens,
+                warm_question_usd=self.settings.warm_question_usd,
+                input_tokens_per_minute=self.caller.limits.input_tokens_per_minute,
+                build_minutes=self.settings.build_minutes,
+            )  # fmt: skip
+        return self._budget
 
     # --- ask --------------------------------------------------------------------------
 
@@ -382,7 +468,15 @@ class Engine:
         corpus = await self._compacted()
         self._check_documents(corpus)
         chosen = self.route(question, corpus, fan_out or self.settings.fan_out)
+        await self.builder.ready(corpus, chosen, within=self.build_patience)
         return await self._ask_shards(question, corpus, chosen)
+
+    @property
+    def build_patience(self) -> float:
+        """How long a question may wait for a staged build (build.py) to finish: the
+        client's deadline, less the time the answer itself takes once the cache is built."""
+        deadline = self.settings.ask_deadline
+        return max(0.0, deadline - min(ANSWER_SECONDS, deadline / 2))
 
     def _check_documents(self, corpus: Corpus) -> None:
         if not corpus.snapshot.documents:
@@ -448,6 +542,7 @@ class Engine:
                 found.pin = _Pin(live, self.route(question, live, 1)[0])
                 log.info("session %s moved to the live corpus: text it held was removed", found.id)
             pin = found.pin
+            await self.builder.ready(pin.corpus, [pin.shard], within=self.build_patience)
             kept, dropped = trim_turns(
                 found.turns, estimate_tokens(question),
                 max_turns=self.settings.session_max_turns,
@@ -595,12 +690,16 @@ class Engine:
             self.entries.answered(request, usage)
             release()
 
-        try:
-            sent = await self.caller.answer(request, begun)
-        finally:
-            release()  # failed before it began: a waiting request writes the prefix itself
+        async def send(wanted: Callable[[], bool]) -> Sent:
+            try:
+                sent = await self.caller.answer(request, begun, wanted=wanted)
+            finally:
+                release()  # failed before it began: a waiting request writes the prefix itself
+            self._last_message[shard.number] = sent.message.id
+            return sent
+
+        sent = await self._read_to_the_end(send, request)
         message = sent.message
-        self._last_message[shard.number] = message.id
         mapped = map_answer(list(message.content), shard.plan, corpus.snapshot)
         raw_text = "".join(b.text for b in message.content if b.type == "text")
         return ShardAnswer(
@@ -608,6 +707,47 @@ class Engine:
             sent.uncached_cost_usd, sent.backend, sent.latency_ms, raw_text, request.marked,
             message.id, sent.ledger_note, request.estimate_usd,
         )  # fmt: skip
+
+    async def _read_to_the_end(
+        self, send: Callable[[Callable[[], bool]], Awaitable[Sent]], request: PreparedRequest
+    ) -> Sent:
+        """`send(wanted)` run by the engine (`reading_answers`), awaited here: if this wait
+        is cancelled, the response is still read to its end, its usage recorded and its
+        cache entries remembered; `wanted()` turns false, so a failed attempt is not tried
+        again for no one. Without `reading_answers`, sent here and cancelled with the wait."""
+        readers = self._readers
+        if readers is None:
+            return await send(lambda: True)
+        done = anyio.Event()
+        outcome: list[Sent | BaseException] = []
+        waiting = [True]
+
+        async def read() -> None:
+            try:
+                outcome.append(await send(lambda: waiting[0]))
+            except Exception as exc:  # handed to the waiter; logged if no one waits
+                outcome.append(exc)
+                if not waiting[0]:
+                    log.warning("shard %d, given up: %s", request.shard, exc)
+            finally:
+                done.set()
+                if not waiting[0]:
+                    self.read_for_no_one -= 1
+
+        readers.start_soon(read)
+        try:
+            await done.wait()
+        except anyio.get_cancelled_exc_class():
+            if not done.is_set():
+                waiting[0] = False
+                self.read_for_no_one += 1
+                log.info("shard %d: the answer is given up; its response is read to the end "
+                         "in the background", request.shard)  # fmt: skip
+            raise
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     # --- local tools: no API call ------------------------------------------------------
 
@@ -743,6 +883,19 @@ class Engine:
         elif live is not None and live.layout is corpus.layout:
             self._corpus = live_corpus.marked(live, shard.number, markers, self.model.id)
         return new
+
+
+def _known_limits(settings: Settings, model: ModelSpec, now: float) -> RateLimits:
+    """The rate limits assumed before the first response: the tier's, if one is set."""
+    if settings.tier is None:
+        return RateLimits.unknown()
+    return limits_at_tier(load_limits(settings.limits_file), settings.tier, model.id, now)
+
+
+def _backend_key(backend: Backend) -> str:
+    """Which API's cache entries the engine's beliefs are about: its kind and address,
+    and the emulator's process (whose cache ends with it)."""
+    return f"{backend.kind} {backend.client.base_url} {backend.emulator_pid}"
 
 
 def _same_folder(snapshot: Snapshot, result: ScanResult) -> bool:

@@ -16,6 +16,7 @@ from corpus_cache.corpus.scan import CorpusRoot
 from corpus_cache.corpus.watch import FolderWatcher
 from corpus_cache.engine.core import Engine
 from corpus_cache.engine.warm import next_ping_at, prewarm_after_changes
+from corpus_cache.errors import CorpusCacheError
 from corpus_cache.models.catalog import load_catalog
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,13 @@ async def running_engine(
     progress: Callable[[int, int], None] | None = None,
     *,
     keep_emulator: bool = False,
+    background: bool = False,
 ) -> AsyncIterator[Engine]:
     """`keep_emulator`: offline, answer with an emulator that outlives this process (for a
-    command that asks once and ends, so that the next one reads this one's cache)."""
+    command that asks once and ends, so that the next one reads this one's cache).
+    `background`: yield the engine at once and index the folder meanwhile (a server, which
+    answers `initialize` and says how far indexing is); otherwise index first. Either way a
+    missing or unreadable folder, or an unknown model, fails here, before anything starts."""
     catalog = load_catalog(settings.models_file)
     catalog.get(settings.model)  # an unknown model fails here, before anything starts
     # So does a missing folder: before an emulator starts and says it answers.
@@ -38,19 +43,46 @@ async def running_engine(
     backend = open_backend(
         catalog, offline=settings.offline, timeout=settings.request_timeout,
         keep_between=settings.state_dir if keep_emulator else None,
-        models_file=settings.models_file,
+        models_file=settings.models_file, tier=settings.tier, limits_file=settings.limits_file,
     )  # fmt: skip
     try:
         engine = Engine(settings, catalog, backend, ledger, root=root)
         try:
-            await engine.refresh(progress)
-            prewarm_after_changes(engine)
-            yield engine
+            async with engine.reading_answers():
+                if not background:
+                    await engine.refresh(progress)
+                    prewarm_after_changes(engine)
+                    yield engine
+                    return
+                async with anyio.create_task_group() as group:
+                    group.start_soon(first_index, engine, progress)
+                    try:
+                        yield engine
+                    finally:
+                        group.cancel_scope.cancel()
         finally:
             engine.close()
     finally:
         await backend.close()
         ledger.close()
+
+
+async def first_index(engine: Engine, progress: Callable[[int, int], None] | None = None) -> None:
+    """Index the folder for the first time; a failure is kept for the tools to report (and
+    logged), and the folder is indexed again by the watcher's next refresh or `refresh`."""
+    started = engine.clock()
+    try:
+        corpus = await engine.refresh(progress)
+    except CorpusCacheError as exc:
+        engine.indexing.error = exc
+        engine.indexing.done.set()
+        log.error("the folder could not be indexed: %s", exc)
+        return
+    log.info(
+        "indexed %d documents in %.1f s (%d count_tokens calls)",
+        len(corpus.snapshot.documents), engine.clock() - started, engine.counter.calls,
+    )  # fmt: skip
+    prewarm_after_changes(engine)
 
 
 @asynccontextmanager
@@ -82,7 +114,6 @@ async def keeping_warm(engine: Engine, check_every: float = 15.0) -> AsyncIterat
     keep-warm request is logged and tried again `check_every` seconds later (it stays due);
     it never stops serving."""
     from corpus_cache.engine.warm import keep_warm_due
-    from corpus_cache.errors import CorpusCacheError
 
     async def loop() -> None:
         while True:

@@ -19,7 +19,7 @@ from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.cache.prepare import Marking
 from corpus_cache.engine.answers import Prewarmed, Warmed
 from corpus_cache.engine.core import Engine
-from corpus_cache.errors import ApiCallError, BudgetExceededError
+from corpus_cache.errors import ApiCallError, BeyondRateLimitError, BudgetExceededError
 from corpus_cache.plan.layout import Shard
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,20 @@ async def warm(engine: Engine, corpus: Corpus | None = None) -> WarmRun:
     for shard in corpus.shards:
         if shard.plan.cached:
             try:
-                run.warmed.append(await warm_shard(engine, corpus, shard, "warm"))
+                run.warmed.append(await warm_or_build(engine, corpus, shard))
             except BudgetExceededError as refused:
                 run.refused.append(refused)
     return run
+
+
+async def warm_or_build(engine: Engine, corpus: Corpus, shard: Shard) -> Warmed:
+    """One warming request for `shard`, or, when its write is more than one request may
+    carry under the rate limits, its staged build (engine/build.py), slice by slice."""
+    if engine.builder.needed(corpus, shard):
+        built = await engine.builder.build(corpus, shard)
+        if built is not None:
+            return built
+    return await warm_shard(engine, corpus, shard, "warm")
 
 
 def prewarm_after_changes(engine: Engine) -> None:
@@ -67,8 +77,15 @@ def prewarm_after_changes(engine: Engine) -> None:
             return
         run = WarmRun()
         for shard in changed:
+            if engine.builder.needed(new, shard):
+                try:
+                    if engine.builder.start(new, shard) is not None:
+                        continue  # a staged build, in the background: the refresh goes on
+                except BeyondRateLimitError as never:
+                    log.warning("shard %d not pre-warmed: %s", shard.number, never)
+                    continue
             try:
-                run.warmed.append(await warm_shard(engine, new, shard, "warm"))
+                run.warmed.append(await warm_or_build(engine, new, shard))
             except BudgetExceededError as refused:  # logged and recorded: serving goes on
                 run.refused.append(refused)
         warmed = run.warmed

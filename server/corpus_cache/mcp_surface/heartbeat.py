@@ -24,12 +24,13 @@ async def with_heartbeat(
     *,
     interval: float,
     deadline: float,
-    waiting_for: str,
+    waiting_for: str | Callable[[], str],
     on_deadline: str | Callable[[], str],
 ) -> T:
-    """Await `work()`, reporting progress every `interval` seconds; give up after `deadline`
-    seconds with a `DeadlineExceededError` whose message ends with `on_deadline` (or what
-    it returns, asked then).
+    """Await `work()`, reporting progress every `interval` seconds, each saying what is
+    awaited (`waiting_for`, or what it returns then); give up after `deadline` seconds with
+    a `DeadlineExceededError` whose message ends with `on_deadline` (or what it returns,
+    asked then).
 
     Progress is the elapsed time in seconds out of the deadline, so it only ever grows, as
     the protocol requires, and a client that shows a bar shows the time left."""
@@ -41,9 +42,8 @@ async def with_heartbeat(
         while True:
             await anyio.sleep(interval)
             elapsed = round(anyio.current_time() - started, 1)
-            await report(
-                elapsed, deadline, f"{waiting_for}: {elapsed:.0f} s of at most {deadline:.0f} s"
-            )
+            what = waiting_for if isinstance(waiting_for, str) else waiting_for()
+            await report(elapsed, deadline, f"{what}: {elapsed:.0f} s of at most {deadline:.0f} s")
 
     with anyio.move_on_after(deadline):
         async with anyio.create_task_group() as group:

@@ -134,7 +134,12 @@ class ChangeNotifier:
         self.legacy = legacy
 
     async def corpus_swapped(self, old: Corpus | None, new: Corpus) -> None:
-        if old is None:
+        if old is None:  # the first index ended: clients connected during it listed nothing
+            await self.bus.publish(ResourceUpdated(uri=INDEX_URI))
+            await self.bus.publish(ResourceUpdated(uri=STATS_URI))
+            await self.bus.publish(ResourcesListChanged())
+            await self.legacy.resource_updated([INDEX_URI, STATS_URI])
+            await self.legacy.list_changed()
             return
         changes = snapshot_changes(old.snapshot, new.snapshot)
         if not changes.any:

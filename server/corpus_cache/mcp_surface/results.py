@@ -10,9 +10,10 @@ from pydantic import BaseModel, Field
 from corpus_cache.accounting.ledger import Totals
 from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.engine.answers import Answer
+from corpus_cache.engine.build import BuildProgress
 from corpus_cache.engine.core import Engine
 from corpus_cache.errors import LedgerUnavailableError
-from corpus_cache.wording import plural, usd
+from corpus_cache.wording import approximately, plural, tokens_figure, usd
 
 # --- structured results ---------------------------------------------------------------
 
@@ -99,6 +100,9 @@ class DocumentOut(BaseModel):
     lines: int
     tokens: int
     block: int
+    tokens_estimated: bool = Field(
+        default=False, description="tokens is a local estimate, not a count from the API"
+    )
     encoding_note: str | None = Field(
         default=None, description="how the file's bytes were read, when they were not UTF-8"
     )
@@ -133,6 +137,17 @@ class BlockOut(BaseModel):
     ttl: str | None
     first: str | None
     last: str | None
+    estimated: bool = Field(
+        default=False, description="the block's figures rest on local estimates, not counts"
+    )
+
+
+class IndexingOut(BaseModel):
+    phase: str
+    files_read: int
+    files_total: int | None
+    seconds_left: float | None = Field(description="a rough time to the end of reading files")
+    message: str
 
 
 class SpendOut(BaseModel):
@@ -154,6 +169,14 @@ class SpendOut(BaseModel):
     spent_usd: float
     uncached_usd: float
     saved_usd: float
+    maybe_billed_requests: int = Field(
+        default=0,
+        description="attempts the API may have billed with no usage known (sent, no response "
+        "began): not in spent_usd",
+    )
+    maybe_billed_usd: float = Field(
+        default=0.0, description="what those attempts would cost if they ran: an estimate"
+    )
 
 
 class PolicyOut(BaseModel):
@@ -166,6 +189,16 @@ class PolicyOut(BaseModel):
     reason: str
 
 
+class BuildOut(BaseModel):
+    shard: int
+    slices_done: int
+    slices: int
+    remaining_tokens: int
+    done_in_seconds: float = Field(description="an estimate, from the input-token rate limit")
+    failed: str | None = Field(default=None, description="why the build stopped, if it did")
+    text: str
+
+
 class CacheStatus(BaseModel):
     corpus: str
     model: str
@@ -175,6 +208,14 @@ class CacheStatus(BaseModel):
     note: str
     documents: int
     corpus_tokens: int
+    tokens_estimated: bool = Field(
+        default=False,
+        description="some documents' tokens are local estimates (calibrated on a sample of "
+        "counts), not counts: the figures are approximate",
+    )
+    estimate_error: float | None = Field(
+        default=None, description="the estimates' relative error bound, planned around"
+    )
     instructions_tokens: int
     budget_tokens: int = Field(description="most corpus tokens one request carries")
     shards: int
@@ -207,6 +248,25 @@ class CacheStatus(BaseModel):
         description="set when the ledger cannot be written or read: why, and where the "
         "requests it could not record are kept",
     )
+    indexing: IndexingOut | None = Field(
+        default=None,
+        description="set while the first index of the folder runs: how far it is (the "
+        "layout and documents are empty until it ends)",
+    )
+    cache_build: list[BuildOut] = Field(
+        default_factory=list,
+        description="shards whose cache is being written a slice per request, within the "
+        "input-token rate limit, or whose build stopped: how far, and when it is done",
+    )
+
+
+def _build_out(progress: BuildProgress) -> BuildOut:
+    return BuildOut(
+        shard=progress.shard, slices_done=progress.done, slices=progress.total,
+        remaining_tokens=progress.remaining_tokens,
+        done_in_seconds=round(progress.eta_seconds, 1), failed=progress.failed,
+        text=progress.describe(),
+    )  # fmt: skip
 
 
 # --- rendering ------------------------------------------------------------------------
@@ -327,9 +387,20 @@ def render_answer(result: AskResult) -> str:
     return "\n".join(lines)
 
 
-def status(engine: Engine) -> CacheStatus:
-    corpus = engine.current
-    plans = [shard.plan for shard in corpus.shards]
+def indexing_out(engine: Engine) -> IndexingOut:
+    indexing = engine.indexing
+    left = indexing.seconds_left()
+    return IndexingOut(
+        phase=indexing.phase,
+        files_read=indexing.files_done,
+        files_total=indexing.files_total,
+        seconds_left=round(left, 1) if left is not None else None,
+        message=indexing.advice(),
+    )
+
+
+def _spend(engine: Engine) -> tuple[SpendOut, list[SpendOut], str | None]:
+    """What the backend answering now spent, what others did, and a note on the ledger."""
     ledger_note = None
     answering = engine.answering
     others: list[SpendOut] = []
@@ -347,6 +418,23 @@ def status(engine: Engine) -> CacheStatus:
             + (f" ({engine.ledger.fault})" if engine.ledger.fault else "")
             + f": they are kept in {engine.ledger.journal.path} and counted in the spend"
         )
+    return _spend_out(answering, totals), others, ledger_note
+
+
+def status(engine: Engine) -> CacheStatus:
+    spend, others, ledger_note = _spend(engine)
+    if not engine.indexed:
+        return CacheStatus(
+            corpus=str(engine.settings.corpus), model=engine.model.id,
+            backend=engine.backend.kind, min_cacheable_tokens=engine.model.min_cacheable_tokens,
+            cached=False, note=engine.indexing.describe(), documents=0, corpus_tokens=0,
+            instructions_tokens=0, budget_tokens=engine.budget_tokens, shards=0, blocks=[],
+            too_large=[], skipped={}, snapshot_version=0, snapshot_time="",
+            folder_problem=engine.folder_problem(), spend=spend, other_spend=others,
+            ledger_note=ledger_note, indexing=indexing_out(engine),
+        )  # fmt: skip
+    corpus = engine.current
+    plans = [shard.plan for shard in corpus.shards]
     return CacheStatus(
         corpus=str(engine.settings.corpus),
         model=engine.model.id,
@@ -355,7 +443,9 @@ def status(engine: Engine) -> CacheStatus:
         cached=any(plan.cached for plan in plans),
         note=layout_note(corpus),
         documents=len(corpus.snapshot.documents),
-        corpus_tokens=corpus.corpus_tokens,
+        corpus_tokens=corpus.shown_tokens,
+        tokens_estimated=bool(corpus.estimated),
+        estimate_error=round(corpus.estimate_error, 3) if corpus.estimated else None,
         instructions_tokens=plans[0].instructions_tokens,
         budget_tokens=corpus.layout.budget_tokens,
         shards=len(plans),
@@ -365,7 +455,7 @@ def status(engine: Engine) -> CacheStatus:
         snapshot_version=corpus.snapshot.version,
         snapshot_time=iso(corpus.snapshot.created_at),
         folder_problem=engine.folder_problem(),
-        spend=_spend_out(answering, totals),
+        spend=spend,
         other_spend=others,
         last_prewarm=(
             f"shard(s) {', '.join(map(str, engine.last_prewarm.shards))} pre-warmed at "
@@ -387,6 +477,7 @@ def status(engine: Engine) -> CacheStatus:
             if shard.plan.cached and (d := engine.ttl_decision(shard))
         ],
         ledger_note=ledger_note,
+        cache_build=[_build_out(p) for p in engine.builder.progress()],
     )
 
 
@@ -401,12 +492,18 @@ def _spend_line(s: SpendOut, head: str) -> str:
         f"{'spent' if s.billed else 'would cost'} {usd(s.spent_usd)} vs "
         f"{usd(s.uncached_usd)} uncached"
     )
+    maybe = (
+        f" Apart: {plural(s.maybe_billed_requests, 'request')} that may have been billed, "
+        f"about {usd(s.maybe_billed_usd)} if they ran (sent, and no response began)."
+        if s.maybe_billed_requests
+        else ""
+    )
     if s.saved_usd < -0.00005:
         return (
             f"{line}: {usd(-s.saved_usd)} more than uncached so far, as cache writes (1.25x "
-            "the input price) are repaid only by later questions that read them (0.1x)."
+            "the input price) are repaid only by later questions that read them (0.1x)." + maybe
         )
-    return f"{line} (saved {usd(s.saved_usd)})."
+    return f"{line} (saved {usd(s.saved_usd)}).{maybe}"
 
 
 def layout_note(corpus: Corpus) -> str:
@@ -436,9 +533,20 @@ def layout_note(corpus: Corpus) -> str:
 
 
 def render_status(out: CacheStatus) -> str:
+    if out.indexing is not None:
+        lines = [
+            f"Corpus {out.corpus}: {out.indexing.message}.",
+            f"Model {out.model} via {out.backend}; minimum cacheable prefix "
+            f"{out.min_cacheable_tokens:,} tokens.",
+            _spend_line(out.spend, "Spend"),
+        ]
+        lines.extend(_spend_line(other, "Also in the ledger") for other in out.other_spend)
+        if out.folder_problem:
+            lines.insert(0, f"Warning: {out.folder_problem}.")
+        return "\n".join(lines)
     lines = [
         f"Corpus {out.corpus}: {plural(out.documents, 'document')}, "
-        f"{plural(out.corpus_tokens, 'token')} "
+        f"{tokens_figure(out.corpus_tokens, out.tokens_estimated)} "
         f"(snapshot v{out.snapshot_version} of {out.snapshot_time}).",
         f"Model {out.model} via {out.backend}; minimum cacheable prefix "
         f"{out.min_cacheable_tokens:,} tokens.",
@@ -446,12 +554,24 @@ def render_status(out: CacheStatus) -> str:
     ]
     if out.folder_problem:
         lines.insert(0, f"Warning: {out.folder_problem}.")
+    if out.tokens_estimated and out.estimate_error is not None:
+        lines.append(
+            f"Token figures marked ~ are local estimates (within ±{out.estimate_error:.0%} per "
+            "document, as calibrated on a sample of counts); the layout keeps every breakpoint "
+            "above the minimum and every shard within the budget at either end of that range."
+        )
+    for build in out.cache_build:
+        where = f"Shard {build.shard}: b" if out.shards > 1 else "B"
+        lines.append(f"{where}{build.text[1:]}.")
     for b in out.blocks:
         ttl = f"breakpoint, TTL {b.ttl}" if b.ttl else "no breakpoint"
         where = f"shard {b.shard} block {b.block}" if out.shards > 1 else f"block {b.block}"
+        tokens = (
+            f"{approximately(b.tokens, True)} tokens" if b.estimated else plural(b.tokens, "token")
+        )
         lines.append(
-            f"  {where}: {plural(b.documents, 'document')}, {plural(b.tokens, 'token')} "
-            f"(prefix {b.prefix_tokens:,}), {ttl}"
+            f"  {where}: {plural(b.documents, 'document')}, {tokens} "
+            f"(prefix {approximately(b.prefix_tokens, b.estimated)}), {ttl}"
         )
     lines.append(_spend_line(out.spend, "Spend"))
     lines.extend(_spend_line(other, "Also in the ledger") for other in out.other_spend)

@@ -29,7 +29,9 @@ from corpus_cache import __version__
 from corpus_cache.api.backend import deadline_advice, noting_throttles
 from corpus_cache.corpus.documents import Document
 from corpus_cache.corpus.search import Hit
+from corpus_cache.engine.answers import Answer
 from corpus_cache.engine.core import Engine
+from corpus_cache.engine.runtime import first_index
 from corpus_cache.errors import CorpusCacheError
 from corpus_cache.mcp_surface.bounds import (
     ERROR_MAX_CHARS,
@@ -55,12 +57,14 @@ from corpus_cache.mcp_surface.results import (
     SearchHitOut,
     SearchResult,
     ask_result,
+    indexing_out,
     render_answer,
     render_status,
     result,
     status,
 )
-from corpus_cache.wording import plural
+from corpus_cache.mcp_surface.startup import corpus_ready
+from corpus_cache.wording import approximately, plural
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,13 @@ DEADLINE_ADVICE = (
     "be slow or overloaded right now, and a repeated question reads the cache and is quicker. "
     "If your client waits longer, raise the deadline with `corpus-cache serve --ask-deadline "
     "SECONDS` or CORPUS_CACHE_ASK_DEADLINE."
+)
+STILL_READING_ADVICE = (
+    "it was given up so that your MCP client does not time out first, but the request goes "
+    "on: the server reads its response to the end in the background, records what it costs "
+    "and keeps the cache it writes. Ask again in a few seconds: the question reads that "
+    "cache and is quicker. If your client waits longer, raise the deadline with "
+    "`corpus-cache serve --ask-deadline SECONDS` or CORPUS_CACHE_ASK_DEADLINE."
 )
 
 
@@ -121,15 +132,27 @@ def build_server(engine: Engine) -> MCPServer:
         ] = None,
     ) -> Annotated[CallToolResult, AskResult]:
         owner = session_owner(ctx)  # a session is continued only by the connection it began on
+
+        async def asking() -> Answer:
+            await corpus_ready(engine)  # within the deadline, its progress the heartbeat's
+            return await engine.ask(question, fan_out, session, owner=owner)
+
         try:
             with noting_throttles() as throttles:
                 answer = await with_heartbeat(
-                    lambda: engine.ask(question, fan_out, session, owner=owner),
+                    asking,
                     ctx.report_progress,
                     interval=engine.settings.heartbeat_interval,
                     deadline=engine.settings.ask_deadline,
-                    waiting_for="waiting for the answer",
-                    on_deadline=lambda: deadline_advice(throttles, DEADLINE_ADVICE),
+                    waiting_for=lambda: (
+                        engine.builder.describe()
+                        or (engine.indexing.describe() if not engine.indexed else None)
+                        or "waiting for the answer"
+                    ),
+                    on_deadline=lambda: deadline_advice(
+                        throttles,
+                        STILL_READING_ADVICE if engine.read_for_no_one else DEADLINE_ADVICE,
+                    ),
                 )
         except CorpusCacheError as exc:
             raise _tool_error(exc) from exc
@@ -143,14 +166,16 @@ def build_server(engine: Engine) -> MCPServer:
         "paged: pass next_offset as offset for more.",
         annotations=read_only,
     )
-    def search(
+    async def search(
         query: Annotated[str, Field(description="words to look for")],
+        ctx: Context[Any, Any],
         limit: Annotated[int, Field(ge=1, le=50, description="passages per page")] = 10,
         offset: Annotated[
             int, Field(ge=0, le=1000, description="passages to skip: next_offset of a page")
         ] = 0,
     ) -> Annotated[CallToolResult, SearchResult]:
         try:
+            await corpus_ready(engine, ctx.report_progress)
             found = engine.search(query, offset + limit + 1)
         except CorpusCacheError as exc:
             raise _tool_error(exc) from exc
@@ -188,10 +213,15 @@ def build_server(engine: Engine) -> MCPServer:
         "block holding each, and count the files left out by reason. Paged.",
         annotations=read_only,
     )
-    def list_documents(
+    async def list_documents(
+        ctx: Context[Any, Any],
         offset: Annotated[int, Field(ge=0, description="index of the first document")] = 0,
         limit: Annotated[int, Field(ge=1, le=1000, description="documents per page")] = 200,
     ) -> Annotated[CallToolResult, DocumentList]:
+        try:
+            await corpus_ready(engine, ctx.report_progress)
+        except CorpusCacheError as exc:
+            raise _tool_error(exc) from exc
         corpus = engine.current
         blocks = engine.block_of()
         docs = corpus.snapshot.documents
@@ -202,7 +232,8 @@ def build_server(engine: Engine) -> MCPServer:
                     path=d.path,
                     bytes=d.size,
                     lines=d.line_count,
-                    tokens=corpus.tokens.get(d.path, 0),
+                    tokens=corpus.shown(d.path),
+                    tokens_estimated=d.path in corpus.estimated,
                     shard=blocks.get(d.path, (0, 0))[0],
                     block=blocks.get(d.path, (0, 0))[1],
                     encoding_note=d.encoding_note or None,
@@ -215,7 +246,9 @@ def build_server(engine: Engine) -> MCPServer:
             skipped=engine.skipped_summary(),
         )
         lines = [
-            f"{d.path}  ({d.tokens:,} tokens, shard {d.shard} block {d.block}"
+            f"{d.path}  ({approximately(d.tokens, d.tokens_estimated)} tokens"
+            + (" (estimated)" if d.tokens_estimated else "")
+            + f", shard {d.shard} block {d.block}"
             + (f"; {d.encoding_note})" if d.encoding_note else ")")
             for d in out.documents
         ]
@@ -235,14 +268,16 @@ def build_server(engine: Engine) -> MCPServer:
         "shows it. Long ranges are cut; the result says where to continue.",
         annotations=read_only,
     )
-    def read_document(
+    async def read_document(
         path: Annotated[str, Field(description="path relative to the corpus folder")],
+        ctx: Context[Any, Any],
         start_line: Annotated[int, Field(ge=1, description="first line, 1-based")] = 1,
         end_line: Annotated[
             int | None, Field(ge=1, description="last line, inclusive; default: to the end")
         ] = None,
     ) -> Annotated[CallToolResult, DocumentText]:
         try:
+            await corpus_ready(engine, ctx.report_progress)
             doc = engine.document(path)
         except CorpusCacheError as exc:
             raise _tool_error(exc) from exc
@@ -307,6 +342,9 @@ def build_server(engine: Engine) -> MCPServer:
         ] = False,
     ) -> Annotated[CallToolResult, RefreshResult]:
         try:
+            if not engine.indexed and engine.indexing.done.is_set():
+                await first_index(engine)  # it failed: this is the retry
+            await corpus_ready(engine)
             out = await refresh_corpus(engine, warm_cache=warm)
         except CorpusCacheError as exc:
             raise ToolError(str(exc)) from exc
@@ -319,12 +357,15 @@ def build_server(engine: Engine) -> MCPServer:
         mime_type="application/json",
     )
     def index_resource() -> str:
+        if not engine.indexed:
+            return json.dumps({"indexing": indexing_out(engine).model_dump()}, indent=1)
         corpus = engine.current
         documents = [
             {
                 "path": d.path,
                 "uri": document_uri(d.path),
-                "tokens": corpus.tokens.get(d.path, 0),
+                "tokens": corpus.shown(d.path),
+                **({"tokens_estimated": True} if d.path in corpus.estimated else {}),
                 "bytes": d.size,
                 **({"encoding_note": d.encoding_note} if d.encoding_note else {}),
             }
@@ -355,6 +396,8 @@ def build_server(engine: Engine) -> MCPServer:
         mime_type="text/plain",
     )
     def document_resource(path: str) -> str:
+        if not engine.indexed:
+            raise ResourceNotFoundError(engine.indexing.advice())
         try:
             return engine.document(path).text
         except CorpusCacheError as exc:
@@ -377,6 +420,8 @@ class _CorpusServer(MCPServer):
         self._engine = engine
 
     async def list_resources(self) -> list[Resource]:
+        if not self._engine.indexed:  # announced as changed once the first index ends
+            return await super().list_resources()
         documents = [
             Resource(uri=document_uri(doc.path), name=doc.path, mime_type="text/plain")
             for doc in self._engine.current.snapshot.documents

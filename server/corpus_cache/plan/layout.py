@@ -32,6 +32,7 @@ document; one old copy in the tail at most, so that they do not pile up.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -69,6 +70,7 @@ class Plan:
     note: str
     tail_start: int = 0  # index in `order` of the first hot (recently edited) document
     superseded: frozenset[int] = frozenset()  # positions holding an edited document's old copy
+    floor: int = 0  # the least prefix a breakpoint could end, as planned (safe_minimum)
 
     @property
     def superseded_tokens(self) -> int:
@@ -169,9 +171,20 @@ class Layout:
         return {path: s.number for s in self.shards for path in s.plan.order}
 
 
-def safe_minimum(min_cacheable_tokens: int) -> int:
-    """count_tokens is an estimate: keep a margin so a breakpoint is never just short."""
-    return int(min_cacheable_tokens * 1.05) + 32
+def safe_minimum(
+    min_cacheable_tokens: int, instructions_tokens: int = 0, estimate_error: float = 0.0
+) -> int:
+    """The least prefix a breakpoint may end, as planned. count_tokens is an estimate: keep
+    a margin so a breakpoint is never just short. `estimate_error`: the relative bound of
+    the documents' figures that are local estimates (api/estimate.py), planned at the upper
+    end of their bound; a prefix planned at P then holds at least I + (P - I)(1 - e)/(1 + e)
+    tokens (I, the instructions, is counted), so the floor rises until that clears it."""
+    floor = int(min_cacheable_tokens * 1.05) + 32
+    if estimate_error <= 0 or floor <= instructions_tokens:
+        return floor
+    error = min(estimate_error, 0.9)
+    spread = (1 + error) / (1 - error)
+    return instructions_tokens + math.ceil((floor - instructions_tokens) * spread)
 
 
 def shared_prefix(before: Sequence[tuple[str, str]], after: Sequence[tuple[str, str]]) -> int:
@@ -264,6 +277,7 @@ def _stands(
     max_anchors: int,
     min_cacheable_tokens: int,
     instructions_tokens: int,
+    floor: int,
 ) -> bool:
     """Whether `previous` is the plan of `docs` as they are now: the same documents (path,
     content, tokens), each on the same side of its hot tail, no old copy kept, planned
@@ -271,6 +285,7 @@ def _stands(
     if previous.superseded or not _settings_stand(
         previous, ttl=ttl, max_anchors=max_anchors,
         min_cacheable_tokens=min_cacheable_tokens, instructions_tokens=instructions_tokens,
+        floor=floor,
     ):  # fmt: skip
         return False
     order, keys, sizes = previous.order, previous.keys, previous.sizes
@@ -292,11 +307,13 @@ def _stands(
 
 def _settings_stand(
     previous: Plan, *, ttl: Ttl, max_anchors: int, min_cacheable_tokens: int,
-    instructions_tokens: int,
+    instructions_tokens: int, floor: int,
 ) -> bool:  # fmt: skip
-    """Whether `previous` was planned with these settings."""
+    """Whether `previous` was planned with these settings (the floor moves with how far
+    the documents' token figures are estimates)."""
     return (
-        previous.instructions_tokens == instructions_tokens
+        previous.floor == floor
+        and previous.instructions_tokens == instructions_tokens
         and previous.min_cacheable_tokens == min_cacheable_tokens
         and len(previous.blocks) <= max_anchors
         and not (previous.cached and any(block.ttl != ttl for block in previous.blocks))
@@ -315,18 +332,22 @@ def plan_shard(
     live: Sequence[int] = (),
     budget_tokens: int | None = None,
     dropped: Collection[tuple[str, str]] = frozenset(),
+    estimate_error: float = 0.0,
 ) -> Plan:
     """`live`: the previous plan's anchors whose cache entries are alive, those most worth
     keeping first. The prefix through the furthest is kept as it was, edited documents'
     old copies included (see the module's note), and the first few stay anchors.
     `dropped`: old copies, by (path, key), never to keep (they hold removed text).
+    `estimate_error`: see `safe_minimum`.
 
     A shard whose documents are those `previous` was planned from, each as hot or cold as
     it was then, keeps that plan: nothing in it changed, so it has nothing to rewrite, and
     an edit elsewhere in the corpus does not move its cuts."""
+    floor = safe_minimum(min_cacheable_tokens, instructions_tokens, estimate_error)
     if previous is not None and _stands(
         previous, docs, now, ttl=ttl, max_anchors=max_anchors,
         min_cacheable_tokens=min_cacheable_tokens, instructions_tokens=instructions_tokens,
+        floor=floor,
     ):  # fmt: skip
         return previous
     kept: list[DocInfo] = []
@@ -345,9 +366,11 @@ def plan_shard(
     superseded = frozenset(i for i, d in enumerate(order) if d.superseded)
     hot_from = next((i for i, d in enumerate(order) if is_hot(d, now)), len(order))
     total = instructions_tokens + sum(d.tokens for d in order)
-    floor = safe_minimum(min_cacheable_tokens)
     if not order:
-        return Plan((), instructions_tokens, min_cacheable_tokens, False, "the corpus is empty")
+        return Plan(
+            (), instructions_tokens, min_cacheable_tokens, False, "the corpus is empty",
+            floor=floor,
+        )  # fmt: skip
     if total < floor:
         block = Block(
             tuple(d.path for d in order), tuple(d.key for d in order), total - instructions_tokens,
@@ -358,8 +381,9 @@ def plan_shard(
             "this model can cache: it is sent uncached with every question"
         )
         return Plan(
-            (block,), instructions_tokens, min_cacheable_tokens, False, note, hot_from, superseded
-        )
+            (block,), instructions_tokens, min_cacheable_tokens, False, note, hot_from,
+            superseded, floor,
+        )  # fmt: skip
 
     prefix: list[int] = []
     running = instructions_tokens
@@ -414,8 +438,9 @@ def plan_shard(
             "rewritten"
         )
     return Plan(
-        tuple(blocks), instructions_tokens, min_cacheable_tokens, True, note, hot_from, superseded
-    )
+        tuple(blocks), instructions_tokens, min_cacheable_tokens, True, note, hot_from,
+        superseded, floor,
+    )  # fmt: skip
 
 
 def plan_corpus(
@@ -429,15 +454,19 @@ def plan_corpus(
     ttl: Ttl = "5m",
     live: Mapping[int, Sequence[int]] | None = None,
     dropped: Collection[tuple[str, str]] = frozenset(),
+    estimate_error: float = 0.0,
     changed: Collection[str] | None = None,
 ) -> Layout:
     """Shards within the budget, each laid out for the fewest expected rewrites. `live`:
     per shard, the previous plan's anchors whose entries are alive; `dropped`: old copies
-    never to keep (see `plan_shard`). `changed`, if known: the paths of the documents
-    added, removed, or whose content or tokens changed since `previous` was planned; a
-    shard that holds none of them, and the same documents as before, is checked only for
-    a document turning cold (its plan stands otherwise). The layout is the same with or
-    without it."""
+    never to keep (see `plan_shard`). `estimate_error`: the relative error bound of the
+    documents' figures that are estimates, given at the upper end of that bound (so that
+    a shard within the budget as planned is within it in fact): every breakpoint clears
+    the minimum even at the lower end (`safe_minimum`). `changed`, if known: the paths of
+    the documents added, removed, or whose content or tokens changed since `previous` was
+    planned; a shard that holds none of them, and the same documents as before, is
+    checked only for a document turning cold (its plan stands otherwise). The layout is
+    the same with or without it."""
     previous_shards = previous.shard_of() if previous else None
     assignment, oversized, kept = assign_shards(
         docs, budget=budget_tokens, overhead=instructions_tokens, previous=previous_shards
@@ -447,6 +476,7 @@ def plan_corpus(
     for doc in docs:
         if doc.path in assignment:
             members.setdefault(assignment[doc.path], []).append(doc)
+    floor = safe_minimum(min_cacheable_tokens, instructions_tokens, estimate_error)
     touched: set[int | None] = set()
     if changed is not None:
         touched = {assignment.get(p) for p in changed}
@@ -465,6 +495,7 @@ def plan_corpus(
                 before, ttl=ttl, max_anchors=MAX_ANCHORS,
                 min_cacheable_tokens=min_cacheable_tokens,
                 instructions_tokens=instructions_tokens,
+                floor=floor,
             )
         ):  # fmt: skip
             return before
@@ -478,6 +509,7 @@ def plan_corpus(
             live=(live or {}).get(number, ()),
             budget_tokens=budget_tokens,
             dropped=dropped,
+            estimate_error=estimate_error,
         )
 
     previous_shard = {s.number: s for s in previous.shards} if previous else {}
