@@ -66,11 +66,10 @@ class History:
         """Update the edit history from a scan (a changed key is an edit, seen now) and
         return the planner's view of `documents`. Documents gone from the scan are forgotten.
 
-        `documents` in path order, as a snapshot holds them; `tokens` by path, a document's
-        count changing only with its text. When the last view was made of the documents last
-        observed, only the documents that differ from those are looked at again (a rescan
-        after one save changes one of 10,000), with the views whose edit weight the edit
-        moves; the result is the same."""
+        `documents` in path order, as a snapshot holds them; `tokens` by path. When the last
+        view was made of the documents last observed, only the documents that differ from
+        those are looked at again (a rescan after one save changes one of 10,000), with the
+        views whose edit weight or token figure moved; the result is the same."""
         if self._viewed is None or self._viewed is not self._observed:
             return self._observe_all(documents, tokens, now)
         added, removed, edited = document_changes(self._observed, documents)
@@ -90,6 +89,12 @@ class History:
         if self._pattern is not pattern:  # an edit: the likely next edits are others
             again |= self._edited | {p for p in (pattern.last, self._pattern.last) if p}
         views = self._infos
+        # A figure may change with no edit: an estimate made again with a new calibration.
+        again |= {
+            d.path
+            for d in documents
+            if (view := views.get(d.path)) is None or view[1].tokens != tokens[d.path]
+        }
         for path in again & self._documents.keys():  # the last edited may be gone
             views[path] = self._view(path, tokens[path])
         return [views[doc.path][1] for doc in documents]
