@@ -72,7 +72,7 @@ from corpus_cache.plan.layout import (
     Shard,
     plan_corpus,
 )
-from corpus_cache.plan.route import rank_shards
+from corpus_cache.plan.route import DOCUMENT_WEIGHT, HITS, rank_shards
 from corpus_cache.plan.stability import DocInfo
 
 log = logging.getLogger(__name__)
@@ -437,7 +437,7 @@ class Engine:
         """The shards most likely to hold the answer, best first (all of one, if one)."""
         if len(corpus.shards) == 1:
             return list(corpus.shards)
-        hits = corpus.index.search(question, 50)
+        hits = corpus.index.search(question, HITS, document_weight=DOCUMENT_WEIGHT)
         shard_of = corpus.layout.shard_of()
         ranked = rank_shards(
             ((h.passage.path, h.score) for h in hits), shard_of, [s.number for s in corpus.shards]
