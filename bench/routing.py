@@ -9,13 +9,17 @@ no answer is requested, so this costs nothing.
     .venv/bin/python bench/routing.py [--documents 600] [--json bench/results/routing.json]
 
 With `--folder PATH`, a held-out check on real documents instead (Django's docs: `pip
-download --no-deps --no-binary :all: django`, then its `docs/`): `--questions` documents
-drawn with a fixed seed, each asked about one of its section headings (reStructuredText
-or Markdown, three words or more, not its title), and routing must pick the shard that
-holds that document. Shards as the default budget makes them, or `--budget-tokens`, or
-`--itpm` (a known input-token limit, which bounds them too):
+download --no-deps --no-binary :all: django`, then its `docs/`): questions about
+`--questions` documents drawn with `--seed` (18), of three kinds (bench/questions.py: a
+section heading verbatim, the heading paraphrased, words of a body sentence; `--kinds` to
+choose), `--per-document` each, and routing must pick a shard holding that document (or
+the heading or sentence verbatim). `--half tune` or `--half test` asks only about one half
+of the documents, split by a hash of the path: tune on one, report on the other. Shards as
+the default budget makes them, or `--budget-tokens`, `--warm-question-usd`, or `--itpm` (a
+known input-token limit per minute):
 
-    .venv/bin/python bench/routing.py --folder /tmp/django/docs --questions 40
+    .venv/bin/python bench/routing.py --folder /tmp/django/docs --half test --questions 1000 \
+        --per-document 2 --warm-question-usd 0.05
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 import tempfile
 import time
@@ -33,7 +36,6 @@ import anyio
 from anthropic import AsyncAnthropic
 
 sys.path.insert(0, str(Path(__file__).parent))
-import itertools
 
 from corpus_cache.accounting.ledger import Ledger
 from corpus_cache.api.backend import Backend
@@ -42,6 +44,7 @@ from corpus_cache.config import Settings
 from corpus_cache.emulator import start_in_thread
 from corpus_cache.engine.core import Engine
 from corpus_cache.models.catalog import load_catalog
+from questions import KINDS, Question, generate, normalized
 from synthetic import document
 
 SYLLABLES = "ka lo mi ru te vo zan pel dri osk umb ferr glo".split()
@@ -103,49 +106,17 @@ async def measure(count: int) -> dict[str, object]:
     }
 
 
-UNDERLINE = re.compile(r"^([=\-~^\"'`#*+])\1{2,}\s*$")
-
-
-def headings(text: str) -> list[str]:
-    """Section titles: reStructuredText's (a line underlined) and Markdown's (#)."""
-    lines = text.splitlines()
-    found = []
-    for above, line in itertools.pairwise(lines):
-        title = above.strip()
-        if (
-            UNDERLINE.match(line)
-            and title
-            and not UNDERLINE.match(above)
-            and len(line.strip()) >= len(title)
-        ):
-            found.append(title)
-    found += [line.lstrip("#").strip() for line in lines if re.match(r"^#{1,6} ", line)]
-    return found
-
-
-def held_out(folder: Path, count: int, rng: random.Random) -> dict[str, tuple[str, str]]:
-    """Path -> a question about one of its section headings, and the heading, for `count`
-    documents."""
-    candidates = []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix in (".txt", ".rst", ".md")):
-        titles = headings(path.read_text(encoding="utf-8", errors="replace"))
-        usable = [t for t in titles[1:] if len(re.findall(r"[A-Za-z]+", t)) >= 3]
-        if usable:
-            candidates.append((path.relative_to(folder).as_posix(), usable))
-    chosen = rng.sample(candidates, min(count, len(candidates)))
-    asked = {}
-    for rel, titles in chosen:
-        heading = rng.choice(titles)
-        asked[rel] = (f"What does the documentation say about {heading}?", heading)
-    return asked
-
-
 async def measure_folder(
-    folder: Path, count: int, budget: int | None, itpm: int | None
+    folder: Path,
+    questions: list[Question],
+    budget: int | None,
+    itpm: int | None,
+    warm_question_usd: float | None,
 ) -> dict[str, object]:
-    questions = held_out(folder, count, random.Random(18))
     with start_in_thread() as emulator, tempfile.TemporaryDirectory() as tmp:
         options: dict[str, object] = {"budget_tokens": budget} if budget else {}
+        if warm_question_usd is not None:
+            options["warm_question_usd"] = warm_question_usd
         settings = Settings(corpus=folder, state_dir=Path(tmp) / "state", **options)
         ledger = Ledger(settings.ledger_path)
         client = AsyncAnthropic(base_url=emulator.base_url, api_key="bench", max_retries=0)
@@ -156,21 +127,30 @@ async def measure_folder(
             )
         corpus = await engine.refresh()
         shard_of = corpus.layout.shard_of()
-        at1 = at2 = 0
+        started = time.perf_counter()
+        engine.route("index", corpus, fan_out=2)  # the index is built on the first search
+        index_seconds = time.perf_counter() - started
+        texts = {d.path: normalized(d.text) for d in corpus.snapshot.documents}
+        by_kind: dict[str, list[int]] = {}
         misses = []
-        for path, (question, heading) in questions.items():
-            # Right: a shard holding the document, or another holding the heading's words
-            # verbatim (security releases repeat one text across versions).
-            holding = {shard_of[path]} | {
-                shard_of[d.path]
-                for d in corpus.snapshot.documents
-                if d.path in shard_of and heading.lower() in d.text.lower()
+        routing = 0.0
+        for q in questions:
+            # Right: a shard holding the document, or another holding the evidence verbatim
+            # (security releases repeat one text across versions).
+            holding = {shard_of[q.path]} | {
+                shard_of[path]
+                for path, text in texts.items()
+                if path in shard_of and q.evidence in text
             }
-            ranked = [s.number for s in engine.route(question, corpus, fan_out=2)]
-            at1 += ranked[0] in holding
-            at2 += bool(holding & set(ranked[:2]))
+            started = time.perf_counter()
+            ranked = [s.number for s in engine.route(q.text, corpus, fan_out=2)]
+            routing += time.perf_counter() - started
+            counts = by_kind.setdefault(q.kind, [0, 0, 0])
+            counts[0] += ranked[0] in holding
+            counts[1] += bool(holding & set(ranked[:2]))
+            counts[2] += 1
             if ranked[0] not in holding:
-                misses.append(f"{path}: {question}")
+                misses.append(f"{q.path} ({q.kind}): {q.text}")
         await client.close()
         ledger.close()
     return {
@@ -180,8 +160,11 @@ async def measure_folder(
         "budget_tokens": corpus.layout.budget_tokens,
         "shards": len(corpus.shards),
         "questions": len(questions),
-        "right_at_1": at1,
-        "right_at_2": at2,
+        "right_at_1": sum(c[0] for c in by_kind.values()),
+        "right_at_2": sum(c[1] for c in by_kind.values()),
+        "by_kind": by_kind,
+        "mean_route_ms": round(routing / max(1, len(questions)) * 1000, 3),
+        "index_seconds": round(index_seconds, 2),
         "misses": misses,
     }
 
@@ -194,19 +177,47 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=40)
     parser.add_argument("--budget-tokens", type=int)
     parser.add_argument("--itpm", type=int, help="a known input-token limit per minute")
+    parser.add_argument("--warm-question-usd", type=float)
+    parser.add_argument("--seed", type=int, default=18, help="which documents are asked about")
+    parser.add_argument(
+        "--kinds", default=",".join(KINDS), help=f"question kinds, of {', '.join(KINDS)}"
+    )
+    parser.add_argument(
+        "--half",
+        choices=("all", "tune", "test"),
+        default="all",
+        help="ask only about one half of the documents (split by a hash of the path)",
+    )
+    parser.add_argument(
+        "--per-document", type=int, default=1, help="questions per document, on its headings"
+    )
+    parser.add_argument("--show-misses", action="store_true")
     args = parser.parse_args()
     if args.folder:
+        kinds = tuple(k for k in args.kinds.split(",") if k)
+        asked = generate(
+            args.folder, args.questions, args.seed, kinds, args.half, args.per_document
+        )
         found = anyio.run(
-            measure_folder, args.folder, args.questions, args.budget_tokens, args.itpm
+            measure_folder,
+            args.folder,
+            asked,
+            args.budget_tokens,
+            args.itpm,
+            args.warm_question_usd,
         )
         print(
             f"{found['documents']} documents, {found['corpus_tokens']:,} tokens, budget "
             f"{found['budget_tokens']:,}: {found['shards']} shards; routed right "
             f"{found['right_at_1']}/{found['questions']} (in the best two: "
-            f"{found['right_at_2']}/{found['questions']})"
+            f"{found['right_at_2']}/{found['questions']}); "
+            f"{found['mean_route_ms']} ms a question, index built in {found['index_seconds']} s"
         )
-        for miss in found["misses"]:  # type: ignore[attr-defined]
-            print(f"  missed {miss}")
+        for kind, (at1, at2, n) in found["by_kind"].items():  # type: ignore[attr-defined]
+            print(f"  {kind}: {at1}/{n} (in the best two: {at2}/{n})")
+        if args.show_misses:
+            for miss in found["misses"]:  # type: ignore[attr-defined]
+                print(f"  missed {miss}")
         return
     result = anyio.run(measure, args.documents)
     print(

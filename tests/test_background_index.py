@@ -44,6 +44,10 @@ async def test_over_stdio_initialize_and_the_tool_list_answer_while_indexing_run
         assert tools[0] == "ask"
         assert "cache_status" in tools
         status = await client.call_tool("cache_status", {})
+        with anyio.fail_after(60):  # bounded: the engine starts behind the answering server
+            while status.structured_content["indexing"]["phase"] == "starting":  # type: ignore[index]
+                await anyio.sleep(0.05)
+                status = await client.call_tool("cache_status", {})
         assert status.structured_content["indexing"] is not None  # type: ignore[index]
         assert "indexing the folder" in status.content[0].text  # type: ignore[union-attr]
         search = await client.call_tool("search", {"query": "depot"})

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from support.commands import free_port, run
-from support.corpus_fixture import write_corpus
+from support.corpus_fixture import FACTS, write_corpus
 from support.emulator_control import Control
 
 
@@ -306,6 +306,20 @@ def test_the_demo_asks_the_questions_it_is_given(tmp_path: Path) -> None:
         assert f"Q{number}: {question}" in result.stdout
     assert "Q4:" not in result.stdout
     assert "This question wrote the cache:" in result.stdout.split("Q2:")[0]
+
+
+def test_the_demo_on_a_folder_of_ones_own_asks_about_its_documents_not_the_handbook(
+    tmp_path: Path,
+) -> None:
+    from corpus_cache.cli.demo import QUESTIONS
+
+    corpus = write_corpus(tmp_path / "corpus")
+    result = run(["demo", "--corpus", str(corpus)], tmp_path / "state", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert not any(question in result.stdout for question in QUESTIONS)
+    asked = re.findall(r"^Q\d+: (.*)$", result.stdout, re.M)
+    assert len(asked) == 2
+    assert all(any(path in q for path in FACTS) for q in asked), asked
 
 
 def test_questions_for_a_folder_of_ones_own_come_from_its_documents() -> None:

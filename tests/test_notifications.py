@@ -181,6 +181,7 @@ async def test_the_resource_list_follows_the_folder(
 def _server_params(corpus: Path, state: Path) -> StdioServerParameters:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     env["CORPUS_CACHE_STATE_DIR"] = str(state)
+    env["CORPUS_CACHE_INDEX_WAIT"] = "60"  # a tool waits for the server to start and index
     args = ["-m", "corpus_cache", "serve", "--corpus", str(corpus), "--debounce-ms", "20"]
     return StdioServerParameters(command=sys.executable, args=args, env=env)
 
@@ -191,6 +192,8 @@ async def test_a_save_reaches_a_client_of_corpus_cache_serve_over_stdio(
     inbox = Inbox()
     params = _server_params(corpus, tmp_path / "state")
     async with Client(params, mode=mode, message_handler=inbox) as mcp:  # type: ignore[arg-type]
+        # The server answers before its engine starts: a save is seen once it has indexed.
+        assert not (await mcp.call_tool("list_documents", {"limit": 1})).is_error
         if mode == "legacy":
             await mcp.subscribe_resource(DOC)
             (corpus / "oncall.md").write_text("The rotation now hands over on Wednesdays.\n")

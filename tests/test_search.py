@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corpus_cache.corpus.documents import Document, Snapshot
-from corpus_cache.corpus.search import K1, PASSAGE_LINES, B, SearchIndex
+from corpus_cache.corpus.search import K1, PASSAGE_LINES, B, SearchIndex, heading_lines
 
 
 def snapshot(texts: dict[str, str], version: int = 1) -> Snapshot:
@@ -107,3 +107,95 @@ def test_hits_are_the_best_scoring_passages_holding_a_query_word(
     assert {h.passage.path for h in everything} == holding
     assert hits == everything[:limit]
     assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
+
+
+def test_a_headings_words_count_twice() -> None:
+    # x.md: md, kestrel (its heading's words twice), routing, notes (5 in all);
+    # y.md: md, other, words, here (4).
+    texts = {"x.md": "Kestrel\n=======\n\nrouting notes\n", "y.md": "other words here\n"}
+    score = SearchIndex(snapshot(texts)).search("kestrel", 5)[0].score
+    assert score == pytest.approx(bm25(2, 1, 2, 5, (5 + 4) / 2), rel=1e-5)
+
+
+def test_section_headings_are_underlined_titles_and_markdown_hashes_outside_code() -> None:
+    lines = [
+        "=====",
+        "Title",  # 1: overlined and underlined
+        "=====",
+        "",
+        "Usage notes",  # 4
+        "-----------",
+        "Too long a title",
+        "-----",  # an underline shorter than its title: a rule, not a heading
+        "# Markdown heading",  # 8
+        "```",
+        "# a comment in code",
+        "```",
+        "## After the code",  # 12
+        "#hashtag",
+    ]
+    assert heading_lines(lines) == {1, 4, 8, 12}
+
+
+@given(
+    st.text(alphabet="abc XYZ", min_size=1, max_size=20).filter(str.strip),
+    st.sampled_from("=-~^*+#"),
+    st.integers(-3, 3),
+)
+def test_a_title_is_a_heading_when_its_underline_is_at_least_as_long(
+    title: str, mark: str, longer: int
+) -> None:
+    length = len(title.strip()) + longer
+    underline = mark * length
+    is_heading = length >= max(3, len(title.strip()))
+    assert (0 in heading_lines([title, underline])) == is_heading
+
+
+def test_a_querys_question_words_are_left_out_unless_it_has_nothing_else() -> None:
+    texts = {
+        "a.md": "How the kestrel routes work, and what it does.",
+        "b.md": "Heron notes.",
+        "c.md": "Where the heron goes.",
+    }
+    index = SearchIndex(snapshot(texts))
+    asked = index.search("How does the kestrel work, and what about it?", 5)
+    assert [(h.passage.path, h.score) for h in asked] == [
+        (h.passage.path, h.score) for h in index.search("kestrel work", 5)
+    ]
+    assert [h.passage.path for h in index.search("how", 5)] == ["a.md"]
+
+
+def test_a_passage_gains_the_document_weight_times_its_whole_documents_score() -> None:
+    # a.md is two passages: lines 1-12 (md, kestrel, filler x 11: 13 words) and line 13
+    # (md, kestrel, freight: 3); as one document md, kestrel x 2, filler x 11, freight (15).
+    # b.md: md, heron, freight (3), as one passage and as one document.
+    a = "kestrel\n" + "filler\n" * 11 + "kestrel freight\n"
+    index = SearchIndex(snapshot({"a.md": a, "b.md": "heron freight\n"}))
+    plain = {(h.passage.path, h.passage.start_line): h.score for h in index.search("kestrel", 5)}
+    weighted = index.search("kestrel", 5, document_weight=0.5)
+    document = bm25(2, 1, 2, 15, (15 + 3) / 2)
+    assert {(h.passage.path, h.passage.start_line): h.score for h in weighted} == pytest.approx(
+        {key: score + 0.5 * document for key, score in plain.items()}, rel=1e-5
+    )
+    assert plain[("a.md", 13)] == pytest.approx(bm25(1, 2, 3, 3, (13 + 3 + 3) / 3), rel=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from([f"f{i}.md" for i in range(6)]),
+        st.lists(st.sampled_from(["ant", "bee", "cat", "dog", "\n"]), max_size=60).map(" ".join),
+        min_size=1,
+    ),
+    st.lists(st.sampled_from(["ant", "bee", "yak"]), min_size=1, max_size=3),
+    st.floats(0.01, 2),
+)
+def test_the_document_weight_adds_to_matching_passages_and_finds_no_others(
+    texts: dict[str, str], query: list[str], weight: float
+) -> None:
+    index = SearchIndex(snapshot(texts))
+    plain = index.search(" ".join(query), 1_000)
+    weighted = index.search(" ".join(query), 1_000, document_weight=weight)
+    where = {(h.passage.path, h.passage.start_line): h.score for h in plain}
+    assert {(h.passage.path, h.passage.start_line) for h in weighted} == set(where)
+    assert all(h.score > where[(h.passage.path, h.passage.start_line)] for h in weighted)

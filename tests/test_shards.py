@@ -16,6 +16,8 @@ from support.corpus_fixture import FACTS, write_corpus
 from support.emulator_control import Control
 from support.engines import engine_on
 
+BUDGET = 700  # room for either document, not both
+
 pytestmark = pytest.mark.anyio
 
 
@@ -73,6 +75,61 @@ async def test_a_question_on_two_shards_holds_both_for_the_hour(engine: Engine) 
     assert set(engine.current.markers) == set(upgrade.shards)
     third = await engine.ask(question, fan_out=2)
     assert third.usage.cache_write_tokens == 0
+
+
+MIDDLEWARE = """Middleware
+==========
+
+The middleware classes that come with the framework.
+
+Cache middleware
+----------------
+
+Enables the site-wide cache: every page is kept for as long as the cache setting says.
+
+Conditional GET middleware
+--------------------------
+
+Answers a request whose ETag or Last-Modified validators still match with 304 Not
+Modified, and leaves the body out of responses to HEAD requests.
+
+Locale middleware
+-----------------
+
+Selects the language of a request from its Accept-Language header or a cookie.
+"""
+CONDITIONAL = """Conditional view processing
+===========================
+
+A view can decide, from the request's validators, whether the response changed since
+the client last fetched it. The ``condition`` decorator does it for GET requests and for
+conditional requests of any method; the middleware does it for every view. A conditional
+GET request carries If-None-Match or If-Modified-Since; a conditional request of another
+method carries If-Match or If-Unmodified-Since.
+
+Use the decorator when computing the ETag is cheap; use the middleware when the whole
+response must be built anyway. GET and HEAD requests are answered with 304 when nothing
+changed; other methods are answered with 412 when a precondition fails.
+"""
+
+
+async def test_a_question_on_a_section_heading_routes_to_the_shard_holding_that_section(
+    running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    # The heading's words are spread more densely over a document of the other shard.
+    corpus = tmp_path / "corpus"
+    (corpus / "ref").mkdir(parents=True)
+    (corpus / "topics").mkdir()
+    (corpus / "ref" / "middleware.md").write_text(MIDDLEWARE)
+    (corpus / "topics" / "conditional.md").write_text(CONDITIONAL)
+    async with engine_on(
+        corpus, running_emulator.base_url, tmp_path / "state", budget_tokens=BUDGET
+    ) as engine:
+        shard_of = engine.current.layout.shard_of()
+        assert shard_of["ref/middleware.md"] != shard_of["topics/conditional.md"]
+        question = "What does the documentation say about Conditional GET middleware?"
+        chosen = engine.route(question, engine.current, fan_out=1)
+        assert [s.number for s in chosen] == [shard_of["ref/middleware.md"]]
 
 
 # --- routing: pure ----------------------------------------------------------------------

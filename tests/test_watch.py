@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,12 +12,13 @@ from typing import Any
 
 import anyio
 import pytest
+from watchdog.events import EventsLostEvent
 
 from corpus_cache.corpus.watch import FolderWatcher
 from corpus_cache.engine.core import Engine
 from support.emulator_control import Control
 from support.engines import engine_on
-from support.live_folder import Swaps, condition, paths, text_of, watched
+from support.live_folder import Swaps, Told, condition, paths, text_of, watched
 
 pytestmark = [
     pytest.mark.anyio,
@@ -115,6 +117,65 @@ async def test_an_editors_atomic_save_is_an_edit_and_leaves_no_temporary_file(
 
 async def _record(seen: list[set[str]], snapshot: Any) -> None:
     seen.append(paths(snapshot))
+
+
+async def test_a_save_is_rescanned_alone_and_a_folder_moved_in_rescans_everything(
+    folder: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "a.md").write_text("Alpha.\n")
+    async with engine_on(folder, running_emulator.base_url, tmp_path / "s") as engine:
+        swaps, told = Swaps(engine), Told(engine)
+        async with watched(engine, told=told):
+            assert told.calls == [None]  # the catch-up rescan at start looks at everything
+            (folder / "guide.md").write_text("# Guide\n\nThe kettle is descaled on Mondays.\n")
+            await swaps.until(lambda s: "Mondays" in (text_of(s, "guide.md") or ""))
+            assert told.calls[-1] == {"guide.md"}
+            staged.rename(folder / "team")  # one event for the folder, none for its files
+            await swaps.until(lambda s: "team/a.md" in paths(s))
+            assert told.calls[-1] is None
+
+
+async def test_events_lost_rescan_everything(
+    folder: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    async with engine_on(folder, running_emulator.base_url, tmp_path / "s") as engine:
+        told = Told(engine)
+        async with watched(engine, told=told) as watcher:
+            # What watchdog's emitter queues when the kernel's event queue overflowed.
+            observer = watcher._observer
+            assert observer is not None
+            (emitter,) = observer.emitters
+            lost = EventsLostEvent(str(folder), is_directory=True)
+            observer.event_queue.put((lost, emitter.watch))
+            await condition(lambda: len(told.calls) == 2)
+    assert told.calls == [None, None]
+
+
+async def test_polling_rescans_everything(
+    folder: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    async with engine_on(folder, running_emulator.base_url, tmp_path / "s") as engine:
+        swaps, told = Swaps(engine), Told(engine)
+        async with watched(engine, poll=True, told=told):
+            (folder / "polled.md").write_text("Seen by polling.\n")
+            await swaps.until(lambda s: "polled.md" in paths(s))
+    assert told.calls
+    assert all(call is None for call in told.calls)
+
+
+async def test_a_refresh_told_which_files_changed_looks_at_those_alone(
+    folder: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    async with engine_on(folder, running_emulator.base_url, tmp_path / "s") as engine:
+        (folder / "guide.md").write_text("# Guide\n\nDescaled on Mondays.\n")
+        (folder / "notes" / "monday.md").write_text("Monday: the standup moved to 10:00.\n")
+        told = await engine.refresh(changed={"guide.md"})
+        assert "Mondays" in (text_of(told.snapshot, "guide.md") or "")
+        assert "09:45" in (text_of(told.snapshot, "notes/monday.md") or "")  # not looked at
+        everything = await engine.refresh()
+    assert "10:00" in (text_of(everything.snapshot, "notes/monday.md") or "")
 
 
 async def test_whole_directories_created_moved_and_deleted(
@@ -242,6 +303,29 @@ async def test_a_checkout_of_thousands_of_events_is_one_rebuild_and_git_internal
         await swaps.until(lambda s: "sentinel.md" in paths(s))
         assert watcher.stats.events - events_before == 102  # only the sentinel counted
         assert "node_modules/pkg/README.md" not in paths(engine.current.snapshot)
+
+
+async def test_a_burst_of_saves_while_the_loop_is_busy_is_one_rebuild(
+    folder: Path, running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    async with live(folder, running_emulator.base_url, tmp_path / "s", debounce=0.015) as (
+        _, swaps, watcher,
+    ):  # fmt: skip
+        rebuilds = []
+        for burst in range(3):
+            before = watcher.stats.bursts
+            # Saved from the event loop itself, which then stays busy (as in a long rebuild):
+            # the watcher's thread may have heard the first save, and waits for the loop.
+            for n in range(100):
+                with (folder / f"saved-{burst}-{n:03d}.md").open("w") as handle:
+                    handle.write(f"Saved {n} in burst {burst}.\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            time.sleep(0.1)  # noqa: ASYNC251 (the loop busy on purpose)
+            await swaps.until(lambda s, b=burst: len(s.documents) == 102 + 100 * b)
+            await anyio.sleep(watcher.max_delay + watcher.debounce)  # time for a straggler
+            rebuilds.append(watcher.stats.bursts - before)
+    assert rebuilds == [1, 1, 1]
 
 
 async def test_polling_sees_creates_edits_and_deletes(

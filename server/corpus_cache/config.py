@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -175,3 +176,9 @@ class Settings(BaseSettings):
     @property
     def ledger_path(self) -> Path:
         return self.state_dir / "ledger.sqlite3"
+
+
+def answers_offline(offline: bool) -> bool:
+    """Whether the offline emulator answers: asked for (--offline), or no ANTHROPIC_API_KEY.
+    Otherwise the SDK reads the key, and ANTHROPIC_BASE_URL, as it always does."""
+    return offline or not os.environ.get("ANTHROPIC_API_KEY")

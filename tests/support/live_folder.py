@@ -49,12 +49,26 @@ async def condition(test: Callable[[], bool], deadline: float = DEADLINE) -> Non
             await anyio.sleep(0.01)
 
 
+class Told:
+    """The engine's refresh, remembering what the watcher told each call: the files that
+    changed, or None for the whole folder."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.calls: list[frozenset[str] | None] = []
+
+    async def __call__(self, *, changed: frozenset[str] | None = None) -> object:
+        self.calls.append(changed)
+        return await self.engine.refresh(changed=changed)
+
+
 @asynccontextmanager
 async def watched(
-    engine: Engine, *, poll: bool = False, debounce: float = 0.05
+    engine: Engine, *, poll: bool = False, debounce: float = 0.05, told: Told | None = None
 ) -> AsyncIterator[FolderWatcher]:
     """The watcher running on the engine's folder, past its first catch-up rescan."""
-    watcher = FolderWatcher(engine.settings.corpus, engine.refresh, debounce=debounce, poll=poll)
+    refresh = told if told is not None else engine.refresh
+    watcher = FolderWatcher(engine.settings.corpus, refresh, debounce=debounce, poll=poll)
     async with anyio.create_task_group() as group:
         await group.start(watcher.run)
         await condition(lambda: watcher.stats.refreshes >= 1)

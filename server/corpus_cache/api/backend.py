@@ -11,9 +11,6 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,8 @@ from anthropic import AsyncAnthropic
 
 from corpus_cache.api import local_emulator
 from corpus_cache.api.retrying import Failure
+from corpus_cache.api.throttles import note_throttle
+from corpus_cache.config import answers_offline
 from corpus_cache.emulator import RunningEmulator, start_in_thread
 from corpus_cache.errors import IncompleteResponseError, SetupError
 from corpus_cache.models.catalog import Catalog
@@ -99,7 +98,7 @@ def open_backend(
     (local_emulator.py), for commands that end after one question; else, offline, an
     emulator in this process, whose cache ends with it, and which applies the rate limits
     of `tier` (from the shipped table with `limits_file` merged in), if one is given."""
-    if not offline and os.environ.get("ANTHROPIC_API_KEY"):
+    if not answers_offline(offline):
         client = api_client(timeout=timeout, max_retries=0)
         return Backend(client, ANTHROPIC, request_timeout=timeout)
     if keep_between is not None:
@@ -138,59 +137,11 @@ def open_backend(
 
 def api_client(**options: Any) -> AsyncAnthropic:
     """The SDK's client (`options` as AsyncAnthropic takes them), noting every time the API
-    asks to wait (see `noting_throttles`)."""
-    hooks = {"response": [_note_throttle]}
+    asks to wait (see `throttles.noting_throttles`)."""
+    hooks = {"response": [note_throttle]}
     return AsyncAnthropic(
         http_client=anthropic.DefaultAsyncHttpxClient(event_hooks=hooks), **options
     )
-
-
-# --- the API asking to wait: why a deadline passed -----------------------------------------
-
-
-@dataclass(frozen=True)
-class Throttle:
-    """A 429 or 529 the API answered, with the wait its retry-after asked for."""
-
-    status: int
-    retry_after: str | None
-
-
-_throttles: ContextVar[list[Throttle] | None] = ContextVar("corpus_cache_throttles", default=None)
-
-
-@contextmanager
-def noting_throttles() -> Iterator[list[Throttle]]:
-    """Within it, each 429 and 529 the API answers to this task's calls, the caller's retries
-    included, is added to the list it gives. The caller waits out a retry-after before asking
-    again, and a deadline may end that wait: then the list says why the answer is late."""
-    noted: list[Throttle] = []
-    token = _throttles.set(noted)
-    try:
-        yield noted
-    finally:
-        _throttles.reset(token)
-
-
-async def _note_throttle(response: httpx2.Response) -> None:
-    noted = _throttles.get()
-    if noted is not None and response.status_code in (429, 529):
-        noted.append(Throttle(response.status_code, response.headers.get("retry-after")))
-
-
-def deadline_advice(throttles: Sequence[Throttle], otherwise: str) -> str:
-    """What to tell a user whose call a deadline ended, given what the API answered meanwhile."""
-    if not throttles:
-        return otherwise
-    last = throttles[-1]
-    wait = (
-        f" and asked to wait {last.retry_after} s before the next attempt"
-        if last.retry_after
-        else ""
-    )
-    if last.status == 429:
-        return f"the Anthropic API was rate-limiting this key (429){wait}; ask again after that"
-    return f"the Anthropic API was overloaded (529){wait}; ask again in a minute"
 
 
 def backend_of_response(headers: object, default: str) -> str:

@@ -4,7 +4,7 @@ keeps, and the marker blocks it carries. Pure: the engine decides when to swap o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from corpus_cache.api.tokens import content_key
@@ -75,25 +75,43 @@ def with_entries(corpus: Corpus, previous: Corpus | None, model: str) -> Corpus:
     markers = marker_blocks.carried_in_layout(
         previous.layout if previous else None, layout, previous.markers if previous else {}
     )
+    # A shard that kept its plan and markers keeps its entries' identities: after a save,
+    # only the shard that holds it is hashed again.
+    known: dict[int, dict[int, str]] = {}
+    if previous is not None:
+        plans = {shard.number: shard.plan for shard in previous.shards}
+        known = {
+            shard.number: previous.anchor_ids[shard.number]
+            for shard in layout.shards
+            if plans.get(shard.number) is shard.plan
+            and previous.markers.get(shard.number, {}) == markers.get(shard.number, {})
+            and shard.number in previous.anchor_ids
+        }
     return replace(
-        corpus, anchor_ids=marker_blocks.anchor_ids(layout, model, markers),
+        corpus, anchor_ids=marker_blocks.anchor_ids(layout, model, markers, known),
         superseded=_superseded(layout, previous), markers=markers,
     )  # fmt: skip
 
 
 def removed_text(
-    previous: Corpus, current: Mapping[str, Document], shards: Iterable[Shard] | None = None
+    previous: Corpus,
+    current: Mapping[str, Document],
+    shards: Iterable[Shard] | None = None,
+    paths: Collection[str] | None = None,
 ) -> frozenset[tuple[str, str]]:
     """The (path, key) of each copy `previous` sends (on `shards`, default all), current
     document or kept old copy, that holds a line the folder's current version of that path
     (`current`, by path) lacks, or whose file is gone: sending it again would send text
     removed from the folder. A copy whose every line is still in the file reveals nothing
-    the current version does not."""
+    the current version does not. `paths`, if given: the only paths whose documents differ
+    from `previous`'s (the others' copies were checked against the same text before)."""
     out: set[tuple[str, str]] = set()
     lines: dict[str, frozenset[str]] = {}
     for shard in previous.shards if shards is None else shards:
         plan = shard.plan
         for position, (path, key) in enumerate(zip(plan.order, plan.keys, strict=True)):
+            if paths is not None and path not in paths:
+                continue
             now = current.get(path)
             if now is not None and content_key(now) == key:
                 continue

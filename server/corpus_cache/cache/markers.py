@@ -75,12 +75,20 @@ def carried_in_layout(
 
 
 def anchor_ids(
-    layout: Layout, model: str, markers: Mapping[int, Markers] | None = None
+    layout: Layout,
+    model: str,
+    markers: Mapping[int, Markers] | None = None,
+    known: Mapping[int, dict[int, str]] | None = None,
 ) -> dict[int, dict[int, str]]:
     """For each shard, each anchor's entry identity: the model and every (path, content)
-    before it, in order, with any marker blocks, as the API's prefix hash would see them."""
+    before it, in order, with any marker blocks, as the API's prefix hash would see them.
+    `known`: the identities of shards whose plan and markers are those they were computed
+    for (taken as they are)."""
     ids: dict[int, dict[int, str]] = {}
     for shard in layout.shards:
+        if known is not None and shard.number in known:
+            ids[shard.number] = known[shard.number]
+            continue
         plan = shard.plan
         anchors = set(plan.anchors)
         after = (markers or {}).get(shard.number, {})

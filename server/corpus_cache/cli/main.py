@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import ipaddress
 import json
 import logging
@@ -24,6 +25,14 @@ from corpus_cache.models.catalog import load_catalog
 if TYPE_CHECKING:
     from mcp.server import MCPServer
 
+    from corpus_cache.engine.preflight import Preflight
+    from corpus_cache.mcp_surface.startup import EngineSlot
+
+log = logging.getLogger(__name__)
+
+# How long the engine's imports wait for the server's first answer before they begin
+# anyway (no client yet): they would slow that answer down (see `_run_engine`).
+FIRST_ANSWER_WAIT = 0.5
 DEFAULT_HTTP_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8765
 
@@ -105,20 +114,68 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """Answer MCP first, having imported only what the protocol needs; the engine's stack
+    (the SDK, the emulator, the ledger; a second or more) loads and starts behind it
+    (`mcp_surface/startup.py`). What would stop the engine's start is checked before."""
     settings = settings_from_args(args)
-    _check_transport(args, settings)  # before importing and indexing, which take a while
+    _check_transport(args, settings)
 
-    from corpus_cache.engine.runtime import keeping_warm, running_engine, watching
+    from corpus_cache.engine.preflight import preflight
     from corpus_cache.mcp_surface.server import build_server
+    from corpus_cache.mcp_surface.startup import EngineSlot
+
+    checked = preflight(settings)  # an unknown model or tier, a missing folder: said now
 
     async def run() -> None:
-        async with running_engine(settings, background=True) as engine:
-            server = build_server(engine)
-            async with watching(engine), keeping_warm(engine), engine.builder.running():
+        slot = EngineSlot(settings, checked.model)
+        server = build_server(slot)
+        failed: list[Exception] = []
+
+        async def engine() -> None:
+            try:
+                await _run_engine(slot, settings, checked)
+            except Exception as exc:  # raised again below, not wrapped in the task group's
+                failed.append(exc)
+                group.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(engine)
+            try:
                 await _serve_mcp(server, args, settings)
+            except Exception as exc:  # a port in use, say: said plainly, below
+                failed.append(exc)
+            group.cancel_scope.cancel()
+        if failed:
+            raise failed[0]
 
     anyio.run(run)
     return 0
+
+
+async def _run_engine(slot: EngineSlot, settings: Settings, checked: Preflight) -> None:
+    """Load the engine's modules off the event loop, start the engine, hand it to the
+    server, and keep it in step with its folder and warm until the server ends. A failure
+    to start is kept for the tools to report (and logged); one after it, as before, ends
+    the server."""
+    # Imports hold the GIL in bursts of the switch interval: the server goes on answering
+    # meanwhile, each answer slower by a few handoffs. The first (`initialize`, usually
+    # waiting on stdin already) goes out before they begin.
+    with anyio.move_on_after(FIRST_ANSWER_WAIT):
+        await slot.first_answer.wait()
+    await anyio.to_thread.run_sync(importlib.import_module, "corpus_cache.engine.runtime")
+    from corpus_cache.engine.runtime import keeping_warm, running_engine, watching
+
+    try:
+        async with running_engine(settings, background=True, checked=checked) as engine:
+            slot.attach(engine)  # before its first index can swap in a corpus
+            async with watching(engine), keeping_warm(engine), engine.builder.running():
+                slot.arrive(engine)  # watched: what is saved from now on is seen
+                await anyio.sleep_forever()
+    except CorpusCacheError as exc:
+        if slot.engine is not None:
+            raise
+        slot.fail(exc)
+        log.error("the server could not start: %s", exc)
 
 
 def _auth_token(settings: Settings) -> str | None:

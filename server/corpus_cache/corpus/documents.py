@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,13 @@ class Document:
         begin = self.line_starts[start - 1]
         stop = self.line_starts[end] if end < len(self.line_starts) else len(self.text)
         return self.text[begin:stop]
+
+
+def find(documents: Sequence[Document], path: str) -> Document | None:
+    """The document at `path` of `documents` in path order (as a scan and a snapshot hold
+    them), if there is one."""
+    i = bisect.bisect_left(documents, path, key=lambda d: d.path)
+    return documents[i] if i < len(documents) and documents[i].path == path else None
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
 import os
 import stat
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -54,6 +55,10 @@ class ScanResult:
     documents: tuple[Document, ...]
     skipped: tuple[Skipped, ...]
     reused: int  # documents taken from the previous scan without reading
+    # Symlinks listed: what each serves depends on other files, so each rescan looks again.
+    links: tuple[str, ...] = ()
+    # Files with several names: whether each is served depends on the whole folder.
+    hard_links: tuple[str, ...] = ()
 
 
 def _gitignore_rules(lines: list[str]) -> tuple[GitIgnoreSpec, list[str]]:
@@ -124,6 +129,62 @@ def _open_folder(root: CorpusRoot, rel_dir: str) -> int:
     return open_beneath(root.fd, rel_dir, DIRECTORY_FLAGS)
 
 
+@dataclass(frozen=True)
+class _Folder:
+    """A folder the listing found, that the walk goes into."""
+
+    rel: str
+    listed: tuple[int, int]  # its device and inode, as listed
+
+
+def _entry_verdict(
+    rel: str, info: os.stat_result | str, ignores: _IgnoreStack, options: ScanOptions
+) -> _Listed | _Folder | Skipped | None:
+    """What the walk does with one entry of a folder: read it (or look at it, a symlink),
+    go into it, leave it out with a reason, or pass it by (a pruned folder, .gitignore)."""
+    if isinstance(info, str):
+        return Skipped(rel, info)
+    name = rel.rpartition("/")[2]
+    if stat.S_ISDIR(info.st_mode):
+        if name in PRUNED_DIRECTORIES:
+            return None  # tools' state, not documents: pruned silently
+        if not options.include_secrets and is_secret(rel + "/"):
+            return Skipped(rel + "/", "secret folder (never sent by default)")
+        if ignores.ignored(rel, is_dir=True):
+            return Skipped(rel + "/", "ignored by .gitignore")
+        if (problem := name_problem(name)) is not None:
+            return Skipped(rel + "/", problem)
+        return _Folder(rel, identity(info))
+    if name == ".gitignore":
+        return None
+    if not options.include_secrets and is_secret(rel):
+        return Skipped(rel, "secret file (never sent by default)")
+    if ignores.ignored(rel, is_dir=False):
+        return Skipped(rel, "ignored by .gitignore")
+    problem = name_problem(name)
+    if problem is not None:
+        return Skipped(rel, problem)
+    if not stat.S_ISREG(info.st_mode) and not stat.S_ISLNK(info.st_mode):
+        return Skipped(rel, f"not a regular file ({kind_of(info.st_mode)})")
+    return _Listed(rel, info)
+
+
+def _apply_gitignore(
+    root: CorpusRoot, folder_fd: int, rel_dir: str, info: os.stat_result | str,
+    ignores: _IgnoreStack,
+) -> Skipped | None:  # fmt: skip
+    """Apply the .gitignore of the open folder `folder_fd`, whose own status is `info`;
+    why its rules are not applied, if they are not."""
+    gitignore = f"{rel_dir}/.gitignore" if rel_dir else ".gitignore"
+    if isinstance(info, os.stat_result) and stat.S_ISLNK(info.st_mode):
+        problem: str | None = (
+            "a symlink, which git does not follow for .gitignore: its rules are not applied"
+        )
+    else:
+        problem = ignores.push_folder(folder_fd, rel_dir, root.path / gitignore)
+    return Skipped(gitignore, problem) if problem is not None else None
+
+
 def _walk(root: CorpusRoot, options: ScanOptions) -> Iterator[_Listed | Skipped]:
     """Each file to read (or symlink to look at), and what is left out on the way. Every
     folder is opened beneath the root through no symlink, and must be the folder its parent
@@ -148,17 +209,10 @@ def _walk(root: CorpusRoot, options: ScanOptions) -> Iterator[_Listed | Skipped]
                 entries = sorted(listing, key=lambda e: e.name)
             named = [(e, _status(e)) for e in entries]
             if any(e.name == ".gitignore" for e in entries):
-                gitignore = f"{rel_dir}/.gitignore" if rel_dir else ".gitignore"
                 info = next(i for e, i in named if e.name == ".gitignore")
-                if isinstance(info, os.stat_result) and stat.S_ISLNK(info.st_mode):
-                    problem: str | None = (
-                        "a symlink, which git does not follow for .gitignore: "
-                        "its rules are not applied"
-                    )
-                else:
-                    problem = ignores.push_folder(folder_fd, rel_dir, root.path / gitignore)
+                problem = _apply_gitignore(root, folder_fd, rel_dir, info, ignores)
                 if problem is not None:
-                    yield Skipped(gitignore, problem)
+                    yield problem
         except OSError as exc:
             yield Skipped(rel_dir or ".", f"folder cannot be read: {exc.strerror}")
             continue
@@ -166,38 +220,75 @@ def _walk(root: CorpusRoot, options: ScanOptions) -> Iterator[_Listed | Skipped]
             os.close(folder_fd)
         for entry, info in named:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if isinstance(info, str):
-                yield Skipped(rel, info)
-                continue
-            if stat.S_ISDIR(info.st_mode):
-                if entry.name in PRUNED_DIRECTORIES:
-                    continue  # tools' state, not documents: pruned silently
-                if not options.include_secrets and is_secret(rel + "/"):
-                    yield Skipped(rel + "/", "secret folder (never sent by default)")
-                elif ignores.ignored(rel, is_dir=True):
-                    yield Skipped(rel + "/", "ignored by .gitignore")
-                elif (problem := name_problem(entry.name)) is not None:
-                    yield Skipped(rel + "/", problem)
-                else:
-                    subfolders.append((rel, identity(info)))
-                continue
-            if entry.name == ".gitignore":
-                continue
-            if not options.include_secrets and is_secret(rel):
-                yield Skipped(rel, "secret file (never sent by default)")
-                continue
-            if ignores.ignored(rel, is_dir=False):
-                yield Skipped(rel, "ignored by .gitignore")
-                continue
-            problem = name_problem(entry.name)
-            if problem is not None:
-                yield Skipped(rel, problem)
-                continue
-            if not stat.S_ISREG(info.st_mode) and not stat.S_ISLNK(info.st_mode):
-                yield Skipped(rel, f"not a regular file ({kind_of(info.st_mode)})")
-                continue
-            yield _Listed(rel, info)
+            verdict = _entry_verdict(rel, info, ignores, options)
+            if isinstance(verdict, _Folder):
+                subfolders.append((verdict.rel, verdict.listed))
+            elif verdict is not None:
+                yield verdict
         folders.extend(reversed(subfolders))
+
+
+class _FullScanNeeded(Exception):
+    """What changed reaches beyond the files named: rules, folders or other names."""
+
+
+def _look_at(root: CorpusRoot, rel: str, options: ScanOptions) -> _Listed | Skipped | None:
+    """What the walk would find at the file `rel`, going down to it folder by folder by
+    the same rules, and reading each .gitignore on the way: None when it is not there, or
+    in a folder the walk passes by or leaves out (which says so itself). Raises
+    _FullScanNeeded when `rel` or a folder above it is not what a file's change leaves:
+    a folder, a .gitignore, a folder that cannot be read."""
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts) or parts[-1] == ".gitignore":
+        raise _FullScanNeeded(rel)
+    ignores = _IgnoreStack()
+    listed: tuple[int, int] | None = None
+    for depth, name in enumerate(parts):
+        rel_dir = "/".join(parts[:depth])
+        try:
+            folder_fd = _open_folder(root, rel_dir)
+        except OSError as exc:
+            raise _FullScanNeeded(rel_dir) from exc
+        try:
+            if listed is not None and identity(os.fstat(folder_fd)) != listed:
+                raise _FullScanNeeded(rel_dir)
+            gitignore = _stat_in(folder_fd, ".gitignore")
+            if gitignore is not None:
+                _apply_gitignore(root, folder_fd, rel_dir, gitignore, ignores)
+            info = _stat_in(folder_fd, name)
+        except OSError as exc:
+            raise _FullScanNeeded(rel_dir) from exc
+        finally:
+            os.close(folder_fd)
+        if info is None:
+            return None  # deleted, or its folder was
+        here = "/".join(parts[: depth + 1])
+        verdict = _entry_verdict(here, info, ignores, options)
+        last = depth == len(parts) - 1
+        if isinstance(verdict, _Folder):
+            if last:
+                raise _FullScanNeeded(rel)
+            listed = verdict.listed
+            continue
+        if not last:
+            if isinstance(verdict, _Listed):
+                raise _FullScanNeeded(here)  # a file (or symlink) where a folder was
+            if isinstance(info, str):
+                raise _FullScanNeeded(here)  # a folder that cannot be looked at
+            return None  # in a folder left out or pruned: it says so itself
+        return verdict
+    return None
+
+
+def _stat_in(folder_fd: int, name: str) -> os.stat_result | str | None:
+    """`name`'s own status in the open folder (as `_status` reads a listed entry), or why
+    it has none; None if it is not there."""
+    try:
+        return os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
 
 
 def _status(entry: os.DirEntry[str]) -> os.stat_result | str:
@@ -216,6 +307,8 @@ def _link_verdict(
     served: Mapping[str, Document],
     left_out: Mapping[str, str],
     options: ScanOptions,
+    *,
+    as_shown: bool = False,
 ) -> Document | Skipped:
     """A symlink is never opened: it is served only as another name of a document the scan
     admitted under its own path, by every rule (inside the corpus, not ignored, not in a
@@ -238,7 +331,9 @@ def _link_verdict(
         return Skipped(rel, "symlink to a folder (not followed)")
     document = served.get(target_rel)
     if document is None:
-        reason = left_out.get(target_rel, "ignored, or in a folder that is never read")
+        # `left_out` by the paths as listed, or (`as_shown`) as shown, escaped.
+        named = shown(target_rel) if as_shown else target_rel
+        reason = left_out.get(named, "ignored, or in a folder that is never read")
         return Skipped(rel, f"symlink to a file that is left out of the corpus: {reason}")
     return replace(document, path=rel)
 
@@ -285,8 +380,9 @@ def _read_text(data: bytes) -> Decoded | Skipped:
 def scan(
     root: Path | CorpusRoot,
     options: ScanOptions | None = None,
-    previous: Mapping[str, Document] | None = None,
+    previous: Mapping[str, Document] | ScanResult | None = None,
     progress: Callable[[int, int], None] | None = None,
+    changed: Collection[str] | None = None,
 ) -> ScanResult:
     """Read the corpus. A file whose size and mtime match `previous` is not read again.
     `progress(done, total)`: called as the files listed are read.
@@ -294,16 +390,100 @@ def scan(
     `root`: the corpus folder, pinned (a `CorpusRoot` the caller keeps), or a path opened
     for this scan only. Raises CorpusNotFoundError when the folder is gone, and
     CorpusReplacedError when its path names another folder, before or after the scan: a
-    scan of a folder replaced meanwhile is not kept."""
+    scan of a folder replaced meanwhile is not kept.
+
+    `changed`, with `previous` the last scan's result: the only files (relative paths)
+    that may have changed since, created, written, deleted or renamed; no folder, no rule
+    file. Only those are looked at again (and the symlinks, which may name them), and the
+    result is what a whole scan would find. When they reach further (a .gitignore, a
+    folder, a file with several names), the whole folder is scanned."""
     pinned = root if isinstance(root, CorpusRoot) else CorpusRoot(root)
+    options = options or ScanOptions()
     try:
         pinned.check()
-        result = _scan(pinned, options or ScanOptions(), previous or {}, progress)
+        result = None
+        if changed is not None and isinstance(previous, ScanResult):
+            try:
+                result = _rescan(pinned, options, previous, changed)
+            except _FullScanNeeded as why:
+                log.debug("rescanning all of %s: %s changed", pinned.path, why)
+        if result is None:
+            known = previous if not isinstance(previous, ScanResult) else _documents(previous)
+            result = _scan(pinned, options, known or {}, progress)
         pinned.check()
     finally:
         if pinned is not root:
             pinned.close()
     return result
+
+
+def _as_listed(document: Document, info: os.stat_result) -> bool:
+    """Whether a file listed with `info` is still `document`, read before: same size and time."""
+    return (document.size, document.mtime_ns) == (info.st_size, info.st_mtime_ns)
+
+
+def _documents(result: ScanResult) -> dict[str, Document]:
+    return {d.path: d for d in result.documents}
+
+
+def _rescan(
+    root: CorpusRoot, options: ScanOptions, previous: ScanResult, changed: Collection[str]
+) -> ScanResult:
+    """`previous`, with the files in `changed` and every symlink looked at again."""
+    if not options.allow_hard_links:
+        # A file with several names is served only if the scan meets all of them: a name
+        # added or removed anywhere (ignored, secret or pruned) changes another's verdict.
+        if previous.hard_links:
+            raise _FullScanNeeded(previous.hard_links[0])
+        for rel in changed:
+            with contextlib.suppress(OSError):
+                info = os.stat(rel, dir_fd=root.fd, follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+                    raise _FullScanNeeded(rel)
+    again = set(changed) | set(previous.links)
+    shown_again = {shown(rel) for rel in again}
+    known = _documents(previous)
+    documents = {path: doc for path, doc in known.items() if path not in again}
+    # Left-out names are kept as shown (escaped), and looked up so.
+    skipped = {s.path: s for s in previous.skipped if s.path not in shown_again}
+    reused = len(documents)
+    links: list[_Listed] = []
+    for rel in sorted(again):
+        found = _look_at(root, rel, options)
+        if found is None:
+            continue
+        if isinstance(found, Skipped):
+            skipped[shown(found.path)] = Skipped(shown(found.path), found.reason)
+            continue
+        if found.is_link:
+            links.append(found)
+            continue
+        before = known.get(rel)
+        if before is not None and _as_listed(before, found.info):
+            documents[rel] = before
+            reused += 1
+            continue
+        read = _read(root, found, options, 1)
+        if isinstance(read, Skipped):
+            skipped[shown(read.path)] = Skipped(shown(read.path), read.reason)
+        else:
+            documents[rel] = read
+    left_out = {path: s.reason for path, s in skipped.items()}
+    for link in links:
+        verdict = _link_verdict(root, link, documents, left_out, options, as_shown=True)
+        if isinstance(verdict, Skipped):
+            skipped[shown(verdict.path)] = Skipped(shown(verdict.path), verdict.reason)
+        elif known.get(link.rel) == verdict:
+            documents[link.rel] = known[link.rel]
+            reused += 1
+        else:
+            documents[link.rel] = verdict
+    return ScanResult(
+        tuple(documents[path] for path in sorted(documents)),
+        tuple(skipped[path] for path in sorted(skipped)),
+        reused,
+        tuple(link.rel for link in links),
+    )
 
 
 def _scan(
@@ -336,7 +516,7 @@ def _scan(
             skipped.append(Skipped(rel, problem))
             continue
         known = previous.get(rel)
-        if known is not None and (known.size, known.mtime_ns) == (info.st_size, info.st_mtime_ns):
+        if known is not None and _as_listed(known, info):
             documents.append(known)  # admitted before, by these same rules
             reused += 1
             continue
@@ -359,7 +539,10 @@ def _scan(
     documents.sort(key=lambda d: d.path)
     # Left-out names are shown escaped: one may hold a line break or bytes that are not UTF-8.
     skipped = sorted((Skipped(shown(s.path), s.reason) for s in skipped), key=lambda s: s.path)
-    return ScanResult(tuple(documents), tuple(skipped), reused)
+    shared = tuple(f.rel for f in listed if not f.is_link and f.info.st_nlink > 1)
+    return ScanResult(
+        tuple(documents), tuple(skipped), reused, tuple(link.rel for link in links), shared
+    )
 
 
 def _read(root: CorpusRoot, item: _Listed, options: ScanOptions, names: int) -> Document | Skipped:

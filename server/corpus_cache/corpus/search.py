@@ -9,6 +9,14 @@ The scoring is BM25 in Lucene's variant (k1 1.5, b 0.75), as bm25s computes it. 
 done here with numpy because bm25s's index build, counting each passage in Python, raised
 the peak memory of a 50 MB corpus by 100 MB; a bag keeps each distinct word of a passage
 once, with its count, which is a seventh of the words on English text.
+
+Two things beyond plain BM25, measured on real documentation (bench/routing.py --folder,
+docs/caching.md "Shards and routing"): a section heading's words count twice, since a
+heading says what the text below it is about; and a query's question words ("how", "what",
+"does", "about": NLTK's English stop words) are left out of the query, where they match
+prose everywhere. Each document is also scored as one unit (BM25 over the whole document,
+with its own length normalisation), so that routing can tell a passage of a document about
+the question from a passage that mentions the same words in passing.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import re
 import threading
 from array import array
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -26,6 +35,7 @@ from corpus_cache.corpus.documents import Document, Snapshot
 
 PASSAGE_LINES = 12  # a passage is a window of lines, so a hit can say where it is
 K1, B = 1.5, 0.75
+HEADING_COUNT = 2  # times a heading's words count
 
 _WORDS = re.compile(r"(?u)\b\w\w+\b")  # words of two characters or more
 # Lucene's English stop words, as bm25s has them.
@@ -56,6 +66,45 @@ class Hit:
     score: float
 
 
+# NLTK's English stop words (nltk.corpus.stopwords, the 179 of its "english" list) less
+# Lucene's above, in their forms of two letters or more without an apostrophe. Copied, not
+# imported: nltk ships the list as data to download at run time.
+_QUESTION_WORDS = _STOPWORDS | frozenset(
+    "me my myself we our ours ourselves you your yours yourself yourselves he him his himself "
+    "she her hers herself its itself them theirs themselves what which who whom those am were "
+    "been being have has had having do does did doing because until while about against "
+    "between through during before after above below from up down out off over under again "
+    "further once here when where why how all any both each few more most other some nor only "
+    "own same so than too very can just don should now ll re ve ain aren couldn didn doesn "
+    "hadn hasn haven isn ma mightn mustn needn shan shouldn wasn weren won wouldn".split()
+)
+_UNDERLINE = re.compile(r"([=\-~^\"'`#*+])\1{2,}\s*")
+_MARKS = frozenset("=-~^\"'`#*+")  # the characters a heading's marking line starts with
+_MARKDOWN_HEADING = re.compile(r"#{1,6} ")
+_FENCE = re.compile(r"(```|~~~)")
+
+
+def heading_lines(lines: list[str]) -> set[int]:
+    """The (0-based) lines that are section headings: reStructuredText's and Markdown's
+    underlined titles (the underline at least as long), and Markdown's `#` lines outside
+    fenced code."""
+    found = set()
+    fenced = False
+    for i, line in enumerate(lines):
+        if line[:1] not in _MARKS:  # most lines: nothing here can be a heading's
+            continue
+        if _FENCE.match(line):
+            fenced = not fenced
+        elif not fenced and _MARKDOWN_HEADING.match(line):
+            found.add(i)
+        if i and _UNDERLINE.fullmatch(line):
+            title = lines[i - 1].strip()
+            above = lines[i - 1]
+            if title and not _UNDERLINE.fullmatch(above) and len(line.strip()) >= len(title):
+                found.add(i - 1)
+    return found
+
+
 def _spans(doc: Document) -> list[tuple[int, int]]:
     count = doc.line_count
     spans = []
@@ -70,13 +119,16 @@ def _spans(doc: Document) -> list[tuple[int, int]]:
 class _Bags:
     """A document's passages as bags of words: passage i spans lines starts[i]..ends[i]
     and holds the distinct word ids terms[offsets[i]:offsets[i + 1]], each counts[j] times.
-    Flat arrays, a few per document, so that 100,000 passages are not 100,000 objects."""
+    Flat arrays, a few per document, so that 100,000 passages are not 100,000 objects.
+    The whole document is one more bag: whole_terms, each whole_counts[j] times."""
 
     starts: array[int]
     ends: array[int]
     offsets: array[int]
     terms: array[int]
     counts: array[int]
+    whole_terms: array[int]
+    whole_counts: array[int]
 
 
 class _Vocabulary:
@@ -88,19 +140,36 @@ class _Vocabulary:
         self._documents: dict[tuple[str, str], _Bags] = {}
 
     def query(self, text: str) -> list[int]:
-        """The ids of a query's known words, repeated as often as the query repeats them."""
-        return [self.ids[w] for w in _words(text) if w in self.ids]
+        """The ids of a query's known words, repeated as often as the query repeats them;
+        without its question words, unless it is nothing else."""
+        words = _words(text)
+        topical = [w for w in words if w not in _QUESTION_WORDS] or words
+        return [self.ids[w] for w in topical if w in self.ids]
 
     def _bags(self, doc: Document) -> _Bags:
         ids = self.ids
-        bags = _Bags(array("I"), array("I"), array("I", [0]), array("I"), array("I"))
+        bags = _Bags(*(array("I") for _ in range(7)))
+        bags.offsets.append(0)
+        lines = doc.text.split("\n")
+        headings = sorted(heading_lines(lines))
+        extra = HEADING_COUNT - 1
+        path = _words(doc.path)
+        everything: list[str] = []  # the document's words, headings' twice, path's not yet
         for start, end in _spans(doc):
-            counted = Counter(_words(f"{doc.path}\n{doc.lines(start, end)}"))
+            words = _words(doc.lines(start, end))
+            for i in headings[bisect_left(headings, start - 1) : bisect_left(headings, end)]:
+                words += _words(lines[i]) * extra
+            everything += words
+            counted = Counter(words + path)
             bags.starts.append(start)
             bags.ends.append(end)
             bags.terms.extend(ids.setdefault(w, len(ids)) for w in counted)
             bags.counts.extend(counted.values())
             bags.offsets.append(len(bags.terms))
+        if bags.starts:  # a document without words is no unit of the search
+            whole = Counter(everything + path)
+            bags.whole_terms.extend(ids.setdefault(w, len(ids)) for w in whole)
+            bags.whole_counts.extend(whole.values())
         return bags
 
     def passages(self, snapshot: Snapshot) -> tuple[list[Passage], list[_Bags]]:
@@ -128,41 +197,72 @@ _VOCABULARY = _Vocabulary()
 
 @dataclass(frozen=True)
 class _Scores:
-    """BM25 scores by word: the passages holding word t are passages[indptr[t]:indptr[t+1]],
-    with scores[indptr[t]:indptr[t+1]]."""
+    """BM25 scores by word: the units (passages, or documents) holding word t are
+    units[indptr[t]:indptr[t+1]], with scores[indptr[t]:indptr[t+1]]."""
 
     indptr: npt.NDArray[np.int64]
-    passages: npt.NDArray[np.int32]
+    units: npt.NDArray[np.int32]
     scores: npt.NDArray[np.float32]
 
+    def total(self, query_ids: list[int], count: int) -> npt.NDArray[np.float32]:
+        """Each of the `count` units' score for the query: the sum of its words' scores."""
+        total = np.zeros(count, dtype=np.float32)
+        words = len(self.indptr) - 1
+        for word in query_ids:
+            if word < words:  # a word first seen after this index was built is in none
+                start, end = self.indptr[word], self.indptr[word + 1]
+                total[self.units[start:end]] += self.scores[start:end]
+        return total
 
-def _score(bags: list[_Bags], words: int) -> _Scores | None:
-    """The BM25 scores of every word in every passage; None if no passage has a word.
-    Computed in place where it can be: the temporaries are the peak memory of a search."""
-    sizes = [np.diff(np.frombuffer(b.offsets, dtype=np.uint32)) for b in bags]
-    distinct: npt.NDArray[np.int64] = (
-        np.concatenate(sizes).astype(np.int64) if sizes else np.zeros(0, dtype=np.int64)
-    )
+
+def _score(
+    distinct: npt.NDArray[np.int64],
+    terms: npt.NDArray[np.uint32],
+    counts: npt.NDArray[np.uint32],
+    words: int,
+) -> _Scores | None:
+    """The BM25 scores of every word in every unit, unit i holding the distinct[i] words
+    that come next in `terms`, each `counts` times; None if no unit has a word. Computed in
+    place where it can be: the temporaries are the peak memory of a search."""
     if not distinct.any():
         return None
     count = len(distinct)
-    passage = np.repeat(np.arange(count, dtype=np.int32), distinct)
-    tf = np.concatenate([np.frombuffer(b.counts, dtype=np.uint32) for b in bags]).astype(np.float32)
-    length = np.bincount(passage, weights=tf, minlength=count).astype(np.float32)
+    unit = np.repeat(np.arange(count, dtype=np.int32), distinct)
+    tf = counts.astype(np.float32)
+    length = np.bincount(unit, weights=tf, minlength=count).astype(np.float32)
     norm = K1 * ((1 - B) + B * length / length.mean())
-    denominator = norm[passage]
+    denominator = norm[unit]
     denominator += tf
-    terms = np.concatenate([np.frombuffer(b.terms, dtype=np.uint32) for b in bags])
     frequency = np.bincount(terms, minlength=words)
     idf = np.log1p((count - frequency + 0.5) / (frequency + 0.5)).astype(np.float32)
     tf *= idf[terms]
     tf /= denominator
     del denominator
     order = np.argsort(terms, kind="stable")
-    del terms
     indptr = np.zeros(words + 1, dtype=np.int64)
     np.cumsum(frequency, out=indptr[1:])
-    return _Scores(indptr, passage[order], tf[order])
+    return _Scores(indptr, unit[order], tf[order])
+
+
+def _joined(parts: list[array[int]]) -> npt.NDArray[np.uint32]:
+    if not parts:
+        return np.zeros(0, dtype=np.uint32)
+    return np.concatenate([np.frombuffer(p, dtype=np.uint32) for p in parts])
+
+
+def _passage_scores(bags: list[_Bags], words: int) -> _Scores | None:
+    sizes = [np.diff(np.frombuffer(b.offsets, dtype=np.uint32)) for b in bags]
+    distinct = np.concatenate(sizes).astype(np.int64) if sizes else np.zeros(0, dtype=np.int64)
+    terms, counts = _joined([b.terms for b in bags]), _joined([b.counts for b in bags])
+    return _score(distinct, terms, counts, words)
+
+
+def _document_scores(bags: list[_Bags], words: int) -> _Scores | None:
+    """The documents (those with a passage) as units, in the order of `bags`."""
+    whole = [b for b in bags if b.starts]
+    distinct = np.array([len(b.whole_terms) for b in whole], dtype=np.int64)
+    terms = _joined([b.whole_terms for b in whole])
+    return _score(distinct, terms, _joined([b.whole_counts for b in whole]), words)
 
 
 class SearchIndex:
@@ -172,16 +272,26 @@ class SearchIndex:
         self._built = False
         self.passages: list[Passage] = []
         self._scores: _Scores | None = None
+        self._documents: _Scores | None = None
+        self._document_of = np.zeros(0, dtype=np.int32)  # a passage's document, as a unit
 
     def _build(self) -> None:
         with self._lock:
             if self._built:
                 return
             self.passages, bags = _VOCABULARY.passages(self._snapshot)
-            self._scores = _score(bags, len(_VOCABULARY.ids))
+            words = len(_VOCABULARY.ids)
+            self._scores = _passage_scores(bags, words)
+            self._documents = _document_scores(bags, words)
+            per_document = [len(b.starts) for b in bags if b.starts]
+            self._document_of = np.repeat(
+                np.arange(len(per_document), dtype=np.int32), per_document
+            )
             self._built = True
 
-    def search(self, query: str, limit: int) -> list[Hit]:
+    def search(self, query: str, limit: int, document_weight: float = 0.0) -> list[Hit]:
+        """The best `limit` passages for `query`, by their BM25 score, plus
+        `document_weight` times their document's (the whole document scored as one unit)."""
         if not query.strip() or limit <= 0:
             return []
         self._build()
@@ -189,13 +299,11 @@ class SearchIndex:
         query_ids = _VOCABULARY.query(query)
         if index is None or not query_ids:
             return []
-        total = np.zeros(len(self.passages), dtype=np.float32)
-        words = len(index.indptr) - 1
-        for word in query_ids:
-            if word < words:  # a word first seen after this index was built is in none
-                start, end = index.indptr[word], index.indptr[word + 1]
-                total[index.passages[start:end]] += index.scores[start:end]
+        total = index.total(query_ids, len(self.passages))
         found = np.flatnonzero(total > 0)
+        if document_weight and self._documents is not None:
+            documents = self._documents.total(query_ids, int(self._document_of[-1]) + 1)
+            total[found] += document_weight * documents[self._document_of[found]]
         if len(found) > limit:  # the passages scoring at least the limit-th best score
             kth = np.partition(total[found], len(found) - limit)[len(found) - limit]
             found = found[total[found] >= kth]

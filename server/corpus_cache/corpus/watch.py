@@ -5,14 +5,21 @@ inbox under a lock, and only the first of a burst crosses to the event loop (one
 `anyio.from_thread.run_sync` per burst, not per event). The loop acts on the first event
 of a burst after a short settle (`debounce`, 15 ms by default: an editor's atomic save, a
 temporary file written then renamed, lands within it as one change, and so does a script
-saving files back to back), never later than `max_delay` after the burst began, and calls
-`refresh()` once; whatever arrives while it runs is coalesced into one more refresh. So a
-save is live a settle and a rescan after it, and a `git checkout` of thousands of files is
-one or two rebuilds. Debouncing lives here and nowhere else.
+saving files back to back), never later than `max_delay` after the loop heard of it, and
+calls `refresh()` once; whatever arrives while it runs is coalesced into one more refresh.
+The settle counts from when the loop heard of the burst at the earliest, and lasts until
+watchdog has handed over every event it read: the thread that heard the first event waits
+for the loop (a rebuild may keep it busy), and the rest of the burst is queued behind it.
+So a save is live a settle and a rescan after it, and a `git checkout` of thousands of
+files is one or two rebuilds. Debouncing lives here and nowhere else.
 
-`refresh()` rescans the whole folder (unchanged files are not re-read), so what changed
-is only counted for the log: a rescan also re-evaluates edited `.gitignore` files, moves
-in and out of the folder, and whole directories at once.
+`refresh(changed=...)` is told the files the burst named, and only those are looked at
+again (and the documents, shards and cache entries they touch). When the events cannot say
+what changed, it is told None and the whole folder is rescanned: the catch-up when
+watching starts, events lost (the kernel's queue overflowed), a folder created, moved or
+deleted (its files come with no event each), polling, a folder too deep to watch, a retry
+after a failure. The scan itself rescans all when a named file reaches further (a
+`.gitignore`, a file with several names).
 
 The folder itself may disappear (deleted, moved away, a network mount dropping). The last
 snapshot is kept, a warning goes to the log, and once the folder is back at its path it is
@@ -41,6 +48,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -50,6 +58,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,
     FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -76,18 +85,26 @@ warnings.filterwarnings(
 )
 
 DEFAULT_DEBOUNCE = 0.015  # the settle after a burst's events: short, not a quiet period
-MAX_DELAY = 0.1  # the latest a burst is acted on after its first event (at least)
+MAX_DELAY = 0.1  # the latest a burst is acted on after the loop heard of it (at least)
 POLL_INTERVAL = 1.0  # seconds between two looks at the folder in polling mode
 ROOT_CHECK_INTERVAL = 1.0  # how often to check that the folder is still the one watched
 RETRY_DELAYS = (1.0, 2.0, 5.0, 15.0, 60.0)  # after a refresh fails, e.g. the API is away
 RESCAN_INTERVAL = 2.0  # seconds between two looks at a folder that cannot be watched
+QUEUE_CHECK_INTERVAL = 0.002  # while watchdog still hands over a burst's events
 
 # Opening and reading a file (as the scan does) is not a change: leaving those event
 # kinds out keeps a rescan from waking the watcher again.
 EVENT_TYPES: list[type[FileSystemEvent]] = [
     FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileAttribEvent, FileDeletedEvent,
-    FileMovedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
+    FileMovedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent, EventsLostEvent,
 ]  # fmt: skip
+
+
+class Refresh(Protocol):
+    """Rescan and swap in what changed: `changed`, the files (relative paths) that changed,
+    or None when the watcher cannot say (the whole folder is rescanned)."""
+
+    def __call__(self, *, changed: frozenset[str] | None = None) -> Awaitable[object]: ...
 
 
 # --- filters: (relative path, is a directory) -> bool ------------------------------------
@@ -114,6 +131,7 @@ class _Inbox:
         self._token = token
         self._lock = threading.Lock()
         self._paths: set[str] = set()
+        self._everything = False  # the paths do not say all that changed: rescan it all
         self._root_gone = False
         self._last_event = 0.0  # time.monotonic(), the clock anyio's asyncio backend uses
         self._signalled = False
@@ -125,11 +143,12 @@ class _Inbox:
         with self._lock:
             return self._last_event
 
-    def put(self, paths: list[str], root_gone: bool = False) -> None:
+    def put(self, paths: list[str], root_gone: bool = False, everything: bool = False) -> None:
         """From a watchdog thread: record, and wake the loop if this starts a burst."""
         with self._lock:
             self._paths.update(paths)
             self._root_gone = self._root_gone or root_gone
+            self._everything = self._everything or everything
             self._last_event = time.monotonic()
             if self._signalled or not self._open:
                 return
@@ -142,20 +161,23 @@ class _Inbox:
         with self._lock:
             self._last_event = time.monotonic()
             self._signalled = True
+            self._everything = True
         self.wake.set()
 
     def _set_wake(self) -> None:
         self.wake.set()
 
-    def take(self) -> tuple[set[str], bool]:
-        """On the loop: the paths since the last take, and whether the folder itself went.
+    def take(self) -> tuple[set[str], bool, bool]:
+        """On the loop: the paths since the last take, whether they say all that changed
+        (not after a lost event or a folder's change), and whether the folder itself went.
         The next event starts a new burst."""
         with self._lock:
             paths, self._paths = self._paths, set()
+            everything, self._everything = self._everything, False
             root_gone, self._root_gone = self._root_gone, False
             self._signalled = False
             self.wake = anyio.Event()  # replaced before any later put can schedule a wake
-            return paths, root_gone
+            return paths, not everything, root_gone
 
     def close(self) -> None:
         with self._lock:
@@ -170,6 +192,9 @@ class _Handler(FileSystemEventHandler):
         self._ignores = ignores
 
     def dispatch(self, event: FileSystemEvent) -> None:
+        if isinstance(event, EventsLostEvent):  # the kernel's queue overflowed
+            self._inbox.put([], everything=True)
+            return
         paths = [os.fsdecode(p) for p in (event.src_path, event.dest_path) if p]
         if event.is_directory and event.event_type == "deleted" and self._root in paths:
             self._inbox.put([], root_gone=True)
@@ -184,7 +209,8 @@ class _Handler(FileSystemEventHandler):
             )
         ]
         if relevant:
-            self._inbox.put(relevant)
+            # A folder created, moved or deleted holds files no event names one by one.
+            self._inbox.put(relevant, everything=event.is_directory)
 
 
 def tree_fingerprint(root: str) -> str:
@@ -240,6 +266,7 @@ class WatchStats:
     refreshes: int = 0
     failures: int = 0
     events: int = 0
+    bursts: int = 0  # bursts of events acted on, each with one refresh (and its retries)
     polling: bool = False
     folder_missing: bool = False
     folder_replaced: bool = False  # another folder, or a symlink, is at the path: not served
@@ -255,7 +282,7 @@ class FolderWatcher:
     def __init__(
         self,
         root: Path,
-        refresh: Callable[[], Awaitable[object]],
+        refresh: Refresh,
         *,
         debounce: float = DEFAULT_DEBOUNCE,
         poll: bool = False,
@@ -312,29 +339,42 @@ class FolderWatcher:
                     inbox.poke()
                 continue
             await self._settle(inbox)
-            changed, root_gone = inbox.take()
+            changed, told, root_gone = inbox.take()
             if root_gone or self._folder_replaced():
                 return
             self.stats.events += len(changed)
-            if not await self._refresh_with_retries():
+            self.stats.bursts += 1
+            # Polling and a folder that cannot be watched name no files reliably.
+            told = told and not (self.stats.polling or self.stats.rescanning)
+            if not await self._refresh_with_retries(frozenset(changed) if told else None):
                 return
 
     async def _settle(self, inbox: _Inbox) -> None:
-        """Wait until no event arrived for `debounce` seconds (the settle), or `max_delay`
-        passed since the burst's first event."""
-        deadline = time.monotonic() + self.max_delay
+        """Wait until no event arrived for `debounce` seconds (the settle) and watchdog has
+        handed over every event it read, or until `max_delay` passed since the loop heard of
+        the burst. The thread that heard the first event waited for the loop to take it (a
+        rebuild may have kept the loop busy), so the rest of the burst, queued behind it,
+        reaches the inbox only then: the settle counts from then at the earliest."""
+        woke = time.monotonic()
+        deadline = woke + self.max_delay
         while True:
             now = time.monotonic()
-            quiet_at = min(inbox.last_event + self.debounce, deadline)
-            if now >= quiet_at:
+            quiet_at = min(max(inbox.last_event, woke) + self.debounce, deadline)
+            if now >= quiet_at and (now >= deadline or not self._events_queued()):
                 return
-            await anyio.sleep(quiet_at - now)
+            await anyio.sleep(max(quiet_at - now, QUEUE_CHECK_INTERVAL))
 
-    async def _refresh_with_retries(self) -> bool:
-        """Refresh; on failure, retry with backoff. False when the folder is gone."""
+    def _events_queued(self) -> bool:
+        """Whether watchdog has read events it has not yet handed to the handler."""
+        observer = self._observer
+        return observer is not None and not observer.event_queue.empty()
+
+    async def _refresh_with_retries(self, changed: frozenset[str] | None) -> bool:
+        """Refresh (`changed`: the files that changed, None for all); on failure, retry
+        the whole folder with backoff. False when the folder is gone."""
         for delay in (*RETRY_DELAYS, None):
             try:
-                await self._refresh()
+                await self._refresh(changed=changed)
             except CorpusNotFoundError:
                 return False
             # sqlite3.Error: a storage fault the ledger did not absorb (locked, full, corrupt).
@@ -346,6 +386,7 @@ class FolderWatcher:
                     return True
                 log.warning("refresh of %s failed: %s; retrying in %g s", self.root, exc, delay)
                 await anyio.sleep(delay)
+                changed = None
             else:
                 self.stats.refreshes += 1
                 return True

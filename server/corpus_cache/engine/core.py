@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -26,7 +26,7 @@ from corpus_cache.api.request import (
     map_answer,
 )
 from corpus_cache.api.spending import DailyCap
-from corpus_cache.api.tokens import TokenCounter
+from corpus_cache.api.tokens import Counts, TokenCounter
 from corpus_cache.cache import browse, live_corpus
 from corpus_cache.cache import markers as marker_blocks
 from corpus_cache.cache.entries import CacheEntries
@@ -36,7 +36,8 @@ from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.cache.policy import Decision, Prices, decide, upgrades_at_question
 from corpus_cache.cache.prepare import BY_POLICY, Marking, prepare_request
 from corpus_cache.config import Settings
-from corpus_cache.corpus.documents import Document, Snapshot
+from corpus_cache.corpus.changes import document_changes
+from corpus_cache.corpus.documents import Document, Snapshot, find
 from corpus_cache.corpus.scan import CorpusRoot, ScanOptions, ScanResult, scan
 from corpus_cache.corpus.search import Hit, SearchIndex
 from corpus_cache.engine.answers import Answer, Prewarmed, ShardAnswer, merge
@@ -71,7 +72,7 @@ from corpus_cache.plan.layout import (
     Shard,
     plan_corpus,
 )
-from corpus_cache.plan.route import rank_shards
+from corpus_cache.plan.route import DOCUMENT_WEIGHT, HITS, rank_shards
 from corpus_cache.plan.stability import DocInfo
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class Engine:
         # after: a folder or symlink put at its path later is never read (beneath.py).
         self._root: CorpusRoot | None = root
         self._version = 0
+        self._scanned: ScanResult | None = None  # the last scan, the base of the next
         self._instructions_tokens: int | None = None
         self._estimate_error = 0.0  # of the latest token figures (api/tokens.py, Counts)
         self.indexing = Indexing()  # how far the latest refresh is; `done` after the first
@@ -235,13 +237,20 @@ class Engine:
             raise RuntimeError("the corpus has not been indexed yet: call refresh() first")
         return self._corpus
 
-    async def refresh(self, progress: Callable[[int, int], None] | None = None) -> Corpus:
+    async def refresh(
+        self,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        changed: Collection[str] | None = None,
+    ) -> Corpus:
         """Rescan the folder and swap in a new corpus; unchanged files are not re-read, and
         when nothing changed the live corpus stays as it is (no new snapshot, no swap).
+        `changed`: the only files that changed since the last refresh (the watcher says
+        which), so that only they are looked at again; None rescans the whole folder.
         Refreshes run one at a time; questions keep the corpus they started with."""
         async with self._refreshing:
             old = self._corpus
-            new = await self._rebuild(progress)
+            new = await self._rebuild(progress, changed)
             if new is old:
                 return new
             self._corpus = new  # one assignment: a question sees the old corpus or the new
@@ -250,8 +259,15 @@ class Engine:
             await listener(old, new)
         return new
 
-    async def _rebuild(self, progress: Callable[[int, int], None] | None) -> Corpus:
-        previous = {d.path: d for d in self._corpus.snapshot.documents} if self._corpus else {}
+    async def _rebuild(
+        self, progress: Callable[[int, int], None] | None, changed: Collection[str] | None
+    ) -> Corpus:
+        previous: ScanResult | dict[str, Document]
+        if changed is not None and self._scanned is not None:
+            previous = self._scanned  # what the last scan found, and those files only again
+        else:
+            changed = None
+            previous = {d.path: d for d in self._corpus.snapshot.documents} if self._corpus else {}
         # On a worker thread: tools keep answering from the live corpus while a big folder
         # is walked.
         options = ScanOptions(
@@ -262,13 +278,18 @@ class Engine:
         if self._root is None:
             self._root = CorpusRoot(self.settings.corpus)
         result = await anyio.to_thread.run_sync(
-            scan, self._root, options, previous, self.indexing.reading
+            scan, self._root, options, previous, self.indexing.reading, changed
         )
+        self._scanned = result
         if self._corpus is not None and _same_folder(self._corpus.snapshot, result):
             # Nothing a question would see changed: the same snapshot stays live, so a
             # rescan for nothing (the watcher's catch-up at start, a touch) is no new version.
             return self._corpus
-        counts = await self.counter.count(result.documents, self._counting(progress))
+        touched = None  # the paths whose documents differ from the live corpus's, if known
+        if changed is None or self._corpus is None:
+            counts = await self.counter.count(result.documents, self._counting(progress))
+        else:
+            counts, touched = await self._count_changes(result.documents, progress)
         tokens = counts.tokens
         if self._instructions_tokens is None:
             self._instructions_tokens = await self.counter.count_system(INSTRUCTIONS)
@@ -276,7 +297,7 @@ class Engine:
         self._estimate_error = counts.error
         now = self.clock()
         docs = self.history.observe(result.documents, tokens, now)
-        layout = self._plan(docs, self._corpus, now, result.documents)
+        layout = self._plan(docs, self._corpus, now, result.documents, touched)
         self._version += 1
         snapshot = Snapshot(
             self.settings.corpus, self._version, now, result.documents, result.skipped
@@ -295,6 +316,26 @@ class Engine:
         )  # fmt: skip
         return corpus
 
+    async def _count_changes(
+        self, documents: Sequence[Document], progress: Callable[[int, int], None] | None
+    ) -> tuple[Counts, set[str]]:
+        """After a rescan of the files a save named: the token figures of `documents`, those
+        of the live corpus's documents taken as they are (a figure depends on the text
+        alone; an estimate stays one until its document changes, or a whole rescan), the
+        new texts counted; and the paths added, removed or edited since the live corpus."""
+        live = self.current
+        added, removed, edited = document_changes(live.snapshot.documents, documents)
+        touched = {*added, *removed, *edited}
+        fresh = [doc for path in sorted(added + edited) if (doc := find(documents, path))]
+        counted = await self.counter.count(fresh, self._counting(progress)) if fresh else Counts({})
+        tokens = {path: n for path, n in live.tokens.items() if path not in touched}
+        tokens.update(counted.tokens)
+        estimated = {p: n for p, n in live.estimated.items() if p not in touched}
+        # The bound of the estimates kept is not known one by one: the live corpus's holds it.
+        error = max(live.estimate_error if estimated else 0.0, counted.error)
+        estimated.update(counted.estimated)
+        return Counts(tokens, estimated, error), touched
+
     def _counting(self, progress: Callable[[int, int], None] | None) -> Callable[[int, int], None]:
         def counted(done: int, total: int) -> None:
             self.indexing.counting(done, total)
@@ -309,13 +350,21 @@ class Engine:
         previous: Corpus | None,
         now: float,
         documents: Sequence[Document],
+        touched: set[str] | None = None,
     ) -> Layout:
         """`documents`: the folder's current documents, against which the old copies
-        `previous` keeps are checked for text the folder no longer has."""
+        `previous` keeps are checked for text the folder no longer has. `touched`, if known:
+        the paths whose documents differ from `previous`'s (the others are not looked at
+        again; the layout is the same)."""
         assert self._instructions_tokens is not None
         dropped: frozenset[tuple[str, str]] = frozenset()
         if previous is not None and not self.settings.keep_old_copies:
-            dropped = live_corpus.removed_text(previous, {d.path: d for d in documents})
+            current = (
+                {d.path: d for d in documents}
+                if touched is None
+                else {p: d for p in touched if (d := find(documents, p)) is not None}
+            )
+            dropped = live_corpus.removed_text(previous, current, paths=touched)
         return plan_corpus(
             docs,
             min_cacheable_tokens=self.model.min_cacheable_tokens,
@@ -326,6 +375,7 @@ class Engine:
             live=self._live_anchors(previous, now) if previous else None,
             dropped=dropped,
             estimate_error=self._estimate_error,
+            changed=touched,
         )
 
     def _live_anchors(self, corpus: Corpus, now: float) -> dict[int, tuple[int, ...]]:
@@ -390,7 +440,7 @@ class Engine:
         """The shards most likely to hold the answer, best first (all of one, if one)."""
         if len(corpus.shards) == 1:
             return list(corpus.shards)
-        hits = corpus.index.search(question, 50)
+        hits = corpus.index.search(question, HITS, document_weight=DOCUMENT_WEIGHT)
         shard_of = corpus.layout.shard_of()
         ranked = rank_shards(
             ((h.passage.path, h.score) for h in hits), shard_of, [s.number for s in corpus.shards]
@@ -902,9 +952,16 @@ def _same_folder(snapshot: Snapshot, result: ScanResult) -> bool:
     """Whether a scan found what `snapshot` holds: the same documents with the same text,
     and the same files left out for the same reasons."""
 
-    def sent(docs: Sequence[Document]) -> list[tuple[str, str, str, tuple[int, ...]]]:
-        return [(d.path, d.sha256, d.encoding_note, d.pages) for d in docs]
+    def sent(doc: Document) -> tuple[str, str, str, tuple[int, ...]]:
+        return (doc.path, doc.sha256, doc.encoding_note, doc.pages)
 
-    return sent(snapshot.documents) == sent(result.documents) and [
-        (s.path, s.reason) for s in snapshot.skipped
-    ] == [(s.path, s.reason) for s in result.skipped]
+    # A rescan reuses the documents it did not read again: most are the very same objects.
+    return (
+        len(snapshot.documents) == len(result.documents)
+        and all(
+            a is b or sent(a) == sent(b)
+            for a, b in zip(snapshot.documents, result.documents, strict=True)
+        )
+        and [(s.path, s.reason) for s in snapshot.skipped]
+        == [(s.path, s.reason) for s in result.skipped]
+    )

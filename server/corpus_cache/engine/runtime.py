@@ -10,14 +10,15 @@ from contextlib import asynccontextmanager
 import anyio
 
 from corpus_cache.accounting.ledger import Ledger
-from corpus_cache.api.backend import open_backend
+from corpus_cache.api.backend import Backend, open_backend
 from corpus_cache.config import Settings
 from corpus_cache.corpus.scan import CorpusRoot
 from corpus_cache.corpus.watch import FolderWatcher
 from corpus_cache.engine.core import Engine
+from corpus_cache.engine.preflight import Preflight, preflight
 from corpus_cache.engine.warm import next_ping_at, prewarm_after_changes
 from corpus_cache.errors import CorpusCacheError
-from corpus_cache.models.catalog import load_catalog
+from corpus_cache.models.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -29,22 +30,26 @@ async def running_engine(
     *,
     keep_emulator: bool = False,
     background: bool = False,
+    checked: Preflight | None = None,
 ) -> AsyncIterator[Engine]:
     """`keep_emulator`: offline, answer with an emulator that outlives this process (for a
     command that asks once and ends, so that the next one reads this one's cache).
     `background`: yield the engine at once and index the folder meanwhile (a server, which
     answers `initialize` and says how far indexing is); otherwise index first. Either way a
-    missing or unreadable folder, or an unknown model, fails here, before anything starts."""
-    catalog = load_catalog(settings.models_file)
-    catalog.get(settings.model)  # an unknown model fails here, before anything starts
-    # So does a missing folder: before an emulator starts and says it answers.
-    root = CorpusRoot(settings.corpus)
-    ledger = Ledger(settings.ledger_path)
-    backend = open_backend(
-        catalog, offline=settings.offline, timeout=settings.request_timeout,
-        keep_between=settings.state_dir if keep_emulator else None,
-        models_file=settings.models_file, tier=settings.tier, limits_file=settings.limits_file,
-    )  # fmt: skip
+    missing or unreadable folder, an unknown model or tier fails here, before anything
+    starts (`checked`: those checks made already, and what they opened)."""
+    # The checks first: a missing folder fails before an emulator starts and says it answers.
+    catalog, root = (checked.catalog, checked.root) if checked else _checked(settings)
+    # Off the event loop: an emulator's start, or the SDK's TLS setup, takes a tenth of a
+    # second or more, during which a server already answering would not.
+    try:
+        with anyio.CancelScope(shield=True):  # what opens is closed below, even if cancelled
+            ledger, backend = await anyio.to_thread.run_sync(
+                _open, settings, catalog, keep_emulator
+            )
+    except BaseException:
+        root.close()
+        raise
     try:
         engine = Engine(settings, catalog, backend, ledger, root=root)
         try:
@@ -65,6 +70,26 @@ async def running_engine(
     finally:
         await backend.close()
         ledger.close()
+
+
+def _checked(settings: Settings) -> tuple[Catalog, CorpusRoot]:
+    checked = preflight(settings)
+    return checked.catalog, checked.root
+
+
+def _open(settings: Settings, catalog: Catalog, keep_emulator: bool) -> tuple[Ledger, Backend]:
+    ledger = Ledger(settings.ledger_path)
+    try:
+        backend = open_backend(
+            catalog, offline=settings.offline, timeout=settings.request_timeout,
+            keep_between=settings.state_dir if keep_emulator else None,
+            models_file=settings.models_file, tier=settings.tier,
+            limits_file=settings.limits_file,
+        )  # fmt: skip
+    except BaseException:
+        ledger.close()
+        raise
+    return ledger, backend
 
 
 async def first_index(engine: Engine, progress: Callable[[int, int], None] | None = None) -> None:

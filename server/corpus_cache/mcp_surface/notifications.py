@@ -14,7 +14,7 @@ added, removed or edited document's `corpus://doc/...` resource, and `corpus://i
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp.server import MCPServer
 from mcp.server.connection import Connection
@@ -28,9 +28,11 @@ from mcp.types import (
     UnsubscribeRequestParams,
 )
 
-from corpus_cache.cache.live_corpus import Corpus
 from corpus_cache.corpus.changes import snapshot_changes
-from corpus_cache.engine.core import Engine
+from corpus_cache.mcp_surface.startup import EngineSlot
+
+if TYPE_CHECKING:  # loaded after the server answers: see startup.py
+    from corpus_cache.cache.live_corpus import Corpus
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +160,11 @@ class ChangeNotifier:
         )  # fmt: skip
 
 
-def notify_changes(server: MCPServer, engine: Engine, bus: SubscriptionBus) -> ChangeNotifier:
-    """Announce every corpus swap of `engine` to the clients of `server`, which must have
-    been built with `subscriptions=bus`."""
+def notify_changes(server: MCPServer, slot: EngineSlot, bus: SubscriptionBus) -> ChangeNotifier:
+    """Announce every corpus swap of the engine in `slot` (attached before its first index)
+    to the clients of `server`, which must have been built with `subscriptions=bus`."""
     legacy = LegacySubscriptions()
     legacy.install(server)
     notifier = ChangeNotifier(bus, legacy)
-    engine.on_swap(notifier.corpus_swapped)
+    slot.on_attach(lambda engine: engine.on_swap(notifier.corpus_swapped))
     return notifier

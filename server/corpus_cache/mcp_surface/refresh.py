@@ -7,12 +7,15 @@ question (which costs a cache write, and saves the first question from paying it
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, Field
 
 from corpus_cache.corpus.changes import snapshot_changes
-from corpus_cache.engine.core import Engine
-from corpus_cache.engine.warm import WarmRun, warm
 from corpus_cache.mcp_surface.results import iso
+
+if TYPE_CHECKING:  # loaded after the server answers: see startup.py
+    from corpus_cache.engine.core import Engine
 from corpus_cache.wording import plural
 
 PATHS_SHOWN = 50  # per list, so a rescan after a big checkout stays a small result
@@ -43,6 +46,9 @@ class RefreshResult(BaseModel):
 
 
 async def refresh_corpus(engine: Engine, *, warm_cache: bool) -> RefreshResult:
+    # Loaded with the engine, which is here: importing it now is immediate.
+    from corpus_cache.engine.warm import WarmRun, warm
+
     before = engine.current
     after = await engine.refresh()
     changes = snapshot_changes(before.snapshot, after.snapshot)

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
 from corpus_cache.accounting.ledger import Totals
-from corpus_cache.cache.live_corpus import Corpus
-from corpus_cache.engine.answers import Answer
-from corpus_cache.engine.build import BuildProgress
-from corpus_cache.engine.core import Engine
+from corpus_cache.config import answers_offline
 from corpus_cache.errors import LedgerUnavailableError
 from corpus_cache.mcp_surface.limits_status import LimitsOut, limits_out, render_limits
+from corpus_cache.mcp_surface.startup import STARTING, EngineSlot
 from corpus_cache.wording import approximately, plural, tokens_figure, usd
+
+if TYPE_CHECKING:  # loaded after the server answers: see startup.py
+    from corpus_cache.cache.live_corpus import Corpus
+    from corpus_cache.engine.answers import Answer
+    from corpus_cache.engine.build import BuildProgress
+    from corpus_cache.engine.core import Engine
 
 # --- structured results ---------------------------------------------------------------
 
@@ -405,6 +410,28 @@ def indexing_out(engine: Engine) -> IndexingOut:
     )
 
 
+def starting_out(slot: EngineSlot) -> IndexingOut:
+    """Before the engine has arrived: the server is starting, or could not."""
+    return IndexingOut(
+        phase=STARTING, files_read=0, files_total=None, seconds_left=None, message=slot.advice()
+    )
+
+
+def starting_status(slot: EngineSlot) -> CacheStatus:
+    """The status before the engine has arrived: what the settings say, nothing read yet."""
+    settings, model = slot.settings, slot.model
+    backend = "offline-emulator" if answers_offline(settings.offline) else "anthropic"
+    nothing = _spend_out(backend, Totals(0, 0, 0, 0, 0, 0, 0.0, 0.0))
+    return CacheStatus(
+        corpus=str(settings.corpus), model=model.id, backend=backend,
+        min_cacheable_tokens=model.min_cacheable_tokens, cached=False, note=slot.describe(),
+        documents=0, corpus_tokens=0, instructions_tokens=0,
+        budget_tokens=settings.budget_tokens or 0, shards=0, blocks=[], too_large=[],
+        skipped={}, snapshot_version=0, snapshot_time="", spend=nothing,
+        ledger_note="not read yet: the server is starting", indexing=starting_out(slot),
+    )  # fmt: skip
+
+
 def _spend(engine: Engine) -> tuple[SpendOut, list[SpendOut], str | None]:
     """What the backend answering now spent, what others did, and a note on the ledger."""
     ledger_note = None
@@ -546,8 +573,9 @@ def render_status(out: CacheStatus) -> str:
             f"Corpus {out.corpus}: {out.indexing.message}.",
             f"Model {out.model} via {out.backend}; minimum cacheable prefix "
             f"{out.min_cacheable_tokens:,} tokens.",
-            _spend_line(out.spend, "Spend"),
         ]
+        if out.indexing.phase != STARTING:  # the ledger is read once the engine has started
+            lines.append(_spend_line(out.spend, "Spend"))
         lines.extend(_spend_line(other, "Also in the ledger") for other in out.other_spend)
         if out.folder_problem:
             lines.insert(0, f"Warning: {out.folder_problem}.")

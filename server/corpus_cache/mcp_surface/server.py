@@ -1,17 +1,20 @@
 """The MCP surface: tools in a fixed order, resources, each with text and structured content.
 
 `build_server(engine)` returns an `MCPServer`; `corpus-cache serve` runs it over stdio and
-tests run it in memory with `Client(build_server(engine))`.
+tests run it in memory with `Client(build_server(engine))`. `corpus-cache serve` builds it
+around an `EngineSlot` instead, and answers before the engine arrives (startup.py): this
+module imports the engine's modules for their types only.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 from mcp.server import MCPServer
+from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError, UnexpectedToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus
@@ -27,12 +30,7 @@ from mcp.types import (
 from pydantic import Field, StrictBool, StrictInt, ValidationError
 
 from corpus_cache import __version__
-from corpus_cache.api.backend import deadline_advice, noting_throttles
-from corpus_cache.corpus.documents import Document
-from corpus_cache.corpus.search import Hit
-from corpus_cache.engine.answers import Answer
-from corpus_cache.engine.core import Engine
-from corpus_cache.engine.runtime import first_index
+from corpus_cache.api.throttles import Throttle, deadline_advice, noting_throttles
 from corpus_cache.errors import CorpusCacheError
 from corpus_cache.mcp_surface.bounds import (
     ERROR_MAX_CHARS,
@@ -62,10 +60,18 @@ from corpus_cache.mcp_surface.results import (
     render_answer,
     render_status,
     result,
+    starting_out,
+    starting_status,
     status,
 )
-from corpus_cache.mcp_surface.startup import corpus_ready
+from corpus_cache.mcp_surface.startup import EngineSlot, corpus_ready, engine_ready
 from corpus_cache.wording import approximately, plural
+
+if TYPE_CHECKING:  # loaded after the server answers: see startup.py
+    from corpus_cache.corpus.documents import Document
+    from corpus_cache.corpus.search import Hit
+    from corpus_cache.engine.answers import Answer
+    from corpus_cache.engine.core import Engine
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +93,13 @@ STILL_READING_ADVICE = (
 # --- the server -----------------------------------------------------------------------
 
 
-def build_server(engine: Engine) -> MCPServer:
+def build_server(engine: Engine | EngineSlot) -> MCPServer:
+    """The server, around an engine, or around the slot where one will arrive: then tools
+    that need it wait for it, and say how far the start is if it does not come in time."""
+    slot = engine if isinstance(engine, EngineSlot) else EngineSlot.holding(engine)
     bus = InMemorySubscriptionBus()
     server = _CorpusServer(
-        engine,
+        slot,
         "corpus-cache",
         version=__version__,
         instructions=INSTRUCTIONS,
@@ -136,10 +145,11 @@ def build_server(engine: Engine) -> MCPServer:
 
         async def asking() -> Answer:
             began = anyio.current_time()
-            await corpus_ready(engine)  # within the deadline, its progress the heartbeat's
+            # Within the deadline, its progress the heartbeat's.
+            engine = await corpus_ready(slot)
             # What is left of the client's wait: a question the rate limits would hold
             # longer is refused at once, saying when to ask again.
-            left = engine.settings.ask_deadline - (anyio.current_time() - began)
+            left = slot.settings.ask_deadline - (anyio.current_time() - began)
             return await engine.ask(question, fan_out, session, owner=owner, patience=left)
 
         try:
@@ -147,17 +157,10 @@ def build_server(engine: Engine) -> MCPServer:
                 answer = await with_heartbeat(
                     asking,
                     ctx.report_progress,
-                    interval=engine.settings.heartbeat_interval,
-                    deadline=engine.settings.ask_deadline,
-                    waiting_for=lambda: (
-                        engine.builder.describe()
-                        or (engine.indexing.describe() if not engine.indexed else None)
-                        or "waiting for the answer"
-                    ),
-                    on_deadline=lambda: deadline_advice(
-                        throttles,
-                        STILL_READING_ADVICE if engine.read_for_no_one else DEADLINE_ADVICE,
-                    ),
+                    interval=slot.settings.heartbeat_interval,
+                    deadline=slot.settings.ask_deadline,
+                    waiting_for=lambda: _waiting_for(slot),
+                    on_deadline=lambda: _deadline_advice(slot, throttles),
                 )
         except CorpusCacheError as exc:
             raise _tool_error(exc) from exc
@@ -180,7 +183,7 @@ def build_server(engine: Engine) -> MCPServer:
         ] = 0,
     ) -> Annotated[CallToolResult, SearchResult]:
         try:
-            await corpus_ready(engine, ctx.report_progress)
+            engine = await corpus_ready(slot, ctx.report_progress)
             found = engine.search(query, offset + limit + 1)
         except CorpusCacheError as exc:
             raise _tool_error(exc) from exc
@@ -224,7 +227,7 @@ def build_server(engine: Engine) -> MCPServer:
         limit: Annotated[int, Field(ge=1, le=1000, description="documents per page")] = 200,
     ) -> Annotated[CallToolResult, DocumentList]:
         try:
-            await corpus_ready(engine, ctx.report_progress)
+            engine = await corpus_ready(slot, ctx.report_progress)
         except CorpusCacheError as exc:
             raise _tool_error(exc) from exc
         corpus = engine.current
@@ -282,7 +285,7 @@ def build_server(engine: Engine) -> MCPServer:
         ] = None,
     ) -> Annotated[CallToolResult, DocumentText]:
         try:
-            await corpus_ready(engine, ctx.report_progress)
+            engine = await corpus_ready(slot, ctx.report_progress)
             doc = engine.document(path)
         except CorpusCacheError as exc:
             raise _tool_error(exc) from exc
@@ -324,7 +327,7 @@ def build_server(engine: Engine) -> MCPServer:
         annotations=read_only,
     )
     def cache_status() -> Annotated[CallToolResult, CacheStatus]:
-        out = bound_status(status(engine))
+        out = bound_status(_status(slot))
         return result(render_status(out), out)
 
     @server.tool(
@@ -347,9 +350,13 @@ def build_server(engine: Engine) -> MCPServer:
         ] = False,
     ) -> Annotated[CallToolResult, RefreshResult]:
         try:
+            engine = await engine_ready(slot)
             if not engine.indexed and engine.indexing.done.is_set():
+                # Loaded with the engine, before it arrived: importing it here is immediate.
+                from corpus_cache.engine.runtime import first_index
+
                 await first_index(engine)  # it failed: this is the retry
-            await corpus_ready(engine)
+            await corpus_ready(slot)
             out = await refresh_corpus(engine, warm_cache=warm)
         except CorpusCacheError as exc:
             raise ToolError(str(exc)) from exc
@@ -362,6 +369,9 @@ def build_server(engine: Engine) -> MCPServer:
         mime_type="application/json",
     )
     def index_resource() -> str:
+        engine = slot.engine
+        if engine is None:
+            return json.dumps({"indexing": starting_out(slot).model_dump()}, indent=1)
         if not engine.indexed:
             return json.dumps({"indexing": indexing_out(engine).model_dump()}, indent=1)
         corpus = engine.current
@@ -392,7 +402,7 @@ def build_server(engine: Engine) -> MCPServer:
         mime_type="application/json",
     )
     def stats_resource() -> str:
-        return status(engine).model_dump_json(indent=1)
+        return _status(slot).model_dump_json(indent=1)
 
     @server.resource(
         DOCUMENT_URI_PREFIX + "{+path}",
@@ -401,6 +411,9 @@ def build_server(engine: Engine) -> MCPServer:
         mime_type="text/plain",
     )
     def document_resource(path: str) -> str:
+        engine = slot.engine
+        if engine is None:
+            raise ResourceNotFoundError(slot.advice())
         if not engine.indexed:
             raise ResourceNotFoundError(engine.indexing.advice())
         try:
@@ -408,8 +421,43 @@ def build_server(engine: Engine) -> MCPServer:
         except CorpusCacheError as exc:
             raise ResourceNotFoundError(clip(str(exc), ERROR_MAX_CHARS)) from exc
 
-    notify_changes(server, engine, bus)
+    notify_changes(server, slot, bus)
+    server.middleware.append(_noting_answers(slot))
     return server
+
+
+def _status(slot: EngineSlot) -> CacheStatus:
+    return status(slot.engine) if slot.engine is not None else starting_status(slot)
+
+
+def _waiting_for(slot: EngineSlot) -> str:
+    """What an `ask` waits for, said in its progress notifications."""
+    engine = slot.engine
+    if engine is None:
+        return slot.describe()
+    return (
+        engine.builder.describe()
+        or (engine.indexing.describe() if not engine.indexed else None)
+        or "waiting for the answer"
+    )
+
+
+def _deadline_advice(slot: EngineSlot, throttles: list[Throttle]) -> str:
+    reading = slot.engine is not None and slot.engine.read_for_no_one
+    return deadline_advice(throttles, STILL_READING_ADVICE if reading else DEADLINE_ADVICE)
+
+
+def _noting_answers(slot: EngineSlot) -> ServerMiddleware[Any]:
+    """Middleware that notes which MCP requests were answered before the engine arrived (the
+    server logs them when it does: `initialize` is answered at once, not after the start)."""
+
+    async def noting(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        result = await call_next(ctx)
+        if ctx.request_id is not None:  # not a notification
+            slot.note_answered(ctx.method)
+        return result
+
+    return noting
 
 
 class _CorpusServer(MCPServer):
@@ -420,16 +468,17 @@ class _CorpusServer(MCPServer):
     and read through the `corpus://doc/{+path}` template. The list is never stale, and a
     deleted document is gone from it with the snapshot that dropped it."""
 
-    def __init__(self, engine: Engine, name: str, **options: Any) -> None:
+    def __init__(self, slot: EngineSlot, name: str, **options: Any) -> None:
         super().__init__(name, **options)
-        self._engine = engine
+        self._slot = slot
 
     async def list_resources(self) -> list[Resource]:
-        if not self._engine.indexed:  # announced as changed once the first index ends
+        engine = self._slot.engine
+        if engine is None or not engine.indexed:  # announced as changed once indexed
             return await super().list_resources()
         documents = [
             Resource(uri=document_uri(doc.path), name=doc.path, mime_type="text/plain")
-            for doc in self._engine.current.snapshot.documents
+            for doc in engine.current.snapshot.documents
         ]
         return [*await super().list_resources(), *documents]
 

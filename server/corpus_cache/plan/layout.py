@@ -31,6 +31,7 @@ document; one old copy in the tail at most, so that they do not pile up.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,13 +70,16 @@ class Plan:
     note: str
     tail_start: int = 0  # index in `order` of the first hot (recently edited) document
     superseded: frozenset[int] = frozenset()  # positions holding an edited document's old copy
+    floor: int = 0  # the least prefix a breakpoint could end, as planned (safe_minimum)
 
     @property
     def superseded_tokens(self) -> int:
         sizes = self.sizes
         return sum(sizes[i] for i in self.superseded)
 
-    @property
+    # A plan never changes: what is derived from its blocks is made once (a corpus's
+    # 10,000 paths are read on every replan, per shard).
+    @functools.cached_property
     def sizes(self) -> tuple[int, ...]:
         return tuple(size for block in self.blocks for size in block.sizes)
 
@@ -83,15 +87,15 @@ class Plan:
     def total_tokens(self) -> int:
         return self.instructions_tokens + sum(block.tokens for block in self.blocks)
 
-    @property
+    @functools.cached_property
     def order(self) -> tuple[str, ...]:
         return tuple(path for block in self.blocks for path in block.paths)
 
-    @property
+    @functools.cached_property
     def keys(self) -> tuple[str, ...]:
         return tuple(key for block in self.blocks for key in block.keys)
 
-    @property
+    @functools.cached_property
     def anchors(self) -> tuple[int, ...]:
         """Positions (document indices) of the block ends kept in the cache, ascending."""
         if not self.cached:
@@ -158,7 +162,12 @@ class Layout:
     def total_tokens(self) -> int:
         return sum(s.corpus_tokens for s in self.shards)
 
-    def shard_of(self) -> dict[str, int]:
+    def shard_of(self) -> Mapping[str, int]:
+        return self._shard_of
+
+    @functools.cached_property
+    def _shard_of(self) -> dict[str, int]:
+        # Made once per layout: routing and the next plan read it, for 10,000 paths.
         return {path: s.number for s in self.shards for path in s.plan.order}
 
 
@@ -259,6 +268,58 @@ def _kept_prefix(
     return kept
 
 
+def _stands(
+    previous: Plan,
+    docs: Sequence[DocInfo],
+    now: float,
+    *,
+    ttl: Ttl,
+    max_anchors: int,
+    min_cacheable_tokens: int,
+    instructions_tokens: int,
+    floor: int,
+) -> bool:
+    """Whether `previous` is the plan of `docs` as they are now: the same documents (path,
+    content, tokens), each on the same side of its hot tail, no old copy kept, planned
+    with the same settings."""
+    if previous.superseded or not _settings_stand(
+        previous, ttl=ttl, max_anchors=max_anchors,
+        min_cacheable_tokens=min_cacheable_tokens, instructions_tokens=instructions_tokens,
+        floor=floor,
+    ):  # fmt: skip
+        return False
+    order, keys, sizes = previous.order, previous.keys, previous.sizes
+    if len(order) != len(docs):
+        return False
+    position = {path: i for i, path in enumerate(order)}
+    tail = previous.tail_start
+    for doc in docs:
+        i = position.get(doc.path)
+        if (
+            i is None
+            or keys[i] != doc.key
+            or sizes[i] != doc.tokens
+            or (i >= tail) != is_hot(doc, now)
+        ):
+            return False
+    return True
+
+
+def _settings_stand(
+    previous: Plan, *, ttl: Ttl, max_anchors: int, min_cacheable_tokens: int,
+    instructions_tokens: int, floor: int,
+) -> bool:  # fmt: skip
+    """Whether `previous` was planned with these settings (the floor moves with how far
+    the documents' token figures are estimates)."""
+    return (
+        previous.floor == floor
+        and previous.instructions_tokens == instructions_tokens
+        and previous.min_cacheable_tokens == min_cacheable_tokens
+        and len(previous.blocks) <= max_anchors
+        and not (previous.cached and any(block.ttl != ttl for block in previous.blocks))
+    )
+
+
 def plan_shard(
     docs: Sequence[DocInfo],
     *,
@@ -277,7 +338,18 @@ def plan_shard(
     keeping first. The prefix through the furthest is kept as it was, edited documents'
     old copies included (see the module's note), and the first few stay anchors.
     `dropped`: old copies, by (path, key), never to keep (they hold removed text).
-    `estimate_error`: see `safe_minimum`."""
+    `estimate_error`: see `safe_minimum`.
+
+    A shard whose documents are those `previous` was planned from, each as hot or cold as
+    it was then, keeps that plan: nothing in it changed, so it has nothing to rewrite, and
+    an edit elsewhere in the corpus does not move its cuts."""
+    floor = safe_minimum(min_cacheable_tokens, instructions_tokens, estimate_error)
+    if previous is not None and _stands(
+        previous, docs, now, ttl=ttl, max_anchors=max_anchors,
+        min_cacheable_tokens=min_cacheable_tokens, instructions_tokens=instructions_tokens,
+        floor=floor,
+    ):  # fmt: skip
+        return previous
     kept: list[DocInfo] = []
     if previous is not None and previous.cached and live:
         room = int(MAX_SUPERSEDED_SHARE * sum(d.tokens for d in docs))
@@ -294,9 +366,11 @@ def plan_shard(
     superseded = frozenset(i for i, d in enumerate(order) if d.superseded)
     hot_from = next((i for i, d in enumerate(order) if is_hot(d, now)), len(order))
     total = instructions_tokens + sum(d.tokens for d in order)
-    floor = safe_minimum(min_cacheable_tokens, instructions_tokens, estimate_error)
     if not order:
-        return Plan((), instructions_tokens, min_cacheable_tokens, False, "the corpus is empty")
+        return Plan(
+            (), instructions_tokens, min_cacheable_tokens, False, "the corpus is empty",
+            floor=floor,
+        )  # fmt: skip
     if total < floor:
         block = Block(
             tuple(d.path for d in order), tuple(d.key for d in order), total - instructions_tokens,
@@ -307,8 +381,9 @@ def plan_shard(
             "this model can cache: it is sent uncached with every question"
         )
         return Plan(
-            (block,), instructions_tokens, min_cacheable_tokens, False, note, hot_from, superseded
-        )
+            (block,), instructions_tokens, min_cacheable_tokens, False, note, hot_from,
+            superseded, floor,
+        )  # fmt: skip
 
     prefix: list[int] = []
     running = instructions_tokens
@@ -363,8 +438,9 @@ def plan_shard(
             "rewritten"
         )
     return Plan(
-        tuple(blocks), instructions_tokens, min_cacheable_tokens, True, note, hot_from, superseded
-    )
+        tuple(blocks), instructions_tokens, min_cacheable_tokens, True, note, hot_from,
+        superseded, floor,
+    )  # fmt: skip
 
 
 def plan_corpus(
@@ -379,15 +455,20 @@ def plan_corpus(
     live: Mapping[int, Sequence[int]] | None = None,
     dropped: Collection[tuple[str, str]] = frozenset(),
     estimate_error: float = 0.0,
+    changed: Collection[str] | None = None,
 ) -> Layout:
     """Shards within the budget, each laid out for the fewest expected rewrites. `live`:
     per shard, the previous plan's anchors whose entries are alive; `dropped`: old copies
     never to keep (see `plan_shard`). `estimate_error`: the relative error bound of the
     documents' figures that are estimates, given at the upper end of that bound (so that
     a shard within the budget as planned is within it in fact): every breakpoint clears
-    the minimum even at the lower end (`safe_minimum`)."""
+    the minimum even at the lower end (`safe_minimum`). `changed`, if known: the paths of
+    the documents added, removed, or whose content or tokens changed since `previous` was
+    planned; a shard that holds none of them, and the same documents as before, is
+    checked only for a document turning cold (its plan stands otherwise). The layout is
+    the same with or without it."""
     previous_shards = previous.shard_of() if previous else None
-    assignment, oversized = assign_shards(
+    assignment, oversized, kept = assign_shards(
         docs, budget=budget_tokens, overhead=instructions_tokens, previous=previous_shards
     )
     previous_plans = {s.number: s.plan for s in previous.shards} if previous else {}
@@ -395,25 +476,52 @@ def plan_corpus(
     for doc in docs:
         if doc.path in assignment:
             members.setdefault(assignment[doc.path], []).append(doc)
-    shards = tuple(
-        Shard(
-            number,
-            plan_shard(
-                members[number],
+    floor = safe_minimum(min_cacheable_tokens, instructions_tokens, estimate_error)
+    touched: set[int | None] = set()
+    if changed is not None:
+        touched = {assignment.get(p) for p in changed}
+        touched |= {(previous_shards or {}).get(p) for p in changed}
+
+    def plan(number: int) -> Plan:
+        before = previous_plans.get(number)
+        if (
+            changed is not None
+            and before is not None
+            and number not in touched
+            and _untouched(
+                before, members[number], now, None if kept else (number, previous_shards or {})
+            )
+            and _settings_stand(
+                before, ttl=ttl, max_anchors=MAX_ANCHORS,
                 min_cacheable_tokens=min_cacheable_tokens,
                 instructions_tokens=instructions_tokens,
-                now=now,
-                previous=previous_plans.get(number),
-                ttl=ttl,
-                live=(live or {}).get(number, ()),
-                budget_tokens=budget_tokens,
-                dropped=dropped,
-                estimate_error=estimate_error,
-            ),
-            sum(d.tokens for d in members[number]),
+                floor=floor,
+            )
+        ):  # fmt: skip
+            return before
+        return plan_shard(
+            members[number],
+            min_cacheable_tokens=min_cacheable_tokens,
+            instructions_tokens=instructions_tokens,
+            now=now,
+            previous=before,
+            ttl=ttl,
+            live=(live or {}).get(number, ()),
+            budget_tokens=budget_tokens,
+            dropped=dropped,
+            estimate_error=estimate_error,
         )
-        for number in sorted(members)
-    )
+
+    previous_shard = {s.number: s for s in previous.shards} if previous else {}
+
+    def shard(number: int) -> Shard:
+        planned = plan(number)
+        before = previous_shard.get(number)
+        if before is not None and before.plan is planned:
+            return before  # the same documents, with the same tokens
+        return Shard(number, planned, sum(d.tokens for d in members[number]))
+
+    shards = tuple(shard(number) for number in sorted(members))
     if not shards:
         empty = plan_shard(
             [], min_cacheable_tokens=min_cacheable_tokens,
@@ -421,3 +529,23 @@ def plan_corpus(
         )  # fmt: skip
         shards = (Shard(0, empty, 0),)
     return Layout(shards, budget_tokens, tuple(oversized))
+
+
+def _untouched(
+    before: Plan,
+    docs: Sequence[DocInfo],
+    now: float,
+    moved: tuple[int, Mapping[str, int]] | None,
+) -> bool:
+    """Whether a shard none of whose documents changed holds the documents of its plan
+    `before`, each on the same side of its hot tail (what `_stands` checks, knowing that
+    the documents' contents and tokens are as they were). `moved`, when documents may have
+    changed shards: the shard's number and the previous shard of each path."""
+    order = before.order
+    if before.superseded or len(docs) != len(order):
+        return False
+    if moved is not None and any(moved[1].get(doc.path) != moved[0] for doc in docs):
+        return False  # another came in, in place of one that left
+    hot = [doc for doc in docs if is_hot(doc, now)]
+    tail = set(order[before.tail_start :])
+    return len(hot) == len(tail) and all(doc.path in tail for doc in hot)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+HITS = 50  # the passages a question's routing weighs
+DOCUMENT_WEIGHT = 0.5  # a passage's evidence gains this share of its whole document's score
 SUPPORTING_HITS = 3  # a shard's passages after its best that add to its evidence
 SUPPORT_WEIGHT = 0.1
 
@@ -14,7 +16,8 @@ def rank_shards(
     """Shards by the evidence the search found in them: the best passage counts most, and
     the next few add a little, so one strong match beats many weak ones. Weak matches are
     often ties on common words (a question's "where is ... stored?"), and however many of
-    them land in one shard they add at most 0.3 of that shard's own best."""
+    them land in one shard they add at most 0.3 of that shard's own best. A hit's score is
+    the search's (corpus/search.py: its passage's, and DOCUMENT_WEIGHT of its document's)."""
     scores: dict[int, list[float]] = {}
     for path, score in hits:
         shard = shard_of.get(path)

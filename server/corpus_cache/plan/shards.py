@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from .stability import DocInfo
 
@@ -19,21 +20,34 @@ def _folder(path: str) -> str:
     return path.rpartition("/")[0]
 
 
+class Assignment(NamedTuple):
+    shards: dict[str, int]  # shard number per path
+    oversized: list[str]  # documents too large for any shard on their own
+    kept: bool  # every document assigned before is in the shard it was in
+
+
 def assign_shards(
     docs: Sequence[DocInfo],
     *,
     budget: int,
     overhead: int,
     previous: Mapping[str, int] | None = None,
-) -> tuple[dict[str, int], list[str]]:
+) -> Assignment:
     """Shard number per path, and the documents too large for any shard on their own."""
     room = budget - overhead
     fitting = [d for d in docs if d.tokens <= room]
     oversized = sorted(d.path for d in docs if d.tokens > room)
     if sum(d.tokens for d in fitting) <= room:
-        return {d.path: 0 for d in fitting}, oversized
+        return Assignment({d.path: 0 for d in fitting}, oversized, False)
 
     previous = previous or {}
+    kept = _kept_assignment(fitting, room, previous)
+    if kept is not None:
+        return Assignment(kept, oversized, True)
+    return Assignment(_assign(fitting, room, previous), oversized, False)
+
+
+def _assign(fitting: Sequence[DocInfo], room: int, previous: Mapping[str, int]) -> dict[str, int]:
     by_path = {d.path: d for d in fitting}
     shards: dict[int, list[DocInfo]] = {}
     pending: list[DocInfo] = []
@@ -73,7 +87,28 @@ def assign_shards(
         folders[target][folder] += 1
     assignment = {d.path: n for n, members in shards.items() for d in members}
     assert set(assignment) == set(by_path)
-    return _renumbered(assignment, previous), oversized
+    return _renumbered(assignment, previous)
+
+
+def _kept_assignment(
+    fitting: Sequence[DocInfo], room: int, previous: Mapping[str, int]
+) -> dict[str, int] | None:
+    """The previous assignment, when every document has a shard there and none is over
+    budget (what the whole assignment gives then, without sorting a large corpus after
+    each save); None otherwise."""
+    if not previous:
+        return None
+    loads: dict[int, int] = {}
+    assignment: dict[str, int] = {}
+    for doc in fitting:
+        number = previous.get(doc.path)
+        if number is None:
+            return None
+        assignment[doc.path] = number
+        loads[number] = loads.get(number, 0) + doc.tokens
+    if any(load > room for load in loads.values()):
+        return None
+    return assignment
 
 
 def _renumbered(assignment: dict[str, int], previous: Mapping[str, int]) -> dict[str, int]:
