@@ -59,6 +59,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/emulator_overhead.py
 	$(BIN)/python bench/freshness.py
+	$(BIN)/python bench/tiers.py --quick --json bench/results/tiers-quick.json
 	$(BIN)/python bench/planning.py
 	$(BIN)/python bench/routing.py
 	$(BIN)/python bench/ledger_audit.py --json bench/results/ledger-audit.json

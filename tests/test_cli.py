@@ -74,10 +74,14 @@ def test_the_emulator_command_applies_a_tier_and_realistic_latency(tmp_path: Pat
         assert limits["tier"] == "1"
         assert limits["models"]["sonnet-4"]["itpm"] == 30_000
         assert (latency["mode"], latency["time_scale"]) == ("realistic", 100)
+        assert limits["time_scale"] == 100
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=10)
-    assert b"rate limits of tier 1, realistic latency divided by 100" in stderr
+    assert (
+        b"rate limits of tier 1 refilling 100 times as fast, realistic latency divided by 100"
+        in stderr
+    )
 
 
 def test_the_emulator_names_the_tiers_it_knows_when_given_another(tmp_path: Path) -> None:

@@ -318,6 +318,29 @@ def test_buckets_refill_continuously_on_the_virtual_clock(
     assert headers["anthropic-ratelimit-input-tokens-remaining"] == "0"
 
 
+def test_a_time_scaled_emulator_refills_its_buckets_as_much_faster_as_it_answers(
+    client: anthropic.Anthropic, frozen: Control
+) -> None:
+    frozen.latency(
+        mode="realistic", time_scale=60, base_seconds=0, output_tokens_per_second=1e12, **NO_WAIT
+    )  # a minute in a second, and answers at once on the frozen clock
+    frozen.limits(itpm=6_000)  # 100 tokens a second, 6,000 a scaled second
+    assert frozen.http.get("/_emulator/limits").json()["time_scale"] == 60
+    ask(client, sized(client, 4_000))  # 2,000 left
+    with pytest.raises(anthropic.RateLimitError) as refused:
+        ask(client, sized(client, 4_000, seed=1))
+    assert refused.value.response.headers["retry-after"] == "1"  # 20 s of the API's, scaled
+    frozen.advance(0.3)  # 18 s of the API's: 1,800 tokens back, 200 short
+    with pytest.raises(anthropic.RateLimitError):
+        ask(client, sized(client, 4_000, seed=1))
+    frozen.advance(0.04)  # past the 20 s the bucket needed, divided by 60
+    assert ask(client, sized(client, 4_000, seed=1)).usage.input_tokens == 4_000
+    frozen.latency(mode="none")  # back to real time: the bucket refills at its own rate
+    frozen.advance(1)
+    with pytest.raises(anthropic.RateLimitError):
+        ask(client, sized(client, 4_000, seed=2))
+
+
 # --- controls -----------------------------------------------------------------------------------
 
 

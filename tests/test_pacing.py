@@ -10,22 +10,25 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import anthropic
 import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corpus_cache.api.ratelimits import Bucket, Demand, RateLimits
+from corpus_cache.api.ratelimits import Bucket, Demand, RateLimits, wait_after_refusal
 from corpus_cache.emulator import RunningEmulator
 from corpus_cache.errors import BeyondRateLimitError
 from support.corpus_fixture import write_corpus
 from support.emulator_control import Control
 from support.engines import engine_on
+from support.prompts import text_block, user, words
 
 pytestmark = pytest.mark.anyio
 
 T0 = 1_800_000_000.0
 MODEL = "claude-sonnet-5-5"
+ROUTING = "Which port does the routing engine Kestrel listen on?"
 
 # --- the buckets, as pure logic -----------------------------------------------------------
 
@@ -202,3 +205,51 @@ async def test_a_question_cancelled_while_it_waits_for_the_limits_leaves_no_row(
             group.cancel_scope.cancel()
         assert len(engine.ledger.requests(engine.corpus_key, limit=100)) == rows_before
     assert not [e for e in emulator.log() if e["path"] == "/v1/messages"]
+
+
+def test_a_429_waits_the_longer_of_its_retry_after_and_what_its_headers_say_the_bucket_needs() -> (
+    None
+):
+    known = limits(30_000, 30_000)  # we believed the bucket full: another program spent it
+    refusal = {
+        "retry-after": "3",
+        "anthropic-ratelimit-input-tokens-limit": "30000",
+        "anthropic-ratelimit-input-tokens-remaining": "1000",
+    }
+    wait = wait_after_refusal(known, refusal, Demand(input_tokens=10_500), 0.0)
+    assert wait == pytest.approx(20.0)  # 500 held (rounded down), 10,000 more at 500 a second
+    assert wait_after_refusal(known, {"retry-after": "30"}, Demand(input_tokens=1), 0.0) == 30
+
+
+async def test_a_429_from_another_program_on_the_key_is_retried_after_what_the_buckets_need(
+    corpus: Path,
+    tmp_path: Path,
+    running_emulator: RunningEmulator,
+    emulator: Control,
+    client: anthropic.Anthropic,
+) -> None:
+    emulator.freeze(T0)
+    waits, clock, sleep = waiting_on(emulator)
+    async with engine_on(
+        corpus, running_emulator.base_url, tmp_path / "state", model=MODEL,
+        clock=clock, sleep=sleep, max_retries=2,
+    ) as engine:  # fmt: skip
+        written = engine.current.shards[0].plan.total_tokens
+        emulator.limits(itpm=written * 2, rpm=1_000, otpm=100_000)
+        await engine.ask("When does the on-call rotation hand over?")  # the caller learns
+        # Another program on the same key takes nearly all the caller believes is left.
+        buckets = emulator.http.get("/_emulator/limits").json()["buckets"]
+        (left,) = [c["input_tokens"] for w in buckets.values() for c in w.values()]
+        text = words(int(left) - 500)
+        counted = client.messages.count_tokens(model=MODEL, messages=user(text_block(text)))
+        text = words(int(left) - 500 - (counted.input_tokens - (int(left) - 500)))
+        client.messages.create(model=MODEL, max_tokens=1, messages=user(text_block(text)))
+        routing = corpus / "architecture" / "routing.md"
+        routing.write_text(routing.read_text() + "\nKestrel moved to port 7444.\n")
+        await engine.refresh()
+        with anyio.fail_after(10):
+            answer = await engine.ask(ROUTING)
+        assert answer.usage.cache_write_tokens > 0
+    statuses = [e["status"] for e in emulator.log() if e["path"] == "/v1/messages"]
+    assert statuses[-2:] == [429, 200]  # refused once, then retried and answered
+    assert waits  # on the caller's clock, which the buckets refill on

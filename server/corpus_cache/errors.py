@@ -12,7 +12,10 @@ One tree, so that a caller catches `CorpusCacheError` and never a tuple:
     │   ├── UnknownModelError     a model id the table does not list
     │   └── LimitsTableError      the rate-limits table or a user's limits file is unusable
     ├── ApiCallError              a Messages API call failed, after the retries
-    │   └── IncompleteResponseError   a response stream ended before `message_stop`
+    │   ├── IncompleteResponseError   a response stream ended before `message_stop`
+    │   └── BeyondRateLimitError      more than the rate limits ever allow; not sent
+    ├── RateLimitWaitError        the rate limits would hold a question past the client's
+    │                             deadline; not sent, and says when to ask again
     ├── BudgetExceededError       a request would pass --max-usd-per-day; nothing was sent
     ├── LedgerUnavailableError    the ledger cannot be read now (a write is journaled instead)
     ├── DeadlineExceededError     a tool call ran past its deadline
@@ -94,6 +97,15 @@ class BudgetExceededError(CorpusCacheError):
 class LedgerUnavailableError(CorpusCacheError):
     """The ledger's file cannot be read now (corrupt, unreadable, missing its folder); the
     message says why and what to do."""
+
+
+class RateLimitWaitError(CorpusCacheError):
+    """A question the rate limits would hold longer than the client waits; not sent.
+    `wait_seconds`: how long the buckets need before it could be sent."""
+
+    def __init__(self, message: str, *, wait_seconds: float):
+        super().__init__(message)
+        self.wait_seconds = wait_seconds
 
 
 class DeadlineExceededError(CorpusCacheError):

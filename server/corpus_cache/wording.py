@@ -27,3 +27,14 @@ def tokens_figure(count: int, estimated: bool) -> str:
     if not estimated:
         return plural(count, "token")
     return f"{approximately(count, True)} tokens (estimated)"
+
+
+def about_seconds(seconds: float) -> str:
+    """A wait as people say it, rounded up: `about 40 s`, `about 2 min 10 s`, `about 3 h`."""
+    whole = max(1, int(-(-seconds // 1)))
+    if whole < 60:
+        return f"about {whole} s"
+    if whole < 3600:
+        minutes, rest = divmod(-(-whole // 10) * 10, 60)
+        return f"about {minutes} min" + (f" {rest} s" if rest else "")
+    return f"about {-(-whole // 3600)} h"

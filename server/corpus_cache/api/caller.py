@@ -6,9 +6,11 @@ request that spends, makes its attempts (api/retrying.py decides whether and whe
 again; the SDK makes one attempt per call), prices what the API reports, records a ledger
 row for every attempt (billed, not billed, or perhaps billed: docs/accounting.md), and
 turns a failure into an `ApiCallError` that says what happened and what to do. Before each
-attempt is sent it waits as long as the account's rate limits need (api/ratelimits.py),
-and refuses one that could never fit; every response's `anthropic-ratelimit-*` headers
-update what is known of them.
+attempt is sent it waits in one queue (api/scheduler.py) until the account's rate limits
+hold it (api/ratelimits.py), questions first, then background work, then counting
+(api/scheduling.py), and one that could never fit is refused unsent; every response's
+`anthropic-ratelimit-*` headers, 429s included, update what is known of the buckets. A
+429 is tried again after the longer of its retry-after and what the buckets need.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import anthropic
@@ -38,16 +41,20 @@ from corpus_cache.api.backend import (
 )
 from corpus_cache.api.outcomes import billing_of, cache_miss, cancelled_text, failure_text
 from corpus_cache.api.prepared import PreparedRequest, RequestKind
-from corpus_cache.api.ratelimits import Demand, RateLimits
+from corpus_cache.api.ratelimits import Demand, RateLimits, wait_after_refusal
+from corpus_cache.api.scheduler import NeverFits, Scheduler, WaitingNote
+from corpus_cache.api.scheduling import Pool, Priority
 from corpus_cache.api.spending import DailyCap
 from corpus_cache.errors import (
     ApiCallError,
     BeyondRateLimitError,
     BudgetExceededError,
     IncompleteResponseError,
+    RateLimitWaitError,
 )
 from corpus_cache.models.catalog import ModelSpec
 from corpus_cache.models.pricing import Usage, cost_usd, uncached_cost_usd
+from corpus_cache.wording import about_seconds, plural
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +127,12 @@ class ApiCaller:
         jitter: Callable[[], float] = random.random,
         *,
         limits: RateLimits | None = None,
+        count_limits: RateLimits | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         """`limits`: what is known of the rate limits before the first response (a tier's
-        figures), else nothing; `sleep` waits on `clock` (the emulator's virtual clock in
-        tests)."""
+        figures), else nothing; `count_limits`: the same of token counting's own bucket;
+        `sleep` waits on `clock` (the emulator's virtual clock in tests)."""
         self.backend = backend
         self.model = model
         self.ledger = ledger
@@ -132,14 +140,63 @@ class ApiCaller:
         self.cap = cap
         self.clock = clock
         self.jitter = jitter  # shortens a backoff by up to a quarter (retrying.next_wait)
-        self.limits = limits or RateLimits.unknown()
         self._sleep = sleep
-        # One admission at a time: two requests waiting on one bucket must not both go.
-        self._admission = anyio.Lock()
-        self._in_flight: list[Demand] = []
+        # Every request that spends from the buckets waits here, in one queue.
+        self.scheduler = Scheduler(
+            clock, sleep,
+            {
+                "messages": limits or RateLimits.unknown(),
+                "count_tokens": count_limits or RateLimits.unknown(),
+            },
+        )  # fmt: skip
+        self._in_flight: dict[Pool, list[Demand]] = {"messages": [], "count_tokens": []}
         self._answered_by: str | None = None  # as the last response said (backend_of_response)
         # Why attempts still under way are cancelled, once the server is stopping.
         self.stopping: str | None = None
+
+    @property
+    def limits(self) -> RateLimits:
+        """The Messages API's buckets, as known now."""
+        return self.scheduler.buckets["messages"]
+
+    @limits.setter
+    def limits(self, known: RateLimits) -> None:
+        self.scheduler.observed("messages", known)
+
+    @property
+    def count_limits(self) -> RateLimits:
+        """Token counting's bucket, as known now."""
+        return self.scheduler.buckets["count_tokens"]
+
+    def waiting(self) -> list[WaitingNote]:
+        """What waits for the buckets now (for the status tools)."""
+        return self.scheduler.waiting()
+
+    def question_wait(self, requests: list[PreparedRequest]) -> float | None:
+        """Seconds before the last of a question's requests could be sent, were it asked
+        now; None if one never can."""
+        return self.scheduler.expected_wait("question", "messages", [r.demand() for r in requests])
+
+    def too_long_to_wait(self, wait: float, patience: float) -> RateLimitWaitError:
+        """The refusal of a question the buckets would hold `wait` seconds, longer than the
+        client's `patience`: what holds it, and when to ask again."""
+        ahead = sum(note.count for note in self.waiting() if note.pool == "messages")
+        at = datetime.fromtimestamp(self.scheduler.now() + wait, UTC).strftime("%H:%M:%S UTC")
+        queued = f"; {plural(ahead, 'request')} already waiting" if ahead else ""
+        return RateLimitWaitError(
+            f"not sent: the account's rate limits ({_figures(self.limits)}, "
+            f"{self.limits.source}{queued}) let this question go in {about_seconds(wait)}, "
+            f"longer than your client waits ({patience:g} s). Ask again in "
+            f"{about_seconds(wait)} (after {at}); nothing was spent. Meanwhile search and "
+            "read_document answer at once.",
+            wait_seconds=wait,
+        )
+
+    def rate_limit_wait(self, headers: Mapping[str, str], request: PreparedRequest) -> float:
+        """How long a request the API refused with a 429 waits before it is sent again:
+        what the refusal's retry-after asks, or longer if the buckets, as its headers state
+        them, need longer. For the attempt loop's retries of a 429."""
+        return wait_after_refusal(self.limits, headers, request.demand(), self.scheduler.now())
 
     @property
     def label(self) -> str:
@@ -153,15 +210,20 @@ class ApiCaller:
         on_begun: Callable[[Usage], None],
         *,
         wanted: Callable[[], bool] = _always,
+        group: int | None = None,
     ) -> Sent:
         """Send `request` streaming, and read its answer to the end. `on_begun(usage)` is
         called as soon as the response has begun (`message_start` carries the cache
         usage): the entries it writes are readable from then on. A stream that ends or
         breaks before `message_stop` is an error, never a partial answer. `wanted()`: whether
-        anyone still waits for the answer; when not, a failed attempt is not tried again."""
+        anyone still waits for the answer; when not, a failed attempt is not tried again.
+        `group`: the fan-out question it is part of (`scheduler.new_group()`), paced as one."""
         with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
             return await self._attempts(
-                request, lambda attempt: self._stream(request, on_begun, attempt), wanted, ""
+                request,
+                lambda attempt: self._stream(request, on_begun, attempt, group),
+                wanted,
+                "",
             )
 
     async def warm(self, request: PreparedRequest) -> Sent:
@@ -199,12 +261,17 @@ class ApiCaller:
                     failed.failure, attempt, max_retries=self.backend.retries,
                     jitter=self.jitter(), now=time.time(),
                 )  # fmt: skip
+                rate_limited = failed.failure.status == 429
+                if wait is not None and rate_limited:
+                    # Another program spends on the same key: wait what the buckets need
+                    # too, on the caller's clock (the buckets refill on the API's).
+                    wait = max(wait, self.rate_limit_wait(failed.failure.headers, request))
                 if wait is not None and wanted():
                     log.info(
                         "%s request, shard %d: attempt %d failed (%s); trying again in %.2f s",
                         request.kind, request.shard, attempt, failed.exc, wait,
                     )  # fmt: skip
-                    await anyio.sleep(wait)
+                    await (self._sleep if rate_limited else anyio.sleep)(wait)
                     if wanted():
                         continue
                 error = describe_api_error(failed.exc, received=failed.received, attempts=attempt)
@@ -212,7 +279,11 @@ class ApiCaller:
         raise AssertionError("unreachable")  # itertools.count never ends
 
     async def _stream(
-        self, request: PreparedRequest, on_begun: Callable[[Usage], None], attempt: int
+        self,
+        request: PreparedRequest,
+        on_begun: Callable[[Usage], None],
+        attempt: int,
+        group: int | None = None,
     ) -> Sent:
         """One streamed attempt. Until the response begins it may take RESPONSE_BEGIN_SECONDS
         (backend.py); once it has, a silence longer than the request timeout breaks it."""
@@ -224,7 +295,7 @@ class ApiCaller:
         admitted = _Admission()
         try:
             async with (
-                self._admitted(request, admitted) as demand,
+                self._admitted(request, admitted, group) as demand,
                 self.backend.client.messages.stream(
                     **request.body(), timeout=self.backend.timeout()
                 ) as stream,
@@ -309,51 +380,58 @@ class ApiCaller:
         retried by the SDK (Backend.counting)."""
         message = cast(MessageParam, {"role": "user", "content": content})
         extra: dict[str, Any] = {"system": [{"type": "text", "text": system}]} if system else {}
+        one = Demand(requests=1)
+        try:
+            await self.scheduler.admit("count", "count_tokens", one)
+        except NeverFits as exc:  # a bucket of no requests at all: a limits file's mistake
+            raise ApiCallError("cannot count tokens: the token-counting limit is zero") from exc
+        self._in_flight["count_tokens"].append(one)
         try:
             raw = await self.backend.counting.messages.with_raw_response.count_tokens(
                 model=self.model.id, messages=[message], **extra
             )
+            self._observe(raw.headers, one, "count_tokens")
             result = await raw.parse()
         except anthropic.APIError as exc:
+            self._observe_failure(exc, "count_tokens")
             raise ApiCallError(f"cannot count tokens: {describe_api_error(exc)}") from exc
+        finally:
+            self._in_flight["count_tokens"].remove(one)
         self._answered_by = backend_of_response(raw.headers, self.backend.kind)
         return Counted(result.input_tokens, self._answered_by)
 
     @asynccontextmanager
     async def _admitted(
-        self, request: PreparedRequest, admission: _Admission
+        self, request: PreparedRequest, admission: _Admission, group: int | None = None
     ) -> AsyncIterator[Demand]:
-        """Wait until the buckets hold what `request` takes, then take it and keep it in
-        flight while the block runs (`admission.past` from then on). A request no bucket can
-        ever hold is refused, unsent."""
+        """Wait in the queue until the buckets hold what `request` takes (questions before
+        background work), then take it and keep it in flight while the block runs
+        (`admission.past` from then on). A request no bucket can ever hold is refused,
+        unsent."""
         demand = request.demand()
-        async with self._admission:
-            wait = self.limits.wait_seconds(demand, self.clock())
-            if wait is None:
-                raise BeyondRateLimitError(_beyond_limits(self.limits, demand))
-            if wait > 0:
-                log.info(
-                    "shard %d: waiting %.1f s for the rate limits (%s)",
-                    request.shard, wait, self.limits.source,
-                )  # fmt: skip
-                began = self.clock()
-                await self._sleep(wait)
-                # A clock that did not move as far (a frozen test clock) counts as if it had.
-                now = max(self.clock(), began + wait)
-            else:
-                now = self.clock()
-            self.limits = self.limits.taken(demand, now)
-            self._in_flight.append(demand)
-            admission.past = True
+        priority: Priority = "question" if request.kind == "ask" else "background"
+        try:
+            waited = await self.scheduler.admit(priority, "messages", demand, group)
+        except NeverFits:
+            raise BeyondRateLimitError(_beyond_limits(self.limits, demand)) from None
+        if waited > 0:
+            log.info(
+                "shard %d: waited %.1f s for the rate limits (%s)",
+                request.shard, waited, self.limits.source,
+            )  # fmt: skip
+        self._in_flight["messages"].append(demand)
+        admission.past = True
         try:
             yield demand
         finally:
-            self._in_flight.remove(demand)
+            self._in_flight["messages"].remove(demand)
 
-    def _observe(self, headers: Mapping[str, str], demand: Demand | None = None) -> None:
+    def _observe(
+        self, headers: Mapping[str, str], demand: Demand | None = None, pool: Pool = "messages"
+    ) -> None:
         """What a response's headers say of the buckets; `demand`: its own request, which
         they have counted already, unlike the others still in flight."""
-        others = list(self._in_flight)
+        others = list(self._in_flight[pool])
         if demand is not None and demand in others:
             others.remove(demand)
         pending = Demand(
@@ -361,14 +439,17 @@ class ApiCaller:
             input_tokens=sum(d.input_tokens for d in others),
             output_tokens=sum(d.output_tokens for d in others),
         )
-        self.limits = self.limits.observed(headers, self.clock(), in_flight=pending)
+        known = self.scheduler.buckets[pool]
+        seen = known.observed(headers, self.scheduler.now(), in_flight=pending)
+        if seen is not known:
+            self.scheduler.observed(pool, seen)
 
-    def _observe_failure(self, exc: BaseException) -> None:
+    def _observe_failure(self, exc: BaseException, pool: Pool = "messages") -> None:
         # A 429 carries the buckets' state as well: the next wait starts from it.
         response = getattr(exc, "response", None)
         headers = getattr(response, "headers", None)
         if headers is not None:
-            self._observe(headers)
+            self._observe(headers, pool=pool)
 
     def _record(
         self,
@@ -457,6 +538,11 @@ class ApiCaller:
                 attempt=attempt,
             )
         )  # fmt: skip
+
+
+def _figures(limits: RateLimits) -> str:
+    shown = [f"{b.per_minute:,} {k.replace('_', ' ')}" for k, b in limits.buckets.items()]
+    return (", ".join(shown) + " a minute") if shown else "figures not known yet"
 
 
 def _beyond_limits(limits: RateLimits, demand: Demand) -> str:

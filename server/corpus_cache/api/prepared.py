@@ -35,6 +35,9 @@ class PreparedRequest:
     prepared_at: float
     bound: Bound  # the most it can cost, in tokens (api/spending.request_bound)
     estimate_usd: float  # that bound in dollars: what the daily cap checks
+    # The prompt's tokens through the furthest anchor believed alive that its breakpoints
+    # reach back to (read from the cache, if the belief holds), marked or not.
+    read_tokens: int = 0
 
     def __post_init__(self) -> None:
         # Read-only views: the value is shared by the caller, the engine and the ledger.
@@ -68,6 +71,9 @@ class PreparedRequest:
         and the output its max_tokens reserves."""
         segments = [tokens for tokens, _ in self.bound.segments]
         written = sum(segments[self._read_segments() :]) + self.bound.uncached
+        # A breakpoint past an alive entry reads it through the lookback: a question that
+        # adds a marker block reads the corpus and writes a few tokens.
+        written = min(written, max(0, self.bound.prompt_tokens - self.read_tokens))
         return Demand(input_tokens=written, output_tokens=self.bound.output)
 
     def expected_usd(self, model: ModelSpec) -> float:

@@ -175,6 +175,31 @@ def limits_at_tier(table: LimitsTable, tier: str, model_id: str, now: float) -> 
     )  # fmt: skip
 
 
+def count_limits_at_tier(table: LimitsTable, tier: str, now: float) -> RateLimits:
+    """A tier's token-counting requests per minute, as a full bucket of its own; unknown
+    if the table has no figure for it."""
+    per_minute = table.get_tier(tier).count_tokens_rpm
+    if per_minute is None:
+        return RateLimits.unknown()
+    return RateLimits(
+        {"requests": Bucket(per_minute, float(per_minute), now)},
+        f"tier {tier} of the limits table, until the API's headers say",
+    )
+
+
+def wait_after_refusal(
+    limits: RateLimits, headers: Mapping[str, str], demand: Demand, now: float
+) -> float:
+    """Seconds a request the API refused with a 429 waits before it is sent again: what
+    the refusal's `retry-after` asks, or longer if the buckets, as its headers state them,
+    need longer to hold `demand` (another program spending on the same key may have taken
+    what we believed was left). Never negative; a demand no bucket can hold waits what
+    retry-after says (the caller refuses it before sending again)."""
+    asked = retry_after_seconds(headers) or 0.0
+    needed = limits.observed(headers, now).wait_seconds(demand, now)
+    return max(asked, needed or 0.0)
+
+
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """A 429's `retry-after` (whole seconds), if it has one."""
     lowered = {k.lower(): v for k, v in headers.items()}

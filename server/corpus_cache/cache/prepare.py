@@ -101,4 +101,13 @@ def prepare_request(
         prepared_at=now,
         bound=bound,
         estimate_usd=bound.usd(model),
+        read_tokens=max(
+            (
+                block.prefix_tokens
+                # No anchors at all when the plan is not cached.
+                for anchor, block in zip(plan.anchors, plan.blocks, strict=False)
+                if anchor in alive and anchor <= max(marked, default=-1)
+            ),
+            default=0,
+        ),
     )

@@ -72,6 +72,8 @@ def _emulator(args: argparse.Namespace) -> int:
     latency = "no latency" if service.latency is None else "realistic latency"
     if service.latency is not None and args.time_scale != 1:
         latency += f" divided by {args.time_scale:g}"
+    if tier is not None and args.time_scale != 1:
+        limits += f" refilling {args.time_scale:g} times as fast"
     print(
         f"corpus-cache emulator: http://{args.host}:{args.port} "
         f"(offline Anthropic Messages API, models as of {catalog.as_of}; {limits}, "
@@ -382,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         metavar="F",
-        help="divide realistic latencies by F, for quick runs (default: 1)",
+        help="divide realistic latencies by F and refill the rate-limit buckets F times as "
+        "fast, for quick runs (default: 1)",
     )
     emulator.set_defaults(run=_emulator)
 

@@ -3,7 +3,8 @@
 Rules (shared/reference/anthropic-caching.md, "Rate limits"):
 - three buckets per organisation (here: API key) and model class: requests, input tokens
   and output tokens per minute; each holds at most a minute's worth and refills
-  continuously at its per-minute figure / 60 per second, on the emulator's clock;
+  continuously at its per-minute figure / 60 per second, on the emulator's clock, times
+  the time scale (as latency is divided by it: a time-scaled run keeps both in step);
 - input tokens count `input_tokens` + `cache_creation_input_tokens`; cache reads count
   too only for a class marked `cache_reads_count`;
 - output tokens are reserved from `max_tokens` when the request starts and corrected to
@@ -46,10 +47,11 @@ class Bucket:
     per_minute: int
     level: float
     updated: float
+    time_scale: float = 1.0
 
     @property
     def rate(self) -> float:
-        return self.per_minute / 60.0
+        return self.per_minute / 60.0 * self.time_scale
 
     def refill(self, now: float) -> None:
         # A clock set backwards refills nothing until it passes the last update again.
@@ -104,9 +106,17 @@ class Admission:
 
 
 class RateLimiter:
-    def __init__(self, config: LimitConfig) -> None:
+    def __init__(self, config: LimitConfig, time_scale: float = 1.0) -> None:
         self.config = config
+        self.time_scale = time_scale
         self._buckets: dict[tuple[str, str, Kind], Bucket] = {}
+
+    def scale_time(self, time_scale: float, now: float) -> None:
+        """Refill at `time_scale` times the real rate from `now` on."""
+        for bucket in self._buckets.values():
+            bucket.refill(now)
+            bucket.time_scale = time_scale
+        self.time_scale = time_scale
 
     @property
     def enabled(self) -> bool:
@@ -121,7 +131,7 @@ class RateLimiter:
         key = (workspace, bucket_class, kind)
         bucket = self._buckets.get(key)
         if bucket is None or bucket.per_minute != per_minute:
-            bucket = Bucket(per_minute, float(per_minute), now)
+            bucket = Bucket(per_minute, float(per_minute), now, self.time_scale)
             self._buckets[key] = bucket
         bucket.refill(now)
         return bucket

@@ -32,14 +32,17 @@ def make_service(
 ) -> EmulatorService:
     """An emulator at a tier of the limits table (the shipped one with `limits_file`
     merged in; a `tier` in that file applies unless one is given here) and with or
-    without realistic latency, divided by `time_scale`."""
+    without realistic latency, divided by `time_scale`; the buckets refill `time_scale`
+    times as fast, so that a time-scaled run keeps latency and limits in step."""
     table = load_limits(limits_file)
     if tier is None:
         tier = table.tier
     if tier is not None:
         table.get_tier(tier)  # an unknown tier is the user's error, said plainly
     timing = Latency.realistic(table.latency, time_scale) if latency == "realistic" else None
-    return EmulatorService(catalog, limits_table=table, tier=tier, latency=timing)
+    return EmulatorService(
+        catalog, limits_table=table, tier=tier, latency=timing, time_scale=time_scale
+    )
 
 
 def _config(

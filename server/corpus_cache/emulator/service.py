@@ -121,6 +121,7 @@ class EmulatorService:
         limits_table: LimitsTable | None = None,
         tier: str | int | None = None,
         latency: Latency | None = None,
+        time_scale: float = 1.0,
     ) -> None:
         self.catalog = catalog
         self.limits_table = limits_table or load_limits()
@@ -131,8 +132,8 @@ class EmulatorService:
         self._ids = itertools.count(1)
         self._fingerprints: OrderedDict[tuple[str, str], Fingerprint] = OrderedDict()
         start = {"tier": tier} if tier is not None else {}
-        self._startup = (config_from(self.limits_table, start, catalog), latency)
-        self.limiter = RateLimiter(self._startup[0])
+        self._startup = (config_from(self.limits_table, start, catalog), latency, time_scale)
+        self.limiter = RateLimiter(self._startup[0], time_scale)
         self.latency = latency
 
     def reset(self) -> None:
@@ -141,23 +142,29 @@ class EmulatorService:
         self.faults.clear()
         self.log.clear()
         self._fingerprints.clear()
-        self.limiter = RateLimiter(self._startup[0])
+        self.limiter = RateLimiter(self._startup[0], self._startup[2])
         self.latency = self._startup[1]
 
     # --- rate limits and latency -------------------------------------------------------
 
     def set_limits(self, body: dict[str, Any]) -> None:
         """New limits, with full buckets."""
-        self.limiter = RateLimiter(config_from(self.limits_table, body, self.catalog))
+        self.limiter = RateLimiter(
+            config_from(self.limits_table, body, self.catalog), self.limiter.time_scale
+        )
 
     def describe_limits(self) -> dict[str, Any]:
         return {
             **self.limiter.config.describe(),
+            "time_scale": self.limiter.time_scale,
             "buckets": self.limiter.levels(self.clock.now()),
         }
 
     def set_latency(self, body: dict[str, Any]) -> None:
         self.latency = latency_from(body, self.limits_table.latency)
+        # One time scale for the run: the buckets refill as much faster as responses come.
+        scale = self.latency.time_scale if self.latency is not None else 1.0
+        self.limiter.scale_time(scale, self.clock.now())
 
     def describe_latency(self) -> dict[str, Any]:
         return self.latency.describe() if self.latency is not None else {"mode": "none"}

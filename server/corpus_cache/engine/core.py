@@ -19,7 +19,7 @@ from corpus_cache.api.backend import (
 )
 from corpus_cache.api.caller import ApiCaller, Sent
 from corpus_cache.api.prepared import PreparedRequest, RequestKind
-from corpus_cache.api.ratelimits import RateLimits, limits_at_tier
+from corpus_cache.api.ratelimits import RateLimits, count_limits_at_tier, limits_at_tier
 from corpus_cache.api.request import (
     INSTRUCTIONS,
     checked_question,
@@ -78,6 +78,8 @@ from corpus_cache.plan.stability import DocInfo
 log = logging.getLogger(__name__)
 
 QUESTION_RESERVE = 2_000  # tokens kept free in the window for the question
+# Of a client's deadline, what is left for the answer to arrive once a question is sent.
+ANSWER_ROOM_SECONDS = 10.0
 # What an answer takes once its prefix is cached: a read of it and the output streamed.
 ANSWER_SECONDS = 20.0
 # After the last breakpoint, so it is never cached and its wording does not matter.
@@ -122,7 +124,8 @@ class Engine:
         self.caller = ApiCaller(
             backend, self.model, ledger, self.corpus_key,
             DailyCap(settings, self._spent_since, clock), clock,
-            limits=_known_limits(settings, self.model, clock()), sleep=sleep,
+            limits=_known_limits(settings, self.model, clock()),
+            count_limits=_known_count_limits(settings, clock()), sleep=sleep,
         )  # fmt: skip
         self.counter = TokenCounter(self.caller, self.model.id, ledger)
         self._corpus: Corpus | None = None
@@ -451,6 +454,7 @@ class Engine:
         session: str | None = None,
         *,
         owner: str = LOCAL,
+        patience: float | None = None,
     ) -> Answer:
         """Answer from the shard(s) the question routes to, in parallel, merged in rank order.
 
@@ -458,18 +462,24 @@ class Engine:
         it; the answer says the session's id. `owner`: the MCP connection asking
         (sessions.py); a session is continued only by the owner that started it. Refused
         before anything is sent if it would take the last 24 hours' spend over
-        `max_usd_per_day`."""
+        `max_usd_per_day`. `patience`: the seconds the client waits; a question the rate
+        limits would hold longer is refused at once, saying when to ask again."""
         question = checked_question(question)
         if fan_out is not None and fan_out < 1:
             raise InvalidArgumentError("fan_out must be at least 1")
         if session is not None:
-            return await self._ask_in_session(question, fan_out, Sessions.check_id(session), owner)
+            return await self._ask_in_session(
+                question, fan_out, Sessions.check_id(session), owner, patience
+            )
         # This question's snapshot, whatever refreshes happen meanwhile.
         corpus = await self._compacted()
         self._check_documents(corpus)
         chosen = self.route(question, corpus, fan_out or self.settings.fan_out)
+        began = self.clock()
         await self.builder.ready(corpus, chosen, within=self.build_patience)
-        return await self._ask_shards(question, corpus, chosen)
+        if patience is not None:
+            patience -= self.clock() - began  # what the build took of the client's wait
+        return await self._ask_shards(question, corpus, chosen, patience)
 
     @property
     def build_patience(self) -> float:
@@ -484,10 +494,13 @@ class Engine:
                 f"the corpus folder {self.settings.corpus} holds no documents to ask about"
             )
 
-    async def _ask_shards(self, question: str, corpus: Corpus, chosen: list[Shard]) -> Answer:
+    async def _ask_shards(
+        self, question: str, corpus: Corpus, chosen: list[Shard], patience: float | None
+    ) -> Answer:
         """Ask `chosen` at once: all are prepared together, refused or sent as one against
-        the daily cap, and merged in rank order."""
+        the daily cap and the client's patience, and merged in rank order."""
         requests = await self._prepare_questions(question, corpus, chosen)
+        self._within_patience([request for _, _, request in requests], patience)
         estimate = sum(request.estimate_usd for _, _, request in requests)
         with self.caller.cap.within(estimate):
             if len(requests) == 1:
@@ -500,9 +513,10 @@ class Engine:
         self, requests: list[tuple[Corpus, Shard, PreparedRequest]]
     ) -> list[ShardAnswer]:
         answers: dict[int, ShardAnswer] = {}
+        paced = self.caller.scheduler.new_group()  # paced as one by the rate limits
 
         async def one(corpus: Corpus, shard: Shard, request: PreparedRequest) -> None:
-            answers[shard.number] = await self._send_question(corpus, shard, request)
+            answers[shard.number] = await self._send_question(corpus, shard, request, paced)
 
         try:
             async with anyio.create_task_group() as group:
@@ -516,8 +530,22 @@ class Engine:
             raise
         return [answers[shard.number] for _, shard, _ in requests]
 
+    def _within_patience(self, requests: list[PreparedRequest], patience: float | None) -> None:
+        """Refuse, unsent, a question the rate limits would hold past the client's patience
+        (less the time its answer takes to arrive)."""
+        if patience is None:
+            return
+        wait = self.caller.question_wait(requests)
+        if wait is not None and wait > max(patience - ANSWER_ROOM_SECONDS, patience / 2):
+            raise self.caller.too_long_to_wait(wait, patience)
+
     async def _ask_in_session(
-        self, question: str, fan_out: int | None, session_id: str, owner: str
+        self,
+        question: str,
+        fan_out: int | None,
+        session_id: str,
+        owner: str,
+        patience: float | None = None,
     ) -> Answer:
         """A question in a conversation: the session's corpus and shard (pinned at its first
         question), then the conversation so far, then the question."""
@@ -554,6 +582,7 @@ class Engine:
                 question, pin.corpus, [pin.shard],
                 conversation=[t.exchange for t in kept], marked=pin.marked, pinned=True,
             )  # fmt: skip
+            self._within_patience([request], patience)
             estimate = request.estimate_usd
             with self.caller.cap.within(estimate):
                 part = await self._send_question(corpus, shard, request)
@@ -636,8 +665,22 @@ class Engine:
                 conversation=conversation,
                 previous_message_id=self._last_message.get(shard.number),
             )  # fmt: skip
+            if shard_corpus is not corpus:
+                # Markers added after a block leave its prefix as it was: what is alive of
+                # `corpus` is read through the lookback, which the rate limits do not count.
+                read = self._read_through(corpus, shard)
+                if read > request.read_tokens:
+                    request = replace(request, read_tokens=read)
             requests.append((shard_corpus, shard, request))
         return requests
+
+    def _read_through(self, corpus: Corpus, shard: Shard) -> int:
+        """The prompt tokens through `shard`'s furthest anchor alive in `corpus`."""
+        live = self.live_ttls(corpus, shard)
+        if not live:
+            return 0
+        plan = shard.plan
+        return plan.blocks[plan.anchors.index(max(live))].prefix_tokens
 
     def _check_fits(self, shard: Shard) -> None:
         window = self.model.context_window
@@ -667,7 +710,7 @@ class Engine:
         return turn
 
     async def _send_question(
-        self, corpus: Corpus, shard: Shard, request: PreparedRequest
+        self, corpus: Corpus, shard: Shard, request: PreparedRequest, group: int | None = None
     ) -> ShardAnswer:
         """Send a prepared question and map its answer's citations to files and lines.
         Requests that would write the same cold entries wait for this one's response to
@@ -692,7 +735,7 @@ class Engine:
 
         async def send(wanted: Callable[[], bool]) -> Sent:
             try:
-                sent = await self.caller.answer(request, begun, wanted=wanted)
+                sent = await self.caller.answer(request, begun, wanted=wanted, group=group)
             finally:
                 release()  # failed before it began: a waiting request writes the prefix itself
             self._last_message[shard.number] = sent.message.id
@@ -890,6 +933,13 @@ def _known_limits(settings: Settings, model: ModelSpec, now: float) -> RateLimit
     if settings.tier is None:
         return RateLimits.unknown()
     return limits_at_tier(load_limits(settings.limits_file), settings.tier, model.id, now)
+
+
+def _known_count_limits(settings: Settings, now: float) -> RateLimits:
+    """Token counting's limit before its first response: the tier's, if one is set."""
+    if settings.tier is None:
+        return RateLimits.unknown()
+    return count_limits_at_tier(load_limits(settings.limits_file), settings.tier, now)
 
 
 def _backend_key(backend: Backend) -> str:

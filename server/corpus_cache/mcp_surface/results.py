@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from corpus_cache.accounting.ledger import Totals
 from corpus_cache.config import answers_offline
 from corpus_cache.errors import LedgerUnavailableError
+from corpus_cache.mcp_surface.limits_status import LimitsOut, limits_out, render_limits
 from corpus_cache.mcp_surface.startup import STARTING, EngineSlot
 from corpus_cache.wording import approximately, plural, tokens_figure, usd
 
@@ -263,6 +264,11 @@ class CacheStatus(BaseModel):
         description="shards whose cache is being written a slice per request, within the "
         "input-token rate limit, or whose build stopped: how far, and when it is done",
     )
+    rate_limits: LimitsOut | None = Field(
+        default=None,
+        description="the account's rate limits as known (from --tier or the API's headers), "
+        "what is available now, and the requests waiting for them",
+    )
 
 
 def _build_out(progress: BuildProgress) -> BuildOut:
@@ -459,6 +465,7 @@ def status(engine: Engine) -> CacheStatus:
             too_large=[], skipped={}, snapshot_version=0, snapshot_time="",
             folder_problem=engine.folder_problem(), spend=spend, other_spend=others,
             ledger_note=ledger_note, indexing=indexing_out(engine),
+            rate_limits=limits_out(engine.caller),
         )  # fmt: skip
     corpus = engine.current
     plans = [shard.plan for shard in corpus.shards]
@@ -505,6 +512,7 @@ def status(engine: Engine) -> CacheStatus:
         ],
         ledger_note=ledger_note,
         cache_build=[_build_out(p) for p in engine.builder.progress()],
+        rate_limits=limits_out(engine.caller),
     )
 
 
@@ -571,6 +579,8 @@ def render_status(out: CacheStatus) -> str:
         lines.extend(_spend_line(other, "Also in the ledger") for other in out.other_spend)
         if out.folder_problem:
             lines.insert(0, f"Warning: {out.folder_problem}.")
+        if out.rate_limits is not None:
+            lines.extend(render_limits(out.rate_limits))
         return "\n".join(lines)
     lines = [
         f"Corpus {out.corpus}: {plural(out.documents, 'document')}, "
@@ -614,4 +624,6 @@ def render_status(out: CacheStatus) -> str:
         lines.append("Left out: " + ", ".join(f"{n} {r}" for r, n in out.skipped.items()) + ".")
     if out.ledger_note:
         lines.append(f"Ledger: {out.ledger_note}.")
+    if out.rate_limits is not None:
+        lines.extend(render_limits(out.rate_limits))
     return "\n".join(lines)

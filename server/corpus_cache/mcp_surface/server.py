@@ -12,6 +12,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Annotated, Any
 
+import anyio
 from mcp.server import MCPServer
 from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.mcpserver import Context
@@ -143,9 +144,13 @@ def build_server(engine: Engine | EngineSlot) -> MCPServer:
         owner = session_owner(ctx)  # a session is continued only by the connection it began on
 
         async def asking() -> Answer:
+            began = anyio.current_time()
             # Within the deadline, its progress the heartbeat's.
             engine = await corpus_ready(slot)
-            return await engine.ask(question, fan_out, session, owner=owner)
+            # What is left of the client's wait: a question the rate limits would hold
+            # longer is refused at once, saying when to ask again.
+            left = slot.settings.ask_deadline - (anyio.current_time() - began)
+            return await engine.ask(question, fan_out, session, owner=owner, patience=left)
 
         try:
             with noting_throttles() as throttles:
