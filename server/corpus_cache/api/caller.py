@@ -74,6 +74,10 @@ def _always() -> bool:
     return True
 
 
+# A wait shorter than this is the queue's own bookkeeping, not the limits: not logged.
+_WAIT_WORTH_SAYING = 0.5
+
+
 @dataclass
 class _Admission:
     """Whether a request got past the rate limits, so may have been sent."""
@@ -414,7 +418,7 @@ class ApiCaller:
             waited = await self.scheduler.admit(priority, "messages", demand, group)
         except NeverFits:
             raise BeyondRateLimitError(_beyond_limits(self.limits, demand)) from None
-        if waited > 0:
+        if waited >= _WAIT_WORTH_SAYING:
             log.info(
                 "shard %d: waited %.1f s for the rate limits (%s)",
                 request.shard, waited, self.limits.source,
