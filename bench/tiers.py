@@ -66,7 +66,7 @@ from corpus_cache.errors import (
 )
 from corpus_cache.models.catalog import load_catalog
 from corpus_cache.models.pricing import Usage, cost_usd
-from startup import _serve_once
+from startup import _compile, _serve_once, _server_env
 from synthetic import document, write_folder
 
 MODEL = "claude-sonnet-5-5"
@@ -324,7 +324,9 @@ async def initialize_seconds(folder: Path, tier: str) -> float | None:
     with tempfile.TemporaryDirectory() as state, start_in_thread() as emulator:
         if TIERS[tier] is not None:
             httpx2.post(f"{emulator.base_url}/_emulator/limits", json={"tier": str(TIERS[tier])})
-        figures = await _serve_once(folder, emulator, Path(state), None)
+        env = _server_env(None, Path(state) / "pycache")
+        _compile(env)  # its bytecode written, as after an install
+        figures = await _serve_once(folder, emulator, Path(state), env)
     return float(figures["initialize_s"])
 
 
