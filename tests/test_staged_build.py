@@ -278,6 +278,7 @@ async def test_a_build_longer_than_the_ttl_keeps_the_layouts_first_entry_alive(
     time = VirtualTime(emulator)
     async with building(
         corpus, tmp_path / "state", running_emulator.base_url, time, ask_deadline=3_600,
+        build_minutes=None,  # one shard, however long it takes to build
         **settings,
     ) as engine:  # fmt: skip
         live = engine.current

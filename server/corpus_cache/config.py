@@ -77,11 +77,12 @@ class Settings(BaseSettings):
         "docs/caching.md says why)",
     )
     build_minutes: float | None = Field(
-        None,
+        5.0,
         gt=0,
         description="size shards so that the account's input-token rate limit, when known "
-        "(--tier), writes one to the cache in about this many minutes, 5 for example "
-        "(default: not by the limits; staged builds write a larger shard in slices)",
+        "(--tier) when the folder is first planned, writes one to the cache in about this "
+        "many minutes: at tier 1 a shard is 150k tokens; from tier 2 up the window is "
+        "smaller (docs/caching.md)",
     )
     reserve_tokens: int = Field(
         16_000, ge=0, description="tokens kept free in the window for question and answer"
