@@ -130,6 +130,7 @@ async def replay(
     model: ModelSpec,
     emulator: RunningEmulator,
     workdir: Path,
+    tier: str | None = None,
 ) -> Replay:
     control = httpx2.Client(base_url=emulator.base_url)
     control.post("/_emulator/reset")
@@ -140,10 +141,20 @@ async def replay(
         os.utime(path, (T0 - MONTH, T0 - MONTH))  # a settled folder: nothing recently edited
     now = [T0]
     clock: Callable[[], float] = lambda: now[0]  # noqa: E731
-    settings = Settings(corpus=root, state_dir=workdir / strategy / "state", model=model.id)
+    settings = Settings(
+        corpus=root, state_dir=workdir / strategy / "state", model=model.id, tier=tier
+    )
     ledger = Ledger(settings.ledger_path)
     client = AsyncAnthropic(base_url=emulator.base_url, api_key=f"bench-{strategy}", max_retries=0)
-    engine = Engine(settings, load_catalog(), Backend(client, "anthropic"), ledger, clock=clock)
+
+    async def wait(seconds: float) -> None:
+        # A wait for the rate limits passes on the virtual clock, as the trace's time does.
+        now[0] += seconds
+        control.post("/_emulator/clock", json={"set": now[0]})
+
+    engine = Engine(
+        settings, load_catalog(), Backend(client, "anthropic"), ledger, clock=clock, sleep=wait
+    )
     result = Replay()
     fixed_ttl = {"single-block": "5m", "single-block-1h": "1h", "keep-warm-always": "5m"}
     last_request: float | None = None
@@ -172,7 +183,7 @@ async def replay(
         await engine.refresh()
         for event in events:
             await pings_until(T0 + event.t)
-            now[0] = T0 + event.t
+            now[0] = max(now[0], T0 + event.t)  # a wait for the limits may have run past it
             control.post("/_emulator/clock", json={"set": now[0]})
             if event.op != "ask":
                 _apply(root, event, now[0])
@@ -242,18 +253,21 @@ def lower_bound(observed: Replay, model: ModelSpec) -> Tally:
     return bound
 
 
-async def compare(corpus: Path, events: list[Event], model_id: str) -> dict[str, Any]:
+async def compare(
+    corpus: Path, events: list[Event], model_id: str, tier: str | None = None
+) -> dict[str, Any]:
     model = load_catalog().get(model_id)
     results: dict[str, Tally] = {}
-    with start_in_thread() as emulator, tempfile.TemporaryDirectory() as tmp:
+    with start_in_thread(tier=tier) as emulator, tempfile.TemporaryDirectory() as tmp:
         for strategy in STRATEGIES:
-            run = await replay(strategy, corpus, events, model, emulator, Path(tmp))
+            run = await replay(strategy, corpus, events, model, emulator, Path(tmp), tier)
             results[strategy] = run.tally
             if strategy == "corpus-cache":
                 results["lower_bound"] = lower_bound(run, model)
     bound = results["lower_bound"].usd
     return {
         "model": model.id,
+        "tier": tier or "none",
         "questions": results["corpus-cache"].questions,
         "edits": sum(1 for e in events if e.op != "ask"),
         "strategies": {
@@ -265,7 +279,8 @@ async def compare(corpus: Path, events: list[Event], model_id: str) -> dict[str,
 
 def render(report: dict[str, Any]) -> str:
     lines = [
-        f"{report['questions']} questions, {report['edits']} edits, model {report['model']}",
+        f"{report['questions']} questions, {report['edits']} edits, model {report['model']}, "
+        f"rate limits: {'tier ' + report['tier'] if report['tier'] != 'none' else 'none'}",
         f"{'strategy':14}{'dollars':>10}{'x bound':>9}{'input':>10}{'read':>12}"
         f"{'written':>11}{'output':>9}",
     ]
@@ -291,8 +306,15 @@ def main() -> None:
     parser.add_argument("--trace", type=Path, required=True)
     parser.add_argument("--model", default="claude-sonnet-5-5")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--tier",
+        help="replay under the rate limits of this usage tier (the emulator applies them, "
+        "corpus-cache knows them from --tier and waits on the virtual clock; the fixed "
+        "strategies are sent as they are, so a tier whose limits they exceed fails them: "
+        "tier 2 and up on the handbook); default: none",
+    )
     args = parser.parse_args()
-    report = anyio.run(compare, args.corpus, load(args.trace), args.model)
+    report = anyio.run(compare, args.corpus, load(args.trace), args.model, args.tier)
     print(render(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
