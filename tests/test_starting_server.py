@@ -237,3 +237,19 @@ def test_serve_stops_at_once_on_what_would_stop_its_engine(
     assert result.stdout == ""  # nothing was served
     assert "emulator" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_what_serve_imports_before_its_first_answer_leaves_the_sdk_and_the_engine_out() -> None:
+    # The modules `serve` loads before it answers; the SDK (about 1 s of imports) and
+    # everything that needs it load afterwards. Any module of the MCP surface that imports
+    # them at run time puts that second back in front of `initialize`.
+    probe = (
+        "import sys, corpus_cache.cli.main, corpus_cache.mcp_surface.server, "
+        "corpus_cache.mcp_surface.startup, corpus_cache.engine.preflight; "
+        "print(sorted(m for m in ('anthropic', 'numpy', 'corpus_cache.engine.core', "
+        "'corpus_cache.api.caller', 'corpus_cache.emulator') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "[]"

@@ -3,11 +3,15 @@ they come from, what is available now, and what waits for them."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, Field
 
-from corpus_cache.api.caller import ApiCaller
 from corpus_cache.api.ratelimits import RateLimits
 from corpus_cache.wording import about_seconds, plural
+
+if TYPE_CHECKING:  # the SDK loads after the server answers (cli/main.py `_serve`)
+    from corpus_cache.api.caller import ApiCaller
 
 _NAMES = {"requests": "requests", "input_tokens": "input tokens", "output_tokens": "output tokens"}
 _BUCKETS = {
