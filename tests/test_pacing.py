@@ -7,7 +7,6 @@ minute takes no time and the emulator's buckets refill exactly as the caller exp
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anthropic
@@ -20,7 +19,7 @@ from corpus_cache.api.ratelimits import Bucket, Demand, RateLimits, wait_after_r
 from corpus_cache.emulator import RunningEmulator
 from corpus_cache.errors import BeyondRateLimitError
 from support.corpus_fixture import write_corpus
-from support.emulator_control import Control
+from support.emulator_control import Control, EmulatorTime
 from support.engines import engine_on
 from support.prompts import text_block, user, words
 
@@ -100,32 +99,14 @@ def corpus(tmp_path: Path) -> Path:
     return write_corpus(tmp_path / "corpus", filler_sentences=200)
 
 
-def waiting_on(
-    emulator: Control,
-) -> tuple[list[float], Callable[[], float], Callable[[float], Awaitable[None]]]:
-    """A clock that reads the emulator's frozen clock, and a sleep that moves it."""
-    now = [T0]
-    waits: list[float] = []
-
-    def clock() -> float:
-        return now[0]
-
-    async def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        emulator.advance(seconds)
-        now[0] += seconds
-
-    return waits, clock, sleep
-
-
 async def test_a_second_cold_write_waits_for_the_input_bucket_instead_of_meeting_a_429(
     corpus: Path, tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
 ) -> None:
     emulator.freeze(T0)
-    waits, clock, sleep = waiting_on(emulator)
+    time = EmulatorTime(emulator, T0)
     async with engine_on(
         corpus, running_emulator.base_url, tmp_path / "state", model=MODEL,
-        clock=clock, sleep=sleep,
+        clock=time.clock, sleep=time.sleep,
     ) as engine:  # fmt: skip
         written = engine.current.corpus_tokens
         # Room for one write of the corpus a minute, not two.
@@ -139,8 +120,8 @@ async def test_a_second_cold_write_waits_for_the_input_bucket_instead_of_meeting
         assert second.usage.cache_write_tokens > 0
     statuses = [entry["status"] for entry in emulator.log()]
     assert 429 not in statuses
-    assert len(waits) == 1  # it waited once, the time the bucket needed
-    assert waits[0] > 0
+    assert len(time.waits) == 1  # it waited once, the time the bucket needed
+    assert time.waits[0] > 0
 
 
 async def test_a_request_larger_than_the_tier_allows_is_refused_unsent_with_what_to_do(
@@ -152,11 +133,11 @@ async def test_a_request_larger_than_the_tier_allows_is_refused_unsent_with_what
         "[tiers.tiny]\ncount_tokens_rpm = 1000\n"
         "[tiers.tiny.classes.sonnet-5-5]\nrpm = 50\nitpm = 1_000\notpm = 8_000\n"
     )
-    waits, clock, sleep = waiting_on(emulator)
+    time = EmulatorTime(emulator, T0)
     async with engine_on(
         corpus, running_emulator.base_url, tmp_path / "state", model=MODEL, tier="tiny",
         limits_file=limits_file, build_minutes=None,  # shards not sized by the limits
-        clock=clock, sleep=sleep,
+        clock=time.clock, sleep=time.sleep,
     ) as engine:  # fmt: skip
         assert engine.caller.limits.input_tokens_per_minute == 1_000
         sent_before = len([e for e in emulator.log() if e["path"] == "/v1/messages"])
@@ -165,7 +146,7 @@ async def test_a_request_larger_than_the_tier_allows_is_refused_unsent_with_what
     assert "allows 1,000 a minute" in str(refused.value)
     assert "tier tiny" in str(refused.value)
     assert len([e for e in emulator.log() if e["path"] == "/v1/messages"]) == sent_before
-    assert waits == []
+    assert time.waits == []
 
 
 async def test_the_headers_of_the_first_response_replace_the_tiers_figures(
@@ -173,10 +154,10 @@ async def test_the_headers_of_the_first_response_replace_the_tiers_figures(
 ) -> None:
     emulator.freeze(T0)
     emulator.limits(itpm=400_000, rpm=77, otpm=90_000)
-    _, clock, sleep = waiting_on(emulator)
+    time = EmulatorTime(emulator, T0)
     async with engine_on(
         corpus, running_emulator.base_url, tmp_path / "state", model=MODEL, tier="1",
-        clock=clock, sleep=sleep,
+        clock=time.clock, sleep=time.sleep,
     ) as engine:  # fmt: skip
         assert engine.caller.limits.input_tokens_per_minute == 30_000  # the table's tier 1
         await engine.ask("When does the on-call rotation hand over?")
@@ -230,10 +211,10 @@ async def test_a_429_from_another_program_on_the_key_is_retried_after_what_the_b
     client: anthropic.Anthropic,
 ) -> None:
     emulator.freeze(T0)
-    waits, clock, sleep = waiting_on(emulator)
+    time = EmulatorTime(emulator, T0)
     async with engine_on(
         corpus, running_emulator.base_url, tmp_path / "state", model=MODEL,
-        clock=clock, sleep=sleep, max_retries=2,
+        clock=time.clock, sleep=time.sleep, max_retries=2,
     ) as engine:  # fmt: skip
         written = engine.current.shards[0].plan.total_tokens
         emulator.limits(itpm=written * 2, rpm=1_000, otpm=100_000)
@@ -253,4 +234,4 @@ async def test_a_429_from_another_program_on_the_key_is_retried_after_what_the_b
         assert answer.usage.cache_write_tokens > 0
     statuses = [e["status"] for e in emulator.log() if e["path"] == "/v1/messages"]
     assert statuses[-2:] == [429, 200]  # refused once, then retried and answered
-    assert waits  # on the caller's clock, which the buckets refill on
+    assert time.waits  # on the caller's clock, which the buckets refill on

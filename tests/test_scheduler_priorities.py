@@ -20,7 +20,7 @@ from corpus_cache.errors import RateLimitWaitError
 from corpus_cache.mcp_surface.results import render_status, status
 from corpus_cache.plan.staging import SLICE_SHARE
 from support.corpus_fixture import write_corpus
-from support.emulator_control import Control
+from support.emulator_control import Control, EmulatorTime
 from support.engines import engine_on
 from support.mcp_session import serving
 
@@ -108,20 +108,10 @@ async def test_token_counting_waits_for_its_own_bucket_instead_of_meeting_a_429(
     corpus: Path, tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
 ) -> None:
     emulator.freeze(T0)
-    now = [T0]
-    waits: list[float] = []
-
-    def clock() -> float:
-        return now[0]
-
-    async def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        emulator.advance(seconds)
-        now[0] += seconds
-
+    time = EmulatorTime(emulator, T0)
     async with engine_on(
-        corpus, running_emulator.base_url, tmp_path / "state", model=MODEL, clock=clock,
-        sleep=sleep,
+        corpus, running_emulator.base_url, tmp_path / "state", model=MODEL, clock=time.clock,
+        sleep=time.sleep,
     ) as engine:  # fmt: skip
         emulator.limits(count_tokens_rpm=3)
         for _ in range(5):
@@ -129,7 +119,7 @@ async def test_token_counting_waits_for_its_own_bucket_instead_of_meeting_a_429(
         assert engine.caller.count_limits.requests_per_minute == 3  # from the headers
     counts = [e for e in emulator.log() if e["path"] == "/v1/messages/count_tokens"]
     assert [e["status"] for e in counts[-5:]] == [200] * 5
-    assert sum(waits) == pytest.approx(40, abs=0.1)  # three at once, then one every 20 s
+    assert sum(time.waits) == pytest.approx(40, abs=0.1)  # three at once, then one every 20 s
 
 
 async def test_a_question_the_buckets_would_hold_past_the_deadline_is_refused_at_once(

@@ -23,7 +23,7 @@ from corpus_cache.engine.core import Engine
 from corpus_cache.engine.warm import prewarm_after_changes, warm_shard
 from corpus_cache.errors import BeyondRateLimitError, CacheBuildingError
 from support.corpus_fixture import document, write_corpus
-from support.emulator_control import Control
+from support.emulator_control import Control, EmulatorTime
 from support.engines import engine_on
 from support.mcp_session import Client, build_server
 
@@ -37,31 +37,6 @@ QUESTION = "When does the on-call rotation hand over?"
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     return write_corpus(tmp_path / "corpus", filler_sentences=200)
-
-
-class VirtualTime:
-    """A clock that reads the emulator's frozen clock, and a sleep that moves it; `hold`
-    makes the n-th sleep and those after it wait until `release` is set (a build held
-    half-way)."""
-
-    def __init__(self, emulator: Control) -> None:
-        self.emulator = emulator
-        self.now = T0
-        self.sleeps = 0
-        self.hold_at: int | None = None
-        self.held = anyio.Event()
-        self.release = anyio.Event()
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps += 1
-        if self.hold_at is not None and self.sleeps >= self.hold_at:
-            self.held.set()
-            await self.release.wait()
-        self.emulator.advance(seconds)
-        self.now += seconds
 
 
 def limited(tmp_path: Path, emulator: Control, itpm: int) -> dict[str, Any]:
@@ -78,7 +53,7 @@ def limited(tmp_path: Path, emulator: Control, itpm: int) -> dict[str, Any]:
 
 @asynccontextmanager
 async def building(
-    corpus: Path, state: Path, base_url: str, time: VirtualTime, **settings: Any
+    corpus: Path, state: Path, base_url: str, time: EmulatorTime, **settings: Any
 ) -> AsyncIterator[Engine]:
     async with (
         engine_on(
@@ -110,7 +85,7 @@ async def test_a_corpus_over_the_limit_is_built_in_slices_then_read_whole_by_a_q
     total = await corpus_tokens(corpus, tmp_path / "count", running_emulator.base_url)
     itpm = total // 3  # the corpus is three minutes of the input bucket
     settings = limited(tmp_path, emulator, itpm)
-    time = VirtualTime(emulator)
+    time = EmulatorTime(emulator)
     log_start = len(messages(emulator))
     async with building(
         corpus, tmp_path / "state", running_emulator.base_url, time, ask_deadline=3_600,
@@ -139,7 +114,7 @@ async def test_a_question_that_the_build_cannot_finish_in_time_for_says_when_to_
     emulator.freeze(T0)
     total = await corpus_tokens(corpus, tmp_path / "count", running_emulator.base_url)
     settings = limited(tmp_path, emulator, total // 3)
-    time = VirtualTime(emulator)
+    time = EmulatorTime(emulator)
     log_start = len(messages(emulator))
     async with building(
         corpus, tmp_path / "state", running_emulator.base_url, time, ask_deadline=50, **settings
@@ -169,7 +144,7 @@ async def test_a_build_resumes_after_a_restart_without_writing_its_live_slices_a
     total = await corpus_tokens(corpus, tmp_path / "count", running_emulator.base_url)
     settings = limited(tmp_path, emulator, total // 3)
     state = tmp_path / "state"
-    first = VirtualTime(emulator)
+    first = EmulatorTime(emulator)
     first.hold_at = 2  # the second wait for the bucket never ends: two slices are written
     log_start = len(messages(emulator))
     async with (
@@ -185,7 +160,7 @@ async def test_a_build_resumes_after_a_restart_without_writing_its_live_slices_a
     before = messages(emulator)[log_start:]
     assert len(before) == 2
     emulator.advance(60)  # the restart takes a minute
-    second = VirtualTime(emulator)
+    second = EmulatorTime(emulator)
     second.now = first.now + 60
     async with building(
         corpus, state, running_emulator.base_url, second, ask_deadline=3_600, **settings
@@ -208,7 +183,7 @@ async def test_over_mcp_the_build_shows_in_cache_status_and_the_stats_and_ask_sa
     emulator.freeze(T0)
     total = await corpus_tokens(corpus, tmp_path / "count", running_emulator.base_url)
     settings = limited(tmp_path, emulator, total // 3)
-    time = VirtualTime(emulator)
+    time = EmulatorTime(emulator)
     time.hold_at = 2
     async with (
         building(corpus, tmp_path / "state", running_emulator.base_url, time, **settings) as engine,
@@ -242,7 +217,7 @@ async def test_a_question_that_waits_for_the_build_hears_how_far_it_is(
     emulator.freeze(T0)
     total = await corpus_tokens(corpus, tmp_path / "count", running_emulator.base_url)
     settings = limited(tmp_path, emulator, total // 3)
-    time = VirtualTime(emulator)
+    time = EmulatorTime(emulator)
     time.hold_at = 2  # held until a progress notification has told how far the build is
     heard: list[str] = []
 
@@ -275,7 +250,7 @@ async def test_a_build_longer_than_the_ttl_keeps_the_layouts_first_entry_alive(
         (corpus / f"part{i:02d}.md").write_text(f"# part {i}\n\n{document(i, 25)}\n")
     total = await corpus_tokens(corpus, tmp_path / "count", running_emulator.base_url)
     settings = limited(tmp_path, emulator, total // 8)  # about ten slices: over 5 minutes
-    time = VirtualTime(emulator)
+    time = EmulatorTime(emulator)
     async with building(
         corpus, tmp_path / "state", running_emulator.base_url, time, ask_deadline=3_600,
         build_minutes=None,  # one shard, however long it takes to build
@@ -297,7 +272,7 @@ async def test_shards_sized_by_the_limits_keep_the_size_the_first_plan_gave_them
 ) -> None:
     emulator.freeze(T0)
     settings = limited(tmp_path, emulator, 8_000)
-    time = VirtualTime(emulator)
+    time = EmulatorTime(emulator)
     async with building(
         corpus, tmp_path / "state", running_emulator.base_url, time, build_minutes=2,
         ask_deadline=3_600, **settings,
@@ -315,7 +290,7 @@ async def test_a_document_larger_than_a_slice_is_refused_unsent_and_named(
 ) -> None:
     emulator.freeze(T0)
     settings = limited(tmp_path, emulator, 5_000)  # a slice of 3,994: each document is more
-    time = VirtualTime(emulator)
+    time = EmulatorTime(emulator)
     async with building(
         corpus, tmp_path / "state", running_emulator.base_url, time, **settings
     ) as engine:
@@ -333,7 +308,7 @@ async def test_with_prewarm_an_edit_starts_a_build_in_the_background_and_the_ref
     emulator.freeze(T0)
     total = await corpus_tokens(corpus, tmp_path / "count", running_emulator.base_url)
     settings = limited(tmp_path, emulator, total // 3)
-    time = VirtualTime(emulator)
+    time = EmulatorTime(emulator)
     async with building(
         corpus, tmp_path / "state", running_emulator.base_url, time, ask_deadline=3_600,
         prewarm=True, watch=False, **settings,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import httpx2
+
+FROZEN_AT = 1_800_000_000.0  # where tests freeze the emulator's clock (Control.freeze)
 
 
 class Control:
@@ -18,7 +21,7 @@ class Control:
         response.raise_for_status()
         return response.json()
 
-    def freeze(self, at: float = 1_800_000_000.0) -> None:
+    def freeze(self, at: float = FROZEN_AT) -> None:
         self.post("clock", {"frozen": True, "set": at})
 
     def advance(self, seconds: float) -> None:
@@ -48,3 +51,34 @@ class Control:
             "/_emulator/cache", headers={"x-api-key": api_key}
         ).json()["entries"]
         return entries
+
+
+class EmulatorTime:
+    """An engine's clock and sleep on the emulator's frozen clock: the clock reads it, and
+    a sleep moves it (a minute's wait for the rate limits takes no time, and the emulator's
+    buckets refill as the engine expected). `waits` are the sleeps' lengths; `hold_at`
+    makes the n-th sleep and those after it wait until `release` is set (a build held
+    half-way), with `held` set once one does."""
+
+    def __init__(self, emulator: Control, start: float = FROZEN_AT) -> None:
+        self.emulator = emulator
+        self.now = start
+        self.waits: list[float] = []
+        self.hold_at: int | None = None
+        self.held = anyio.Event()
+        self.release = anyio.Event()
+
+    @property
+    def sleeps(self) -> int:
+        return len(self.waits)
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        if self.hold_at is not None and self.sleeps >= self.hold_at:
+            self.held.set()
+            await self.release.wait()
+        self.emulator.advance(seconds)
+        self.now += seconds
