@@ -6,7 +6,6 @@ import json
 import os
 import pty
 import re
-import select
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from support.commands import free_port, run
+from support.commands import free_port, run, stderr_until
 from support.corpus_fixture import FACTS, write_corpus
 from support.emulator_control import Control
 
@@ -259,17 +258,7 @@ def test_serve_started_by_hand_in_a_terminal_says_it_waits_for_an_mcp_client(
     )
     os.close(keyboard)
     try:
-        assert process.stderr is not None
-        seen: list[str] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # bounded: a server that never says it fails
-            ready, _, _ = select.select([process.stderr], [], [], deadline - time.monotonic())
-            line = process.stderr.readline() if ready else ""
-            if not line:
-                break
-            seen.append(line)
-            if "waiting for an MCP client on stdin" in line:
-                break
+        seen = stderr_until(process, "waiting for an MCP client on stdin")
         assert any("waiting for an MCP client on stdin" in line for line in seen), seen
     finally:
         process.terminate()

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from corpus_cache.errors import SetupError
 from corpus_cache.mcp_surface.server import build_server
 from corpus_cache.mcp_surface.startup import EngineSlot
 from corpus_cache.models.catalog import load_catalog
-from support.commands import run
+from support.commands import run, stderr_until
 from support.corpus_fixture import write_corpus
 from support.emulator_control import Control
 from support.engines import engine_on
@@ -81,16 +79,7 @@ def test_initialize_and_the_lists_are_answered_before_the_engine_stack_has_loade
         ]  # fmt: skip
         # The server says, once its engine has started, what it answered before: the
         # engine's start comes after its imports (the SDK among them).
-        seen: list[str] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # bounded: a server that never says it fails
-            ready, _, _ = select.select([process.stderr], [], [], deadline - time.monotonic())
-            line = process.stderr.readline() if ready else ""
-            if not line:
-                break
-            seen.append(line)
-            if "engine started" in line:
-                break
+        seen = stderr_until(process, "engine started")
         started = [line for line in seen if "engine started" in line]
         assert started, seen
         for method in ("initialize", "tools/list", "resources/list", "prompts/list"):
