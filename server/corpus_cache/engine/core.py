@@ -121,11 +121,11 @@ class Engine:
         self.clock = clock
         # Every request to the API goes through this one caller (api/caller.py). The daily
         # cap counts what may have been billed too: an estimate, but money perhaps spent.
+        limits, count_limits = _known_limits(settings, self.model, clock())
         self.caller = ApiCaller(
             backend, self.model, ledger, self.corpus_key,
             DailyCap(settings, self._spent_since, clock), clock,
-            limits=_known_limits(settings, self.model, clock()),
-            count_limits=_known_count_limits(settings, clock()), sleep=sleep,
+            limits=limits, count_limits=count_limits, sleep=sleep,
         )  # fmt: skip
         self.counter = TokenCounter(self.caller, self.model.id, ledger)
         self._corpus: Corpus | None = None
@@ -928,18 +928,18 @@ class Engine:
         return new
 
 
-def _known_limits(settings: Settings, model: ModelSpec, now: float) -> RateLimits:
-    """The rate limits assumed before the first response: the tier's, if one is set."""
+def _known_limits(
+    settings: Settings, model: ModelSpec, now: float
+) -> tuple[RateLimits, RateLimits]:
+    """The rate limits assumed before the first response, of messages and of token
+    counting: the tier's, if one is set (the table read once for both)."""
     if settings.tier is None:
-        return RateLimits.unknown()
-    return limits_at_tier(load_limits(settings.limits_file), settings.tier, model.id, now)
-
-
-def _known_count_limits(settings: Settings, now: float) -> RateLimits:
-    """Token counting's limit before its first response: the tier's, if one is set."""
-    if settings.tier is None:
-        return RateLimits.unknown()
-    return count_limits_at_tier(load_limits(settings.limits_file), settings.tier, now)
+        return RateLimits.unknown(), RateLimits.unknown()
+    table = load_limits(settings.limits_file)
+    return (
+        limits_at_tier(table, settings.tier, model.id, now),
+        count_limits_at_tier(table, settings.tier, now),
+    )
 
 
 def _backend_key(backend: Backend) -> str:
