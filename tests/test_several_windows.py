@@ -46,7 +46,7 @@ async def windows(
         clients = [await stack.enter_async_context(Client(params)) for _ in range(count)]
         for client in clients:
             with anyio.fail_after(60):  # bounded: each indexes the folder on its own
-                while (await client.call_tool("search", {"query": "Kestrel"})).is_error:
+                while (await client.call_tool("search", {"query": "Kestrel"})).is_error:  # noqa: ASYNC110
                     await anyio.sleep(0.05)
         yield clients
 
