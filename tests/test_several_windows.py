@@ -16,6 +16,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from corpus_cache.emulator import RunningEmulator
+from corpus_cache.errors import RateLimitWaitError
 from support.corpus_fixture import write_corpus
 from support.emulator_control import Control
 from support.engines import engine_on
@@ -147,3 +148,22 @@ async def test_a_second_instance_reads_the_first_ones_cache_and_counts_its_gaps(
     assert cache_writes(emulator) == 1
     (policy,) = status["cache_policy"]
     assert "(last 2 gaps)" in policy["reason"]  # A's gap, and the one from A's to B's
+
+
+async def test_an_instance_does_not_send_what_another_ones_last_headers_say_cannot_fit(
+    running_emulator: RunningEmulator, emulator: Control, tmp_path: Path
+) -> None:
+    corpus, state = write_corpus(tmp_path / "corpus"), tmp_path / "state"
+    base_url = running_emulator.base_url
+    async with (
+        engine_on(corpus, base_url, state) as first,
+        engine_on(corpus, base_url, state) as second,
+    ):
+        # One request a minute for the organisation, and the second engine has never
+        # seen a response: only the first one's headers say the minute is spent.
+        emulator.limits(rpm=1, itpm=1_000_000, otpm=100_000, count_tokens_rpm=10_000)
+        await first.ask(QUESTION)
+        with pytest.raises(RateLimitWaitError):
+            await second.ask("When are deploys frozen?", patience=30)
+    sent = [e for e in emulator.log() if e.get("path") == "/v1/messages"]
+    assert len(sent) == 1  # refused unsent: no 429

@@ -135,6 +135,7 @@ class Engine:
             backend, self.model, ledger, self.corpus_key,
             DailyCap(settings, self._spent_since, clock, spend), clock,
             limits=limits, count_limits=count_limits, sleep=sleep,
+            shared=(self.shared, _backend_key(backend)),
         )  # fmt: skip
         self.counter = TokenCounter(self.caller, self.model.id, ledger)
         self._corpus: Corpus | None = None
