@@ -145,7 +145,6 @@ async def test_a_second_instance_reads_the_first_ones_cache_and_counts_its_gaps(
         third = structured(await b.call_tool("ask", {"question": "Who is on call?"}))
         status = structured(await b.call_tool("cache_status", {}))
     assert third["usage"]["cache_read_tokens"] > 0
-    assert cache_writes(emulator) == 1
     (policy,) = status["cache_policy"]
     assert "(last 2 gaps)" in policy["reason"]  # A's gap, and the one from A's to B's
 
