@@ -67,27 +67,47 @@ def cache_writes(emulator: Control) -> int:
     )
 
 
-@pytest.mark.parametrize("count", [2, 4])
-async def test_cold_questions_asked_at_once_of_several_instances_write_the_cache_once(
-    running_emulator: RunningEmulator, emulator: Control, tmp_path: Path, count: int
+async def at_once(clients: list[Client], emulator: Control) -> list[dict[str, Any]]:
+    """The same cold question asked of every instance at once, and their answers."""
+    # The writer's response begins only after a while: without coordination, every other
+    # instance would send its own request meanwhile and write the prefix too.
+    emulator.fault(kind="delay", delay=1.5)
+    answers: list[dict[str, Any]] = []
+
+    async def ask(client: Client) -> None:
+        answers.append(structured(await client.call_tool("ask", {"question": QUESTION})))
+
+    async with anyio.create_task_group() as group:
+        for client in clients:
+            group.start_soon(ask, client)
+    return answers
+
+
+async def test_cold_questions_asked_at_once_of_four_instances_write_the_cache_once(
+    running_emulator: RunningEmulator, emulator: Control, tmp_path: Path
 ) -> None:
     corpus = write_corpus(tmp_path / "corpus")
-    async with windows(count, corpus, tmp_path / "state", running_emulator.base_url) as clients:
-        # The writer's response begins only after a while: without coordination, every
-        # other instance would send its own request meanwhile and write the prefix too.
-        emulator.fault(kind="delay", delay=1.5)
-        answers: list[dict[str, Any]] = []
-
-        async def ask(client: Client) -> None:
-            answers.append(structured(await client.call_tool("ask", {"question": QUESTION})))
-
-        async with anyio.create_task_group() as group:
-            for client in clients:
-                group.start_soon(ask, client)
+    async with windows(4, corpus, tmp_path / "state", running_emulator.base_url) as clients:
+        answers = await at_once(clients, emulator)
     assert cache_writes(emulator) == 1
-    assert sorted(a["usage"]["cache_read_tokens"] > 0 for a in answers) == [False] + [True] * (
-        count - 1
-    )
+    assert sorted(a["usage"]["cache_read_tokens"] > 0 for a in answers) == [False, *[True] * 3]
+
+
+async def test_two_instances_asked_at_once_write_once_and_each_counts_the_others_gaps(
+    running_emulator: RunningEmulator, emulator: Control, tmp_path: Path
+) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    async with windows(2, corpus, tmp_path / "state", running_emulator.base_url) as (a, b):
+        answers = await at_once([a, b], emulator)
+        writes = cache_writes(emulator)
+        structured(await a.call_tool("ask", {"question": "When are deploys frozen?"}))
+        last = structured(await b.call_tool("ask", {"question": "Who is on call?"}))
+        status = structured(await b.call_tool("cache_status", {}))
+    assert writes == 1
+    assert sorted(a["usage"]["cache_read_tokens"] > 0 for a in answers) == [False, True]
+    assert last["usage"]["cache_read_tokens"] > 0  # B reads what A's questions keep alive
+    (policy,) = status["cache_policy"]
+    assert "(last 3 gaps)" in policy["reason"]  # between all four questions, A's and B's
 
 
 async def test_the_daily_cap_holds_across_instances_asked_at_once(
@@ -133,20 +153,6 @@ async def test_the_daily_cap_holds_across_instances_asked_at_once(
     assert sorted(r.is_error for r in outcomes) == [False, True], texts
     (refusal,) = [r for r in outcomes if r.is_error]
     assert "daily" in refusal.content[0].text or "cap" in refusal.content[0].text
-
-
-async def test_a_second_instance_reads_the_first_ones_cache_and_counts_its_gaps(
-    running_emulator: RunningEmulator, emulator: Control, tmp_path: Path
-) -> None:
-    corpus = write_corpus(tmp_path / "corpus")
-    async with windows(2, corpus, tmp_path / "state", running_emulator.base_url) as (a, b):
-        structured(await a.call_tool("ask", {"question": QUESTION}))
-        structured(await a.call_tool("ask", {"question": "When are deploys frozen?"}))
-        third = structured(await b.call_tool("ask", {"question": "Who is on call?"}))
-        status = structured(await b.call_tool("cache_status", {}))
-    assert third["usage"]["cache_read_tokens"] > 0
-    (policy,) = status["cache_policy"]
-    assert "(last 2 gaps)" in policy["reason"]  # A's gap, and the one from A's to B's
 
 
 async def test_an_instance_does_not_send_what_another_ones_last_headers_say_cannot_fit(
