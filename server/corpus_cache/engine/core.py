@@ -482,6 +482,9 @@ class Engine:
         question = checked_question(question)
         if fan_out is not None and fan_out < 1:
             raise InvalidArgumentError("fan_out must be at least 1")
+        # Before the layout's old copies are dropped and a staged build is waited for:
+        # another instance may have kept or written what this one believes lapsed.
+        self.catch_up()
         if session is not None:
             return await self._ask_in_session(
                 question, fan_out, Sessions.check_id(session), owner, patience
