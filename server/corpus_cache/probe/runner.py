@@ -50,10 +50,11 @@ class EmulatorControls:
         self.http = http
 
     @classmethod
-    async def find(cls, base_url: str) -> EmulatorControls | None:
+    async def find(cls, base_url: str, api_key: str) -> EmulatorControls | None:
         if httpx2.URL(base_url).host not in ("127.0.0.1", "localhost", "::1"):
             return None  # the controls are the emulator's, on loopback only
-        http = httpx2.AsyncClient(base_url=base_url, timeout=10)
+        # An emulator started with a key wants it on every route, its controls included.
+        http = httpx2.AsyncClient(base_url=base_url, timeout=10, headers={"x-api-key": api_key})
         try:
             response = await http.get("/_emulator/clock")
             if response.status_code == 200 and "now" in response.json():
@@ -403,7 +404,9 @@ async def run_probe(options: ProbeOptions, ledger_path: Path) -> Report:
     spec = catalog.get(options.model)
     backend = _backend(options)
     ledger = Ledger(ledger_path)
-    controls = await EmulatorControls.find(str(backend.client.base_url))
+    controls = await EmulatorControls.find(
+        str(backend.client.base_url), backend.client.api_key or ""
+    )
     never = Settings.model_construct(max_usd_per_day=None)  # the probe keeps its own bound
     caller = ApiCaller(
         backend, spec, ledger, PROBE_CORPUS, DailyCap(never, lambda _: 0.0, time.time)
