@@ -82,6 +82,19 @@ def test_a_write_multiplier_changes_what_the_log_says_was_billed(
     assert billed[written.id] == pytest.approx(tokens * 3.0 * 3e-6)
 
 
+def test_a_count_drift_makes_count_tokens_report_more_than_is_billed(
+    client: anthropic.Anthropic, emulator: Control
+) -> None:
+    messages = user(text_block(words(300)))
+    counted = client.messages.count_tokens(model=MODEL, messages=messages).input_tokens
+    emulator.post("models", {MODEL: {"count_tokens_extra": 40}})
+    drifted = client.messages.count_tokens(model=MODEL, messages=messages).input_tokens
+    billed = ask(client, messages).usage.input_tokens
+
+    assert drifted == counted + 40
+    assert billed == counted
+
+
 def test_the_settings_are_shown_replaced_and_forgotten_on_reset(emulator: Control) -> None:
     emulator.post("models", {MODEL: {"min_cacheable_tokens": 512}})
     shown = emulator.post("models", {MODEL: {"cache_lookback": 5}})
@@ -96,6 +109,7 @@ def test_the_settings_are_shown_replaced_and_forgotten_on_reset(emulator: Contro
         ({MODEL: {"id": "other"}}, 400),
         ({MODEL: {"min_cacheable_tokens": 0}}, 400),
         ({MODEL: {}}, 400),
+        ({MODEL: {"count_tokens_extra": 1.5}}, 400),
         ({"claude-unknown-9": {"cache_lookback": 3}}, 404),
     ],
 )

@@ -99,6 +99,19 @@ def test_a_disagreeing_emulator_is_found_and_the_written_overrides_correct_the_t
     assert verdicts(again)[step] == "match"
 
 
+def test_a_count_tokens_drift_is_reported_and_written_nowhere(
+    pointed: Control, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pointed.post("models", {SONNET: {"count_tokens_extra": 60}})
+    report = probe(capsys, "--model", SONNET)
+
+    assert "count_tokens drift" in mismatched(report)
+    drift = next(f for f in report["findings"] if f["step"] == "count_tokens drift")
+    assert "counted" in drift["measured"]
+    assert "+" in drift["measured"]
+    assert report["overrides"] == {}  # the table has no such figure
+
+
 def test_the_overrides_file_is_a_models_file_naming_what_was_measured(
     pointed: Control, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

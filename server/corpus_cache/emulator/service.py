@@ -35,6 +35,9 @@ MODEL_SETTINGS = (
     "input_usd_per_mtok",
     "output_usd_per_mtok",
 )
+# And one the model table has no field for: tokens count_tokens reports beyond what the
+# same prompt is billed (the documentation: it "may include a few system-added tokens").
+COUNT_DRIFT = "count_tokens_extra"
 # Responses whose prompt a later request's diagnostics can be compared with (about 5 KB
 # each): a previous_message_id names a recent response; an older one is "not found".
 FINGERPRINTS_KEPT = 1_000
@@ -138,6 +141,7 @@ class EmulatorService:
         self.catalog = catalog
         self._table = catalog  # the model table as started; /_emulator/models departs from it
         self._model_settings: dict[str, dict[str, Any]] = {}
+        self._count_extra: dict[str, int] = {}
         self.limits_table = limits_table or load_limits()
         self.clock = VirtualClock()
         self.cache = PromptCache()
@@ -167,6 +171,7 @@ class EmulatorService:
         fields of MODEL_SETTINGS (`{}`: the table as started). The cache, its billing
         and the log's `billed` follow them; nothing else changes."""
         settings: dict[str, dict[str, Any]] = {}
+        count_extra: dict[str, int] = {}
         specs = {spec.id: spec for spec in self._table}
         for name, fields in body.items():
             spec = self._table.find(name)
@@ -174,12 +179,20 @@ class EmulatorService:
                 raise not_found(f"model: {name}")
             if not isinstance(fields, dict) or not fields:
                 raise invalid(f"{name}: expected an object of settings")
-            unknown = set(fields) - set(MODEL_SETTINGS)
+            known = (*MODEL_SETTINGS, COUNT_DRIFT)
+            unknown = set(fields) - set(known)
             if unknown:
                 raise invalid(f"{name}: unknown settings {sorted(unknown)}; expected some of "
-                              f"{', '.join(MODEL_SETTINGS)}")  # fmt: skip
+                              f"{', '.join(known)}")  # fmt: skip
+            extra = fields.get(COUNT_DRIFT, 0)
+            if not isinstance(extra, int) or isinstance(extra, bool):
+                raise invalid(f"{name}: {COUNT_DRIFT}: expected a whole number of tokens")
+            count_extra[spec.id] = extra
+            table_fields = {k: v for k, v in fields.items() if k != COUNT_DRIFT}
             try:
-                specs[spec.id] = ModelSpec.model_validate({**specs[spec.id].model_dump(), **fields})
+                specs[spec.id] = ModelSpec.model_validate(
+                    {**specs[spec.id].model_dump(), **table_fields}
+                )
             except ValidationError as exc:
                 message = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
                 raise invalid(f"{name}: {message}") from None
@@ -188,6 +201,7 @@ class EmulatorService:
             list(specs.values()), as_of=self._table.as_of, source=self._table.source
         )
         self._model_settings = settings
+        self._count_extra = count_extra
 
     def describe_models(self) -> dict[str, Any]:
         return {"models": self._model_settings}
@@ -329,7 +343,8 @@ class EmulatorService:
 
     def count_tokens(self, body: Any) -> dict[str, Any]:
         prompt = parse_count_tokens_request(body, self.catalog)
-        return {"input_tokens": prompt.total_tokens}
+        extra = self._count_extra.get(prompt.model.id, 0)
+        return {"input_tokens": max(1, prompt.total_tokens + extra)}
 
     @staticmethod
     def model_info(spec: ModelSpec) -> dict[str, Any]:

@@ -97,11 +97,14 @@ class Probe:
     stopped: str = ""  # why the last request was not sent
     findings: list[Finding] = field(default_factory=list)
     _rate: tuple[float, float] | None = None  # tokens = a + b * sentences
+    # What count_tokens reports beyond the tokens billed for the same prompt (the first
+    # step measures it): every count is corrected by it, so sizes are in billed tokens.
+    drift: int = 0
 
     # --- counting and sending ---------------------------------------------------------
 
     async def count(self, prompt: ProbePrompt, upto: int | None = None) -> int:
-        return (await self.caller.count_tokens(prompt.content(upto))).tokens
+        return (await self.caller.count_tokens(prompt.content(upto))).tokens - self.drift
 
     async def sized(self, prompt: ProbePrompt) -> Sized:
         through = {b: await self.count(prompt, b) for b in sorted(prompt.breakpoints)}
@@ -178,6 +181,18 @@ class Probe:
 
     # --- the steps --------------------------------------------------------------------
 
+    async def calibrate(self) -> None:
+        """count_tokens against the tokens billed for one small uncached prompt: the drift,
+        reported, and taken off every count after."""
+        prompt = ProbePrompt((checks.filler(40, secrets.token_hex(6)),), {})
+        counted = await self.count(prompt)
+        sent = await self.send(Sized(prompt, {}, counted))
+        if sent is None:
+            self.findings.append(checks.skipped("count_tokens drift", "-", self.stopped))
+            return
+        self.findings.append(checks.drift_finding(counted, sent.usage.prompt_tokens))
+        self.drift = counted - sent.usage.prompt_tokens
+
     async def minimum(self) -> tuple[int | None, _Sent | None]:
         """The search for the minimum cacheable length; the shortest length cached, and
         the first request that wrote a 5-minute entry (for its write multiplier)."""
@@ -230,7 +245,6 @@ class Probe:
         self.findings.append(
             checks.usage_finding("1h/5m split", write.usage, expected, "the write")
         )
-        self.findings.append(checks.drift_finding(sized.total, write.usage.prompt_tokens))
         read = await self.send(sized)
         if read is None:
             self.findings.append(checks.skipped("5m read", table, self.stopped))
@@ -371,6 +385,7 @@ class Probe:
 
     async def run(self) -> None:
         table = self.spec.min_cacheable_tokens
+        await self.calibrate()
         shortest, five = await self.minimum()
         head = math.ceil(max(table, shortest or table) * HEAD_MARGIN)
         split, write, read = await self.split(head)
