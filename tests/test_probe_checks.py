@@ -127,6 +127,9 @@ def test_no_billing_of_a_probe_request_costs_more_than_its_price_beforehand(
         rest = head + second - read_tokens - one_hour
         usage = Usage(tail, read_tokens, rest, one_hour)
         assert cost_usd(usage, SONNET) <= checks.worst_usd(sized, SONNET)
+    bound = checks.bound_of(sized, SONNET)
+    assert bound.prompt_tokens == sized.total
+    assert bound.usd(SONNET) <= checks.worst_usd(sized, SONNET)
 
 
 @given(

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from corpus_cache.api.spending import Bound
 from corpus_cache.models.catalog import ModelSpec
 from corpus_cache.models.limits import LimitsTable
 from corpus_cache.models.pricing import Ttl, Usage, cost_usd
@@ -105,6 +106,21 @@ def worst_usd(sized: Sized, spec: ModelSpec) -> float:
     tokens = (cached + sized.total - written) * (1 + TOKEN_SLACK_SHARE) + TOKEN_SLACK
     price, _ = spec.prices_at(sized.total)
     return math.ceil(tokens * price) / 1e6
+
+
+def bound_of(sized: Sized, spec: ModelSpec) -> Bound:
+    """The request's tokens as the caller's rate limits and failure rows take them
+    (api/spending.Bound): each stretch up to a breakpoint at the costliest TTL from there
+    on, the rest uncached, no output."""
+    multiplier = {"5m": spec.cache_write_5m_multiplier, "1h": spec.cache_write_1h_multiplier}
+    points = sorted(sized.through.items())
+    segments: list[tuple[int, float]] = []
+    before = 0
+    for i, (_, tokens) in enumerate(points):
+        costliest = max(multiplier[sized.prompt.breakpoints[b]] for b, _ in points[i:])
+        segments.append((tokens - before, costliest))
+        before = tokens
+    return Bound(tuple(segments), sized.total - before, 0)
 
 
 def cached(usage: Usage) -> bool:

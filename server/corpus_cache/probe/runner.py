@@ -26,7 +26,7 @@ from corpus_cache.accounting.ledger import Ledger
 from corpus_cache.api.backend import OFFLINE_EMULATOR, Backend, api_client, open_backend
 from corpus_cache.api.caller import ApiCaller, Sent
 from corpus_cache.api.prepared import PreparedRequest
-from corpus_cache.api.spending import Bound, DailyCap
+from corpus_cache.api.spending import DailyCap
 from corpus_cache.config import Settings, answers_offline
 from corpus_cache.emulator import start_in_thread
 from corpus_cache.errors import ApiCallError
@@ -138,7 +138,7 @@ class Probe:
             kind="probe", shard=0, snapshot=0, params=sized.prompt.params(self.spec.id),
             marked=(), ttls=MappingProxyType({}), identities=MappingProxyType({}),
             alive=frozenset(), corpus_end=None, prepared_at=self.clock(),
-            bound=Bound((), sized.total, 0), estimate_usd=worst,
+            bound=checks.bound_of(sized, self.spec), estimate_usd=worst,
         )  # fmt: skip
 
     async def send(self, sized: Sized) -> _Sent | None:
@@ -422,7 +422,8 @@ async def run_probe(options: ProbeOptions, ledger_path: Path) -> Report:
     controls = await EmulatorControls.find(
         str(backend.client.base_url), backend.client.api_key or ""
     )
-    never = Settings.model_construct(max_usd_per_day=None)  # the probe keeps its own bound
+    # No daily cap: --max-usd bounds the probe, whose rows are a corpus of their own.
+    never = Settings.model_construct(max_usd_per_day=None)
     caller = ApiCaller(
         backend, spec, ledger, PROBE_CORPUS, DailyCap(never, lambda _: 0.0, time.time)
     )
