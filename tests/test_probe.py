@@ -175,3 +175,21 @@ def test_the_text_report_says_what_matched_what_did_not_and_what_was_skipped(
     assert "mismatch lookback" in text
     assert "needs --wait" in text
     assert "--write-overrides" in text
+
+
+def test_a_request_the_api_refuses_ends_the_probe_with_what_it_found_and_an_error_status(
+    pointed: Control, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pointed.fault(count=1, status=401, error_type="authentication_error")
+    assert main(["probe", "--model", SONNET, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+
+    stopped = report["findings"][-1]
+    assert stopped["step"] == "(stopped)"
+    assert "API key" in stopped["detail"]
+    ledger = Ledger(Path(os.environ["CORPUS_CACHE_STATE_DIR"]) / "ledger.sqlite3")
+    try:
+        rows = ledger.history("probe")
+    finally:
+        ledger.close()
+    assert [(r.kind, r.outcome) for r in rows] == [("probe", "error")]  # the attempt, recorded

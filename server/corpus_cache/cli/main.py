@@ -356,7 +356,7 @@ def _probe(args: argparse.Namespace) -> int:
         out: Path = args.write_overrides.expanduser()
         out.write_text(render_overrides(report.model, report.overrides, note), encoding="utf-8")
         print(f"wrote {out.resolve()} ({len(report.overrides)} figures)", file=sys.stderr)
-    return 0
+    return 1 if report.failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

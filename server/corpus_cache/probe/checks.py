@@ -21,6 +21,7 @@ from corpus_cache.models.limits import LimitsTable
 from corpus_cache.models.pricing import Ttl, Usage, cost_usd
 
 Verdict = Literal["match", "mismatch", "skipped"]
+STOPPED = "(stopped)"  # the step of a request that failed: the probe ends there
 
 # Counts and the usage billed may differ by a few tokens the API adds (the reference:
 # count_tokens "may include a few system-added tokens"): equal within this.
@@ -353,6 +354,10 @@ class Report:
     max_usd: float
     spent_usd: float
     findings: tuple[Finding, ...]
+
+    @property
+    def failed(self) -> bool:
+        return any(f.step == STOPPED for f in self.findings)
 
     @property
     def overrides(self) -> dict[str, int | float]:

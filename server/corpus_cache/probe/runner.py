@@ -433,7 +433,7 @@ async def run_probe(options: ProbeOptions, ledger_path: Path) -> Report:
     try:
         await probe.run()
     except ApiCallError as exc:
-        probe.findings.append(checks.skipped("(stopped)", "-", str(exc)))
+        probe.findings.append(checks.skipped(checks.STOPPED, "-", str(exc)))
     finally:
         if controls is not None:
             await controls.close()
