@@ -932,14 +932,15 @@ def _known_limits(
     settings: Settings, model: ModelSpec, now: float
 ) -> tuple[RateLimits, RateLimits]:
     """The rate limits assumed before the first response, of messages and of token
-    counting: the tier's, if one is set (the table read once for both)."""
-    if settings.tier is None:
+    counting: the tier's, if one is set by `--tier` or by the limits file's own `tier`,
+    as the emulator it starts applies it (the table read once for both)."""
+    if settings.tier is None and settings.limits_file is None:
         return RateLimits.unknown(), RateLimits.unknown()
     table = load_limits(settings.limits_file)
-    return (
-        limits_at_tier(table, settings.tier, model.id, now),
-        count_limits_at_tier(table, settings.tier, now),
-    )
+    tier = settings.tier if settings.tier is not None else table.tier
+    if tier is None:
+        return RateLimits.unknown(), RateLimits.unknown()
+    return limits_at_tier(table, tier, model.id, now), count_limits_at_tier(table, tier, now)
 
 
 def _backend_key(backend: Backend) -> str:
