@@ -26,9 +26,9 @@ For each corpus and tier it measures:
 Time scaling: the emulator runs with `--latency realistic --time-scale F` (latencies
 divided by F, and its buckets refilling F times as fast: docs/emulator.md), and the engine
 runs on a clock F times as fast as real time (its waits for the buckets take 1/F of the
-time), so the figures are in the API's seconds: real seconds x F. The emulator's cache TTLs
-are not scaled, so the engine believes entries lapse F times sooner than they do; runs
-that take more than a few scaled minutes err on the slow side.
+time), so the figures are in the API's seconds: real seconds x F. The emulator's cache
+entries lapse F times as fast too, so an entry lives 5 minutes (or an hour) of the API's
+time, as the engine, on its own clock, believes.
 
 Targets (issue 18) are printed beside the figures; many depend on work that landed on main
 at different times, so the figures are whatever this checkout does.
