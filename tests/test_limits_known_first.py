@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp import Client, StdioServerParameters
 
+from corpus_cache.emulator import RunningEmulator
+from corpus_cache.engine.core import Engine
+from corpus_cache.engine.remembered_limits import MAX_AGE_SECONDS
 from support.corpus_fixture import write_corpus
+from support.emulator_control import Control, EmulatorTime
+from support.engines import engine_on
 
 pytestmark = pytest.mark.anyio
 
@@ -46,3 +54,95 @@ async def test_serve_with_a_limits_file_that_names_a_tier_assumes_that_tiers_fig
     assert limits_shown["messages"]["input_tokens"]["per_minute"] == 12_345
     assert limits_shown["count_tokens"]["per_minute"] == 777
     assert limits_shown["source"].startswith("tier small of the limits table")
+
+
+# --- without --tier: learned before the first plan, remembered across a restart ----------
+
+T0 = 1_800_000_000.0
+QUESTION = "When does the on-call rotation hand over?"
+
+
+def messages(emulator: Control) -> list[dict[str, Any]]:
+    return [e for e in emulator.log(bodies=True) if e["path"] == "/v1/messages"]
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "corpus", filler_sentences=400)  # about 37k tokens
+
+
+@asynccontextmanager
+async def serving_engine(
+    corpus: Path, state: Path, base_url: str, time: EmulatorTime, **settings: Any
+) -> AsyncIterator[Engine]:
+    """An engine as `serve` runs it (builds in the background), not told the tier."""
+    async with (
+        engine_on(
+            corpus, base_url, state, clock=time.clock, sleep=time.sleep, model=MODEL,
+            ask_deadline=3_600, **settings,
+        ) as engine,
+        engine.builder.running(),
+    ):  # fmt: skip
+        yield engine
+
+
+async def test_without_a_tier_the_first_question_at_tier_1_is_built_in_slices_and_meets_no_429(
+    corpus: Path, tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
+) -> None:
+    emulator.freeze(T0)
+    emulator.limits(tier=1)  # 30,000 input tokens a minute: less than the corpus
+    time = EmulatorTime(emulator)
+    async with serving_engine(corpus, tmp_path / "state", running_emulator.base_url, time) as e:
+        assert e.current.corpus_tokens > 30_000
+        assert e.caller.limits.input_tokens_per_minute == 30_000  # known at the first plan
+        answer = await e.ask(QUESTION)
+        second = await e.ask("When are production deploys frozen?")
+        rows = e.ledger.requests(e.corpus_key, limit=100)
+    assert answer.citations
+    assert second.citations
+    sent = messages(emulator)
+    assert [entry["status"] for entry in sent] == [200] * len(sent)  # no 429, ever
+    probe, *builds, _, _ = sent
+    assert probe["body"]["max_tokens"] == 1  # the one small request, before any write
+    assert len(builds) >= 2
+    assert all(b["body"]["max_tokens"] == 0 for b in builds)
+    learned = [row for row in rows if row.kind == "limits"]
+    assert len(learned) == 1
+    assert 0 < learned[0].cost_usd < 0.0001  # recorded, and shown in the spend, like any
+
+
+async def test_a_restart_plans_with_the_remembered_limits_and_asks_again_after_a_day(
+    corpus: Path, tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
+) -> None:
+    emulator.freeze(T0)
+    emulator.limits(tier=1)
+    time = EmulatorTime(emulator)
+    state = tmp_path / "state"
+    async with serving_engine(corpus, state, running_emulator.base_url, time):
+        pass
+    assert len(messages(emulator)) == 1
+    async with serving_engine(corpus, state, running_emulator.base_url, time) as again:
+        assert again.caller.limits.input_tokens_per_minute == 30_000
+        assert "remembered" in again.caller.limits.source
+    assert len(messages(emulator)) == 1  # nothing sent to learn them again
+    time.now += MAX_AGE_SECONDS + 1
+    emulator.advance(MAX_AGE_SECONDS + 1)
+    async with serving_engine(corpus, state, running_emulator.base_url, time):
+        pass
+    assert len(messages(emulator)) == 2
+
+
+async def test_an_api_that_states_no_limits_is_asked_once_and_a_small_corpus_never(
+    corpus: Path, tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
+) -> None:
+    emulator.freeze(T0)  # no limits: responses carry no rate-limit headers
+    time = EmulatorTime(emulator)
+    state = tmp_path / "state"
+    for _ in range(2):
+        async with serving_engine(corpus, state, running_emulator.base_url, time) as engine:
+            assert not engine.caller.limits.buckets
+    assert len(messages(emulator)) == 1
+    small = write_corpus(tmp_path / "small")  # one request writes it at any tier
+    async with serving_engine(small, tmp_path / "other", running_emulator.base_url, time):
+        pass
+    assert len(messages(emulator)) == 1
