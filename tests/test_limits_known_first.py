@@ -146,3 +146,19 @@ async def test_an_api_that_states_no_limits_is_asked_once_and_a_small_corpus_nev
     async with serving_engine(small, tmp_path / "other", running_emulator.base_url, time):
         pass
     assert len(messages(emulator)) == 1
+
+
+async def test_shards_are_sized_by_the_learned_limit_even_if_status_was_read_while_indexing(
+    corpus: Path, tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
+) -> None:
+    emulator.freeze(T0)
+    emulator.limits(tier=1)
+    time = EmulatorTime(emulator)
+    async with serving_engine(
+        corpus, tmp_path / "state", running_emulator.base_url, time, index=False,
+        build_minutes=1,  # shards of 30,000 tokens at tier 1: the corpus makes two
+    ) as engine:  # fmt: skip
+        before = engine.budget_tokens  # what cache_status shows while indexing
+        await engine.refresh()
+        assert before > engine.budget_tokens == 30_000
+        assert len(engine.current.shards) == 2
