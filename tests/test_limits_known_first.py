@@ -12,11 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from mcp import Client, StdioServerParameters
 
+from corpus_cache.api.ratelimits import (
+    KINDS,
+    Bucket,
+    Kind,
+    RateLimits,
+    least_input_tokens_per_minute,
+)
 from corpus_cache.emulator import RunningEmulator
 from corpus_cache.engine.core import Engine
-from corpus_cache.engine.remembered_limits import MAX_AGE_SECONDS
+from corpus_cache.engine.remembered_limits import MAX_AGE_SECONDS, RememberedLimits
+from corpus_cache.models.limits import load_limits
 from support.corpus_fixture import write_corpus
 from support.emulator_control import Control, EmulatorTime
 from support.engines import engine_on
@@ -162,3 +172,43 @@ async def test_shards_are_sized_by_the_learned_limit_even_if_status_was_read_whi
         await engine.refresh()
         assert before > engine.budget_tokens == 30_000
         assert len(engine.current.shards) == 2
+
+
+def test_the_lowest_input_limit_of_the_table_is_the_model_classs_own() -> None:
+    table = load_limits()
+    assert least_input_tokens_per_minute(table, "claude-sonnet-5-5") == 30_000
+    assert least_input_tokens_per_minute(table, "claude-haiku-4-5") == 50_000
+    assert least_input_tokens_per_minute(table, "a-model-in-no-class") is None
+
+
+@given(
+    figures=st.dictionaries(
+        st.sampled_from(KINDS),
+        st.tuples(st.integers(1, 10_000_000), st.floats(-1e6, 1e7), st.floats(0, 2e9)),
+    ),
+    age=st.floats(0, 2 * MAX_AGE_SECONDS),
+)
+def test_limits_kept_in_the_state_folder_come_back_as_they_were_until_they_are_a_day_old(
+    tmp_path_factory: pytest.TempPathFactory,
+    figures: dict[Kind, tuple[int, float, float]],
+    age: float,
+) -> None:
+    state = tmp_path_factory.mktemp("state")
+    limits = RateLimits({k: Bucket(*f) for k, f in figures.items()}, "the API's headers")
+    RememberedLimits(state, "account").save(limits, T0)
+    back = RememberedLimits(state, "account").load(T0 + age)
+    if age > MAX_AGE_SECONDS:
+        assert back is None
+        return
+    assert back is not None
+    assert back.limits.buckets == limits.buckets
+    assert RememberedLimits(state, "another account").load(T0) is None
+
+
+def test_an_unreadable_record_is_ignored_and_the_api_asked_again(tmp_path: Path) -> None:
+    (tmp_path / "rate-limits.json").write_text("{not json")
+    assert RememberedLimits(tmp_path, "account").load(T0) is None
+    RememberedLimits(tmp_path, "account").save(RateLimits.unknown(), T0)
+    again = RememberedLimits(tmp_path, "account").load(T0)
+    assert again is not None
+    assert not again.limits.buckets  # the API stated none: remembered as such
