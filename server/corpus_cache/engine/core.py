@@ -486,9 +486,12 @@ class Engine:
         known = self.caller.limits
         if not known.buckets:
             self._limits_memory.save(known, self.clock())  # none stated: not asked again
+        stated = ", ".join(
+            f"{b.per_minute:,} {k.replace('_', ' ')}" for k, b in known.buckets.items()
+        )
         log.info(
             "the account's rate limits, learned with one request ($%.6f): %s",
-            sent.cost_usd, known.describe(self.clock()) if known.buckets else "none stated",
+            sent.cost_usd, f"{stated} a minute" if stated else "none stated",
         )  # fmt: skip
 
     # --- ask --------------------------------------------------------------------------
