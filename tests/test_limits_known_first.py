@@ -4,8 +4,6 @@ file's own `tier`, and otherwise learned from the API before the folder is first
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +12,6 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from mcp import Client, StdioServerParameters
 
 from corpus_cache.api.ratelimits import (
     KINDS,
@@ -23,9 +20,11 @@ from corpus_cache.api.ratelimits import (
     RateLimits,
     least_input_tokens_per_minute,
 )
+from corpus_cache.cli.main import build_parser, settings_from_args
 from corpus_cache.emulator import RunningEmulator
 from corpus_cache.engine.core import Engine
 from corpus_cache.engine.remembered_limits import MAX_AGE_SECONDS, RememberedLimits
+from corpus_cache.engine.runtime import running_engine
 from corpus_cache.models.limits import load_limits
 from support.corpus_fixture import write_corpus
 from support.emulator_control import Control, EmulatorTime
@@ -49,21 +48,16 @@ async def test_serve_with_a_limits_file_that_names_a_tier_assumes_that_tiers_fig
 ) -> None:
     corpus = write_corpus(tmp_path / "corpus")
     limits = small_tier_file(tmp_path / "limits.toml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    env["CORPUS_CACHE_STATE_DIR"] = str(tmp_path / "state")
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "corpus_cache", "serve", "--corpus", str(corpus), "--model", MODEL,
-              "--limits-file", str(limits), "--no-watch"],
-        env=env,
-    )  # fmt: skip
-    async with Client(params) as client:  # type: ignore[arg-type]
-        await client.call_tool("search", {"query": "deploys"})  # waits for the engine
-        status = await client.call_tool("cache_status", {})
-    limits_shown = status.structured_content["rate_limits"]  # type: ignore[index]
-    assert limits_shown["messages"]["input_tokens"]["per_minute"] == 12_345
-    assert limits_shown["count_tokens"]["per_minute"] == 777
-    assert limits_shown["source"].startswith("tier small of the limits table")
+    args = build_parser().parse_args(
+        ["serve", "--corpus", str(corpus), "--model", MODEL, "--limits-file", str(limits)]
+    )
+    # As `serve` starts its engine: offline, with the emulator it starts applying the file.
+    async with running_engine(settings_from_args(args)) as engine:
+        assert engine.caller.limits.input_tokens_per_minute == 12_345
+        assert engine.caller.count_limits.requests_per_minute == 777
+        assert engine.caller.limits.source.startswith("tier small of the limits table")
+        await engine.ask("When are deploys frozen?")
+        assert engine.caller.limits.input_tokens_per_minute == 12_345  # as the emulator says
 
 
 # --- without --tier: learned before the first plan, remembered across a restart ----------
