@@ -206,3 +206,20 @@ def test_an_unreadable_record_is_ignored_and_the_api_asked_again(tmp_path: Path)
     again = RememberedLimits(tmp_path, "account").load(T0)
     assert again is not None
     assert not again.limits.buckets  # the API stated none: remembered as such
+
+
+async def test_a_folder_that_grows_past_one_request_at_the_lowest_tier_is_asked_about_then(
+    tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
+) -> None:
+    emulator.freeze(T0)
+    emulator.limits(tier=1)
+    time = EmulatorTime(emulator)
+    folder = write_corpus(tmp_path / "corpus")  # small: nothing to learn yet
+    async with serving_engine(folder, tmp_path / "state", running_emulator.base_url, time) as e:
+        assert not messages(emulator)
+        write_corpus(folder, filler_sentences=400)  # the same files, grown past 30,000 tokens
+        await e.refresh()
+        assert e.caller.limits.input_tokens_per_minute == 30_000
+        answer = await e.ask(QUESTION)
+    assert answer.citations
+    assert [entry["status"] for entry in messages(emulator)] == [200] * len(messages(emulator))

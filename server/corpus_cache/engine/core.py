@@ -463,14 +463,15 @@ class Engine:
         return budget
 
     async def _learn_limits(self, corpus_tokens: int) -> None:
-        """Before the folder is first planned, with no limits known (no --tier, nothing
-        remembered): send the one small request whose response states them, so that shards
-        and staged builds fit the account from the first question on, rather than the
-        first write meeting a 429. Not when one request could write the whole corpus at the
-        lowest tier of the table (nothing would be planned differently), nor to an emulator
-        this process started (its limits are the settings'). A failure is logged: planning
-        goes on without limits, and the first response's headers teach them."""
-        if self._limits_asked or self._budget is not None or self.caller.limits.buckets:
+        """Before the folder is planned with no limits known (no --tier, nothing remembered,
+        no response yet): send the one small request whose response states them, so that
+        shards and staged builds fit the account from the first question on, rather than
+        the first write meeting a 429. Not while one request could write the whole corpus
+        at the lowest tier of the table (nothing would be planned differently; a folder
+        that grows past it is asked about then), nor to an emulator this process started
+        (its limits are the settings'). A failure is logged: planning goes on without
+        limits, and the first response's headers teach them."""
+        if self._limits_asked or self.caller.limits.buckets:
             return
         if self.backend.kind != ANTHROPIC:
             return
