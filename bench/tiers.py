@@ -28,7 +28,9 @@ divided by F, and its buckets refilling F times as fast: docs/emulator.md), and 
 runs on a clock F times as fast as real time (its waits for the buckets take 1/F of the
 time), so the figures are in the API's seconds: real seconds x F. The emulator's cache
 entries lapse F times as fast too, so an entry lives 5 minutes (or an hour) of the API's
-time, as the engine, on its own clock, believes.
+time, as the engine, on its own clock, believes. What is not scaled is CPU time: building,
+sending and accounting a request of a million tokens takes real seconds, F times as many of
+the API's; on a busy machine the 10,000-file folder wants a smaller --time-scale.
 
 Targets (issue 18) are printed beside the figures; many depend on work that landed on main
 at different times, so the figures are whatever this checkout does.
