@@ -18,8 +18,9 @@ from corpus_cache.api.spending import Bound, request_bound
 from corpus_cache.models.catalog import ModelSpec
 from corpus_cache.models.pricing import Ttl
 
-# "limits": the one small request that learns the account's rate limits (limits_request).
-RequestKind = Literal["ask", "warm", "keep-warm", "limits"]
+# "probe": `corpus-cache probe`'s; "limits": the one small request that learns the
+# account's rate limits (limits_request).
+RequestKind = Literal["ask", "warm", "keep-warm", "probe", "limits"]
 
 # What that request asks: a few tokens in, one out. Every Messages response carries the
 # `anthropic-ratelimit-*` headers; a count_tokens response carries only counting's own.
