@@ -445,7 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
             "the cache in about this many minutes, 5 for example (default: not by the limits)",
         )
         command.add_argument(
-            "--fan-out", type=int, help="shards that answer each question (default: 1)"
+            "--fan-out",
+            type=int,
+            help="shards that answer each question (default: 1, or 2 when the routing is "
+            "unsure and the two together are smaller than one shard of the window)",
         )
         command.add_argument(
             "--max-file-bytes",
