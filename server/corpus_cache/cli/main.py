@@ -435,8 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--warm-question-usd",
             type=float,
-            help="size shards so that a question read from the cache costs about this much, "
-            "0.05 for example (default: not by price; see docs/caching.md)",
+            help="size shards so that a question read from the cache costs about this much; "
+            "0: not by price (default: 0.05 once the corpus needs more than one shard of the "
+            "window anyway; see docs/caching.md)",
         )
         command.add_argument(
             "--build-minutes",
