@@ -443,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--build-minutes",
             type=float,
             help="size shards so that the input-token rate limit, when known, writes one to "
-            "the cache in about this many minutes, 5 for example (default: not by the limits)",
+            "the cache in about this many minutes (default: 5; from tier 2 up the window is the "
+            "smaller bound)",
         )
         command.add_argument(
             "--fan-out",
