@@ -41,7 +41,7 @@ from corpus_cache.api.backend import (
     failure_of,
 )
 from corpus_cache.api.outcomes import billing_of, cache_miss, cancelled_text, failure_text
-from corpus_cache.api.prepared import PreparedRequest, RequestKind
+from corpus_cache.api.prepared import PreparedRequest, RequestKind, limits_request
 from corpus_cache.api.ratelimits import Demand, RateLimits, wait_after_refusal
 from corpus_cache.api.scheduler import NeverFits, Scheduler, WaitingNote
 from corpus_cache.api.scheduling import Pool, Priority
@@ -65,6 +65,7 @@ _WHAT: dict[RequestKind, str] = {
     "warm": "warm request",
     "keep-warm": "keep-warm request",
     "probe": "probe request",
+    "limits": "request for the account's rate limits",
 }
 # What a row says of an attempt cancelled with nothing else known.
 CANCELLED = "the call was cancelled"
@@ -165,6 +166,8 @@ class ApiCaller:
         self._answered_by: str | None = None  # as the last response said (backend_of_response)
         # Why attempts still under way are cancelled, once the server is stopping.
         self.stopping: str | None = None
+        # Told what every response's headers say of the Messages API's buckets.
+        self.on_limits: Callable[[RateLimits], None] | None = None
 
     @property
     def limits(self) -> RateLimits:
@@ -242,15 +245,24 @@ class ApiCaller:
     async def warm(self, request: PreparedRequest) -> Sent:
         """Send a `max_tokens: 0` request (warming, keeping warm): the cache is written or
         read, nothing is generated."""
+        return await self._whole(request, "warming the cache failed: ")
+
+    async def learn_limits(self) -> Sent:
+        """Send the one small request whose response's headers state the account's rate
+        limits (prepared.limits_request), recorded in the ledger like any billed request;
+        `limits` holds them from then on."""
+        request = limits_request(self.model, self.clock())
+        return await self._whole(request, "asking the API for the account's rate limits failed: ")
+
+    async def _whole(self, request: PreparedRequest, prefix: str) -> Sent:
+        """Send `request` not streamed, checked against the daily cap, tried again as the
+        retry decision says; a refusal of the cap is recorded, as no one waits on it."""
         checked = False
         try:
             with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
                 checked = True
                 return await self._attempts(
-                    request,
-                    lambda attempt: self._create(request, attempt),
-                    _always,
-                    "warming the cache failed: ",
+                    request, lambda attempt: self._create(request, attempt), _always, prefix
                 )
         except BudgetExceededError as refused:
             if not checked:  # nothing was sent: a row says so, as no one waits on the answer
@@ -460,6 +472,8 @@ class ApiCaller:
             self.scheduler.observed(pool, seen)
             if pool == "messages":
                 self._share_limits()
+                if self.on_limits is not None:
+                    self.on_limits(seen)
 
     def _share_limits(self) -> None:
         """Tell the other instances on the state folder the Messages buckets as known now."""
