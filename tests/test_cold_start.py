@@ -144,3 +144,22 @@ async def test_figures_that_rest_on_estimates_say_so(
         plan = render_plan(plan_report(engine))
         assert "tokens (estimated)" in plan
         assert "(~: a local estimate, not a count" in plan
+
+
+async def test_a_warm_restart_sketches_no_document_again(
+    running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    folder = write_folder(tmp_path / "corpus", 300)
+    state = tmp_path / "state"
+    async with engine_on(folder, running_emulator.base_url, state) as first:
+        estimated = dict(first.current.estimated)
+        assert first.counter.sketched >= len(estimated) > 0
+    async with engine_on(folder, running_emulator.base_url, state) as again:
+        # The sketches come from the ledger, and give the same figures.
+        assert again.counter.sketched == 0
+        assert again.current.estimated == estimated
+        # A checkout that rewrites many files: only their new texts are sketched.
+        for n, doc in enumerate(sorted(folder.rglob("*.md"))[: EXACT_UP_TO + 5]):
+            doc.write_text(doc.read_text() + f"\nRevised in checkout {n}.\n")
+        await again.refresh()
+        assert again.counter.sketched == EXACT_UP_TO + 5

@@ -395,6 +395,48 @@ class Ledger:
             return []
         return [(str(kind), float(prior), int(tokens)) for kind, prior, tokens in rows]
 
+    # --- sketches ---------------------------------------------------------------------
+
+    def sketches(self, version: int, keys: Iterable[str]) -> dict[str, tuple[str, float]]:
+        """The stored (kind, prior) of `keys` under the estimate's sketch `version`; none
+        when the ledger cannot be read (the documents are sketched again)."""
+        wanted = list(keys)
+        found: dict[str, tuple[str, float]] = {}
+        try:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                _, rows = self._query(
+                    f"SELECT content_key, kind, prior FROM sketches "
+                    f"WHERE version = ? AND content_key IN ({marks})",
+                    [version, *chunk],
+                )
+                found.update((key, (str(kind), float(prior))) for key, kind, prior in rows)
+        except LedgerUnavailableError as exc:
+            log.warning("%s; documents are sketched again", exc)
+            return {}
+        return found
+
+    def store_sketches(self, version: int, sketches: Mapping[str, tuple[str, float]]) -> bool:
+        """Store (kind, prior) by content key; False when the ledger cannot be written (they
+        are sketched again at the next start: nothing is lost)."""
+        rows = [(key, version, kind, prior) for key, (kind, prior) in sketches.items()]
+        with self._lock:
+            try:
+                self._write(
+                    lambda db: db.executemany(
+                        "INSERT OR REPLACE INTO sketches (content_key, version, kind, prior) "
+                        "VALUES (?, ?, ?, ?)",
+                        rows,
+                    )
+                )
+            except StorageFault as fault:
+                self._failed(fault)
+                log.warning("sketches of %d document(s) were not stored in the ledger %s: %s",
+                            len(rows), self.path, fault)  # fmt: skip
+                return False
+        return True
+
     # --- requests ---------------------------------------------------------------------
 
     def record(self, record: RequestRecord) -> Recorded:

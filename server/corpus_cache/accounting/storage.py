@@ -95,10 +95,23 @@ M007_BILLING = """
             ELSE 'unbilled' END
 """
 
+# The local estimate's sketch of each document estimated (api/estimate.py), by content
+# key and the sketch's version: a warm restart loads them instead of reading every text
+# again. A sketch depends on the text and title only, never on the model or the backend.
+M008_SKETCHES = """
+        CREATE TABLE sketches (
+            content_key TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            prior REAL NOT NULL,
+            PRIMARY KEY (content_key, version)
+        ) WITHOUT ROWID
+"""
+
 # Ordered; each runs once, in one transaction with the version bump.
 MIGRATIONS: list[str] = [
     M001_INITIAL, M002_SHARD_AND_TTL, M003_CACHE_MISS_REASON, M004_ROW_KEY,
-    M005_COUNTS_BY_BACKEND, M006_COUNTS_CALIBRATE, M007_BILLING,
+    M005_COUNTS_BY_BACKEND, M006_COUNTS_CALIBRATE, M007_BILLING, M008_SKETCHES,
 ]  # fmt: skip
 
 ROW_COLUMNS = (
