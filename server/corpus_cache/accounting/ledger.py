@@ -390,10 +390,66 @@ class Ledger:
                 "AND kind IS NOT NULL AND prior IS NOT NULL ORDER BY counted_at DESC LIMIT ?",
                 [model, backend, limit],
             )
+            # Sums learned from usage calibrate the ratio of their kind (GROUP), not its bound.
+            _, sums = self._query(
+                "SELECT 'group:' || kind, prior, tokens FROM token_sums WHERE model = ? "
+                "AND backend = ? AND kind IS NOT NULL AND prior IS NOT NULL "
+                "ORDER BY counted_at DESC LIMIT ?",
+                [model, backend, limit],
+            )
+            rows += sums
         except LedgerUnavailableError as exc:
             log.warning("%s; the token estimate is calibrated again", exc)
             return []
         return [(str(kind), float(prior), int(tokens)) for kind, prior, tokens in rows]
+
+    def store_token_sums(
+        self,
+        model: str,
+        backend: str,
+        sums: Mapping[tuple[str, ...], int],
+        sketches: Mapping[tuple[str, ...], tuple[str, float]],
+    ) -> bool:
+        """Store exact sums of several documents' counts `backend` made for `model`, by their
+        content keys; `sketches`: the kind and summed prior of those all of one kind (they
+        calibrate the estimate). False when the ledger cannot be written."""
+        now = time.time()
+        rows = [
+            (" ".join(keys), model, backend, tokens, now, *sketches.get(keys, (None, None)))
+            for keys, tokens in sums.items()
+        ]
+        with self._lock:
+            try:
+                self._write(
+                    lambda db: db.executemany(
+                        "INSERT OR REPLACE INTO token_sums "
+                        "(members, model, backend, tokens, counted_at, kind, prior) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                )
+            except StorageFault as fault:
+                self._failed(fault)
+                log.warning("%d sum(s) of token counts were not stored in the ledger %s: %s",
+                            len(rows), self.path, fault)  # fmt: skip
+                return False
+        return True
+
+    def token_sums(
+        self, model: str, backend: str, limit: int = 10_000
+    ) -> dict[tuple[str, ...], int]:
+        """The latest sums `backend` made for `model`, by their members' content keys; none
+        when the ledger cannot be read."""
+        try:
+            _, rows = self._query(
+                "SELECT members, tokens FROM token_sums WHERE model = ? AND backend = ? "
+                "ORDER BY counted_at DESC LIMIT ?",
+                [model, backend, limit],
+            )
+        except LedgerUnavailableError as exc:
+            log.warning("%s; sums of token counts are not used", exc)
+            return {}
+        return {tuple(str(members).split(" ")): int(tokens) for members, tokens in rows}
 
     # --- sketches ---------------------------------------------------------------------
 

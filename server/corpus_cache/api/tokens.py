@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ from corpus_cache.api.estimate import (
     choose_samples,
     sketch,
 )
+from corpus_cache.api.learned import Learned, shares
 from corpus_cache.api.request import document_block
 from corpus_cache.corpus.documents import Document
 from corpus_cache.errors import ApiCallError
@@ -46,6 +47,9 @@ from corpus_cache.errors import ApiCallError
 log = logging.getLogger(__name__)
 
 _PROBE = {"type": "text", "text": "?"}
+# The probe block's own count, stored like a document's: with the baseline (the probe
+# alone) and the system prompt's count, it gives the head of every request (api/learned.py).
+PROBE_KEY = "block:" + hashlib.sha256(b'{"type":"text","text":"?"}').hexdigest()
 START_CALLS = 25  # count_tokens calls a cold start makes at most, whatever the folder's size
 # Documents never counted that a refresh counts one by one; past this they are estimated.
 # With the baseline and the system prompt, a start stays within START_CALLS.
@@ -92,6 +96,11 @@ class TokenCounter:
         self._calibration: Calibration | None = None
         self.calls = 0  # count_tokens calls made by this counter
         self.sketched = 0  # documents whose text this counter sketched (not found stored)
+        self._system: int | None = None
+        self._probe: int | None = None
+        self.learned: dict[str, int] = {}  # exact counts learned from usage, by content key
+        self._sums: dict[tuple[str, ...], int] = {}  # sums learned from usage
+        self._stored_sums: dict[tuple[str, ...], int] | None = None  # loaded when needed
 
     async def _count(self, content: list[dict[str, Any]], system: str | None = None) -> int:
         async with self._limit:
@@ -110,7 +119,84 @@ class TokenCounter:
         """Tokens that a fixed system text adds to every request."""
         baseline = await self._baseline_tokens()
         with_system = await self._count([_PROBE], system=text)
-        return max(0, with_system - baseline)
+        self._system = max(0, with_system - baseline)
+        await self._probe_tokens(count=False)
+        return self._system
+
+    async def _probe_tokens(self, *, count: bool = True) -> int | None:
+        """The probe block's count: stored, else counted (one call, once per model and
+        backend) if `count`."""
+        if self._probe is None:
+            baseline = await self._baseline_tokens()
+            backend = self.backend or ""
+            stored = self._ledger.token_counts(self._model, backend, [PROBE_KEY])
+            if PROBE_KEY in stored:
+                self._probe = stored[PROBE_KEY]
+            elif count:
+                self._probe = max(1, await self._count([_PROBE, _PROBE]) - baseline)
+                self._ledger.store_token_counts(self._model, backend, {PROBE_KEY: self._probe})
+        return self._probe
+
+    @property
+    def head(self) -> int | None:
+        """What every request's prompt holds before its first document block: framing
+        and the system prompt (the probe alone, less its block, plus the system's count).
+        None until the probe block's count is known: it is counted on a start that
+        estimates, which is when learning from usage matters."""
+        if self._baseline is None or self._system is None or self._probe is None:
+            return None
+        return self._baseline - self._probe + self._system
+
+    def learn(self, learned: Learned) -> None:
+        """Store what the usage of a request made exact: single counts (calibrating the
+        estimate, like a sample, when the document was sketched) and sums of several."""
+        backend = self.backend or ""
+        fresh = {k: n for k, n in learned.exact.items() if self.learned.get(k) != n}
+        if fresh:
+            self.learned.update(fresh)
+            self._ledger.store_token_counts(
+                self._model, backend, fresh,
+                {k: (self._sketches[k].kind, self._sketches[k].prior)
+                 for k in fresh if k in self._sketches},
+            )  # fmt: skip
+        sums = {keys: n for keys, n in learned.sums.items() if self._sums.get(keys) != n}
+        if sums:
+            self._sums.update(sums)
+            kinds: dict[tuple[str, ...], tuple[str, float]] = {}
+            for keys in sums:
+                sketched = [self._sketches.get(k) for k in keys]
+                if all(sketched) and len({s.kind for s in sketched if s}) == 1:
+                    kind = sketched[0].kind if sketched[0] else ""
+                    kinds[keys] = (kind, sum(s.prior for s in sketched if s))
+            self._ledger.store_token_sums(self._model, backend, sums, kinds)
+        if fresh or sums:
+            self._calibration = None  # refitted with them when next needed
+
+    def refined(self, counts: Counts, documents: Sequence[Document]) -> Counts:
+        """`counts` (of `documents`) with what the usage of requests taught: the exact count
+        of an estimated document, and known sums shared among their estimated documents."""
+        if not counts.estimated:
+            return counts
+        by_path = {doc.path: doc for doc in documents}
+        keys = {p: content_key(by_path[p]) for p in counts.estimated if p in by_path}
+        tokens, estimated = dict(counts.tokens), dict(counts.estimated)
+        for path, key in keys.items():
+            if key in self.learned:
+                tokens[path] = self.learned[key]
+                del estimated[path]
+        paths = {keys[p]: p for p in estimated if p in keys}
+        for group, total in self.sums_within(paths).items():
+            split = shares(total, {k: float(estimated[paths[k]]) for k in group})
+            for key, share in split.items():
+                tokens[paths[key]] = estimated[paths[key]] = share
+        return Counts(tokens, estimated, counts.error if estimated else 0.0)
+
+    def sums_within(self, keys: Collection[str]) -> dict[tuple[str, ...], int]:
+        """The sums known (learned now or stored) whose documents are all among `keys`."""
+        if self._stored_sums is None:
+            self._stored_sums = self._ledger.token_sums(self._model, self.backend or "")
+        found = {**self._stored_sums, **self._sums}
+        return {group: n for group, n in found.items() if all(k in keys for k in group)}
 
     async def count(
         self,
@@ -140,6 +226,7 @@ class TokenCounter:
                 missing, keys, sketches, backend, progress
             )
             known.update(samples)
+            await self._probe_tokens()  # so that usage can teach the first documents too
             for doc in missing:
                 key = keys[doc.path]
                 if key in known:  # a sample, counted just now

@@ -1,0 +1,83 @@
+"""Exact token figures learned from the usage of requests (api/learned.py): properties over
+any order of documents, any breakpoints observed and any counts already known."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from corpus_cache.api.learned import Observed, resolve, runs, shares
+
+
+@st.composite
+def prompts(draw: st.DrawFn) -> tuple[dict[str, int], int, list[Observed], dict[str, int], bool]:
+    """True counts, a head, the prefixes a few requests observed (in one order, or in two
+    orders after a replan), the counts known before, and whether the head is known."""
+    n = draw(st.integers(1, 12))
+    truth = {f"doc-{i}": draw(st.integers(1, 5_000)) for i in range(n)}
+    head = draw(st.integers(1, 3_000))
+    orders = [list(truth)]
+    if draw(st.booleans()):
+        orders.append(draw(st.permutations(list(truth))))
+    observed = []
+    for order in orders:
+        for end in draw(st.lists(st.integers(1, n), max_size=6)):
+            keys = tuple(order[:end])
+            observed.append(Observed(keys, head + sum(truth[k] for k in keys)))
+    known = {k: truth[k] for k in truth if draw(st.booleans())}
+    return truth, head, observed, known, draw(st.booleans())
+
+
+@given(prompts())
+def test_every_figure_learned_from_usage_is_the_true_count(
+    drawn: tuple[dict[str, int], int, list[Observed], dict[str, int], bool],
+) -> None:
+    truth, head, observed, known, head_known = drawn
+    learned = resolve(runs(observed, head if head_known else None), known)
+    assert learned.conflicts == 0
+    for key, tokens in learned.exact.items():
+        assert key not in known
+        assert tokens == truth[key]
+    for keys, tokens in learned.sums.items():
+        assert len(keys) >= 2
+        assert not set(keys) & (set(known) | set(learned.exact))
+        assert tokens == sum(truth[k] for k in keys)
+
+
+@given(prompts())
+def test_a_document_alone_between_two_breakpoints_observed_is_learned(
+    drawn: tuple[dict[str, int], int, list[Observed], dict[str, int], bool],
+) -> None:
+    truth, head, observed, known, _ = drawn
+    order = list(truth)
+    lengths = {len(o.keys) for o in observed if o.keys == tuple(order[: len(o.keys)])}
+    learned = resolve(runs(observed, head), known)
+    for end in lengths:
+        if end == 1 or end - 1 in lengths:  # one document since the head or the last prefix
+            assert order[end - 1] in known or learned.exact[order[end - 1]] == truth[order[end - 1]]
+
+
+def test_a_prefix_under_the_minimum_teaches_nothing() -> None:
+    # Nothing cached, nothing read: read + creation is 0, not the prefix.
+    assert resolve(runs([Observed(("a",), 0)], head=10), {}) == resolve([], {})
+
+
+def test_a_figure_that_contradicts_the_counts_known_is_not_taken() -> None:
+    observed = [Observed(("a", "b"), 110), Observed(("a", "b", "c"), 115)]
+    learned = resolve(runs(observed, head=10), {"a": 60, "b": 50})
+    assert learned.exact == {"c": 5}
+    assert learned.conflicts == 1  # a + b = 100, not 60 + 50
+
+
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=4), st.floats(0, 1e6), min_size=1),
+    st.integers(0, 10**7),
+)
+def test_a_known_sum_is_shared_among_its_documents_exactly(
+    weights: dict[str, float], extra: int
+) -> None:
+    total = len(weights) + extra
+    split = shares(total, weights)
+    assert set(split) == set(weights)
+    assert sum(split.values()) == total
+    assert min(split.values()) >= 1
