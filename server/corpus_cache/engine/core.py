@@ -322,8 +322,9 @@ class Engine:
 
     def _learn_from_usage(self, request: PreparedRequest, usage: Usage) -> None:
         """The live corpus's figures, refined with what a response's usage made exact (no
-        replan: the next refresh plans with them)."""
-        if self._corpus is None:
+        replan: the next refresh plans with them). Counts never mix backends: only usage
+        from the backend that counts teaches anything."""
+        if self._corpus is None or self.answering != self.counter.backend:
             return
         refined = self._from_usage.answered(self._corpus, request, usage)
         if refined is not None:
