@@ -1,12 +1,25 @@
 """Exact token figures learned from the usage of requests (api/learned.py): properties over
-any order of documents, any breakpoints observed and any counts already known."""
+any order of documents, any breakpoints observed and any counts already known, on made-up
+counts and on the emulator's own accounting (its counts are the truth in tests)."""
 
 from __future__ import annotations
 
-from hypothesis import given
+from typing import Any
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corpus_cache.api.learned import Observed, resolve, runs, shares
+from corpus_cache.api.request import INSTRUCTIONS, document_block
+from corpus_cache.corpus.documents import Document
+from corpus_cache.emulator.prompt import parse_count_tokens_request, parse_messages_request
+from corpus_cache.emulator.prompt_cache import PromptCache
+from corpus_cache.models.catalog import load_catalog
+from support.prompts import words
+
+CATALOG = load_catalog()
+MODEL = "claude-sonnet-4-6"
+PROBE = {"type": "text", "text": "?"}
 
 
 @st.composite
@@ -81,3 +94,59 @@ def test_a_known_sum_is_shared_among_its_documents_exactly(
     assert set(split) == set(weights)
     assert sum(split.values()) == total
     assert min(split.values()) >= 1
+
+
+def counted(content: list[dict[str, Any]], system: str | None = None) -> int:
+    """What the emulator's count_tokens says of one user message of `content`."""
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": content}]}
+    if system is not None:
+        body["system"] = [{"type": "text", "text": system}]
+    return parse_count_tokens_request(body, CATALOG).total_tokens
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(1, 900), min_size=1, max_size=10),
+    st.lists(st.lists(st.integers(0, 9), min_size=1, max_size=4, unique=True), max_size=5),
+    st.data(),
+)
+def test_what_the_emulator_bills_teaches_only_its_own_counts(
+    sizes: list[int], breakpoints: list[list[int]], data: st.DataObject
+) -> None:
+    """Documents counted as api/tokens counts them, the head from the probe as the counter
+    works it out, requests as the request builder lays them out with breakpoints anywhere:
+    every figure learned from their usage is the emulator's count."""
+    texts = [words(n, seed=i) + "\n" for i, n in enumerate(sizes)]
+    docs = [
+        Document.from_text(f"doc-{i}.md", text, size=len(text), mtime_ns=0)
+        for i, text in enumerate(texts)
+    ]
+    blocks = [document_block(doc) for doc in docs]
+    baseline = counted([PROBE])
+    truth = {doc.path: counted([block, PROBE]) - baseline for doc, block in zip(docs, blocks)}
+    head = (
+        baseline - (counted([PROBE, PROBE]) - baseline) + counted([PROBE], INSTRUCTIONS) - baseline
+    )
+    cache = PromptCache()
+    observed = []
+    for marked in breakpoints:
+        marked = sorted(m for m in marked if m < len(docs)) or [0]
+        content = [dict(block) for block in blocks]
+        for m in marked:
+            content[m]["cache_control"] = {"type": "ephemeral"}
+        body = {
+            "model": MODEL, "max_tokens": 0,
+            "system": [{"type": "text", "text": INSTRUCTIONS}],
+            "messages": [{"role": "user", "content": [*content, {"type": "text", "text": "Q?"}]}],
+        }  # fmt: skip
+        outcome = cache.account("ws", parse_messages_request(body, CATALOG).prompt, 0.0)
+        cache.begin("ws", outcome)
+        keys = tuple(doc.path for doc in docs[: marked[-1] + 1])
+        observed.append(Observed(keys, outcome.read_tokens + outcome.creation_tokens))
+    known = {p: n for p, n in truth.items() if data.draw(st.booleans())}
+    learned = resolve(runs(observed, head), known)
+    assert learned.conflicts == 0
+    for path, tokens in learned.exact.items():
+        assert tokens == truth[path]
+    for paths, tokens in learned.sums.items():
+        assert tokens == sum(truth[p] for p in paths)
