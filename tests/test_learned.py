@@ -123,7 +123,10 @@ def test_what_the_emulator_bills_teaches_only_its_own_counts(
     ]
     blocks = [document_block(doc) for doc in docs]
     baseline = counted([PROBE])
-    truth = {doc.path: counted([block, PROBE]) - baseline for doc, block in zip(docs, blocks)}
+    truth = {
+        doc.path: counted([block, PROBE]) - baseline
+        for doc, block in zip(docs, blocks, strict=True)
+    }
     head = (
         baseline - (counted([PROBE, PROBE]) - baseline) + counted([PROBE], INSTRUCTIONS) - baseline
     )
