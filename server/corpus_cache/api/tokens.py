@@ -14,7 +14,12 @@ would be a call per file against token counting's own per-minute limit: those do
 are estimated instead (api/estimate.py), calibrated per model and backend on a few of them
 (`choose_samples`), whose exact counts are stored with what the estimate knew of them so
 that the calibration outlives the process. A cold start makes at most `START_CALLS` calls:
-the baseline, the system prompt, and the samples.
+the baseline, the system prompt, the samples, and the probe block (once per model and
+backend). Sketches are stored by content key, so a restart sketches only new texts.
+
+The usage of the requests that follow makes figures exact (api/learned.py): what a
+response teaches is stored here like a count (a single document) or as a sum (several),
+and `refined` puts it in the figures the planner gets.
 """
 
 from __future__ import annotations
@@ -163,11 +168,10 @@ class TokenCounter:
         if sums:
             self._sums.update(sums)
             kinds: dict[tuple[str, ...], tuple[str, float]] = {}
-            for keys in sums:
-                sketched = [self._sketches.get(k) for k in keys]
-                if all(sketched) and len({s.kind for s in sketched if s}) == 1:
-                    kind = sketched[0].kind if sketched[0] else ""
-                    kinds[keys] = (kind, sum(s.prior for s in sketched if s))
+            for keys in sums:  # a sum of one kind of text calibrates that kind's ratio
+                sketched = [self._sketches[k] for k in keys if k in self._sketches]
+                if len(sketched) == len(keys) and len({s.kind for s in sketched}) == 1:
+                    kinds[keys] = (sketched[0].kind, sum(s.prior for s in sketched))
             self._ledger.store_token_sums(self._model, backend, sums, kinds)
         if fresh or sums:
             self._calibration = None  # refitted with them when next needed
