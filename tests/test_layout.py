@@ -353,3 +353,11 @@ def test_shards_sized_by_price_or_by_the_limits_cost_that_or_build_in_that_time(
     assert limited == 150_000
     assert default_budget(sonnet, input_tokens_per_minute=30_000) == 984_000  # off by default
     assert default_budget(sonnet) == 984_000
+
+
+def test_a_shorter_lookback_marks_the_live_anchor_the_next_breakpoint_cannot_reach() -> None:
+    # The live anchor 5 is 7 positions behind the next one: within the documented 20,
+    # beyond a lookback of 5 (a model table entry's `cache_lookback`, from `probe`).
+    anchors, alive = [5, 12, 30], {5}
+    assert select_breakpoints(anchors, alive, slots=2, turn=0) == [12, 30]
+    assert select_breakpoints(anchors, alive, slots=2, turn=0, lookback=5) == [5, 30]

@@ -87,7 +87,13 @@ class Settings(BaseSettings):
     reserve_tokens: int = Field(
         16_000, ge=0, description="tokens kept free in the window for question and answer"
     )
-    fan_out: int = Field(1, ge=1, le=8, description="shards consulted per question")
+    fan_out: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="shards consulted per question; at 1, a question the routing is unsure "
+        "of asks the best two when they are smaller together than one shard of the window",
+    )
     prewarm: bool = Field(
         False, description="after a change, write the cache ahead of the next question"
     )

@@ -63,6 +63,7 @@ _WHAT: dict[RequestKind, str] = {
     "ask": "question",
     "warm": "warm request",
     "keep-warm": "keep-warm request",
+    "probe": "probe request",
 }
 # What a row says of an attempt cancelled with nothing else known.
 CANCELLED = "the call was cancelled"

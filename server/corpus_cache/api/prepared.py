@@ -18,7 +18,7 @@ from corpus_cache.api.spending import Bound
 from corpus_cache.models.catalog import ModelSpec
 from corpus_cache.models.pricing import Ttl
 
-RequestKind = Literal["ask", "warm", "keep-warm"]
+RequestKind = Literal["ask", "warm", "keep-warm", "probe"]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """The prompt cache: entries written at breakpoints, read through a 20-position lookback.
 
+(20 is the model table's `cache_lookback`; /_emulator/models can set another for a test.)
+
 Rules (shared/reference/anthropic-caching.md):
 - an entry is written only at a breakpoint, keyed by the hash of the prompt up to it;
 - for each breakpoint the cache checks at most 20 positions walking backwards (the
@@ -18,8 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .positions import TTL_SECONDS, Prompt, Ttl
-
-LOOKBACK = 20
 
 
 @dataclass
@@ -75,11 +75,12 @@ class PromptCache:
         """The entry each eligible breakpoint's lookback finds, by position."""
         positions = prompt.positions
         minimum = prompt.model.min_cacheable_tokens
+        lookback = prompt.model.cache_lookback
         hits: dict[int, Entry] = {}
         for b in prompt.breakpoints:
             if positions[b].cumulative_tokens < minimum:
                 continue
-            for p in range(b, max(-1, b - LOOKBACK), -1):
+            for p in range(b, max(-1, b - lookback), -1):
                 if positions[p].cumulative_tokens < minimum:
                     break
                 entry = self._alive(workspace, positions[p].prefix_hash, now)

@@ -65,7 +65,7 @@ from corpus_cache.errors import (
 from corpus_cache.models.catalog import Catalog, ModelSpec
 from corpus_cache.models.limits import load_limits
 from corpus_cache.models.pricing import Ttl, Usage
-from corpus_cache.plan.budget import default_budget
+from corpus_cache.plan.budget import default_budget, window_budget
 from corpus_cache.plan.layout import (
     MAX_BREAKPOINTS,
     SESSION_CORPUS_BREAKPOINTS,
@@ -73,7 +73,13 @@ from corpus_cache.plan.layout import (
     Shard,
     plan_corpus,
 )
-from corpus_cache.plan.route import DOCUMENT_WEIGHT, HITS, rank_shards
+from corpus_cache.plan.route import (
+    DOCUMENT_WEIGHT,
+    HITS,
+    rank_shards,
+    shard_evidence,
+    unsure_shards,
+)
 from corpus_cache.plan.stability import DocInfo
 
 log = logging.getLogger(__name__)
@@ -451,16 +457,24 @@ class Engine:
 
     # --- ask --------------------------------------------------------------------------
 
-    def route(self, question: str, corpus: Corpus, fan_out: int) -> list[Shard]:
-        """The shards most likely to hold the answer, best first (all of one, if one)."""
+    def route(self, question: str, corpus: Corpus, fan_out: int | None) -> list[Shard]:
+        """The shards most likely to hold the answer, best first (all of one, if one):
+        `fan_out` of them, or, left to the routing (None), the best and, when the routing
+        is unsure, the runner-up (plan/route.py `unsure_shards`) if it needs no staged
+        build first: an extra shard is not worth a wait."""
         if len(corpus.shards) == 1:
             return list(corpus.shards)
         hits = corpus.index.search(question, HITS, document_weight=DOCUMENT_WEIGHT)
+        found = [(h.passage.path, h.score) for h in hits]
         shard_of = corpus.layout.shard_of()
-        ranked = rank_shards(
-            ((h.passage.path, h.score) for h in hits), shard_of, [s.number for s in corpus.shards]
-        )
-        return [corpus.shard(n) for n in ranked[: max(1, fan_out)]]
+        ranked = rank_shards(found, shard_of, [s.number for s in corpus.shards])
+        if fan_out is not None:
+            return [corpus.shard(n) for n in ranked[: max(1, fan_out)]]
+        tokens = {s.number: s.corpus_tokens for s in corpus.shards}
+        window = window_budget(self.model, self.settings.reserve_tokens)
+        chosen = unsure_shards(ranked, shard_evidence(found, shard_of), tokens, window)
+        best, *others = [corpus.shard(n) for n in chosen]
+        return [best, *(s for s in others if not self.builder.needed(corpus, s))]
 
     async def ask(
         self,
@@ -489,12 +503,17 @@ class Engine:
         # This question's snapshot, whatever refreshes happen meanwhile.
         corpus = await self._compacted()
         self._check_documents(corpus)
-        chosen = self.route(question, corpus, fan_out or self.settings.fan_out)
+        # Left out, and no --fan-out above 1: the routing decides between one and two.
+        chosen = self.route(question, corpus, fan_out or self._fan_out)
         began = self.clock()
         await self.builder.ready(corpus, chosen, within=self.build_patience)
         if patience is not None:
             patience -= self.clock() - began  # what the build took of the client's wait
         return await self._ask_shards(question, corpus, chosen, patience)
+
+    @property
+    def _fan_out(self) -> int | None:
+        return self.settings.fan_out if self.settings.fan_out > 1 else None
 
     @property
     def build_patience(self) -> float:

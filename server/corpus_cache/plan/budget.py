@@ -12,10 +12,11 @@ The least of up to three bounds (docs/caching.md, "How large a shard is"):
   account's input-token limit writes in that many minutes of staged build
   (plan/staging.py).
 
-Both are off by default: smaller shards cut what a question costs, but routing a question
-to one of more shards is right less often (docs/caching.md has the held-out figures on
-Django's and SQLAlchemy's docs: as often right first on the one, a little less on the
-other), and a staged build writes a shard of any size within the limits.
+The price is off by default: smaller shards cut what a question costs, but routing a
+question to one of more shards is right first less often, even with the runner-up asked
+too when the routing is unsure (plan/route.py): docs/caching.md has the held-out figures
+on Django's and SQLAlchemy's docs. A staged build writes a shard of any size within the
+limits.
 """
 
 from __future__ import annotations
