@@ -10,9 +10,10 @@ conversation), it is the head plus those blocks' counts, exactly.
 
 Two such prefixes of one order (a staged build's slices, a warming and a question marking
 different anchors) differ by the exact sum of the documents between them; with the head
-known, one prefix gives the sum of all its documents. A run of one document gives its
-count; a run whose other documents are known gives the last one's; any other run gives a
-sum, which calibrates the estimate (api/estimate.py) and tightens its members' figures.
+known (`head_from`: a prefix whose documents are all counted), one prefix gives the sum of
+all its documents. A run of one document gives its count; a run whose other documents are
+known gives the last one's; any other run gives a sum, which calibrates the estimate
+(api/estimate.py) and tightens its members' figures.
 Nothing else is assumed: a figure that contradicts what is known (the real API's counts
 may differ slightly from its usage) teaches nothing.
 """
@@ -60,6 +61,20 @@ def runs(observed: Iterable[Observed], head: int | None) -> list[tuple[tuple[str
         elif head is not None and longer.keys:
             out.append((longer.keys, longer.tokens - head))
     return out
+
+
+def head_from(observed: Iterable[Observed], known: Mapping[str, int]) -> int | None:
+    """What every prompt holds before its first document (framing, the system prompt), from
+    the prefixes whose documents are all known: their tokens less the documents'. None if no
+    prefix shows it, or two disagree. Not from count_tokens: a count may include a few
+    tokens of its own, which cancel out of a document's count (a difference of two counts)
+    but not out of the head."""
+    heads = {
+        o.tokens - sum(known[k] for k in o.keys)
+        for o in observed
+        if o.tokens > 0 and all(k in known for k in o.keys)
+    }
+    return heads.pop() if len(heads) == 1 else None
 
 
 def resolve(found: Iterable[tuple[tuple[str, ...], int]], known: Mapping[str, int]) -> Learned:

@@ -14,8 +14,8 @@ would be a call per file against token counting's own per-minute limit: those do
 are estimated instead (api/estimate.py), calibrated per model and backend on a few of them
 (`choose_samples`), whose exact counts are stored with what the estimate knew of them so
 that the calibration outlives the process. A cold start makes at most `START_CALLS` calls:
-the baseline, the system prompt, the samples, and the probe block (once per model and
-backend). Sketches are stored by content key, so a restart sketches only new texts.
+the baseline, the system prompt, and the samples. Sketches are stored by content key, so a
+restart sketches only new texts.
 
 The usage of the requests that follow makes figures exact (api/learned.py): what a
 response teaches is stored here like a count (a single document) or as a sum (several),
@@ -52,9 +52,6 @@ from corpus_cache.errors import ApiCallError
 log = logging.getLogger(__name__)
 
 _PROBE = {"type": "text", "text": "?"}
-# The probe block's own count, stored like a document's: with the baseline (the probe
-# alone) and the system prompt's count, it gives the head of every request (api/learned.py).
-PROBE_KEY = "block:" + hashlib.sha256(b'{"type":"text","text":"?"}').hexdigest()
 START_CALLS = 25  # count_tokens calls a cold start makes at most, whatever the folder's size
 # Documents never counted that a refresh counts one by one; past this they are estimated.
 # With the baseline and the system prompt, a start stays within START_CALLS.
@@ -101,8 +98,9 @@ class TokenCounter:
         self._calibration: Calibration | None = None
         self.calls = 0  # count_tokens calls made by this counter
         self.sketched = 0  # documents whose text this counter sketched (not found stored)
-        self._system: int | None = None
-        self._probe: int | None = None
+        # What every request holds before its first document, learned from usage.
+        self.head: int | None = None
+        self._head_key: str | None = None
         self.learned: dict[str, int] = {}  # exact counts learned from usage, by content key
         self._sums: dict[tuple[str, ...], int] = {}  # sums learned from usage
         self._stored_sums: dict[tuple[str, ...], int] | None = None  # loaded when needed
@@ -124,33 +122,19 @@ class TokenCounter:
         """Tokens that a fixed system text adds to every request."""
         baseline = await self._baseline_tokens()
         with_system = await self._count([_PROBE], system=text)
-        self._system = max(0, with_system - baseline)
-        await self._probe_tokens(count=False)
-        return self._system
+        self._head_key = "head:" + hashlib.sha256(text.encode()).hexdigest()
+        stored = self._ledger.token_counts(self._model, self.backend or "", [self._head_key])
+        self.head = stored.get(self._head_key)
+        return max(0, with_system - baseline)
 
-    async def _probe_tokens(self, *, count: bool = True) -> int | None:
-        """The probe block's count: stored, else counted (one call, once per model and
-        backend) if `count`."""
-        if self._probe is None:
-            baseline = await self._baseline_tokens()
-            backend = self.backend or ""
-            stored = self._ledger.token_counts(self._model, backend, [PROBE_KEY])
-            if PROBE_KEY in stored:
-                self._probe = stored[PROBE_KEY]
-            elif count:
-                self._probe = max(1, await self._count([_PROBE, _PROBE]) - baseline)
-                self._ledger.store_token_counts(self._model, backend, {PROBE_KEY: self._probe})
-        return self._probe
-
-    @property
-    def head(self) -> int | None:
-        """What every request's prompt holds before its first document block: framing
-        and the system prompt (the probe alone, less its block, plus the system's count).
-        None until the probe block's count is known: it is counted on a start that
-        estimates, which is when learning from usage matters."""
-        if self._baseline is None or self._system is None or self._probe is None:
-            return None
-        return self._baseline - self._probe + self._system
+    def learned_head(self, head: int) -> None:
+        """What every request holds before its first document block (framing and the
+        system prompt), as usage showed it: stored, by model, backend and system text. Not
+        from count_tokens: its counts may include a few tokens of its own (the documents'
+        counts are differences, which cancel them; the head is not)."""
+        if head != self.head and self._head_key is not None:
+            self.head = head
+            self._ledger.store_token_counts(self._model, self.backend or "", {self._head_key: head})
 
     def learn(self, learned: Learned) -> None:
         """Store what the usage of a request made exact: single counts (calibrating the
@@ -230,7 +214,6 @@ class TokenCounter:
                 missing, keys, sketches, backend, progress
             )
             known.update(samples)
-            await self._probe_tokens()  # so that usage can teach the first documents too
             for doc in missing:
                 key = keys[doc.path]
                 if key in known:  # a sample, counted just now
