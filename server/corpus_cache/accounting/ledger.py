@@ -451,6 +451,36 @@ class Ledger:
             return {}
         return {tuple(str(members).split(" ")): int(tokens) for members, tokens in rows}
 
+    def token_head(self, model: str, backend: str, system_key: str) -> int | None:
+        """The head of a request (api/learned.py) `backend` showed for `model` and a system
+        text; None if not known or the ledger cannot be read."""
+        try:
+            _, rows = self._query(
+                "SELECT tokens FROM token_heads WHERE system_key = ? AND model = ? AND backend = ?",
+                [system_key, model, backend],
+            )
+        except LedgerUnavailableError as exc:
+            log.warning("%s; the head of requests is learned again", exc)
+            return None
+        return int(rows[0][0]) if rows else None
+
+    def store_token_head(self, model: str, backend: str, system_key: str, tokens: int) -> bool:
+        with self._lock:
+            try:
+                self._write(
+                    lambda db: db.execute(
+                        "INSERT OR REPLACE INTO token_heads (system_key, model, backend, tokens) "
+                        "VALUES (?, ?, ?, ?)",
+                        (system_key, model, backend, tokens),
+                    )
+                )
+            except StorageFault as fault:
+                self._failed(fault)
+                log.warning("the head of requests was not stored in the ledger %s: %s",
+                            self.path, fault)  # fmt: skip
+                return False
+        return True
+
     # --- sketches ---------------------------------------------------------------------
 
     def sketches(self, version: int, keys: Iterable[str]) -> dict[str, tuple[str, float]]:

@@ -101,6 +101,8 @@ M007_BILLING = """
 # `token_sums`: the exact sum of several documents' counts, learned from the usage of a
 # request (api/learned.py), by model and backend like the counts; `members`: their content
 # keys, sorted, space-separated; `kind` and `prior` when they are all of one kind.
+# `token_heads`: what every request holds before its first document (framing and the system
+# prompt, by the system text's hash), learned from usage likewise.
 M008_SKETCHES_AND_SUMS = """
         CREATE TABLE sketches (
             content_key TEXT NOT NULL,
@@ -118,6 +120,13 @@ M008_SKETCHES_AND_SUMS = """
             kind TEXT,
             prior REAL,
             PRIMARY KEY (members, model, backend)
+        );
+        CREATE TABLE token_heads (
+            system_key TEXT NOT NULL,
+            model TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            PRIMARY KEY (system_key, model, backend)
         )
 """
 

@@ -122,9 +122,8 @@ class TokenCounter:
         """Tokens that a fixed system text adds to every request."""
         baseline = await self._baseline_tokens()
         with_system = await self._count([_PROBE], system=text)
-        self._head_key = "head:" + hashlib.sha256(text.encode()).hexdigest()
-        stored = self._ledger.token_counts(self._model, self.backend or "", [self._head_key])
-        self.head = stored.get(self._head_key)
+        self._head_key = hashlib.sha256(text.encode()).hexdigest()
+        self.head = self._ledger.token_head(self._model, self.backend or "", self._head_key)
         return max(0, with_system - baseline)
 
     def learned_head(self, head: int) -> None:
@@ -134,7 +133,7 @@ class TokenCounter:
         counts are differences, which cancel them; the head is not)."""
         if head != self.head and self._head_key is not None:
             self.head = head
-            self._ledger.store_token_counts(self._model, self.backend or "", {self._head_key: head})
+            self._ledger.store_token_head(self._model, self.backend or "", self._head_key, head)
 
     def learn(self, learned: Learned) -> None:
         """Store what the usage of a request made exact: single counts (calibrating the
