@@ -483,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--tier",
             help="your account's rate-limit tier (1 to 4, or a tier of --limits-file): the "
             "limits assumed until the API's first response states them; offline, the emulator "
-            "applies them too (default: unknown, or $CORPUS_CACHE_TIER)",
+            "applies them too (default: $CORPUS_CACHE_TIER, a --limits-file's own tier, or "
+            "learned from the API before the folder is first planned)",
         )
         command.add_argument(
             "--limits-file",

@@ -13,6 +13,10 @@ Rules (shared/reference/anthropic-caching.md):
 Every breakpoint lookup that finds an entry refreshes that entry's TTL (a "hit" in the
 documentation's words), not only the longest one. The refresh keeps the entry's own TTL:
 a 5-minute entry read by a 1-hour breakpoint stays a 5-minute entry.
+
+Under a time scale F (docs/emulator.md, "Time scale") an entry lives its TTL divided by F
+on the emulator's clock, as the buckets refill F times as fast: a time-scaled run sees
+lapses when a real account would, in the API's time.
 """
 
 from __future__ import annotations
@@ -51,8 +55,13 @@ class CacheOutcome:
 class PromptCache:
     """All entries of one emulator, isolated by workspace (API key)."""
 
-    def __init__(self) -> None:
+    def __init__(self, time_scale: float = 1.0) -> None:
         self._entries: dict[tuple[str, str], Entry] = {}
+        self.time_scale = time_scale  # entries live TTL / time_scale on the emulator's clock
+
+    def lifetime(self, ttl: Ttl) -> float:
+        """Seconds of the emulator's clock that an entry of `ttl` lives after a write or hit."""
+        return TTL_SECONDS[ttl] / self.time_scale
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -102,7 +111,7 @@ class PromptCache:
 
         hits = self._hits(workspace, prompt, now)
         for entry in hits.values():
-            entry.expires_at = max(entry.expires_at, now + TTL_SECONDS[entry.ttl])
+            entry.expires_at = max(entry.expires_at, now + self.lifetime(entry.ttl))
 
         hit = max(hits) if hits else None
         read = positions[hit].cumulative_tokens if hit is not None else 0
@@ -119,7 +128,7 @@ class PromptCache:
                 self._entries[key] = Entry(
                     tokens=positions[b].cumulative_tokens,
                     ttl=ttl,
-                    expires_at=now + TTL_SECONDS[ttl],
+                    expires_at=now + self.lifetime(ttl),
                     readable=False,
                 )
             pending.append(positions[b].prefix_hash)

@@ -144,7 +144,7 @@ class EmulatorService:
         self._count_extra: dict[str, int] = {}
         self.limits_table = limits_table or load_limits()
         self.clock = VirtualClock()
-        self.cache = PromptCache()
+        self.cache = PromptCache(time_scale)
         self.faults = FaultPlan()
         self.log = RequestLog()
         self._ids = itertools.count(1)
@@ -157,6 +157,7 @@ class EmulatorService:
     def reset(self) -> None:
         self.clock.reset()
         self.cache.reset()
+        self.cache.time_scale = self._startup[2]
         self.faults.clear()
         self.log.clear()
         self._fingerprints.clear()
@@ -223,9 +224,11 @@ class EmulatorService:
 
     def set_latency(self, body: dict[str, Any]) -> None:
         self.latency = latency_from(body, self.limits_table.latency)
-        # One time scale for the run: the buckets refill as much faster as responses come.
+        # One time scale for the run: the buckets refill, and cache entries lapse, as much
+        # faster as responses come.
         scale = self.latency.time_scale if self.latency is not None else 1.0
         self.limiter.scale_time(scale, self.clock.now())
+        self.cache.time_scale = scale
 
     def describe_latency(self) -> dict[str, Any]:
         return self.latency.describe() if self.latency is not None else {"mode": "none"}
