@@ -15,13 +15,14 @@ section heading verbatim, the heading paraphrased, words of a body sentence; `--
 choose), `--per-document` each, and routing must pick a shard holding that document (or
 the heading or sentence verbatim). `--half tune` or `--half test` asks only about one half
 of the documents, split by a hash of the path: tune on one, report on the other. Shards as
-the default budget makes them, or `--budget-tokens`, `--warm-question-usd`, or `--itpm` (a
-known input-token limit per minute). Beside right first and right in the best two, it
+the default budget makes them (for a corpus over the window, a warm question of $0.05), or
+`--budget-tokens`, `--warm-question-usd` (0: the window's shards), or `--itpm` (a known
+input-token limit per minute). Beside right first and right in the best two, it
 says what a question with `fan_out` left out asks (one shard, or two when the routing is
 unsure): how often a right one is among them, and how many shards and tokens it reads:
 
     .venv/bin/python bench/routing.py --folder /tmp/django/docs --half test --questions 1000 \
-        --per-document 2 --warm-question-usd 0.05
+        --per-document 2                       # add --warm-question-usd 0 for the window's
 """
 
 from __future__ import annotations

@@ -235,3 +235,34 @@ def test_the_runner_up_is_asked_too_only_when_close_and_both_read_less_than_the_
     close = len(ranked) > 1 and 0 < evidence[ranked[0]] <= evidence[ranked[1]] / UNSURE
     fits = len(ranked) > 1 and tokens[ranked[0]] + tokens[ranked[1]] <= window
     assert asked == (ranked[:2] if close and fits else ranked[:1])
+
+
+async def test_a_corpus_beyond_one_window_is_cut_by_the_default_price_one_within_it_is_not(
+    running_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corpus_cache.models.catalog import MODELS_FILE_ENV, load_catalog
+    from corpus_cache.plan.budget import price_budget
+
+    corpus = write_corpus(tmp_path / "corpus", filler_sentences=90)
+    # Reads dear enough that a warm question of $0.05 reads a few thousand tokens.
+    models = tmp_path / "models.toml"
+    models.write_text('[[models]]\nid = "claude-sonnet-5-5"\ninput_usd_per_mtok = 200.0\n')
+    monkeypatch.setenv(MODELS_FILE_ENV, str(models))
+    model = load_catalog().get("claude-sonnet-5-5")
+    price = price_budget(model, 0.05)
+    runs = iter(range(10))
+
+    async def shard_sizes(**settings: Any) -> list[int]:
+        state = tmp_path / f"state-{next(runs)}"
+        async with engine_on(corpus, running_emulator.base_url, state, **settings) as engine:
+            return [shard.plan.total_tokens for shard in engine.current.shards]
+
+    (total,) = await shard_sizes()  # within the window: one shard, whatever the price
+    assert total > 2 * price
+    # A window three quarters of the corpus: beyond it, shards a $0.05 question reads.
+    short = {"reserve_tokens": model.context_window - total * 3 // 4}
+    by_price = await shard_sizes(**short)
+    assert len(by_price) >= 3
+    assert all(size <= price for size in by_price)
+    by_window = await shard_sizes(**short, warm_question_usd=0)  # 0: not by price
+    assert len(by_window) == 2

@@ -72,10 +72,10 @@ class Settings(BaseSettings):
     )
     warm_question_usd: float | None = Field(
         None,
-        gt=0,
+        ge=0,
         description="size shards so that a question read from the cache costs about this "
-        "many dollars on the model, 0.05 for example (default: not by price; "
-        "docs/caching.md says why)",
+        "many dollars on the model; 0: not by price (default: $0.05 once the corpus needs "
+        "more than one shard of the window anyway; docs/caching.md says why)",
     )
     build_minutes: float | None = Field(
         5.0,

@@ -435,14 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--warm-question-usd",
             type=float,
-            help="size shards so that a question read from the cache costs about this much, "
-            "0.05 for example (default: not by price; see docs/caching.md)",
+            help="size shards so that a question read from the cache costs about this much; "
+            "0: not by price (default: 0.05 once the corpus needs more than one shard of the "
+            "window anyway; see docs/caching.md)",
         )
         command.add_argument(
             "--build-minutes",
             type=float,
             help="size shards so that the input-token rate limit, when known, writes one to "
-            "the cache in about this many minutes, 5 for example (default: not by the limits)",
+            "the cache in about this many minutes (default: 5; from tier 2 up the window is the "
+            "smaller bound)",
         )
         command.add_argument(
             "--fan-out",

@@ -410,7 +410,7 @@ class Engine:
             docs,
             min_cacheable_tokens=self.model.min_cacheable_tokens,
             instructions_tokens=self._instructions_tokens,
-            budget_tokens=self._planning_budget(),
+            budget_tokens=self._planning_budget(sum(d.tokens for d in docs)),
             now=now,
             previous=previous.layout if previous else None,
             live=self._live_anchors(previous, now) if previous else None,
@@ -465,6 +465,9 @@ class Engine:
         question and the input-token limit known when the corpus was first planned. That
         limit is kept: what the API's headers say later must not reshard the corpus.
         Before the first plan, what it would be with the limits known now."""
+        return self._budget_for(None)
+
+    def _budget_for(self, corpus_tokens: int | None) -> int:
         if self.settings.budget_tokens is not None:
             return self.settings.budget_tokens
         if self._budget is not None:
@@ -474,11 +477,12 @@ class Engine:
             warm_question_usd=self.settings.warm_question_usd,
             input_tokens_per_minute=self.caller.limits.input_tokens_per_minute,
             build_minutes=self.settings.build_minutes,
+            corpus_tokens=corpus_tokens,
         )  # fmt: skip
 
-    def _planning_budget(self) -> int:
-        """The shards' size for a plan: fixed at the first one (`budget_tokens`)."""
-        budget = self.budget_tokens
+    def _planning_budget(self, corpus_tokens: int) -> int:
+        """The shards' size for a plan of `corpus_tokens`: fixed at the first one."""
+        budget = self._budget_for(corpus_tokens)
         if self.settings.budget_tokens is None:
             self._budget = budget
         return budget
