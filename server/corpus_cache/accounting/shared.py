@@ -13,7 +13,7 @@ file (two Claude Code windows on one project run two servers on one folder).
 A row of a process that is gone (its pid), or past its `expires`, holds nothing: a killed
 instance blocks no one. Everything here is best effort: when the ledger cannot be read or
 written, each instance goes on with what it knows itself, as before there were several.
-The tables: storage.M008_SHARED_STATE.
+The tables: storage.M009_SHARED_STATE.
 """
 
 from __future__ import annotations

@@ -95,6 +95,41 @@ M007_BILLING = """
             ELSE 'unbilled' END
 """
 
+# The local estimate's sketch of each document estimated (api/estimate.py), by content
+# key and the sketch's version: a warm restart loads them instead of reading every text
+# again. A sketch depends on the text and title only, never on the model or the backend.
+# `token_sums`: the exact sum of several documents' counts, learned from the usage of a
+# request (api/learned.py), by model and backend like the counts; `members`: their content
+# keys, sorted, space-separated; `kind` and `prior` when they are all of one kind.
+# `token_heads`: what every request holds before its first document (framing and the system
+# prompt, by the system text's hash), learned from usage likewise.
+M008_SKETCHES_AND_SUMS = """
+        CREATE TABLE sketches (
+            content_key TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            prior REAL NOT NULL,
+            PRIMARY KEY (content_key, version)
+        ) WITHOUT ROWID;
+        CREATE TABLE token_sums (
+            members TEXT NOT NULL,
+            model TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            counted_at REAL NOT NULL,
+            kind TEXT,
+            prior REAL,
+            PRIMARY KEY (members, model, backend)
+        );
+        CREATE TABLE token_heads (
+            system_key TEXT NOT NULL,
+            model TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            PRIMARY KEY (system_key, model, backend)
+        )
+"""
+
 # What instances sharing the state folder tell each other (accounting/shared.py):
 # `shared_entries`, the cache entries believed alive (one row per entry, its id moved on at
 # each change, so that `id > last seen` is what changed); `shared_questions`, when each
@@ -102,7 +137,7 @@ M007_BILLING = """
 # requests under way; `shared_limits`, the rate-limit buckets last known; `cold_writes`,
 # who is writing a cold prefix. Rows of a process that is gone, or past `expires`, hold
 # nothing.
-M008_SHARED_STATE = """
+M009_SHARED_STATE = """
         CREATE TABLE shared_entries (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             backend TEXT NOT NULL,
@@ -153,7 +188,8 @@ M008_SHARED_STATE = """
 # Ordered; each runs once, in one transaction with the version bump.
 MIGRATIONS: list[str] = [
     M001_INITIAL, M002_SHARD_AND_TTL, M003_CACHE_MISS_REASON, M004_ROW_KEY,
-    M005_COUNTS_BY_BACKEND, M006_COUNTS_CALIBRATE, M007_BILLING, M008_SHARED_STATE,
+    M005_COUNTS_BY_BACKEND, M006_COUNTS_CALIBRATE, M007_BILLING, M008_SKETCHES_AND_SUMS,
+    M009_SHARED_STATE,
 ]  # fmt: skip
 
 ROW_COLUMNS = (
