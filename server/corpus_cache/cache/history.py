@@ -4,6 +4,7 @@ asked of each shard (the policy chooses TTLs from the gaps between them)."""
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -155,6 +156,14 @@ class History:
         times = self._asked.setdefault(shard, [])
         times.append(at)
         del times[: -(RECENT_GAPS + 1)]  # the policy weighs only the recent gaps
+        self._questions[shard] += 1
+
+    def asked_elsewhere(self, shard: int, at: float) -> None:
+        """A question on `shard` was sent at `at` by another instance sharing the state
+        folder: its gaps are the policy's too, in time order with this one's."""
+        times = self._asked.setdefault(shard, [])
+        bisect.insort(times, at)
+        del times[: -(RECENT_GAPS + 1)]
         self._questions[shard] += 1
 
     def gaps(self, shard: int) -> list[float]:
