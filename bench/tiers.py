@@ -250,6 +250,7 @@ async def measure(
             clock=clock.now, sleep=clock.sleep,
         )  # fmt: skip
         shares: list[float] = []
+        built: set[int] = set()
         try:
             async with (
                 engine.reading_answers(),  # as `serve` runs it (engine/runtime.py)
@@ -257,7 +258,7 @@ async def measure(
                 anyio.create_task_group() as group,
             ):
                 group.start_soon(first_index, engine)
-                for n, question in enumerate(questions_for(name, folder, questions)):
+                for question in questions_for(name, folder, questions):
                     got = await ask_patiently(engine, question, clock, run)
                     if got is None:
                         break
@@ -267,8 +268,11 @@ async def measure(
                     run.answered += 1
                     usage = answer.usage
                     prompt = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
-                    if n > 0 and prompt:
+                    # After the build: a question on shards asked before (each shard's first
+                    # question writes it, a corpus of several shards more than once).
+                    if prompt and set(answer.shards) <= built:
                         shares.append(usage.cache_read_tokens / prompt)
+                    built |= set(answer.shards)
                 run.usd_ten = round(engine.totals().cost_usd, 4)
                 if engine.indexed:
                     run.documents = len(engine.current.snapshot.documents)
