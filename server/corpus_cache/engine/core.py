@@ -43,6 +43,7 @@ from corpus_cache.corpus.search import Hit, SearchIndex
 from corpus_cache.engine.answers import Answer, Prewarmed, ShardAnswer, merge
 from corpus_cache.engine.build import Builder
 from corpus_cache.engine.indexing import Indexing
+from corpus_cache.engine.keeper import Keeper
 from corpus_cache.engine.remembered import RememberedEntries
 from corpus_cache.engine.sessions import (
     LOCAL,
@@ -143,6 +144,7 @@ class Engine:
         self.entries = CacheEntries()  # the cache entries we believe alive
         # Kept across a restart, so that a staged build goes on from what it wrote.
         remembered = RememberedEntries(settings.state_dir, self.corpus_key, _backend_key(backend))
+        self._remembered = remembered
         self.entries.restore(remembered.load(clock()))
         self.entries.on_change = remembered.save
         self.builder = Builder(self)  # staged cache builds, within the rate limits (build.py)
@@ -169,6 +171,9 @@ class Engine:
         # whether or not anyone still waits for them (a deadline, a sibling's failure).
         self._readers: TaskGroup | None = None
         self.read_for_no_one = 0  # responses being read that no question waits for any more
+        # Of the servers sharing the state folder, the one that sends background requests
+        # (engine/keeper.py); None: this engine is alone, and keeps its own cache.
+        self.keeper: Keeper | None = None
 
     def _spent_since(self, since: float) -> float:
         totals = self.totals(since, self.answering)
@@ -816,6 +821,35 @@ class Engine:
         return browse.describe_layout(self.current)
 
     # --- warming (warm.py) -------------------------------------------------------------
+
+    def keeps_cache(self) -> bool:
+        """Whether this engine sends background requests now: it is alone, or it keeps the
+        cache for the instances sharing its state folder (confirmed by a beat now)."""
+        return self.keeper is None or self.keeper.confirm()
+
+    def learn_from_others(self) -> None:
+        """What the other instances on the state folder did that the keeper's schedule
+        depends on: the cache entries they believe alive (those outliving what this engine
+        believes), and every instance's question times, from the shared ledger. Nothing
+        while this engine is alone."""
+        keeper = self.keeper
+        if keeper is None or keeper.standing is None or keeper.standing.instances < 2:
+            return
+        now = self.clock()
+        known = self.entries
+        later = {
+            identity: (expiry, ttl)
+            for identity, (expiry, ttl) in self._remembered.load(now).items()
+            if expiry > known.expires(identity)
+        }
+        if later:
+            known.restore(later)
+        try:
+            rows = self.ledger.requests(self.corpus_key, limit=200)
+        except LedgerUnavailableError as exc:
+            log.warning("%s; keeping warm by this instance's questions only", exc)
+            return
+        self.history.learn_asked(rows)
 
     def prepare_warming(
         self,
