@@ -177,9 +177,22 @@ def test_a_released_lease_is_taken_at_the_next_beat_and_a_gone_instance_is_not_c
     assert standing.lease is not None
     assert standing.lease.since == 1.0
     assert standing.instances == 2  # a released its place
-    # c stops beating (killed): it is not counted once its heartbeat is too old.
-    assert b.beat(0.2 + INSTANCE_SECONDS + 0.1, None).instances == 1
+    # c stops beating (killed): it is not counted once it has missed beats for longer
+    # than INSTANCE_SECONDS before b's previous beat.
+    assert b.beat(2.0, None).instances == 2
+    assert b.beat(2.0 + INSTANCE_SECONDS, None).instances == 2
+    assert b.beat(3.0 + INSTANCE_SECONDS, None).instances == 1
     for s in (a, b, c):
+        s.close()
+
+
+def test_after_a_clock_jump_the_first_to_beat_still_counts_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    stores = [store(path, name) for name in "abcd"]
+    for s in stores:
+        s.beat(0.0, None)
+    assert stores[2].beat(400.0, None).instances == 4
+    for s in stores:
         s.close()
 
 

@@ -25,8 +25,9 @@ BEAT_SECONDS = 1.0  # how often every instance beats (and the keeper renews)
 # How long a lease lasts after its last renewal. A killed keeper's lease is taken at the
 # second beat that sees it expired: within LEASE_SECONDS + 2 * BEAT_SECONDS = 4.5 s.
 LEASE_SECONDS = 2.5
-# An instance whose heartbeat is older than this is not counted as live; after FORGET_SECONDS
-# its row is removed (a clean exit removes it at once).
+# An instance that has not beaten within this long before another's previous beat is not
+# counted as live (`live_after`); after FORGET_SECONDS its row is removed (a clean exit
+# removes it at once).
 INSTANCE_SECONDS = 2.5
 FORGET_SECONDS = 3600.0
 
@@ -83,6 +84,13 @@ def next_lease(
     return current
 
 
+def live_after(previous_beat: float | None, now: float) -> float:
+    """The oldest heartbeat of an instance counted as live by a beat at `now`: one within
+    INSTANCE_SECONDS of this instance's previous beat (of now, at its first). Counted from
+    the previous beat, not from now: after a clock jump the others have not beaten yet."""
+    return min(now, previous_beat if previous_beat is not None else now) - INSTANCE_SECONDS
+
+
 def still_expired(current: Lease | None, me: Instance, now: float) -> Lease | None:
     """The lease to remember as seen expired after a beat that did not take it."""
     if current is not None and current.holder != me.id and expired(current, now):
@@ -98,6 +106,7 @@ class LeaseStore:
 
     def __init__(self, path: Path, corpus: str, me: Instance, busy_timeout: float = 1.0) -> None:
         self.path, self.corpus, self.me = path, corpus, me
+        self._previous: float | None = None  # when this instance last beat
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
@@ -136,8 +145,9 @@ class LeaseStore:
                 )
             (live,) = db.execute(
                 "SELECT COUNT(*) FROM instances WHERE corpus = ? AND (heartbeat >= ? OR id = ?)",
-                (corpus, now - INSTANCE_SECONDS, me.id),
+                (corpus, live_after(self._previous, now), me.id),
             ).fetchone()
+        self._previous = now
         keeper = lease is not None and lease.holder == me.id
         return Standing(lease, keeper, int(live), still_expired(lease, me, now))
 

@@ -831,9 +831,8 @@ class Engine:
         """What the other instances on the state folder did that the keeper's schedule
         depends on: the cache entries they believe alive (those outliving what this engine
         believes), and every instance's question times, from the shared ledger. Nothing
-        while this engine is alone."""
-        keeper = self.keeper
-        if keeper is None or keeper.standing is None or keeper.standing.instances < 2:
+        while this engine has been alone."""
+        if self.keeper is None or not self.keeper.shared:
             return
         now = self.clock()
         known = self.entries

@@ -40,6 +40,9 @@ class Keeper:
         self.me = Instance(uuid.uuid4().hex, os.getpid(), clock())
         self.store = LeaseStore(Path(path), corpus, self.me)
         self.standing: Standing | None = None
+        # Whether another instance has served the corpus alongside this one since it
+        # started: then what it did counts for this one's schedule (Engine.learn_from_others).
+        self.shared = False
         self._keeping = anyio.Event()  # set while this instance keeps the cache
 
     @property
@@ -62,6 +65,7 @@ class Keeper:
             self._keeping = anyio.Event()
             return False
         self.standing = standing
+        self.shared = self.shared or standing.instances > 1
         if standing.keeper and not was:
             log.info("keeping the cache for %d instance(s) on this state folder",
                      standing.instances)  # fmt: skip
