@@ -1,11 +1,14 @@
-"""The keeper's lease: its rules (pure, property-tested) and its SQLite edge (real files,
-several connections and threads racing for it)."""
+"""The keeper's lease: its rules (pure, property-tested), its SQLite edge (real files,
+several connections and threads racing for it), and engines sharing a state folder in this
+process (only the keeper pre-warms; a stalled keeper sends nothing once replaced).
+Real servers in their own processes: tests/test_several_windows.py."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,6 +23,13 @@ from corpus_cache.accounting.lease import (
     still_expired,
 )
 from corpus_cache.accounting.ledger import Ledger
+from corpus_cache.emulator import RunningEmulator
+from corpus_cache.engine.keeper import Keeper, elected
+from corpus_cache.engine.runtime import keeping_the_cache
+from corpus_cache.engine.warm import prewarm_after_changes
+from support.corpus_fixture import write_corpus
+from support.emulator_control import Control
+from support.engines import engine_on
 
 KEEPER = Instance("keeper", 100, 0.0)
 OTHERS = [Instance(f"other-{n}", 200 + n, 0.0) for n in range(3)]
@@ -205,3 +215,68 @@ def test_instances_serving_another_corpus_neither_count_nor_compete(tmp_path: Pa
     assert standing.instances == 1
     here.close()
     there.close()
+
+
+# --- engines sharing a state folder (in this process, on the emulator) -------------------
+
+
+def keeper_on(path: Path, now: list[float]) -> Keeper:
+    return Keeper(path, "/corpus", lambda: now[0])
+
+
+def test_a_stalled_keeper_that_was_replaced_learns_it_before_sending_anything(
+    tmp_path: Path,
+) -> None:
+    now = [100.0]
+    path = tmp_path / "ledger.sqlite3"
+    stalled, other = keeper_on(path, now), keeper_on(path, now)
+    assert stalled.beat()
+    assert not other.beat()
+    for _ in range(4):  # the keeper stalls; the other beats on
+        now[0] += BEAT_SECONDS
+        other.beat()
+    assert other.is_keeper
+    assert stalled.is_keeper  # as far as it knows, until it beats again
+    assert not stalled.confirm()  # the check before each background request
+    assert not stalled.is_keeper
+    stalled.release()  # holds nothing: the successor keeps the lease
+    now[0] += BEAT_SECONDS
+    assert other.beat()
+    other.release()
+
+
+@pytest.mark.anyio
+async def test_a_keeper_that_exits_cleanly_is_replaced_at_the_next_beat(tmp_path: Path) -> None:
+    now = [100.0]
+    path = tmp_path / "ledger.sqlite3"
+    async with elected(path, "/corpus", lambda: now[0]) as first:
+        assert first.is_keeper
+        second = keeper_on(path, now)
+        assert not second.beat()
+    assert second.beat()  # at the same instant: the lease was given up, not left to expire
+    second.release()
+
+
+@pytest.mark.anyio
+async def test_of_two_engines_on_one_state_folder_only_the_keeper_prewarms_after_a_change(
+    tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
+) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    state = tmp_path / "state"
+    async with (
+        engine_on(corpus, running_emulator.base_url, state, prewarm=True, watch=False) as one,
+        engine_on(corpus, running_emulator.base_url, state, prewarm=True, watch=False) as two,
+        keeping_the_cache(one) as keeps_one,
+        keeping_the_cache(two) as keeps_two,
+    ):
+        assert keeps_one.is_keeper
+        assert not keeps_two.is_keeper
+        for engine in (one, two):
+            prewarm_after_changes(engine)  # as `serve` does
+        (corpus / "deploys.md").write_text("# deploys.md\n\nDeploys are never frozen now.\n")
+        await two.refresh()  # the one that does not keep the cache sees the change first
+        await one.refresh()
+        warms = [r for r in one.ledger.history(one.corpus_key) if r.kind == "warm"]
+        assert len(warms) == 1
+        assert one.last_prewarm is not None
+        assert two.last_prewarm is None

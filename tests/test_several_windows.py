@@ -4,6 +4,7 @@ one emulator on its virtual clock (CORPUS_CACHE_CLOCK=emulator): one keeps the c
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -228,6 +229,8 @@ async def test_several_servers_send_a_single_servers_keep_warm_and_hand_over_wit
         await running.advance(400)
         await running.ask(asking, QUESTIONS[1])
         before = (await running.status(asking))["sharing"]
+        stats = await running.clients[asking].read_resource("corpus://stats")
+        assert json.loads(stats.contents[0].text)["sharing"] == before  # type: ignore[union-attr]
         for ping in range(3):
             due = running.last_touched() + FIVE_MINUTE_PING
             if ping == 2:
