@@ -5,6 +5,7 @@ Real servers in their own processes: tests/test_several_windows.py."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -258,6 +259,39 @@ async def test_a_keeper_that_exits_cleanly_is_replaced_at_the_next_beat(tmp_path
 
 
 @pytest.mark.anyio
+async def test_a_server_whose_ledger_cannot_be_opened_keeps_its_own_cache(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(b"not a database" * 100)
+    async with elected(path, "/corpus", lambda: 0.0) as keeper:
+        assert keeper is None  # and the engine, with no keeper, sends its background requests
+
+
+def test_a_beat_that_cannot_write_leaves_a_lone_keeper_keeping_and_a_shared_one_not(
+    tmp_path: Path,
+) -> None:
+    now = [100.0]
+    path = tmp_path / "ledger.sqlite3"
+    alone = Keeper(path, "/one", lambda: now[0], busy_timeout=0.05)
+    shared = Keeper(path, "/two", lambda: now[0], busy_timeout=0.05)
+    other = Keeper(path, "/two", lambda: now[0], busy_timeout=0.05)
+    assert alone.beat()
+    assert shared.beat()
+    assert not other.beat()
+    now[0] += BEAT_SECONDS
+    assert shared.beat()  # it has seen the other now
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    now[0] += BEAT_SECONDS
+    assert alone.beat()
+    assert not shared.beat()  # it cannot tell whether the other took the lease meanwhile
+    locker.execute("ROLLBACK")
+    locker.close()
+    assert shared.beat()
+    for keeper in (alone, shared, other):
+        keeper.release()
+
+
+@pytest.mark.anyio
 async def test_of_two_engines_on_one_state_folder_only_the_keeper_prewarms_after_a_change(
     tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
 ) -> None:
@@ -269,6 +303,8 @@ async def test_of_two_engines_on_one_state_folder_only_the_keeper_prewarms_after
         keeping_the_cache(one) as keeps_one,
         keeping_the_cache(two) as keeps_two,
     ):
+        assert keeps_one is not None
+        assert keeps_two is not None
         assert keeps_one.is_keeper
         assert not keeps_two.is_keeper
         for engine in (one, two):

@@ -106,6 +106,7 @@ class LeaseStore:
 
     def __init__(self, path: Path, corpus: str, me: Instance, busy_timeout: float = 1.0) -> None:
         self.path, self.corpus, self.me = path, corpus, me
+        self.busy_timeout = busy_timeout
         self._previous: float | None = None  # when this instance last beat
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)

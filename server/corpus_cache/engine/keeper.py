@@ -35,10 +35,13 @@ class Keeper:
         corpus: str,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        *,
+        busy_timeout: float = 1.0,
     ) -> None:
+        """Raises sqlite3.Error or OSError when the state folder's ledger cannot be opened."""
         self.clock, self.sleep = clock, sleep
         self.me = Instance(uuid.uuid4().hex, os.getpid(), clock())
-        self.store = LeaseStore(Path(path), corpus, self.me)
+        self.store = LeaseStore(Path(path), corpus, self.me, busy_timeout)
         self.standing: Standing | None = None
         # Whether another instance has served the corpus alongside this one since it
         # started: then what it did counts for this one's schedule (Engine.learn_from_others).
@@ -51,19 +54,22 @@ class Keeper:
 
     def beat(self) -> bool:
         """One beat now; whether this instance keeps the cache after it. A beat that cannot
-        write the state folder leaves this instance not the keeper until one can."""
-        was = self.is_keeper
-        seen = self.standing.seen_expired if self.standing is not None else None
+        write the state folder (locked past the busy timeout, a full disk) leaves a keeper
+        that was alone keeping its cache, and any other not the keeper until one can: it
+        cannot tell whether another has taken the lease."""
+        was, previous = self.is_keeper, self.standing
+        seen = previous.seen_expired if previous is not None else None
         try:
             standing = self.store.beat(self.clock(), seen)
         except sqlite3.Error as exc:
-            if was:
+            alone = previous is not None and previous.keeper and previous.instances == 1
+            if was and not alone:
                 log.warning("cannot renew the keeper's lease in %s: %s; not keeping the cache "
                             "warm until it can", self.store.path,
-                            describe_fault(exc, 1.0))  # fmt: skip
-            self.standing = None
-            self._keeping = anyio.Event()
-            return False
+                            describe_fault(exc, self.store.busy_timeout))  # fmt: skip
+                self.standing = None
+                self._keeping = anyio.Event()
+            return alone
         self.standing = standing
         self.shared = self.shared or standing.instances > 1
         if standing.keeper and not was:
@@ -108,10 +114,17 @@ async def elected(
     corpus: str,
     clock: Callable[[], float],
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
-) -> AsyncIterator[Keeper]:
+) -> AsyncIterator[Keeper | None]:
     """Take part in the election while the block runs (its first beat before the block
-    starts); release the lease after."""
-    keeper = Keeper(path, corpus, clock, sleep)
+    starts); release the lease after. Yields None, after a warning, when the state folder's
+    ledger cannot be opened: the server keeps its own cache, as if alone."""
+    try:
+        keeper = Keeper(path, corpus, clock, sleep)
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("cannot take part in electing which server keeps the cache (%s: %s); "
+                    "this one keeps its own", path, exc)  # fmt: skip
+        yield None
+        return
     keeper.beat()
     try:
         async with anyio.create_task_group() as group:

@@ -187,10 +187,11 @@ async def keeping_warm(
 
 
 @asynccontextmanager
-async def keeping_the_cache(engine: Engine) -> AsyncIterator[Keeper]:
+async def keeping_the_cache(engine: Engine) -> AsyncIterator[Keeper | None]:
     """Take part, while the block runs, in electing which of the servers sharing the state
     folder keeps the cache (engine/keeper.py); the engine asks it before each background
-    request. On the way out the lease is released, for another to take at once."""
+    request. On the way out the lease is released, for another to take at once. None: the
+    state folder's ledger cannot be opened, and the engine keeps its own cache."""
     async with elected(
         engine.settings.ledger_path, engine.corpus_key, engine.clock, engine.sleep
     ) as keeper:
