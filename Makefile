@@ -8,17 +8,25 @@ TOOLS  := .tools
 UV_VERSION := 0.13.9
 UV     ?= $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 LATEST := .venv-latest
+# The official Claude Desktop bundle CLI, pinned, installed from npm into .tools/npm/.
+MCPB_VERSION := 2.1.2
+MCPB   := $(TOOLS)/npm/node_modules/.bin/mcpb
 
 # uv uses this machine's python3 and never downloads an interpreter of its own.
 export UV_PYTHON := $(PYTHON)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: test test-latest docs lint bench demo clean test-clients reliability fuzz soak lock
+.PHONY: test test-latest docs lint bench demo clean test-clients reliability fuzz soak lock mcpb
 
 $(TOOLS)/bin/uv:
 	@echo "==> uv is not on PATH: installing uv $(UV_VERSION) into $(TOOLS)/"
 	@$(PYTHON) -m venv $(TOOLS)
 	@$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(MCPB):
+	@command -v npm >/dev/null || { echo "make mcpb needs npm (Node.js): https://nodejs.org"; exit 1; }
+	@echo "==> installing @anthropic-ai/mcpb $(MCPB_VERSION) into $(TOOLS)/npm/"
+	@npm install --prefix $(TOOLS)/npm --no-audit --no-fund --no-save --silent @anthropic-ai/mcpb@$(MCPB_VERSION)
 
 $(STAMP): uv.lock pyproject.toml | $(UV)
 	@echo "==> installing the locked dependencies into $(VENV)/ (uv sync --locked)"
@@ -51,10 +59,16 @@ docs: $(STAMP)
 	$(BIN)/python tests/support/configuration_doc.py > docs/configuration.md
 
 lint: $(STAMP)
-	$(BIN)/ruff check server tests bench
-	$(BIN)/ruff format --check server tests bench
+	$(BIN)/ruff check server tests bench bundle
+	$(BIN)/ruff format --check server tests bench bundle
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python bundle/check.py
+
+# The Claude Desktop bundle: staged in build/mcpb/, checked by `mcpb validate`, packed into
+# dist/corpus-cache-<version>.mcpb (docs/clients.md).
+mcpb: $(STAMP) | $(MCPB)
+	$(BIN)/python bundle/build.py --mcpb $(MCPB)
 
 demo: $(STAMP)
 	@echo "==> serving corpora/handbook over MCP and asking two questions"

@@ -88,7 +88,8 @@ def _emulator(args: argparse.Namespace) -> int:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     given = {
         "corpus": getattr(args, "corpus", None),
-        "model": getattr(args, "model", None),
+        # An empty --model (a Desktop bundle's emptied field) means the default one.
+        "model": getattr(args, "model", None) or None,
         "offline": True if getattr(args, "offline", False) else None,
         "budget_tokens": getattr(args, "budget_tokens", None),
         "warm_question_usd": getattr(args, "warm_question_usd", None),
