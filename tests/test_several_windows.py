@@ -21,6 +21,7 @@ from mcp import Client, StdioServerParameters
 from corpus_cache.accounting.lease import BEAT_SECONDS, LEASE_SECONDS
 from corpus_cache.api.emulator_clock import EmulatorClock
 from corpus_cache.cache.keeping import FIVE_MINUTE_PING
+from corpus_cache.cache.policy import FIVE_MINUTES
 from corpus_cache.engine.runtime import keeping_the_cache, keeping_warm
 from corpus_cache.mcp_surface.server import build_server
 from support.corpus_fixture import write_corpus
@@ -63,6 +64,22 @@ class Servers:
                 "SELECT MAX(at) FROM requests WHERE outcome = 'ok' AND kind IN ('ask', 'keep-warm')"
             ).fetchone()
         return float(at)
+
+    def believed_until(self) -> float:
+        """The latest expiry of a cache entry the servers keep in the state folder."""
+        expiries = [
+            expiry
+            for path in self.state.glob("cache-entries-*.json")
+            for expiry, _ in json.loads(path.read_text())["entries"].values()
+        ]
+        return max(expiries, default=0.0)
+
+    async def read_at(self, due: float) -> None:
+        """Wait for the keep-warm read due at `due`: its row in the ledger, and the entry's
+        new expiry taken in by the server that sent it (after its row is written: the
+        clock must not move on before, or that server would believe the entry lapsed)."""
+        await self.until(lambda: self.last_touched() >= due, "a keep-warm read")
+        await self.until(lambda: self.believed_until() >= due + FIVE_MINUTES, "its effect")
 
     def keep_warm_rows(self) -> list[tuple[float, int, str]]:
         """(virtual seconds since the start, cache-read tokens, outcome) of each keep-warm."""
@@ -170,7 +187,7 @@ async def keep_warm_over_a_trace(running: Servers, asking: int) -> list[tuple[fl
     for _ in range(3):
         due = running.last_touched() + FIVE_MINUTE_PING
         await running.advance(due - running.now)
-        await running.until(lambda: running.last_touched() >= due, "a keep-warm read")  # noqa: B023
+        await running.read_at(due)
     await running.advance(FIVE_MINUTE_PING / 2)
     return running.keep_warm_rows()
 
@@ -236,7 +253,7 @@ async def test_several_servers_send_a_single_servers_keep_warm_and_hand_over_wit
             if ping == 2:
                 handed_over_in = await handing_over(running, due)
             await running.advance(due - running.now)
-            await running.until(lambda: running.last_touched() >= due, "a keep-warm read")  # noqa: B023
+            await running.read_at(due)
         await running.advance(FIVE_MINUTE_PING / 2)
         pings = running.keep_warm_rows()
         successor = running.pids.index(running.keeper_pid())  # type: ignore[arg-type]
