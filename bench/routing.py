@@ -15,11 +15,14 @@ section heading verbatim, the heading paraphrased, words of a body sentence; `--
 choose), `--per-document` each, and routing must pick a shard holding that document (or
 the heading or sentence verbatim). `--half tune` or `--half test` asks only about one half
 of the documents, split by a hash of the path: tune on one, report on the other. Shards as
-the default budget makes them, or `--budget-tokens`, `--warm-question-usd`, or `--itpm` (a
-known input-token limit per minute):
+the default budget makes them (for a corpus over the window, a warm question of $0.05), or
+`--budget-tokens`, `--warm-question-usd` (0: the window's shards), or `--itpm` (a known
+input-token limit per minute). Beside right first and right in the best two, it
+says what a question with `fan_out` left out asks (one shard, or two when the routing is
+unsure): how often a right one is among them, and how many shards and tokens it reads:
 
     .venv/bin/python bench/routing.py --folder /tmp/django/docs --half test --questions 1000 \
-        --per-document 2 --warm-question-usd 0.05
+        --per-document 2                       # add --warm-question-usd 0 for the window's
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from corpus_cache.config import Settings
 from corpus_cache.emulator import start_in_thread
 from corpus_cache.engine.core import Engine
 from corpus_cache.models.catalog import load_catalog
+from corpus_cache.plan.budget import window_budget
 from questions import KINDS, Question, generate, normalized
 from synthetic import document
 
@@ -134,6 +138,7 @@ async def measure_folder(
         by_kind: dict[str, list[int]] = {}
         misses = []
         routing = 0.0
+        read = 0
         for q in questions:
             # Right: a shard holding the document, or another holding the evidence verbatim
             # (security releases repeat one text across versions).
@@ -145,10 +150,15 @@ async def measure_folder(
             started = time.perf_counter()
             ranked = [s.number for s in engine.route(q.text, corpus, fan_out=2)]
             routing += time.perf_counter() - started
-            counts = by_kind.setdefault(q.kind, [0, 0, 0])
+            # What a question with fan_out left out asks: one shard, or two when unsure.
+            asked = engine.route(q.text, corpus, None)
+            read += sum(s.corpus_tokens for s in asked)
+            counts = by_kind.setdefault(q.kind, [0, 0, 0, 0, 0])
             counts[0] += ranked[0] in holding
             counts[1] += bool(holding & set(ranked[:2]))
             counts[2] += 1
+            counts[3] += bool(holding & {s.number for s in asked})
+            counts[4] += len(asked)
             if ranked[0] not in holding:
                 misses.append(f"{q.path} ({q.kind}): {q.text}")
         await client.close()
@@ -162,6 +172,10 @@ async def measure_folder(
         "questions": len(questions),
         "right_at_1": sum(c[0] for c in by_kind.values()),
         "right_at_2": sum(c[1] for c in by_kind.values()),
+        "right_asked": sum(c[3] for c in by_kind.values()),
+        "shards_asked": round(sum(c[4] for c in by_kind.values()) / max(1, len(questions)), 3),
+        "tokens_read": round(read / max(1, len(questions))),
+        "window_tokens": window_budget(engine.model, settings.reserve_tokens),
         "by_kind": by_kind,
         "mean_route_ms": round(routing / max(1, len(questions)) * 1000, 3),
         "index_seconds": round(index_seconds, 2),
@@ -213,8 +227,14 @@ def main() -> None:
             f"{found['right_at_2']}/{found['questions']}); "
             f"{found['mean_route_ms']} ms a question, index built in {found['index_seconds']} s"
         )
-        for kind, (at1, at2, n) in found["by_kind"].items():  # type: ignore[attr-defined]
-            print(f"  {kind}: {at1}/{n} (in the best two: {at2}/{n})")
+        print(
+            f"  asked with fan_out left out (one shard, two when unsure): a right one in "
+            f"{found['right_asked']}/{found['questions']}, {found['shards_asked']} shards and "
+            f"{found['tokens_read']:,} tokens a question (one shard of the window: "
+            f"{found['window_tokens']:,})"
+        )
+        for kind, (at1, at2, n, asked, _) in found["by_kind"].items():  # type: ignore[attr-defined]
+            print(f"  {kind}: {at1}/{n} (in the best two: {at2}/{n}; asked: {asked}/{n})")
         if args.show_misses:
             for miss in found["misses"]:  # type: ignore[attr-defined]
                 print(f"  missed {miss}")

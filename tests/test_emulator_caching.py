@@ -244,6 +244,32 @@ def test_a_1h_entry_lives_an_hour(client: anthropic.Anthropic, emulator: Control
     assert ask(client, messages).usage.cache_read_input_tokens == 0
 
 
+def test_under_a_time_scale_entries_live_their_ttl_divided_by_it_as_the_buckets_refill(
+    client: anthropic.Anthropic, emulator: Control
+) -> None:
+    emulator.freeze()
+    emulator.latency(
+        mode="realistic", time_scale=20, base_seconds=0, output_tokens_per_second=1e12,
+        prefill_tokens_per_second=1e12, read_tokens_per_second=1e12,
+    )  # fmt: skip  # answers at once on the frozen clock
+    five = user(text_block(words(1500), cache=True), text_block("Question?"))
+    hour = user(text_block(words(1500, seed=1), ttl="1h"), text_block("Question?"))
+    ask(client, five)
+    ask(client, hour)
+    emulator.advance(14.9)  # 4 min 58 s of the API's time
+    assert ask(client, five).usage.cache_read_input_tokens > 0
+    emulator.advance(15.1)  # 5 min 2 s after that hit
+    assert ask(client, five).usage.cache_read_input_tokens == 0
+    emulator.advance(179.9 - 30)  # 59 min 58 s after the 1-hour write
+    assert ask(client, hour).usage.cache_read_input_tokens > 0
+    emulator.advance(180.1)
+    assert ask(client, hour).usage.cache_read_input_tokens == 0
+    emulator.latency(mode="none")  # back to real time: a 5-minute entry lives 5 minutes
+    ask(client, five)
+    emulator.advance(299)
+    assert ask(client, five).usage.cache_read_input_tokens > 0
+
+
 def test_the_ttl_counts_from_the_start_of_the_request(
     client: anthropic.Anthropic, emulator: Control
 ) -> None:

@@ -353,3 +353,38 @@ def test_shards_sized_by_price_or_by_the_limits_cost_that_or_build_in_that_time(
     assert limited == 150_000
     assert default_budget(sonnet, input_tokens_per_minute=30_000) == 984_000  # off by default
     assert default_budget(sonnet) == 984_000
+
+
+@given(
+    name=st.sampled_from(["claude-sonnet-5-5", "claude-sonnet-4-6", "claude-haiku-4-5"]),
+    corpus_tokens=st.integers(min_value=1, max_value=10_000_000),
+    usd=st.one_of(st.none(), st.just(0.0), st.floats(min_value=0.01, max_value=1.0)),
+)
+def test_a_corpus_within_one_window_stays_one_shard_unless_a_price_is_set(
+    name: str, corpus_tokens: int, usd: float | None
+) -> None:
+    from corpus_cache.models.catalog import load_catalog
+    from corpus_cache.plan.budget import (
+        DEFAULT_WARM_QUESTION_USD,
+        default_budget,
+        price_budget,
+        window_budget,
+    )
+
+    model = load_catalog().get(name)
+    window = window_budget(model)
+    budget = default_budget(model, warm_question_usd=usd, corpus_tokens=corpus_tokens)
+    if usd == 0.0 or (usd is None and corpus_tokens <= window):
+        assert budget == window  # not by price: the window's shards (one, within it)
+    else:
+        # By price: the default's once the corpus needs several shards anyway, or the set one.
+        price = DEFAULT_WARM_QUESTION_USD if usd is None else usd
+        assert budget == min(window, price_budget(model, price))
+
+
+def test_a_shorter_lookback_marks_the_live_anchor_the_next_breakpoint_cannot_reach() -> None:
+    # The live anchor 5 is 7 positions behind the next one: within the documented 20,
+    # beyond a lookback of 5 (a model table entry's `cache_lookback`, from `probe`).
+    anchors, alive = [5, 12, 30], {5}
+    assert select_breakpoints(anchors, alive, slots=2, turn=0) == [12, 30]
+    assert select_breakpoints(anchors, alive, slots=2, turn=0, lookback=5) == [5, 30]

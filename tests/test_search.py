@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
+import re
 import time
+import tracemalloc
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -199,3 +203,71 @@ def test_the_document_weight_adds_to_matching_passages_and_finds_no_others(
     where = {(h.passage.path, h.passage.start_line): h.score for h in plain}
     assert {(h.passage.path, h.passage.start_line) for h in weighted} == set(where)
     assert all(h.score > where[(h.passage.path, h.passage.start_line)] for h in weighted)
+
+
+def test_a_documents_score_counts_all_its_passages_words_and_its_paths_once() -> None:
+    # Enough documents of several passages that their whole bags are derived in more than
+    # one batch; each path repeats a word that its text uses too.
+    rng = random.Random(7)
+    vocabulary = [f"w{i}" for i in range(400)]
+    texts = {
+        f"w{i % 9}/w{i % 9}-{i}.md": "\n".join(
+            " ".join(rng.choices(vocabulary, k=8)) for _ in range(rng.randint(1, 40))
+        )
+        for i in range(300)
+    }
+    words = {
+        path: Counter([w for w in text.split()] + [w for w in re.findall(r"\w\w+", path.lower())])
+        for path, text in texts.items()
+    }
+    average = sum(sum(c.values()) for c in words.values()) / len(words)
+    index = SearchIndex(snapshot(texts))
+    query = ["w3", "w77", "w5"]
+    plain = {
+        (h.passage.path, h.passage.start_line): h.score
+        for h in index.search(" ".join(query), 10_000)
+    }
+    weighted = index.search(" ".join(query), 10_000, document_weight=1.0)
+    assert len(weighted) == len(plain) > 300
+    for hit in weighted:
+        counted = words[hit.passage.path]
+        whole = sum(
+            bm25(
+                counted[w],
+                sum(w in c for c in words.values()),
+                len(words),
+                sum(counted.values()),
+                average,
+            )
+            for w in query
+            if counted[w]
+        )
+        assert hit.score - plain[(hit.passage.path, hit.passage.start_line)] == pytest.approx(
+            whole, rel=1e-4, abs=1e-5
+        )
+
+
+def test_building_the_index_takes_at_most_twice_the_memory_it_keeps() -> None:
+    # Word frequencies as in prose (Zipf), a few thousand passages; the documents' bags are
+    # already known, as on a rebuild, so what is measured is the scoring's arrays.
+    rng = random.Random(3)
+    vocabulary = [f"w{i}" for i in range(3000)]
+    weights = [1 / (rank + 1) for rank in range(len(vocabulary))]
+    texts = {
+        f"d{i:03d}.md": "\n".join(
+            " ".join(rng.choices(vocabulary, weights, k=12)) for _ in range(120)
+        )
+        for i in range(150)
+    }
+    SearchIndex(snapshot(texts)).search("w1", 1)
+    index = SearchIndex(snapshot(texts))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        index.search("w1", 1)
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    kept = after - before
+    assert kept > 1_000_000  # the index itself: its scores by word, for passages and documents
+    assert peak - before <= 2 * kept

@@ -11,7 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from corpus_cache.engine.core import Engine
-from corpus_cache.plan.route import SUPPORT_WEIGHT, SUPPORTING_HITS, rank_shards
+from corpus_cache.plan.route import (
+    SUPPORT_WEIGHT,
+    SUPPORTING_HITS,
+    UNSURE,
+    rank_shards,
+    shard_evidence,
+    unsure_shards,
+)
 from support.corpus_fixture import FACTS, write_corpus
 from support.emulator_control import Control
 from support.engines import engine_on
@@ -55,6 +62,45 @@ async def test_fan_out_asks_several_shards_in_parallel_and_merges(engine: Engine
     assert "From shard" in answer.text
     rows = engine.ledger.requests(engine.corpus_key)
     assert sorted(r.shard for r in rows) == sorted(answer.shards)
+
+
+UNSURE_QUESTION = "Which weekday: the rotation hands over, or deploys are frozen?"
+
+
+async def test_a_question_the_routing_is_unsure_of_asks_the_best_two_shards(
+    engine: Engine,
+) -> None:
+    # Two shards of 4,500 tokens read far less than one shard of the window would.
+    question = UNSURE_QUESTION
+    shard_of = engine.current.layout.shard_of()
+    assert shard_of["deploys.md"] != shard_of["oncall.md"]
+    hits = engine.current.index.search(question, 50, document_weight=0.5)
+    evidence = sorted(shard_evidence([(h.passage.path, h.score) for h in hits], shard_of).values())
+    assert evidence[-2] >= UNSURE * evidence[-1]  # what makes the routing unsure
+    answer = await engine.ask(question)
+    assert len(set(answer.shards)) == 2
+    assert "From shard" in answer.text
+    asked_for_one = await engine.ask(question, fan_out=1)
+    assert len(asked_for_one.shards) == 1
+
+
+async def test_shards_of_the_window_are_asked_one_at_a_time_however_unsure(
+    running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    # A reserve that leaves a window of 1,000 tokens: any two shards read more than that.
+    corpus = write_corpus(tmp_path / "corpus", filler_sentences=90)
+    window = 1_000_000 - 1_000
+    async with engine_on(
+        corpus,
+        running_emulator.base_url,
+        tmp_path / "state",
+        budget_tokens=4_500,
+        reserve_tokens=window,
+    ) as engine:
+        assert engine.model.context_window == 1_000_000
+        assert min(s.corpus_tokens for s in engine.current.shards) > 1_000
+        answer = await engine.ask(UNSURE_QUESTION)
+        assert len(answer.shards) == 1
 
 
 async def test_each_shard_has_its_own_cached_prefix(engine: Engine) -> None:
@@ -172,3 +218,51 @@ async def test_cache_status_on_shards_says_the_layout_once_in_plain_numbers(
     assert layout.startswith(f"Layout: {shards} shards: {blocks} cached blocks in all")
     assert layout.count("every breakpoint") == 1
     assert "(s)" not in text
+
+
+@given(
+    st.lists(st.floats(0, 100), min_size=1, max_size=6),
+    st.lists(st.integers(1, 1_000), min_size=6, max_size=6),
+    st.integers(1, 2_000),
+)
+def test_the_runner_up_is_asked_too_only_when_close_and_both_read_less_than_the_window(
+    scores: list[float], tokens: list[int], window: int
+) -> None:
+    evidence = dict(enumerate(scores))
+    ranked = sorted(evidence, key=lambda s: -evidence[s])
+    asked = unsure_shards(ranked, evidence, dict(enumerate(tokens)), window)
+    assert asked[0] == ranked[0]
+    close = len(ranked) > 1 and 0 < evidence[ranked[0]] <= evidence[ranked[1]] / UNSURE
+    fits = len(ranked) > 1 and tokens[ranked[0]] + tokens[ranked[1]] <= window
+    assert asked == (ranked[:2] if close and fits else ranked[:1])
+
+
+async def test_a_corpus_beyond_one_window_is_cut_by_the_default_price_one_within_it_is_not(
+    running_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corpus_cache.models.catalog import MODELS_FILE_ENV, load_catalog
+    from corpus_cache.plan.budget import price_budget
+
+    corpus = write_corpus(tmp_path / "corpus", filler_sentences=90)
+    # Reads dear enough that a warm question of $0.05 reads a few thousand tokens.
+    models = tmp_path / "models.toml"
+    models.write_text('[[models]]\nid = "claude-sonnet-5-5"\ninput_usd_per_mtok = 200.0\n')
+    monkeypatch.setenv(MODELS_FILE_ENV, str(models))
+    model = load_catalog().get("claude-sonnet-5-5")
+    price = price_budget(model, 0.05)
+    runs = iter(range(10))
+
+    async def shard_sizes(**settings: Any) -> list[int]:
+        state = tmp_path / f"state-{next(runs)}"
+        async with engine_on(corpus, running_emulator.base_url, state, **settings) as engine:
+            return [shard.plan.total_tokens for shard in engine.current.shards]
+
+    (total,) = await shard_sizes()  # within the window: one shard, whatever the price
+    assert total > 2 * price
+    # A window three quarters of the corpus: beyond it, shards a $0.05 question reads.
+    short = {"reserve_tokens": model.context_window - total * 3 // 4}
+    by_price = await shard_sizes(**short)
+    assert len(by_price) >= 3
+    assert all(size <= price for size in by_price)
+    by_window = await shard_sizes(**short, warm_question_usd=0)  # 0: not by price
+    assert len(by_window) == 2

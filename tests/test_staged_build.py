@@ -330,3 +330,33 @@ async def test_with_prewarm_an_edit_starts_a_build_in_the_background_and_the_ref
         answer = await engine.ask(QUESTION)
     assert answer.usage.cache_read_tokens >= 0.95 * answer.usage.prompt_tokens
     assert 429 not in [e["status"] for e in messages(emulator)]
+
+
+async def test_a_question_the_routing_is_unsure_of_leaves_out_a_runner_up_that_needs_a_build(
+    tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
+) -> None:
+    # An extra shard is not worth a wait: an unsure question asks the runner-up too only
+    # when that shard can be asked at once.
+    corpus = write_corpus(tmp_path / "corpus", filler_sentences=90)  # as in test_shards
+    emulator.freeze(T0)
+    settings = limited(tmp_path, emulator, 4_000)  # a slice holds a document, not a shard
+    time = EmulatorTime(emulator)
+    question = "Which weekday: the rotation hands over, or deploys are frozen?"
+    async with building(
+        corpus, tmp_path / "state", running_emulator.base_url, time, ask_deadline=3_600,
+        budget_tokens=6_000, **settings,
+    ) as engine:  # fmt: skip
+        live = engine.current
+        shard_of = live.layout.shard_of()
+        assert shard_of["deploys.md"] != shard_of["oncall.md"]
+        assert all(s.corpus_tokens > 4_000 for s in live.shards)  # more than a slice
+        best, runner_up = engine.route(question, live, fan_out=2)
+        assert engine.builder.needed(live, best)
+        assert engine.builder.needed(live, runner_up)
+        asked = engine.route(question, live, None)
+        assert [s.number for s in asked] == [best.number]  # the best is built when asked
+        await engine.builder.ready(live, [runner_up], within=3_600)
+        assert [s.number for s in engine.route(question, live, None)] == [
+            best.number,
+            runner_up.number,
+        ]

@@ -27,7 +27,8 @@ class Settings(BaseSettings):
         None,
         description="the account's rate-limit tier (1 to 4, or a tier of the limits file): the "
         "limits assumed until the API's first response states them; offline, the emulator "
-        "applies them too (default: unknown, so nothing waits before the first response)",
+        "applies them too (default: the limits file's own tier, or else learned from the API "
+        "with one small request before the folder is first planned, and remembered for a day)",
     )
     limits_file: Path | None = Field(
         None, description="a TOML file merged into the rate-limits table (models/limits.toml)"
@@ -77,23 +78,29 @@ class Settings(BaseSettings):
     )
     warm_question_usd: float | None = Field(
         None,
-        gt=0,
+        ge=0,
         description="size shards so that a question read from the cache costs about this "
-        "many dollars on the model, 0.05 for example (default: not by price; "
-        "docs/caching.md says why)",
+        "many dollars on the model; 0: not by price (default: $0.05 once the corpus needs "
+        "more than one shard of the window anyway; docs/caching.md says why)",
     )
     build_minutes: float | None = Field(
         5.0,
         gt=0,
-        description="size shards so that the account's input-token rate limit, when known "
-        "(--tier) when the folder is first planned, writes one to the cache in about this "
-        "many minutes: at tier 1 a shard is 150k tokens; from tier 2 up the window is "
-        "smaller (docs/caching.md)",
+        description="size shards so that the account's input-token rate limit, as known "
+        "(--tier, or learned) when the folder is first planned, writes one to the cache in "
+        "about this many minutes: at tier 1 a shard is 150k tokens; from tier 2 up the window "
+        "is smaller (docs/caching.md)",
     )
     reserve_tokens: int = Field(
         16_000, ge=0, description="tokens kept free in the window for question and answer"
     )
-    fan_out: int = Field(1, ge=1, le=8, description="shards consulted per question")
+    fan_out: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="shards consulted per question; at 1, a question the routing is unsure "
+        "of asks the best two when they are smaller together than one shard of the window",
+    )
     prewarm: bool = Field(
         False, description="after a change, write the cache ahead of the next question"
     )

@@ -40,7 +40,7 @@ from corpus_cache.api.backend import (
     failure_of,
 )
 from corpus_cache.api.outcomes import billing_of, cache_miss, cancelled_text, failure_text
-from corpus_cache.api.prepared import PreparedRequest, RequestKind
+from corpus_cache.api.prepared import PreparedRequest, RequestKind, limits_request
 from corpus_cache.api.ratelimits import Demand, RateLimits, wait_after_refusal
 from corpus_cache.api.scheduler import NeverFits, Scheduler, WaitingNote
 from corpus_cache.api.scheduling import Pool, Priority
@@ -63,6 +63,8 @@ _WHAT: dict[RequestKind, str] = {
     "ask": "question",
     "warm": "warm request",
     "keep-warm": "keep-warm request",
+    "probe": "probe request",
+    "limits": "request for the account's rate limits",
 }
 # What a row says of an attempt cancelled with nothing else known.
 CANCELLED = "the call was cancelled"
@@ -157,6 +159,8 @@ class ApiCaller:
         self._answered_by: str | None = None  # as the last response said (backend_of_response)
         # Why attempts still under way are cancelled, once the server is stopping.
         self.stopping: str | None = None
+        # Told what every response's headers say of the Messages API's buckets.
+        self.on_limits: Callable[[RateLimits], None] | None = None
 
     @property
     def limits(self) -> RateLimits:
@@ -233,15 +237,24 @@ class ApiCaller:
     async def warm(self, request: PreparedRequest) -> Sent:
         """Send a `max_tokens: 0` request (warming, keeping warm): the cache is written or
         read, nothing is generated."""
+        return await self._whole(request, "warming the cache failed: ")
+
+    async def learn_limits(self) -> Sent:
+        """Send the one small request whose response's headers state the account's rate
+        limits (prepared.limits_request), recorded in the ledger like any billed request;
+        `limits` holds them from then on."""
+        request = limits_request(self.model, self.clock())
+        return await self._whole(request, "asking the API for the account's rate limits failed: ")
+
+    async def _whole(self, request: PreparedRequest, prefix: str) -> Sent:
+        """Send `request` not streamed, checked against the daily cap, tried again as the
+        retry decision says; a refusal of the cap is recorded, as no one waits on it."""
         checked = False
         try:
             with self.cap.within(request.estimate_usd, _WHAT[request.kind]):
                 checked = True
                 return await self._attempts(
-                    request,
-                    lambda attempt: self._create(request, attempt),
-                    _always,
-                    "warming the cache failed: ",
+                    request, lambda attempt: self._create(request, attempt), _always, prefix
                 )
         except BudgetExceededError as refused:
             if not checked:  # nothing was sent: a row says so, as no one waits on the answer
@@ -447,6 +460,8 @@ class ApiCaller:
         seen = known.observed(headers, self.scheduler.now(), in_flight=pending)
         if seen is not known:
             self.scheduler.observed(pool, seen)
+            if pool == "messages" and self.on_limits is not None:
+                self.on_limits(seen)
 
     def _observe_failure(self, exc: BaseException, pool: Pool = "messages") -> None:
         # A 429 carries the buckets' state as well: the next wait starts from it.

@@ -14,11 +14,17 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from corpus_cache.api.ratelimits import Demand
-from corpus_cache.api.spending import Bound
+from corpus_cache.api.spending import Bound, request_bound
 from corpus_cache.models.catalog import ModelSpec
 from corpus_cache.models.pricing import Ttl
 
-RequestKind = Literal["ask", "warm", "keep-warm"]
+# "probe": `corpus-cache probe`'s; "limits": the one small request that learns the
+# account's rate limits (limits_request).
+RequestKind = Literal["ask", "warm", "keep-warm", "probe", "limits"]
+
+# What that request asks: a few tokens in, one out. Every Messages response carries the
+# `anthropic-ratelimit-*` headers; a count_tokens response carries only counting's own.
+LIMITS_QUESTION = "Hi"
 
 
 @dataclass(frozen=True)
@@ -92,3 +98,20 @@ class PreparedRequest:
         bound = replace(self.bound, output=0)
         params = {**self.params, "max_tokens": 0}
         return replace(self, kind=kind, params=params, bound=bound, estimate_usd=bound.usd(model))
+
+
+def limits_request(model: ModelSpec, now: float) -> PreparedRequest:
+    """The cheapest request whose response states the account's rate limits: no corpus,
+    no cache_control, a two-letter question and `max_tokens: 1` (a few millionths of a
+    dollar on any model)."""
+    params = {
+        "model": model.id,
+        "max_tokens": 1,
+        "messages": [{"role": "user", "content": LIMITS_QUESTION}],
+    }
+    bound = request_bound(params, [], 0, model)
+    return PreparedRequest(
+        kind="limits", shard=0, snapshot=0, params=params, marked=(), ttls={},
+        identities={}, alive=frozenset(), corpus_end=None, prepared_at=now, bound=bound,
+        estimate_usd=bound.usd(model),
+    )  # fmt: skip

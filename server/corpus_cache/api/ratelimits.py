@@ -175,6 +175,14 @@ def limits_at_tier(table: LimitsTable, tier: str, model_id: str, now: float) -> 
     )  # fmt: skip
 
 
+def least_input_tokens_per_minute(table: LimitsTable, model_id: str) -> int | None:
+    """The lowest input-token limit any tier of the table gives the model's class; None if
+    no tier has figures for it."""
+    name = table.class_of(model_id)
+    figures = [t.classes[name].itpm for t in table.tiers.values() if name in t.classes]
+    return min(figures) if figures else None
+
+
 def count_limits_at_tier(table: LimitsTable, tier: str, now: float) -> RateLimits:
     """A tier's token-counting requests per minute, as a full bucket of its own; unknown
     if the table has no figure for it."""

@@ -65,7 +65,7 @@ def prepare_request(
         stable = plan.stable_anchor
         marked = select_breakpoints(
             plan.anchors, set(alive), slots=marking.slots, turn=turn,
-            keep=stable, markers=markers,
+            keep=stable, markers=markers, lookback=model.cache_lookback,
             # A marker just added after the stable part: its 1-hour breakpoint is the point.
             must=stable if stable in markers and stable not in alive else None,
         )  # fmt: skip

@@ -342,6 +342,33 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(corpus, args.question or ())
 
 
+def _probe(args: argparse.Namespace) -> int:
+    from corpus_cache.probe.checks import render_overrides, render_report
+    from corpus_cache.probe.runner import ProbeOptions, run_probe
+
+    if args.max_usd <= 0:
+        print("--max-usd: expected a positive number of dollars", file=sys.stderr)
+        return 2
+    options = ProbeOptions(
+        model=args.model or DEFAULT_MODEL,
+        max_usd=args.max_usd,
+        wait=args.wait,
+        models_file=args.models_file,
+        limits_file=args.limits_file,
+    )
+    report = anyio.run(run_probe, options, _ledger_path())
+    print(json.dumps(report.as_dict(), indent=2) if args.json else render_report(report))
+    if args.write_overrides is not None:
+        note = (
+            f"written by corpus-cache probe on {time.strftime('%Y-%m-%d')} against "
+            f"{report.backend}; use it with --models-file or CORPUS_CACHE_MODELS_FILE"
+        )
+        out: Path = args.write_overrides.expanduser()
+        out.write_text(render_overrides(report.model, report.overrides, note), encoding="utf-8")
+        print(f"wrote {out.resolve()} ({len(report.overrides)} figures)", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corpus-cache",
@@ -418,17 +445,22 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--warm-question-usd",
             type=float,
-            help="size shards so that a question read from the cache costs about this much, "
-            "0.05 for example (default: not by price; see docs/caching.md)",
+            help="size shards so that a question read from the cache costs about this much; "
+            "0: not by price (default: 0.05 once the corpus needs more than one shard of the "
+            "window anyway; see docs/caching.md)",
         )
         command.add_argument(
             "--build-minutes",
             type=float,
             help="size shards so that the input-token rate limit, when known, writes one to "
-            "the cache in about this many minutes, 5 for example (default: not by the limits)",
+            "the cache in about this many minutes (default: 5; from tier 2 up the window is the "
+            "smaller bound)",
         )
         command.add_argument(
-            "--fan-out", type=int, help="shards that answer each question (default: 1)"
+            "--fan-out",
+            type=int,
+            help="shards that answer each question (default: 1, or 2 when the routing is "
+            "unsure and the two together are smaller than one shard of the window)",
         )
         command.add_argument(
             "--max-file-bytes",
@@ -463,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--tier",
             help="your account's rate-limit tier (1 to 4, or a tier of --limits-file): the "
             "limits assumed until the API's first response states them; offline, the emulator "
-            "applies them too (default: unknown, or $CORPUS_CACHE_TIER)",
+            "applies them too (default: $CORPUS_CACHE_TIER, a --limits-file's own tier, or "
+            "learned from the API before the folder is first planned)",
         )
         command.add_argument(
             "--limits-file",
@@ -589,6 +622,42 @@ def build_parser() -> argparse.ArgumentParser:
         "facts, or, for another folder, two drawn from its largest documents)",
     )
     demo.set_defaults(run=_demo)
+
+    probe = commands.add_parser(
+        "probe",
+        help="check the model table's caching figures against the API, for cents",
+        description="Measure, with a few small requests to whatever the SDK points at (the "
+        "API with ANTHROPIC_API_KEY, else an offline emulator), the model's minimum cacheable "
+        "length, the lookback, the TTL billing split, the marker upgrade, count_tokens' drift "
+        "and the account's rate limits, and compare them with the model table.",
+    )
+    probe.add_argument("--model", help=f"Claude model id (default: {DEFAULT_MODEL})")
+    probe.add_argument(
+        "--max-usd",
+        type=float,
+        default=0.05,
+        help="stop before a request could take the probe's spend over this (default: 0.05)",
+    )
+    probe.add_argument(
+        "--wait",
+        action="store_true",
+        help="also check the TTLs, refresh and the marker upgrade over time: about 14 minutes "
+        "of real time (against the emulator, of its virtual clock)",
+    )
+    probe.add_argument("--json", action="store_true", help="print JSON")
+    probe.add_argument(
+        "--write-overrides",
+        type=Path,
+        metavar="FILE",
+        help="write a models file of what was measured, for --models-file",
+    )
+    probe.add_argument(
+        "--limits-file",
+        type=Path,
+        metavar="FILE",
+        help="a TOML file merged into the rate-limits table, to name the tier the headers state",
+    )
+    probe.set_defaults(run=_probe)
 
     add_install_command(commands)
     return parser

@@ -16,7 +16,9 @@ heading says what the text below it is about; and a query's question words ("how
 "does", "about": NLTK's English stop words) are left out of the query, where they match
 prose everywhere. Each document is also scored as one unit (BM25 over the whole document,
 with its own length normalisation), so that routing can tell a passage of a document about
-the question from a passage that mentions the same words in passing.
+the question from a passage that mentions the same words in passing. A document's bag is
+not kept: it is the sum of its passages' (each holds the path's words, which it holds
+once), derived a few documents at a time when the index is built.
 """
 
 from __future__ import annotations
@@ -120,15 +122,15 @@ class _Bags:
     """A document's passages as bags of words: passage i spans lines starts[i]..ends[i]
     and holds the distinct word ids terms[offsets[i]:offsets[i + 1]], each counts[j] times.
     Flat arrays, a few per document, so that 100,000 passages are not 100,000 objects.
-    The whole document is one more bag: whole_terms, each whole_counts[j] times."""
+    Each passage's bag holds the path's words too (`path`, once each in the whole
+    document's bag, which is derived from these when the index is built, not kept)."""
 
     starts: array[int]
     ends: array[int]
     offsets: array[int]
     terms: array[int]
     counts: array[int]
-    whole_terms: array[int]
-    whole_counts: array[int]
+    path: array[int]
 
 
 class _Vocabulary:
@@ -148,28 +150,23 @@ class _Vocabulary:
 
     def _bags(self, doc: Document) -> _Bags:
         ids = self.ids
-        bags = _Bags(*(array("I") for _ in range(7)))
+        bags = _Bags(*(array("I") for _ in range(6)))
         bags.offsets.append(0)
         lines = doc.text.split("\n")
         headings = sorted(heading_lines(lines))
         extra = HEADING_COUNT - 1
         path = _words(doc.path)
-        everything: list[str] = []  # the document's words, headings' twice, path's not yet
+        bags.path.extend(ids.setdefault(w, len(ids)) for w in path)
         for start, end in _spans(doc):
             words = _words(doc.lines(start, end))
             for i in headings[bisect_left(headings, start - 1) : bisect_left(headings, end)]:
                 words += _words(lines[i]) * extra
-            everything += words
             counted = Counter(words + path)
             bags.starts.append(start)
             bags.ends.append(end)
             bags.terms.extend(ids.setdefault(w, len(ids)) for w in counted)
             bags.counts.extend(counted.values())
             bags.offsets.append(len(bags.terms))
-        if bags.starts:  # a document without words is no unit of the search
-            whole = Counter(everything + path)
-            bags.whole_terms.extend(ids.setdefault(w, len(ids)) for w in whole)
-            bags.whole_counts.extend(whole.values())
         return bags
 
     def passages(self, snapshot: Snapshot) -> tuple[list[Passage], list[_Bags]]:
@@ -217,52 +214,104 @@ class _Scores:
 
 def _score(
     distinct: npt.NDArray[np.int64],
-    terms: npt.NDArray[np.uint32],
-    counts: npt.NDArray[np.uint32],
+    terms: list[npt.NDArray[np.uint32]],
+    counts: list[npt.NDArray[np.uint32]],
     words: int,
 ) -> _Scores | None:
     """The BM25 scores of every word in every unit, unit i holding the distinct[i] words
-    that come next in `terms`, each `counts` times; None if no unit has a word. Computed in
-    place where it can be: the temporaries are the peak memory of a search."""
+    that come next in the concatenated `terms`, each `counts` times; None if no unit has a
+    word. The lists are emptied: the joined arrays and the temporaries, each freed as soon
+    as it is used, are the peak memory of a search (a document's bag kept besides its
+    passages', and the joined words held to the end, had raised it by a tenth)."""
     if not distinct.any():
         return None
     count = len(distinct)
     unit = np.repeat(np.arange(count, dtype=np.int32), distinct)
-    tf = counts.astype(np.float32)
-    length = np.bincount(unit, weights=tf, minlength=count).astype(np.float32)
+    tf = np.concatenate(counts, dtype=np.float32)
+    counts.clear()
+    # Each unit's length, summed over its run of entries (bincount would cast every entry
+    # to float64 and int64 first: four times tf's memory, the peak of the whole build).
+    length = np.zeros(count, dtype=np.float32)
+    held = distinct > 0
+    starts = np.cumsum(distinct) - distinct
+    length[held] = np.add.reduceat(tf, starts[held])
     norm = K1 * ((1 - B) + B * length / length.mean())
     denominator = norm[unit]
+    del unit  # cheaper to repeat again at the end than to hold through the sort
     denominator += tf
-    frequency = np.bincount(terms, minlength=words)
-    idf = np.log1p((count - frequency + 0.5) / (frequency + 0.5)).astype(np.float32)
-    tf *= idf[terms]
     tf /= denominator
     del denominator
-    order = np.argsort(terms, kind="stable")
+    joined = np.concatenate(terms)
+    terms.clear()
+    frequency = np.bincount(joined, minlength=words)
+    idf = np.log1p((count - frequency + 0.5) / (frequency + 0.5)).astype(np.float32)
+    tf *= idf[joined]
+    wide = np.argsort(joined, kind="stable")
+    del joined
+    order = wide.astype(np.int32)  # half the size of argsort's int64, for what follows
+    del wide
+    scores = tf[order]
+    del tf
     indptr = np.zeros(words + 1, dtype=np.int64)
     np.cumsum(frequency, out=indptr[1:])
-    return _Scores(indptr, unit[order], tf[order])
+    units = np.repeat(np.arange(count, dtype=np.int32), distinct)[order]
+    return _Scores(indptr, units, scores)
 
 
-def _joined(parts: list[array[int]]) -> npt.NDArray[np.uint32]:
-    if not parts:
-        return np.zeros(0, dtype=np.uint32)
-    return np.concatenate([np.frombuffer(p, dtype=np.uint32) for p in parts])
+def _arrays(parts: list[array[int]]) -> list[npt.NDArray[np.uint32]]:
+    return [np.frombuffer(p, dtype=np.uint32) for p in parts] or [np.zeros(0, np.uint32)]
 
 
 def _passage_scores(bags: list[_Bags], words: int) -> _Scores | None:
     sizes = [np.diff(np.frombuffer(b.offsets, dtype=np.uint32)) for b in bags]
     distinct = np.concatenate(sizes).astype(np.int64) if sizes else np.zeros(0, dtype=np.int64)
-    terms, counts = _joined([b.terms for b in bags]), _joined([b.counts for b in bags])
-    return _score(distinct, terms, counts, words)
+    return _score(
+        distinct, _arrays([b.terms for b in bags]), _arrays([b.counts for b in bags]), words
+    )
+
+
+WORDS_AT_ONCE = 1 << 14  # passages' words whose documents' bags are derived together
+
+
+def _whole(
+    bags: list[_Bags], words: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
+    """The bags of `bags`' documents as wholes (the sum of their passages', the path's
+    words once): how many distinct words each holds, their ids (ascending in each) and
+    their counts."""
+    terms = np.concatenate([np.frombuffer(b.terms, dtype=np.uint32) for b in bags])
+    counts = np.concatenate([np.frombuffer(b.counts, dtype=np.uint32) for b in bags])
+    document = np.repeat(np.arange(len(bags), dtype=np.int64), [len(b.terms) for b in bags])
+    keys, where = np.unique(document * words + terms, return_inverse=True)
+    summed = np.bincount(where, weights=counts, minlength=len(keys))
+    for i, bag in enumerate(bags):  # every passage's bag holds the path: once is the whole's
+        if len(bag.starts) > 1 and bag.path:
+            path, times = np.unique(np.frombuffer(bag.path, dtype=np.uint32), return_counts=True)
+            summed[np.searchsorted(keys, i * words + path.astype(np.int64))] -= times * (
+                len(bag.starts) - 1
+            )
+    distinct = np.bincount(keys // words, minlength=len(bags))
+    return distinct, (keys % words).astype(np.uint32), summed.astype(np.uint32)
 
 
 def _document_scores(bags: list[_Bags], words: int) -> _Scores | None:
     """The documents (those with a passage) as units, in the order of `bags`."""
     whole = [b for b in bags if b.starts]
-    distinct = np.array([len(b.whole_terms) for b in whole], dtype=np.int64)
-    terms = _joined([b.whole_terms for b in whole])
-    return _score(distinct, terms, _joined([b.whole_counts for b in whole]), words)
+    terms: list[npt.NDArray[np.uint32]] = []
+    counts: list[npt.NDArray[np.uint32]] = []
+    distinct: list[npt.NDArray[np.int64]] = []
+    first = held = 0
+    for i, bag in enumerate(whole):  # a few documents at a time: bounded temporaries
+        held += len(bag.terms)
+        if held >= WORDS_AT_ONCE or i == len(whole) - 1:
+            some, found, times = _whole(whole[first : i + 1], words)
+            distinct.append(some)
+            terms.append(found)
+            counts.append(times)
+            first, held = i + 1, 0
+    if not distinct:
+        return None
+    return _score(np.concatenate(distinct), terms, counts, words)
 
 
 class SearchIndex:

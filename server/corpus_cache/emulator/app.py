@@ -307,6 +307,11 @@ def build_app(
             emulator.set_latency(await control_json(request))
         return emulator.describe_latency()
 
+    async def models(request: Request) -> Any:
+        if request.method == "POST":
+            emulator.set_models(await control_json(request))
+        return emulator.describe_models()
+
     async def request_log(request: Request) -> Any:
         limit = request.query_params.get("limit", "100")
         bodies = request.query_params.get("bodies", "0") in ("1", "true")
@@ -331,6 +336,7 @@ def build_app(
         Route("/_emulator/faults", control(faults), methods=["GET", "POST", "DELETE"]),
         Route("/_emulator/limits", control(limits), methods=["GET", "POST"]),
         Route("/_emulator/latency", control(latency), methods=["GET", "POST"]),
+        Route("/_emulator/models", control(models), methods=["GET", "POST"]),
         Route("/_emulator/log", control(request_log), methods=["GET"]),
         Route("/_emulator/cache", control(cache_state), methods=["GET"]),
     ]

@@ -1,5 +1,7 @@
 """The prompt cache: entries written at breakpoints, read through a 20-position lookback.
 
+(20 is the model table's `cache_lookback`; /_emulator/models can set another for a test.)
+
 Rules (shared/reference/anthropic-caching.md):
 - an entry is written only at a breakpoint, keyed by the hash of the prompt up to it;
 - for each breakpoint the cache checks at most 20 positions walking backwards (the
@@ -11,6 +13,10 @@ Rules (shared/reference/anthropic-caching.md):
 Every breakpoint lookup that finds an entry refreshes that entry's TTL (a "hit" in the
 documentation's words), not only the longest one. The refresh keeps the entry's own TTL:
 a 5-minute entry read by a 1-hour breakpoint stays a 5-minute entry.
+
+Under a time scale F (docs/emulator.md, "Time scale") an entry lives its TTL divided by F
+on the emulator's clock, as the buckets refill F times as fast: a time-scaled run sees
+lapses when a real account would, in the API's time.
 """
 
 from __future__ import annotations
@@ -18,8 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .positions import TTL_SECONDS, Prompt, Ttl
-
-LOOKBACK = 20
 
 
 @dataclass
@@ -51,8 +55,13 @@ class CacheOutcome:
 class PromptCache:
     """All entries of one emulator, isolated by workspace (API key)."""
 
-    def __init__(self) -> None:
+    def __init__(self, time_scale: float = 1.0) -> None:
         self._entries: dict[tuple[str, str], Entry] = {}
+        self.time_scale = time_scale  # entries live TTL / time_scale on the emulator's clock
+
+    def lifetime(self, ttl: Ttl) -> float:
+        """Seconds of the emulator's clock that an entry of `ttl` lives after a write or hit."""
+        return TTL_SECONDS[ttl] / self.time_scale
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -75,11 +84,12 @@ class PromptCache:
         """The entry each eligible breakpoint's lookback finds, by position."""
         positions = prompt.positions
         minimum = prompt.model.min_cacheable_tokens
+        lookback = prompt.model.cache_lookback
         hits: dict[int, Entry] = {}
         for b in prompt.breakpoints:
             if positions[b].cumulative_tokens < minimum:
                 continue
-            for p in range(b, max(-1, b - LOOKBACK), -1):
+            for p in range(b, max(-1, b - lookback), -1):
                 if positions[p].cumulative_tokens < minimum:
                     break
                 entry = self._alive(workspace, positions[p].prefix_hash, now)
@@ -101,7 +111,7 @@ class PromptCache:
 
         hits = self._hits(workspace, prompt, now)
         for entry in hits.values():
-            entry.expires_at = max(entry.expires_at, now + TTL_SECONDS[entry.ttl])
+            entry.expires_at = max(entry.expires_at, now + self.lifetime(entry.ttl))
 
         hit = max(hits) if hits else None
         read = positions[hit].cumulative_tokens if hit is not None else 0
@@ -118,7 +128,7 @@ class PromptCache:
                 self._entries[key] = Entry(
                     tokens=positions[b].cumulative_tokens,
                     ttl=ttl,
-                    expires_at=now + TTL_SECONDS[ttl],
+                    expires_at=now + self.lifetime(ttl),
                     readable=False,
                 )
             pending.append(positions[b].prefix_hash)

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any
 
+from pydantic import ValidationError
+
 from corpus_cache.models.catalog import Catalog, ModelSpec
 from corpus_cache.models.limits import LimitsTable, load_limits
 
 from .answer import answer_blocks
 from .control import FaultPlan, RequestLog, VirtualClock
-from .errors import not_found
+from .errors import invalid, not_found
 from .latency import Latency, latency_from
 from .limit_config import config_from
 from .positions import MessagesRequest, Prompt
@@ -23,6 +25,19 @@ from .ratelimit import Admission, RateLimiter
 from .tokenizer import count_text
 
 _SECTION_ORDER = {"tools": 0, "system": 1, "messages": 2}
+# What /_emulator/models may set: how the cache behaves and is billed, not a model's name.
+MODEL_SETTINGS = (
+    "min_cacheable_tokens",
+    "cache_lookback",
+    "cache_read_multiplier",
+    "cache_write_5m_multiplier",
+    "cache_write_1h_multiplier",
+    "input_usd_per_mtok",
+    "output_usd_per_mtok",
+)
+# And one the model table has no field for: tokens count_tokens reports beyond what the
+# same prompt is billed (the documentation: it "may include a few system-added tokens").
+COUNT_DRIFT = "count_tokens_extra"
 # Responses whose prompt a later request's diagnostics can be compared with (about 5 KB
 # each): a previous_message_id names a recent response; an older one is "not found".
 FINGERPRINTS_KEPT = 1_000
@@ -124,9 +139,12 @@ class EmulatorService:
         time_scale: float = 1.0,
     ) -> None:
         self.catalog = catalog
+        self._table = catalog  # the model table as started; /_emulator/models departs from it
+        self._model_settings: dict[str, dict[str, Any]] = {}
+        self._count_extra: dict[str, int] = {}
         self.limits_table = limits_table or load_limits()
         self.clock = VirtualClock()
-        self.cache = PromptCache()
+        self.cache = PromptCache(time_scale)
         self.faults = FaultPlan()
         self.log = RequestLog()
         self._ids = itertools.count(1)
@@ -139,11 +157,55 @@ class EmulatorService:
     def reset(self) -> None:
         self.clock.reset()
         self.cache.reset()
+        self.cache.time_scale = self._startup[2]
         self.faults.clear()
         self.log.clear()
         self._fingerprints.clear()
         self.limiter = RateLimiter(self._startup[0], self._startup[2])
         self.latency = self._startup[1]
+        self.set_models({})
+
+    # --- a model table that disagrees with the shipped one (tests of `probe`) ------------
+
+    def set_models(self, body: dict[str, Any]) -> None:
+        """Replace the departures from the model table: `{model: {field: value}}` for the
+        fields of MODEL_SETTINGS (`{}`: the table as started). The cache, its billing
+        and the log's `billed` follow them; nothing else changes."""
+        settings: dict[str, dict[str, Any]] = {}
+        count_extra: dict[str, int] = {}
+        specs = {spec.id: spec for spec in self._table}
+        for name, fields in body.items():
+            spec = self._table.find(name)
+            if spec is None:
+                raise not_found(f"model: {name}")
+            if not isinstance(fields, dict) or not fields:
+                raise invalid(f"{name}: expected an object of settings")
+            known = (*MODEL_SETTINGS, COUNT_DRIFT)
+            unknown = set(fields) - set(known)
+            if unknown:
+                raise invalid(f"{name}: unknown settings {sorted(unknown)}; expected some of "
+                              f"{', '.join(known)}")  # fmt: skip
+            extra = fields.get(COUNT_DRIFT, 0)
+            if not isinstance(extra, int) or isinstance(extra, bool):
+                raise invalid(f"{name}: {COUNT_DRIFT}: expected a whole number of tokens")
+            count_extra[spec.id] = extra
+            table_fields = {k: v for k, v in fields.items() if k != COUNT_DRIFT}
+            try:
+                specs[spec.id] = ModelSpec.model_validate(
+                    {**specs[spec.id].model_dump(), **table_fields}
+                )
+            except ValidationError as exc:
+                message = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+                raise invalid(f"{name}: {message}") from None
+            settings[spec.id] = {**settings.get(spec.id, {}), **fields}
+        self.catalog = Catalog(
+            list(specs.values()), as_of=self._table.as_of, source=self._table.source
+        )
+        self._model_settings = settings
+        self._count_extra = count_extra
+
+    def describe_models(self) -> dict[str, Any]:
+        return {"models": self._model_settings}
 
     # --- rate limits and latency -------------------------------------------------------
 
@@ -162,9 +224,11 @@ class EmulatorService:
 
     def set_latency(self, body: dict[str, Any]) -> None:
         self.latency = latency_from(body, self.limits_table.latency)
-        # One time scale for the run: the buckets refill as much faster as responses come.
+        # One time scale for the run: the buckets refill, and cache entries lapse, as much
+        # faster as responses come.
         scale = self.latency.time_scale if self.latency is not None else 1.0
         self.limiter.scale_time(scale, self.clock.now())
+        self.cache.time_scale = scale
 
     def describe_latency(self) -> dict[str, Any]:
         return self.latency.describe() if self.latency is not None else {"mode": "none"}
@@ -282,7 +346,8 @@ class EmulatorService:
 
     def count_tokens(self, body: Any) -> dict[str, Any]:
         prompt = parse_count_tokens_request(body, self.catalog)
-        return {"input_tokens": prompt.total_tokens}
+        extra = self._count_extra.get(prompt.model.id, 0)
+        return {"input_tokens": max(1, prompt.total_tokens + extra)}
 
     @staticmethod
     def model_info(spec: ModelSpec) -> dict[str, Any]:

@@ -15,11 +15,17 @@ from anyio.abc import TaskGroup
 
 from corpus_cache.accounting.ledger import Ledger, Totals
 from corpus_cache.api.backend import (
+    ANTHROPIC,
     Backend,
 )
 from corpus_cache.api.caller import ApiCaller, Sent
 from corpus_cache.api.prepared import PreparedRequest, RequestKind
-from corpus_cache.api.ratelimits import RateLimits, count_limits_at_tier, limits_at_tier
+from corpus_cache.api.ratelimits import (
+    RateLimits,
+    count_limits_at_tier,
+    least_input_tokens_per_minute,
+    limits_at_tier,
+)
 from corpus_cache.api.request import (
     INSTRUCTIONS,
     checked_question,
@@ -45,6 +51,7 @@ from corpus_cache.engine.build import Builder
 from corpus_cache.engine.indexing import Indexing
 from corpus_cache.engine.keeper import Keeper
 from corpus_cache.engine.remembered import RememberedEntries
+from corpus_cache.engine.remembered_limits import RememberedLimits, account_key
 from corpus_cache.engine.sessions import (
     LOCAL,
     NEW,
@@ -65,7 +72,7 @@ from corpus_cache.errors import (
 from corpus_cache.models.catalog import Catalog, ModelSpec
 from corpus_cache.models.limits import load_limits
 from corpus_cache.models.pricing import Ttl, Usage
-from corpus_cache.plan.budget import default_budget
+from corpus_cache.plan.budget import default_budget, window_budget
 from corpus_cache.plan.layout import (
     MAX_BREAKPOINTS,
     SESSION_CORPUS_BREAKPOINTS,
@@ -73,8 +80,15 @@ from corpus_cache.plan.layout import (
     Shard,
     plan_corpus,
 )
-from corpus_cache.plan.route import DOCUMENT_WEIGHT, HITS, rank_shards
+from corpus_cache.plan.route import (
+    DOCUMENT_WEIGHT,
+    HITS,
+    rank_shards,
+    shard_evidence,
+    unsure_shards,
+)
 from corpus_cache.plan.stability import DocInfo
+from corpus_cache.plan.staging import slice_capacity
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +137,22 @@ class Engine:
         # Every request to the API goes through this one caller (api/caller.py). The daily
         # cap counts what may have been billed too: an estimate, but money perhaps spent.
         limits, count_limits = _known_limits(settings, self.model, clock())
+        # Without a tier, what the API said of this account's limits in an earlier run
+        # (engine/remembered_limits.py); learned before the first plan if nothing is known.
+        self._limits_memory = RememberedLimits(
+            settings.state_dir,
+            account_key(_backend_key(backend), backend.client.api_key, self.model.id),
+        )
+        earlier = None if limits.buckets else self._limits_memory.load(clock())
+        if earlier is not None:
+            limits = earlier.limits
+        self._limits_asked = earlier is not None  # asked, or remembered: not asked again
         self.caller = ApiCaller(
             backend, self.model, ledger, self.corpus_key,
             DailyCap(settings, self._spent_since, clock), clock,
             limits=limits, count_limits=count_limits, sleep=sleep,
         )  # fmt: skip
+        self.caller.on_limits = lambda seen: self._limits_memory.save(seen, self.clock())
         self.counter = TokenCounter(self.caller, self.model.id, ledger)
         self._corpus: Corpus | None = None
         # The corpus folder, opened at the first scan and read through that descriptor ever
@@ -298,6 +323,7 @@ class Engine:
         tokens = counts.tokens
         if self._instructions_tokens is None:
             self._instructions_tokens = await self.counter.count_system(INSTRUCTIONS)
+        await self._learn_limits(sum(tokens.values()))
         self.indexing.planning()
         self._estimate_error = counts.error
         now = self.clock()
@@ -374,7 +400,7 @@ class Engine:
             docs,
             min_cacheable_tokens=self.model.min_cacheable_tokens,
             instructions_tokens=self._instructions_tokens,
-            budget_tokens=self.budget_tokens,
+            budget_tokens=self._planning_budget(sum(d.tokens for d in docs)),
             now=now,
             previous=previous.layout if previous else None,
             live=self._live_anchors(previous, now) if previous else None,
@@ -427,30 +453,83 @@ class Engine:
     def budget_tokens(self) -> int:
         """The shards' size (plan/budget.py): set, or by the window, the price of a warm
         question and the input-token limit known when the corpus was first planned. That
-        limit is kept: what the API's headers say later must not reshard the corpus."""
+        limit is kept: what the API's headers say later must not reshard the corpus.
+        Before the first plan, what it would be with the limits known now."""
+        return self._budget_for(None)
+
+    def _budget_for(self, corpus_tokens: int | None) -> int:
         if self.settings.budget_tokens is not None:
             return self.settings.budget_tokens
-        if self._budget is None:
-            self._budget = default_budget(
-                self.model, self.settings.reserve_tokens,
-                warm_question_usd=self.settings.warm_question_usd,
-                input_tokens_per_minute=self.caller.limits.input_tokens_per_minute,
-                build_minutes=self.settings.build_minutes,
-            )  # fmt: skip
-        return self._budget
+        if self._budget is not None:
+            return self._budget
+        return default_budget(
+            self.model, self.settings.reserve_tokens,
+            warm_question_usd=self.settings.warm_question_usd,
+            input_tokens_per_minute=self.caller.limits.input_tokens_per_minute,
+            build_minutes=self.settings.build_minutes,
+            corpus_tokens=corpus_tokens,
+        )  # fmt: skip
+
+    def _planning_budget(self, corpus_tokens: int) -> int:
+        """The shards' size for a plan of `corpus_tokens`: fixed at the first one."""
+        budget = self._budget_for(corpus_tokens)
+        if self.settings.budget_tokens is None:
+            self._budget = budget
+        return budget
+
+    async def _learn_limits(self, corpus_tokens: int) -> None:
+        """Before the folder is planned with no limits known (no --tier, nothing remembered,
+        no response yet): send the one small request whose response states them, so that
+        shards and staged builds fit the account from the first question on, rather than
+        the first write meeting a 429. Not while one request could write the whole corpus
+        at the lowest tier of the table (nothing would be planned differently; a folder
+        that grows past it is asked about then), nor to an emulator this process started
+        (its limits are the settings'). A failure is logged: planning goes on without
+        limits, and the first response's headers teach them."""
+        if self._limits_asked or self.caller.limits.buckets:
+            return
+        if self.backend.kind != ANTHROPIC:
+            return
+        least = least_input_tokens_per_minute(load_limits(self.settings.limits_file), self.model.id)
+        if least is not None and corpus_tokens <= slice_capacity(least):
+            return
+        self._limits_asked = True
+        try:
+            sent = await self.caller.learn_limits()
+        except CorpusCacheError as exc:
+            log.warning("could not learn the account's rate limits before planning: %s", exc)
+            return
+        known = self.caller.limits
+        if not known.buckets:
+            self._limits_memory.save(known, self.clock())  # none stated: not asked again
+        stated = ", ".join(
+            f"{b.per_minute:,} {k.replace('_', ' ')}" for k, b in known.buckets.items()
+        )
+        log.info(
+            "the account's rate limits, learned with one request ($%.6f): %s",
+            sent.cost_usd, f"{stated} a minute" if stated else "none stated",
+        )  # fmt: skip
 
     # --- ask --------------------------------------------------------------------------
 
-    def route(self, question: str, corpus: Corpus, fan_out: int) -> list[Shard]:
-        """The shards most likely to hold the answer, best first (all of one, if one)."""
+    def route(self, question: str, corpus: Corpus, fan_out: int | None) -> list[Shard]:
+        """The shards most likely to hold the answer, best first (all of one, if one):
+        `fan_out` of them, or, left to the routing (None), the best and, when the routing
+        is unsure, the runner-up (plan/route.py `unsure_shards`) if it needs no staged
+        build first: an extra shard is not worth a wait."""
         if len(corpus.shards) == 1:
             return list(corpus.shards)
         hits = corpus.index.search(question, HITS, document_weight=DOCUMENT_WEIGHT)
+        found = [(h.passage.path, h.score) for h in hits]
         shard_of = corpus.layout.shard_of()
-        ranked = rank_shards(
-            ((h.passage.path, h.score) for h in hits), shard_of, [s.number for s in corpus.shards]
-        )
-        return [corpus.shard(n) for n in ranked[: max(1, fan_out)]]
+        ranked = rank_shards(found, shard_of, [s.number for s in corpus.shards])
+        if fan_out is not None:
+            return [corpus.shard(n) for n in ranked[: max(1, fan_out)]]
+        tokens = {s.number: s.corpus_tokens for s in corpus.shards}
+        window = window_budget(self.model, self.settings.reserve_tokens)
+        chosen = unsure_shards(ranked, shard_evidence(found, shard_of), tokens, window)
+        best, *others = [corpus.shard(n) for n in chosen]
+        return [best, *(s for s in others if not self.builder.needed(corpus, s))]
 
     async def ask(
         self,
@@ -479,12 +558,17 @@ class Engine:
         # This question's snapshot, whatever refreshes happen meanwhile.
         corpus = await self._compacted()
         self._check_documents(corpus)
-        chosen = self.route(question, corpus, fan_out or self.settings.fan_out)
+        # Left out, and no --fan-out above 1: the routing decides between one and two.
+        chosen = self.route(question, corpus, fan_out or self._fan_out)
         began = self.clock()
         await self.builder.ready(corpus, chosen, within=self.build_patience)
         if patience is not None:
             patience -= self.clock() - began  # what the build took of the client's wait
         return await self._ask_shards(question, corpus, chosen, patience)
+
+    @property
+    def _fan_out(self) -> int | None:
+        return self.settings.fan_out if self.settings.fan_out > 1 else None
 
     @property
     def build_patience(self) -> float:
@@ -965,14 +1049,15 @@ def _known_limits(
     settings: Settings, model: ModelSpec, now: float
 ) -> tuple[RateLimits, RateLimits]:
     """The rate limits assumed before the first response, of messages and of token
-    counting: the tier's, if one is set (the table read once for both)."""
-    if settings.tier is None:
+    counting: the tier's, if one is set by `--tier` or by the limits file's own `tier`,
+    as the emulator it starts applies it (the table read once for both)."""
+    if settings.tier is None and settings.limits_file is None:
         return RateLimits.unknown(), RateLimits.unknown()
     table = load_limits(settings.limits_file)
-    return (
-        limits_at_tier(table, settings.tier, model.id, now),
-        count_limits_at_tier(table, settings.tier, now),
-    )
+    tier = settings.tier if settings.tier is not None else table.tier
+    if tier is None:
+        return RateLimits.unknown(), RateLimits.unknown()
+    return limits_at_tier(table, tier, model.id, now), count_limits_at_tier(table, tier, now)
 
 
 def _backend_key(backend: Backend) -> str:

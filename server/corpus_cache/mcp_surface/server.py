@@ -126,7 +126,8 @@ def build_server(engine: Engine | EngineSlot) -> MCPServer:
                 ge=1,
                 le=8,
                 description="for a corpus split into shards: how many of the best-matching "
-                "shards answer, in parallel (default 1)",
+                "shards answer, in parallel (default: one, or the best two when the routing "
+                "is unsure and both together are smaller than one shard of the window)",
             ),
         ] = None,
         session: Annotated[

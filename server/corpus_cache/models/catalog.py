@@ -48,6 +48,8 @@ class ModelSpec(BaseModel):
     cache_read_multiplier: float = Field(ge=0)
     cache_write_5m_multiplier: float = Field(ge=0)
     cache_write_1h_multiplier: float = Field(ge=0)
+    # Positions a breakpoint searches backwards for an entry, itself included (documented: 20).
+    cache_lookback: int = Field(default=20, gt=0)
     context_window: int = Field(gt=0)
     max_output_tokens: int = Field(gt=0)
     tokenizer: Tokenizer

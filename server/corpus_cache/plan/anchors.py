@@ -39,13 +39,15 @@ def select_breakpoints(
     keep: int | None = None,
     markers: Mapping[int, int] | None = None,
     must: int | None = None,
+    lookback: int = LOOKBACK,
 ) -> list[int]:
     """Anchor positions (ascending) to mark on this request.
 
     `anchors` are the positions of the plan's block ends, ascending, the last being the end
     of the corpus; `alive` those whose entries are believed live for the current content;
     `turn` counts requests, for the rotation; `markers`: the marker blocks after documents
-    (markers.py), which the lookback counts as positions too.
+    (markers.py), which the lookback counts as positions too; `lookback`: the model's
+    (its table entry's `cache_lookback`).
     """
     if not anchors or slots <= 0:
         return []
@@ -62,7 +64,7 @@ def select_breakpoints(
         room = slots - len(chosen)
         wanted = dead[len(dead) - room :] if room > 0 else []
         first = min(a for a in (*chosen, *wanted) if read is None or a > read)
-        if read is not None and _blocks(read, first, markers) >= LOOKBACK:
+        if read is not None and _blocks(read, first, markers) >= lookback:
             wanted = wanted[1:]
             if len(chosen) + len(wanted) < slots:
                 chosen.add(read)  # out of the lookback's reach: mark the live anchor itself

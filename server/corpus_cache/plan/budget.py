@@ -5,17 +5,20 @@ The least of up to three bounds (docs/caching.md, "How large a shard is"):
 - the window: the model's context window less a reserve for the question, a conversation
   and the answer, and below a price tier's boundary (Haiku 5.5 bills every token of a
   prompt over 100k at 5x); always;
-- the price of a question (`warm_question_usd`, when set): a warm question (the shard
-  read from the cache, a question of 50 tokens and an answer of 500) costs about that;
-  $0.05 gives 449k tokens on Claude Sonnet 5.5 and 148k on Sonnet 4.6;
+- the price of a question: a warm question (the shard read from the cache, a question of
+  50 tokens and an answer of 500) costs about `warm_question_usd`; $0.05 gives 449k tokens
+  on Claude Sonnet 5.5 and 148k on Sonnet 4.6. Left unset (None), $0.05 once the corpus
+  needs more than one shard of the window anyway; 0 turns it off;
 - the rate limits (`build_minutes`, when set and the limit is known): a shard the
   account's input-token limit writes in that many minutes of staged build
   (plan/staging.py).
 
-Both are off by default: smaller shards cut what a question costs, but routing a question
-to one of more shards is right less often (docs/caching.md has the held-out figures on
-Django's and SQLAlchemy's docs: as often right first on the one, a little less on the
-other), and a staged build writes a shard of any size within the limits.
+Why the price bounds only a corpus beyond one window by default: a corpus that fits one
+request is answered from all of it, and cutting it would make every question depend on
+routing. Beyond the window routing is needed anyway, and on Django's and SQLAlchemy's
+docs, held out, the $0.05 shards with the runner-up asked when the routing is unsure
+(plan/route.py) include a right shard more often than the window's shards do, reading
+about a third fewer tokens a question (docs/caching.md, "How large a shard is").
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from corpus_cache.models.catalog import ModelSpec
 DEFAULT_RESERVE = 16_000  # the question, a conversation so far, and the answer
 QUESTION_TOKENS = 50  # the question and answer a warm question's price assumes
 ANSWER_TOKENS = 500
+# What a warm question costs by default once a corpus needs several shards (see above).
+DEFAULT_WARM_QUESTION_USD = 0.05
 
 
 def window_budget(model: ModelSpec, reserve: int = DEFAULT_RESERVE) -> int:
@@ -60,11 +65,16 @@ def default_budget(
     warm_question_usd: float | None = None,
     input_tokens_per_minute: int | None = None,
     build_minutes: float | None = None,
+    corpus_tokens: int | None = None,
 ) -> int:
-    """The least of the window's budget, the price's (if `warm_question_usd` is set) and
-    the rate limits' (if `build_minutes` is set and the limit known)."""
-    budget = window_budget(model, reserve)
-    if warm_question_usd is not None:
+    """The least of the window's budget, the price's and the rate limits' (if
+    `build_minutes` is set and the limit known). The price: `warm_question_usd` when set
+    (0: none); unset, the default price once `corpus_tokens` exceed the window's budget."""
+    window = window_budget(model, reserve)
+    budget = window
+    if warm_question_usd is None and corpus_tokens is not None and corpus_tokens > window:
+        warm_question_usd = DEFAULT_WARM_QUESTION_USD
+    if warm_question_usd:
         budget = min(budget, price_budget(model, warm_question_usd))
     if input_tokens_per_minute is not None and build_minutes is not None:
         budget = min(budget, build_budget(input_tokens_per_minute, build_minutes))
