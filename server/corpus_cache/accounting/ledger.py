@@ -390,10 +390,138 @@ class Ledger:
                 "AND kind IS NOT NULL AND prior IS NOT NULL ORDER BY counted_at DESC LIMIT ?",
                 [model, backend, limit],
             )
+            # Sums learned from usage calibrate the ratio of their kind (GROUP), not its bound.
+            _, sums = self._query(
+                "SELECT 'group:' || kind, prior, tokens FROM token_sums WHERE model = ? "
+                "AND backend = ? AND kind IS NOT NULL AND prior IS NOT NULL "
+                "ORDER BY counted_at DESC LIMIT ?",
+                [model, backend, limit],
+            )
+            rows += sums
         except LedgerUnavailableError as exc:
             log.warning("%s; the token estimate is calibrated again", exc)
             return []
         return [(str(kind), float(prior), int(tokens)) for kind, prior, tokens in rows]
+
+    def store_token_sums(
+        self,
+        model: str,
+        backend: str,
+        sums: Mapping[tuple[str, ...], int],
+        sketches: Mapping[tuple[str, ...], tuple[str, float]],
+    ) -> bool:
+        """Store exact sums of several documents' counts `backend` made for `model`, by their
+        content keys; `sketches`: the kind and summed prior of those all of one kind (they
+        calibrate the estimate). False when the ledger cannot be written."""
+        now = time.time()
+        rows = [
+            (" ".join(keys), model, backend, tokens, now, *sketches.get(keys, (None, None)))
+            for keys, tokens in sums.items()
+        ]
+        with self._lock:
+            try:
+                self._write(
+                    lambda db: db.executemany(
+                        "INSERT OR REPLACE INTO token_sums "
+                        "(members, model, backend, tokens, counted_at, kind, prior) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                )
+            except StorageFault as fault:
+                self._failed(fault)
+                log.warning("%d sum(s) of token counts were not stored in the ledger %s: %s",
+                            len(rows), self.path, fault)  # fmt: skip
+                return False
+        return True
+
+    def token_sums(
+        self, model: str, backend: str, limit: int = 10_000
+    ) -> dict[tuple[str, ...], int]:
+        """The latest sums `backend` made for `model`, by their members' content keys; none
+        when the ledger cannot be read."""
+        try:
+            _, rows = self._query(
+                "SELECT members, tokens FROM token_sums WHERE model = ? AND backend = ? "
+                "ORDER BY counted_at DESC LIMIT ?",
+                [model, backend, limit],
+            )
+        except LedgerUnavailableError as exc:
+            log.warning("%s; sums of token counts are not used", exc)
+            return {}
+        return {tuple(str(members).split(" ")): int(tokens) for members, tokens in rows}
+
+    def token_head(self, model: str, backend: str, system_key: str) -> int | None:
+        """The head of a request (api/learned.py) `backend` showed for `model` and a system
+        text; None if not known or the ledger cannot be read."""
+        try:
+            _, rows = self._query(
+                "SELECT tokens FROM token_heads WHERE system_key = ? AND model = ? AND backend = ?",
+                [system_key, model, backend],
+            )
+        except LedgerUnavailableError as exc:
+            log.warning("%s; the head of requests is learned again", exc)
+            return None
+        return int(rows[0][0]) if rows else None
+
+    def store_token_head(self, model: str, backend: str, system_key: str, tokens: int) -> bool:
+        with self._lock:
+            try:
+                self._write(
+                    lambda db: db.execute(
+                        "INSERT OR REPLACE INTO token_heads (system_key, model, backend, tokens) "
+                        "VALUES (?, ?, ?, ?)",
+                        (system_key, model, backend, tokens),
+                    )
+                )
+            except StorageFault as fault:
+                self._failed(fault)
+                log.warning("the head of requests was not stored in the ledger %s: %s",
+                            self.path, fault)  # fmt: skip
+                return False
+        return True
+
+    # --- sketches ---------------------------------------------------------------------
+
+    def sketches(self, version: int, keys: Iterable[str]) -> dict[str, tuple[str, float]]:
+        """The stored (kind, prior) of `keys` under the estimate's sketch `version`; none
+        when the ledger cannot be read (the documents are sketched again)."""
+        wanted = list(keys)
+        found: dict[str, tuple[str, float]] = {}
+        try:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                _, rows = self._query(
+                    f"SELECT content_key, kind, prior FROM sketches "
+                    f"WHERE version = ? AND content_key IN ({marks})",
+                    [version, *chunk],
+                )
+                found.update((key, (str(kind), float(prior))) for key, kind, prior in rows)
+        except LedgerUnavailableError as exc:
+            log.warning("%s; documents are sketched again", exc)
+            return {}
+        return found
+
+    def store_sketches(self, version: int, sketches: Mapping[str, tuple[str, float]]) -> bool:
+        """Store (kind, prior) by content key; False when the ledger cannot be written (they
+        are sketched again at the next start: nothing is lost)."""
+        rows = [(key, version, kind, prior) for key, (kind, prior) in sketches.items()]
+        with self._lock:
+            try:
+                self._write(
+                    lambda db: db.executemany(
+                        "INSERT OR REPLACE INTO sketches (content_key, version, kind, prior) "
+                        "VALUES (?, ?, ?, ?)",
+                        rows,
+                    )
+                )
+            except StorageFault as fault:
+                self._failed(fault)
+                log.warning("sketches of %d document(s) were not stored in the ledger %s: %s",
+                            len(rows), self.path, fault)  # fmt: skip
+                return False
+        return True
 
     # --- requests ---------------------------------------------------------------------
 

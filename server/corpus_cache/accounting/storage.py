@@ -95,10 +95,45 @@ M007_BILLING = """
             ELSE 'unbilled' END
 """
 
+# The local estimate's sketch of each document estimated (api/estimate.py), by content
+# key and the sketch's version: a warm restart loads them instead of reading every text
+# again. A sketch depends on the text and title only, never on the model or the backend.
+# `token_sums`: the exact sum of several documents' counts, learned from the usage of a
+# request (api/learned.py), by model and backend like the counts; `members`: their content
+# keys, sorted, space-separated; `kind` and `prior` when they are all of one kind.
+# `token_heads`: what every request holds before its first document (framing and the system
+# prompt, by the system text's hash), learned from usage likewise.
+M008_SKETCHES_AND_SUMS = """
+        CREATE TABLE sketches (
+            content_key TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            prior REAL NOT NULL,
+            PRIMARY KEY (content_key, version)
+        ) WITHOUT ROWID;
+        CREATE TABLE token_sums (
+            members TEXT NOT NULL,
+            model TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            counted_at REAL NOT NULL,
+            kind TEXT,
+            prior REAL,
+            PRIMARY KEY (members, model, backend)
+        );
+        CREATE TABLE token_heads (
+            system_key TEXT NOT NULL,
+            model TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            PRIMARY KEY (system_key, model, backend)
+        )
+"""
+
 # Instances sharing the state folder (engine/keeper.py): each registers itself and beats a
 # heartbeat; of those serving one corpus, one holds the lease that makes it the keeper, the
 # one that sends background requests (keep-warm, pre-warm, staged builds) for all.
-M008_KEEPERS = """
+M009_KEEPERS = """
         CREATE TABLE instances (
             id TEXT PRIMARY KEY,
             corpus TEXT NOT NULL,
@@ -119,7 +154,8 @@ M008_KEEPERS = """
 # Ordered; each runs once, in one transaction with the version bump.
 MIGRATIONS: list[str] = [
     M001_INITIAL, M002_SHARD_AND_TTL, M003_CACHE_MISS_REASON, M004_ROW_KEY,
-    M005_COUNTS_BY_BACKEND, M006_COUNTS_CALIBRATE, M007_BILLING, M008_KEEPERS,
+    M005_COUNTS_BY_BACKEND, M006_COUNTS_CALIBRATE, M007_BILLING, M008_SKETCHES_AND_SUMS,
+    M009_KEEPERS,
 ]  # fmt: skip
 
 ROW_COLUMNS = (

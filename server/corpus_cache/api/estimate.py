@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 KINDS = ("prose", "code", "cjk", "other-script", "data")
+SKETCH_VERSION = 1  # of `sketch`: stored sketches of another version are made again
 GROUP = "group:"  # a sample summing several documents: it calibrates the ratio, not the error
 
 MIN_SAMPLES = 3  # samples of a kind before its error bound is measured rather than assumed

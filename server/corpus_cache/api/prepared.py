@@ -44,6 +44,10 @@ class PreparedRequest:
     # The prompt's tokens through the furthest anchor believed alive that its breakpoints
     # reach back to (read from the cache, if the belief holds), marked or not.
     read_tokens: int = 0
+    # (path, content key) of the document blocks through the last breakpoint, when the
+    # prompt through it holds only the head (framing, system prompt) and those blocks as
+    # they are counted: what its usage makes exact (api/learned.py). None otherwise.
+    prefix: tuple[tuple[str, str], ...] | None = None
 
     def __post_init__(self) -> None:
         # Read-only views: the value is shared by the caller, the engine and the ledger.

@@ -14,7 +14,12 @@ would be a call per file against token counting's own per-minute limit: those do
 are estimated instead (api/estimate.py), calibrated per model and backend on a few of them
 (`choose_samples`), whose exact counts are stored with what the estimate knew of them so
 that the calibration outlives the process. A cold start makes at most `START_CALLS` calls:
-the baseline, the system prompt, and the samples.
+the baseline, the system prompt, and the samples. Sketches are stored by content key, so a
+restart sketches only new texts.
+
+The usage of the requests that follow makes figures exact (api/learned.py): what a
+response teaches is stored here like a count (a single document) or as a sum (several),
+and `refined` puts it in the figures the planner gets.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +37,14 @@ from corpus_cache.accounting.ledger import Ledger
 from corpus_cache.api.caller import ApiCaller
 from corpus_cache.api.estimate import (
     SAMPLES_PER_START,
+    SKETCH_VERSION,
     Calibration,
     Sketch,
     calibrate,
     choose_samples,
     sketch,
 )
+from corpus_cache.api.learned import Learned, shares
 from corpus_cache.api.request import document_block
 from corpus_cache.corpus.documents import Document
 from corpus_cache.errors import ApiCallError
@@ -90,6 +97,13 @@ class TokenCounter:
         self._sketches: dict[str, Sketch] = {}  # by content key: documents estimated lately
         self._calibration: Calibration | None = None
         self.calls = 0  # count_tokens calls made by this counter
+        self.sketched = 0  # documents whose text this counter sketched (not found stored)
+        # What every request holds before its first document, learned from usage.
+        self.head: int | None = None
+        self._head_key: str | None = None
+        self.learned: dict[str, int] = {}  # exact counts learned from usage, by content key
+        self._sums: dict[tuple[str, ...], int] = {}  # sums learned from usage
+        self._stored_sums: dict[tuple[str, ...], int] | None = None  # loaded when needed
 
     async def _count(self, content: list[dict[str, Any]], system: str | None = None) -> int:
         async with self._limit:
@@ -108,7 +122,68 @@ class TokenCounter:
         """Tokens that a fixed system text adds to every request."""
         baseline = await self._baseline_tokens()
         with_system = await self._count([_PROBE], system=text)
+        self._head_key = hashlib.sha256(text.encode()).hexdigest()
+        self.head = self._ledger.token_head(self._model, self.backend or "", self._head_key)
         return max(0, with_system - baseline)
+
+    def learned_head(self, head: int) -> None:
+        """What every request holds before its first document block (framing and the
+        system prompt), as usage showed it: stored, by model, backend and system text. Not
+        from count_tokens: its counts may include a few tokens of its own (the documents'
+        counts are differences, which cancel them; the head is not)."""
+        if head != self.head and self._head_key is not None:
+            self.head = head
+            self._ledger.store_token_head(self._model, self.backend or "", self._head_key, head)
+
+    def learn(self, learned: Learned) -> None:
+        """Store what the usage of a request made exact: single counts (calibrating the
+        estimate, like a sample, when the document was sketched) and sums of several."""
+        backend = self.backend or ""
+        fresh = {k: n for k, n in learned.exact.items() if self.learned.get(k) != n}
+        if fresh:
+            self.learned.update(fresh)
+            self._ledger.store_token_counts(
+                self._model, backend, fresh,
+                {k: (self._sketches[k].kind, self._sketches[k].prior)
+                 for k in fresh if k in self._sketches},
+            )  # fmt: skip
+        sums = {keys: n for keys, n in learned.sums.items() if self._sums.get(keys) != n}
+        if sums:
+            self._sums.update(sums)
+            kinds: dict[tuple[str, ...], tuple[str, float]] = {}
+            for keys in sums:  # a sum of one kind of text calibrates that kind's ratio
+                sketched = [self._sketches[k] for k in keys if k in self._sketches]
+                if len(sketched) == len(keys) and len({s.kind for s in sketched}) == 1:
+                    kinds[keys] = (sketched[0].kind, sum(s.prior for s in sketched))
+            self._ledger.store_token_sums(self._model, backend, sums, kinds)
+        if fresh or sums:
+            self._calibration = None  # refitted with them when next needed
+
+    def refined(self, counts: Counts, documents: Sequence[Document]) -> Counts:
+        """`counts` (of `documents`) with what the usage of requests taught: the exact count
+        of an estimated document, and known sums shared among their estimated documents."""
+        if not counts.estimated:
+            return counts
+        by_path = {doc.path: doc for doc in documents}
+        keys = {p: content_key(by_path[p]) for p in counts.estimated if p in by_path}
+        tokens, estimated = dict(counts.tokens), dict(counts.estimated)
+        for path, key in keys.items():
+            if key in self.learned:
+                tokens[path] = self.learned[key]
+                del estimated[path]
+        paths = {keys[p]: p for p in estimated if p in keys}
+        for group, total in self.sums_within(paths).items():
+            split = shares(total, {k: float(estimated[paths[k]]) for k in group})
+            for key, share in split.items():
+                tokens[paths[key]] = estimated[paths[key]] = share
+        return Counts(tokens, estimated, counts.error if estimated else 0.0)
+
+    def sums_within(self, keys: Collection[str]) -> dict[tuple[str, ...], int]:
+        """The sums known (learned now or stored) whose documents are all among `keys`."""
+        if self._stored_sums is None:
+            self._stored_sums = self._ledger.token_sums(self._model, self.backend or "")
+        found = {**self._stored_sums, **self._sums}
+        return {group: n for group, n in found.items() if all(k in keys for k in group)}
 
     async def count(
         self,
@@ -155,10 +230,24 @@ class TokenCounter:
     def _sketch_all(
         self, documents: Sequence[Document], keys: Mapping[str, str]
     ) -> dict[str, Sketch]:
-        out: dict[str, Sketch] = {}
+        """The sketch of each of `documents`, by content key: from memory, else from the
+        ledger (loaded in bulk: a warm restart reads no text again), else made now and
+        stored. Sketching is seven regex passes over the text: 2 s for a 50 MB folder."""
+        wanted = [keys[doc.path] for doc in documents]
+        out = {key: self._sketches[key] for key in wanted if key in self._sketches}
+        if len(out) < len(wanted):
+            stored = self._ledger.sketches(SKETCH_VERSION, [k for k in wanted if k not in out])
+            out.update((key, Sketch(kind, prior)) for key, (kind, prior) in stored.items())
+        made: dict[str, Sketch] = {}
         for doc in documents:
             key = keys[doc.path]
-            out[key] = self._sketches.get(key) or sketch(doc.text, doc.path)
+            if key not in out:
+                made[key] = out[key] = sketch(doc.text, doc.path)
+        if made:
+            self.sketched += len(made)
+            self._ledger.store_sketches(
+                SKETCH_VERSION, {key: (s.kind, s.prior) for key, s in made.items()}
+            )
         return out
 
     async def _calibrated(

@@ -23,6 +23,9 @@ class CacheEntries:
         # Called after every change, with the entries then alive (engine/remembered.py
         # keeps them across a restart, for a staged build to resume from).
         self.on_change: Callable[[dict[str, tuple[float, Ttl]]], None] | None = None
+        # Called with every response's request and usage (questions, warming, a build's
+        # slices): the engine learns exact token figures from them (api/learned.py).
+        self.on_answered: Callable[[PreparedRequest, Usage], None] | None = None
 
     def alive_now(self, now: float) -> dict[str, tuple[float, Ttl]]:
         """Every entry believed alive at `now`: identity -> (expiry, TTL)."""
@@ -71,6 +74,8 @@ class CacheEntries:
             request.identities, set(request.alive), list(request.marked), usage,
             request.prepared_at, request.ttls,
         )  # fmt: skip
+        if self.on_answered is not None:
+            self.on_answered(request, usage)
 
     def remember(
         self,

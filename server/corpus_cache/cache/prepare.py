@@ -16,7 +16,7 @@ from corpus_cache.cache.policy import Decision, anchor_ttls
 from corpus_cache.models.catalog import ModelSpec
 from corpus_cache.models.pricing import Ttl
 from corpus_cache.plan.anchors import select_breakpoints
-from corpus_cache.plan.layout import MAX_BREAKPOINTS, Shard
+from corpus_cache.plan.layout import MAX_BREAKPOINTS, Plan, Shard
 
 
 @dataclass(frozen=True)
@@ -110,4 +110,19 @@ def prepare_request(
             ),
             default=0,
         ),
+        prefix=_counted_prefix(plan, marked, markers, conversation),
     )
+
+
+def _counted_prefix(
+    plan: Plan, marked: Sequence[int], markers: Mapping[int, int], conversation: Sequence[object]
+) -> tuple[tuple[str, str], ...] | None:
+    """The documents through the last breakpoint, if nothing else is there that a count
+    of the documents leaves out: a marker block, an outdated copy (and the note on the
+    copy after it), a conversation (whose breakpoint comes last)."""
+    if not marked or conversation or not plan.cached:
+        return None
+    last = max(marked)
+    if any(p <= last for p in plan.superseded) or any(p <= last and n for p, n in markers.items()):
+        return None
+    return tuple(zip(plan.order[: last + 1], plan.keys[: last + 1], strict=True))

@@ -48,6 +48,7 @@ from corpus_cache.corpus.scan import CorpusRoot, ScanOptions, ScanResult, scan
 from corpus_cache.corpus.search import Hit, SearchIndex
 from corpus_cache.engine.answers import Answer, Prewarmed, ShardAnswer, merge
 from corpus_cache.engine.build import Builder
+from corpus_cache.engine.from_usage import FromUsage
 from corpus_cache.engine.indexing import Indexing
 from corpus_cache.engine.keeper import Keeper
 from corpus_cache.engine.remembered import RememberedEntries
@@ -154,6 +155,7 @@ class Engine:
         )  # fmt: skip
         self.caller.on_limits = lambda seen: self._limits_memory.save(seen, self.clock())
         self.counter = TokenCounter(self.caller, self.model.id, ledger)
+        self._from_usage = FromUsage(self.counter)  # exact figures from responses' usage
         self._corpus: Corpus | None = None
         # The corpus folder, opened at the first scan and read through that descriptor ever
         # after: a folder or symlink put at its path later is never read (beneath.py).
@@ -172,6 +174,7 @@ class Engine:
         self._remembered = remembered
         self.entries.restore(remembered.load(clock()))
         self.entries.on_change = remembered.save
+        self.entries.on_answered = self._learn_from_usage
         self.builder = Builder(self)  # staged cache builds, within the rate limits (build.py)
         self._turn = 0
         # Edits and question times, for the planner and the TTL policy.
@@ -320,6 +323,7 @@ class Engine:
             counts = await self.counter.count(result.documents, self._counting(progress))
         else:
             counts, touched = await self._count_changes(result.documents, progress)
+        counts = self.counter.refined(counts, result.documents)  # what usage made exact
         tokens = counts.tokens
         if self._instructions_tokens is None:
             self._instructions_tokens = await self.counter.count_system(INSTRUCTIONS)
@@ -346,6 +350,17 @@ class Engine:
             len(snapshot.skipped), len(layout.shards), layout.shards[0].plan.note,
         )  # fmt: skip
         return corpus
+
+    def _learn_from_usage(self, request: PreparedRequest, usage: Usage) -> None:
+        """The live corpus's figures, refined with what a response's usage made exact (no
+        replan: the next refresh plans with them). Counts never mix backends: only usage
+        from the backend that counts teaches anything."""
+        if self._corpus is None or self.answering != self.counter.backend:
+            return
+        refined = self._from_usage.answered(self._corpus, request, usage)
+        if refined is not None:
+            self._corpus = refined
+            self._estimate_error = refined.estimate_error
 
     async def _count_changes(
         self, documents: Sequence[Document], progress: Callable[[int, int], None] | None
