@@ -11,7 +11,11 @@ workspace and a fresh copy of the corpus whose files start a month old:
 - keep-warm-always: single-block, kept warm by a `max_tokens: 0` request every 4.5 minutes
   from the first question to the last;
 - corpus-cache: the product's engine (planner, layout, TTL and keep-warm policy, request
-  builder) as it runs, its keep-warm requests included.
+  builder) as it runs, its keep-warm requests included;
+- corpus-cache x2 (with --instances 2): two engines on one state folder and one key (two
+  Claude Code windows on one project), the trace's questions alternating between them,
+  each refreshing on every edit and keeping warm as it would alone; its dollars are
+  compared with corpus-cache's (docs/reliability.md, "Several windows on one folder").
 
 The lower bound is computed, from the corpus-cache run's own token counts, as the exact
 offline optimum of a relaxed problem, so no strategy can beat it: the whole prefix is one
@@ -58,6 +62,7 @@ from traces import Event, load
 T0 = 1_900_000_000.0  # the virtual start of every replay
 MONTH = 30 * 86_400.0
 STRATEGIES = ("uncached", "single-block", "single-block-1h", "keep-warm-always", "corpus-cache")
+TWO_INSTANCES = "corpus-cache x2"
 PING_EVERY = 270.0
 
 
@@ -98,6 +103,7 @@ class Replay:
     # Tokens of edited documents' old copies in each question's prefix (corpus-cache keeps
     # them while their cached prefix lives); the bound's corpus does not hold them.
     superseded_tokens: list[int] = field(default_factory=list)
+    keep_warm: int = 0  # keep-warm requests sent (corpus-cache)
 
 
 def _fixed_request(engine: Engine, question: str, ttl: str | None) -> dict[str, Any]:
@@ -131,7 +137,10 @@ async def replay(
     emulator: RunningEmulator,
     workdir: Path,
     tier: str | None = None,
+    instances: int = 1,
 ) -> Replay:
+    """One strategy's run; corpus-cache's with `instances` engines on one state folder,
+    the questions going to each in turn."""
     control = httpx2.Client(base_url=emulator.base_url)
     control.post("/_emulator/reset")
     control.post("/_emulator/clock", json={"frozen": True, "set": T0})
@@ -144,7 +153,7 @@ async def replay(
     settings = Settings(
         corpus=root, state_dir=workdir / strategy / "state", model=model.id, tier=tier
     )
-    ledger = Ledger(settings.ledger_path)
+    ledgers = [Ledger(settings.ledger_path) for _ in range(instances)]
     client = AsyncAnthropic(base_url=emulator.base_url, api_key=f"bench-{strategy}", max_retries=0)
 
     async def wait(seconds: float) -> None:
@@ -152,10 +161,15 @@ async def replay(
         now[0] += seconds
         control.post("/_emulator/clock", json={"set": now[0]})
 
-    engine = Engine(
-        settings, load_catalog(), Backend(client, "anthropic"), ledger, clock=clock, sleep=wait
-    )
+    engines = [
+        Engine(
+            settings, load_catalog(), Backend(client, "anthropic"), ledger, clock=clock, sleep=wait
+        )
+        for ledger in ledgers
+    ]
+    engine = engines[0]
     result = Replay()
+    asked = 0
     fixed_ttl = {"single-block": "5m", "single-block-1h": "1h", "keep-warm-always": "5m"}
     last_request: float | None = None
 
@@ -165,12 +179,18 @@ async def replay(
 
     async def pings_until(until: float) -> None:
         nonlocal last_request
-        if strategy == "corpus-cache":
-            while (due := next_ping_at(engine)) is not None and due < until:
+        if strategy.startswith("corpus-cache"):
+            while True:
+                dues = [(due, e) for e in engines if (due := next_ping_at(e)) is not None]
+                if not dues or min(due for due, _ in dues) >= until:
+                    break
+                due = min(due for due, _ in dues)
                 now[0] = due
                 control.post("/_emulator/clock", json={"set": due})
-                for warmed in await keep_warm_due(engine):
-                    result.tally.add(warmed.usage, model)
+                for _, pinging in [d for d in dues if d[0] <= due]:
+                    for warmed in await keep_warm_due(pinging):
+                        result.tally.add(warmed.usage, model)
+                        result.keep_warm += 1
         elif strategy == "keep-warm-always" and last_request is not None:
             while last_request + PING_EVERY < until:
                 last_request += PING_EVERY
@@ -180,21 +200,26 @@ async def replay(
                 result.tally.add(await send({**params, "max_tokens": 0}), model)
 
     try:
-        await engine.refresh()
+        for each in engines:
+            await each.refresh()
         for event in events:
             await pings_until(T0 + event.t)
             now[0] = max(now[0], T0 + event.t)  # a wait for the limits may have run past it
             control.post("/_emulator/clock", json={"set": now[0]})
             if event.op != "ask":
                 _apply(root, event, now[0])
+                for each in engines[1:]:
+                    await each.refresh()  # each instance watches the folder
                 corpus_now = await engine.refresh()
                 if event.op != "delete":
                     result.edit_tokens.append(corpus_now.tokens[event.path])
                 continue
-            if strategy == "corpus-cache":
-                usage = (await engine.ask(event.question)).usage
+            if strategy.startswith("corpus-cache"):
+                asking = engines[asked % len(engines)]
+                asked += 1
+                usage = (await asking.ask(event.question)).usage
                 result.superseded_tokens.append(
-                    sum(s.plan.superseded_tokens for s in engine.current.shards)
+                    sum(s.plan.superseded_tokens for s in asking.current.shards)
                 )
             else:
                 usage = await send(_fixed_request(engine, event.question, fixed_ttl.get(strategy)))
@@ -205,7 +230,8 @@ async def replay(
             result.question_times.append(event.t)
     finally:
         await client.close()
-        ledger.close()
+        for ledger in ledgers:
+            ledger.close()
         control.close()
     return result
 
@@ -254,18 +280,30 @@ def lower_bound(observed: Replay, model: ModelSpec) -> Tally:
 
 
 async def compare(
-    corpus: Path, events: list[Event], model_id: str, tier: str | None = None
+    corpus: Path,
+    events: list[Event],
+    model_id: str,
+    tier: str | None = None,
+    instances: int = 1,
+    strategies: tuple[str, ...] = STRATEGIES,
 ) -> dict[str, Any]:
+    """`instances` 2: corpus-cache's run again as two instances on one state folder."""
     model = load_catalog().get(model_id)
     results: dict[str, Tally] = {}
+    keep_warm: dict[str, int] = {}
+    runs = [*strategies, *([TWO_INSTANCES] if instances > 1 else [])]
     with start_in_thread(tier=tier) as emulator, tempfile.TemporaryDirectory() as tmp:
-        for strategy in STRATEGIES:
-            run = await replay(strategy, corpus, events, model, emulator, Path(tmp), tier)
+        for strategy in runs:
+            many = instances if strategy == TWO_INSTANCES else 1
+            run = await replay(strategy, corpus, events, model, emulator, Path(tmp), tier, many)
             results[strategy] = run.tally
+            if strategy.startswith("corpus-cache"):
+                keep_warm[strategy] = run.keep_warm
             if strategy == "corpus-cache":
                 results["lower_bound"] = lower_bound(run, model)
     bound = results["lower_bound"].usd
     return {
+        "keep_warm_requests": keep_warm,
         "model": model.id,
         "tier": tier or "none",
         "questions": results["corpus-cache"].questions,
@@ -291,12 +329,25 @@ def render(report: dict[str, Any]) -> str:
         )
     strategies = report["strategies"]
     cc = strategies["corpus-cache"]["usd"]
-    fixed = {k: v["usd"] for k, v in strategies.items() if k not in ("corpus-cache", "lower_bound")}
-    best = min(fixed, key=fixed.__getitem__)
-    lines.append(
-        f"single-block / corpus-cache: {strategies['single-block']['usd'] / cc:.2f}x; "
-        f"best fixed strategy: {best} (${fixed[best]:.4f}, {fixed[best] / cc:.2f}x corpus-cache)"
-    )
+    fixed = {
+        k: v["usd"]
+        for k, v in strategies.items()
+        if not k.startswith("corpus-cache") and k != "lower_bound"
+    }
+    if "single-block" in fixed:
+        best = min(fixed, key=fixed.__getitem__)
+        lines.append(
+            f"single-block / corpus-cache: {strategies['single-block']['usd'] / cc:.2f}x; "
+            f"best fixed strategy: {best} (${fixed[best]:.4f}, {fixed[best] / cc:.2f}x "
+            "corpus-cache)"
+        )
+    if TWO_INSTANCES in strategies:
+        two = strategies[TWO_INSTANCES]["usd"]
+        pings = report["keep_warm_requests"]
+        lines.append(
+            f"two instances on one state folder: ${two:.4f} vs ${cc:.4f} for one, ratio "
+            f"{two / cc:.4f}; keep-warm requests {pings[TWO_INSTANCES]} vs {pings['corpus-cache']}"
+        )
     return "\n".join(lines)
 
 
@@ -313,8 +364,24 @@ def main() -> None:
         "strategies are sent as they are, so a tier whose limits they exceed fails them: "
         "tier 2 and up on the handbook); default: none",
     )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: replay corpus-cache's run again as two instances on one state folder, the "
+        "questions alternating between them, and print both and the ratio",
+    )
+    parser.add_argument(
+        "--only-corpus-cache",
+        action="store_true",
+        help="leave out the fixed strategies (the lower bound is still computed)",
+    )
     args = parser.parse_args()
-    report = anyio.run(compare, args.corpus, load(args.trace), args.model, args.tier)
+    strategies = ("corpus-cache",) if args.only_corpus_cache else STRATEGIES
+    report = anyio.run(
+        compare, args.corpus, load(args.trace), args.model, args.tier, args.instances, strategies
+    )
     print(render(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

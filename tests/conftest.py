@@ -5,9 +5,15 @@ from pathlib import Path
 
 import anthropic
 import pytest
+from hypothesis import settings
 
 from corpus_cache.emulator import RunningEmulator, start_in_thread
 from support.emulator_control import Control
+
+# No time limit per example: a deadline is a timed assertion, and on two shared cores under
+# a parallel suite an example can take longer than hypothesis's default 200 ms.
+settings.register_profile("corpus-cache", deadline=None)
+settings.load_profile("corpus-cache")
 
 
 @pytest.fixture(autouse=True)

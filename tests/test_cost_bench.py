@@ -40,3 +40,16 @@ async def test_corpus_cache_beats_one_big_block_on_an_editing_session(tmp_path: 
     usd = {name: s["usd"] for name, s in report["strategies"].items()}
     assert usd["lower_bound"] <= usd["corpus-cache"] < usd["single-block"] < usd["uncached"]
     assert report["edits"] == 8
+
+
+async def test_two_instances_on_one_state_folder_cost_what_one_does_on_an_editing_session(
+    tmp_path: Path,
+) -> None:
+    corpus = write_corpus(tmp_path / "corpus", filler_sentences=150)
+    events = generate(corpus, "edit-heavy", questions=8, seed=1)
+    report = await cost.compare(
+        corpus, events, "claude-sonnet-5-5", instances=2, strategies=("corpus-cache",)
+    )
+    usd = {name: s["usd"] for name, s in report["strategies"].items()}
+    assert usd[cost.TWO_INSTANCES] == pytest.approx(usd["corpus-cache"], rel=0.02)
+    assert "two instances on one state folder" in cost.render(report)

@@ -1,7 +1,7 @@
 """The keeper's lease: its rules (pure, property-tested), its SQLite edge (real files,
 several connections and threads racing for it), and engines sharing a state folder in this
 process (only the keeper pre-warms; a stalled keeper sends nothing once replaced).
-Real servers in their own processes: tests/test_several_windows.py."""
+Real servers in their own processes: tests/test_keeper_windows.py."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Several servers may serve one corpus from one state folder (two Claude Code windows on one
 project). Each registers itself in `instances` and beats a heartbeat; one of them holds the
-corpus's row in `keepers`, the lease that makes it the keeper (storage.M009_KEEPERS). The
+corpus's row in `keepers`, the lease that makes it the keeper (storage.M010_KEEPERS). The
 keeper renews the lease at every beat; a keeper that exits cleanly deletes it; one that is
 killed or stalls stops renewing, and another instance takes the lease once it has seen it
 expired at two of its beats in a row (so that a clock that jumps, as a test's virtual clock

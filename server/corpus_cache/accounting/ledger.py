@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from corpus_cache.accounting.journal import Journal, Row
 from corpus_cache.accounting.storage import (
@@ -70,6 +70,8 @@ BUSY_TIMEOUT_BEHIND = 0.1
 
 # What the API did with an attempt, as far as is known (storage.M007_BILLING).
 BILLED, UNBILLED, MAYBE = "billed", "unbilled", "maybe"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -553,6 +555,35 @@ class Ledger:
                     "ledger is writable",
                 )
         return Recorded(row["row_key"])
+
+    # --- what instances sharing the ledger tell each other (accounting/shared.py) -------
+
+    def changing(self, action: Callable[[sqlite3.Connection], T]) -> T:
+        """`action(db)` in one write transaction (BEGIN IMMEDIATE: no other process writes
+        meanwhile), with the rows waiting to be added. Raises StorageFault."""
+        result: list[T] = []
+        with self._lock:
+            try:
+                self._write(lambda db: result.append(action(db)))
+            except StorageFault as fault:
+                self._failed(fault)
+                raise
+        return result[0]
+
+    def reading(self, action: Callable[[sqlite3.Connection], T]) -> T:
+        """`action(db)` on the ledger's connection, outside a transaction. Raises
+        LedgerUnavailableError."""
+        with self._lock:
+            try:
+                return action(self._connection())
+            except StorageFault as fault:
+                raise LedgerUnavailableError(f"the ledger cannot be read: {fault}") from fault
+            except sqlite3.Error as exc:
+                if not is_storage_fault(exc):
+                    raise
+                raise LedgerUnavailableError(
+                    f"the ledger cannot be read: {self._describe(exc)}"
+                ) from exc
 
     @property
     def waiting(self) -> int:

@@ -130,10 +130,65 @@ M008_SKETCHES_AND_SUMS = """
         )
 """
 
+# What instances sharing the state folder tell each other (accounting/shared.py):
+# `shared_entries`, the cache entries believed alive (one row per entry, its id moved on at
+# each change, so that `id > last seen` is what changed); `shared_questions`, when each
+# question was asked (the TTL policy's gaps); `spend_reservations`, the daily cap's
+# requests under way; `shared_limits`, the rate-limit buckets last known; `cold_writes`,
+# who is writing a cold prefix. Rows of a process that is gone, or past `expires`, hold
+# nothing.
+M009_SHARED_STATE = """
+        CREATE TABLE shared_entries (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            backend TEXT NOT NULL,
+            corpus TEXT NOT NULL,
+            identity TEXT NOT NULL,
+            expiry REAL NOT NULL,
+            ttl TEXT NOT NULL,
+            instance TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX shared_entries_by_identity ON shared_entries (backend, identity);
+        CREATE INDEX shared_entries_by_corpus ON shared_entries (backend, corpus, id);
+        CREATE TABLE shared_questions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            corpus TEXT NOT NULL,
+            shard INTEGER NOT NULL,
+            at REAL NOT NULL,
+            instance TEXT NOT NULL
+        );
+        CREATE INDEX shared_questions_by_corpus ON shared_questions (corpus, id);
+        CREATE TABLE spend_reservations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            corpus TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            usd REAL NOT NULL,
+            expires REAL NOT NULL,
+            instance TEXT NOT NULL,
+            pid INTEGER NOT NULL
+        );
+        CREATE TABLE shared_limits (
+            backend TEXT NOT NULL,
+            model TEXT NOT NULL,
+            pool TEXT NOT NULL,
+            buckets TEXT NOT NULL,
+            seen REAL NOT NULL,
+            instance TEXT NOT NULL,
+            PRIMARY KEY (backend, model, pool)
+        );
+        CREATE TABLE cold_writes (
+            backend TEXT NOT NULL,
+            identity TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            expires REAL NOT NULL,
+            PRIMARY KEY (backend, identity)
+        )
+"""
+
 # Instances sharing the state folder (engine/keeper.py): each registers itself and beats a
 # heartbeat; of those serving one corpus, one holds the lease that makes it the keeper, the
 # one that sends background requests (keep-warm, pre-warm, staged builds) for all.
-M009_KEEPERS = """
+M010_KEEPERS = """
         CREATE TABLE instances (
             id TEXT PRIMARY KEY,
             corpus TEXT NOT NULL,
@@ -155,7 +210,8 @@ M009_KEEPERS = """
 MIGRATIONS: list[str] = [
     M001_INITIAL, M002_SHARD_AND_TTL, M003_CACHE_MISS_REASON, M004_ROW_KEY,
     M005_COUNTS_BY_BACKEND, M006_COUNTS_CALIBRATE, M007_BILLING, M008_SKETCHES_AND_SUMS,
-    M009_KEEPERS,
+    M009_SHARED_STATE,
+    M010_KEEPERS,
 ]  # fmt: skip
 
 ROW_COLUMNS = (

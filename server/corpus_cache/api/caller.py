@@ -30,6 +30,7 @@ import anyio
 from anthropic.types import Message, MessageParam
 
 from corpus_cache.accounting.ledger import MAYBE, UNBILLED, Ledger, RequestRecord
+from corpus_cache.accounting.shared import Shared
 from corpus_cache.api import retrying
 from corpus_cache.api.backend import (
     API_FAILURES,
@@ -135,10 +136,14 @@ class ApiCaller:
         limits: RateLimits | None = None,
         count_limits: RateLimits | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        shared: tuple[Shared, str] | None = None,
     ) -> None:
         """`limits`: what is known of the rate limits before the first response (a tier's
         figures), else nothing; `count_limits`: the same of token counting's own bucket;
-        `sleep` waits on `clock` (the emulator's virtual clock in tests)."""
+        `sleep` waits on `clock` (the emulator's virtual clock in tests). `shared`: where
+        the instances on one state folder share the Messages buckets, and the backend's
+        key there (one organisation's buckets: what another instance's headers say is
+        left is left for this one too)."""
         self.backend = backend
         self.model = model
         self.ledger = ledger
@@ -156,6 +161,8 @@ class ApiCaller:
             },
         )  # fmt: skip
         self._in_flight: dict[Pool, list[Demand]] = {"messages": [], "count_tokens": []}
+        self._shared = shared
+        self._buckets_seen = float("-inf")  # when the Messages buckets were last known
         self._answered_by: str | None = None  # as the last response said (backend_of_response)
         # Why attempts still under way are cancelled, once the server is stopping.
         self.stopping: str | None = None
@@ -183,6 +190,7 @@ class ApiCaller:
     def question_wait(self, requests: list[PreparedRequest]) -> float | None:
         """Seconds before the last of a question's requests could be sent, were it asked
         now; None if one never can."""
+        self._catch_up_limits()
         return self.scheduler.expected_wait("question", "messages", [r.demand() for r in requests])
 
     def too_long_to_wait(self, wait: float, patience: float) -> RateLimitWaitError:
@@ -427,10 +435,12 @@ class ApiCaller:
         unsent."""
         demand = request.demand()
         priority: Priority = "question" if request.kind == "ask" else "background"
+        self._catch_up_limits()
         try:
             waited = await self.scheduler.admit(priority, "messages", demand, group)
         except NeverFits:
             raise BeyondRateLimitError(_beyond_limits(self.limits, demand)) from None
+        self._share_limits()  # what this request took, for the others to see
         if waited >= _WAIT_WORTH_SAYING:
             log.info(
                 "shard %d: waited %.1f s for the rate limits (%s)",
@@ -460,8 +470,33 @@ class ApiCaller:
         seen = known.observed(headers, self.scheduler.now(), in_flight=pending)
         if seen is not known:
             self.scheduler.observed(pool, seen)
-            if pool == "messages" and self.on_limits is not None:
-                self.on_limits(seen)
+            if pool == "messages":
+                self._share_limits()
+                if self.on_limits is not None:
+                    self.on_limits(seen)
+
+    def _share_limits(self) -> None:
+        """Tell the other instances on the state folder the Messages buckets as known now."""
+        limits = self.scheduler.buckets["messages"]
+        if self._shared is None or not limits.buckets:
+            return
+        shared, backend = self._shared
+        self._buckets_seen = now = self.scheduler.now()
+        shared.publish_limits(backend, self.model.id, "messages", limits.to_json(), now)
+
+    def _catch_up_limits(self) -> None:
+        """Take the Messages buckets another instance knew later than this one, if any."""
+        if self._shared is None:
+            return
+        shared, backend = self._shared
+        found = shared.limits_since(backend, self.model.id, "messages", self._buckets_seen)
+        if found is None:
+            return
+        text, seen = found
+        theirs = RateLimits.from_json(text)
+        if theirs is not None:
+            self._buckets_seen = seen
+            self.scheduler.observed("messages", theirs)
 
     def _observe_failure(self, exc: BaseException, pool: Pool = "messages") -> None:
         # A 429 carries the buckets' state as well: the next wait starts from it.

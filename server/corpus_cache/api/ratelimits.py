@@ -15,9 +15,10 @@ last headers said, less what was sent since, plus the refill. Pure: every call i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, cast
 
 from corpus_cache.models.limits import LimitsTable
 
@@ -151,6 +152,30 @@ class RateLimits:
         if buckets == dict(self.buckets):
             return self
         return RateLimits(buckets, "the API's rate-limit headers")
+
+    def to_json(self) -> str:
+        """The buckets as text, for the other instances on the state folder."""
+        return json.dumps(
+            {
+                "source": self.source,
+                "buckets": {k: [b.per_minute, b.level, b.seen] for k, b in self.buckets.items()},
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> RateLimits | None:
+        """Buckets another instance wrote with `to_json`; None if `text` is not that."""
+        try:
+            raw = json.loads(text)
+            buckets = {
+                cast(Kind, k): Bucket(int(v[0]), float(v[1]), float(v[2]))
+                for k, v in raw["buckets"].items()
+                if k in KINDS
+            }
+            source = str(raw["source"])
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return None
+        return cls(buckets, source)
 
     def describe(self, now: float) -> dict[str, object]:
         """Per kind: the limit per minute and what is available now, for status tools."""

@@ -24,13 +24,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from corpus_cache.accounting.shared import Reservation
 from corpus_cache.config import Settings
 from corpus_cache.errors import BudgetExceededError
 from corpus_cache.models.catalog import ModelSpec
 
 DAY_SECONDS = 86_400.0
+# A reservation of a request under way that is never released (its process hung) lapses
+# after this long; one of a process that is gone lapses at once (accounting/shared.py).
+RESERVATION_SECONDS = 3_600.0
 
 # Tokens per UTF-8 byte that no tokenizer exceeds: byte-level BPE gives at most 1; the
 # emulator's dense family gives 1.3 per punctuation mark. A word is never more.
@@ -133,18 +137,33 @@ def _breakpoint(block: Mapping[str, Any], multipliers: Mapping[str, float]) -> f
 _checked: ContextVar[bool] = ContextVar("corpus_cache_cap_checked", default=False)
 
 
+class Reservations(Protocol):
+    """The cap's check shared by the instances on one state folder: the spend and every
+    instance's requests under way read, and this one's reserved, in one transaction."""
+
+    def reserve(
+        self, usd: float, *, cap: float, since: float, now: float, hold: float
+    ) -> Reservation | None: ...
+
+    def release(self, key: int) -> None: ...
+
+
 class DailyCap:
     def __init__(
         self,
         settings: Settings,
         spent_since: Callable[[float], float],
         clock: Callable[[], float],
+        reservations: Reservations | None = None,
     ) -> None:
         """`spent_since(t)`: what has been spent on the corpus since time `t`. The cap is
-        read from `settings` at each request, so a changed cap applies at once."""
+        read from `settings` at each request, so a changed cap applies at once.
+        `reservations`: requests under way, known to every instance sharing the ledger
+        (without it, or when the ledger cannot be used, this instance's own)."""
         self._settings = settings
         self._spent_since = spent_since
         self._clock = clock
+        self._reservations = reservations
         self._pending_usd = 0.0  # bounds of requests sent and not yet recorded
 
     @contextmanager
@@ -156,7 +175,7 @@ class DailyCap:
         if _checked.get():
             yield
             return
-        self._check(estimate, what)
+        key = self._check(estimate, what)
         token = _checked.set(True)
         self._pending_usd += estimate
         try:
@@ -164,23 +183,40 @@ class DailyCap:
         finally:
             _checked.reset(token)
             self._pending_usd = max(0.0, self._pending_usd - estimate)
+            if key is not None and self._reservations is not None:
+                self._reservations.release(key)
 
-    def _check(self, estimate: float, what: str) -> None:
+    def _check(self, estimate: float, what: str) -> int | None:
+        """Raise if `estimate` does not fit; the key of its reservation, if one was made."""
         cap = self._settings.max_usd_per_day
         if cap is None:
-            return
-        spent = self._spent_since(self._clock() - DAY_SECONDS)
+            return None
+        now = self._clock()
+        if self._reservations is not None:
+            shared = self._reservations.reserve(
+                estimate, cap=cap, since=now - DAY_SECONDS, now=now, hold=RESERVATION_SECONDS
+            )
+            if shared is not None:
+                if shared.key is None:
+                    raise _refused(estimate, what, shared.spent_usd, shared.reserved_usd, cap)
+                return shared.key
+        spent = self._spent_since(now - DAY_SECONDS)
         if spent + self._pending_usd + estimate > cap:
-            under_way = (
-                f" and ${self._pending_usd:.4f} for requests under way" if self._pending_usd else ""
-            )
-            raise BudgetExceededError(
-                f"not sent: this {what} may cost up to ${estimate:.4f}, and "
-                f"${spent:.4f} has been spent on this corpus in the last 24 hours"
-                f"{under_way}, which would exceed the cap of ${cap:.2f} a day "
-                "(--max-usd-per-day). Raise the cap, or wait until earlier spend is more "
-                "than 24 hours old.",
-                spent_usd=spent,
-                estimate_usd=estimate,
-                cap_usd=cap,
-            )
+            raise _refused(estimate, what, spent, self._pending_usd, cap)
+        return None
+
+
+def _refused(
+    estimate: float, what: str, spent: float, under_way_usd: float, cap: float
+) -> BudgetExceededError:
+    under_way = f" and ${under_way_usd:.4f} for requests under way" if under_way_usd else ""
+    return BudgetExceededError(
+        f"not sent: this {what} may cost up to ${estimate:.4f}, and "
+        f"${spent:.4f} has been spent on this corpus in the last 24 hours"
+        f"{under_way}, which would exceed the cap of ${cap:.2f} a day "
+        "(--max-usd-per-day). Raise the cap, or wait until earlier spend is more "
+        "than 24 hours old.",
+        spent_usd=spent,
+        estimate_usd=estimate,
+        cap_usd=cap,
+    )

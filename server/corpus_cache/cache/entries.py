@@ -20,9 +20,9 @@ class CacheEntries:
     def __init__(self) -> None:
         self._expiry: dict[str, float] = {}  # identity -> when we expect it to expire
         self._ttls: dict[str, Ttl] = {}  # identity -> the TTL it was written with
-        # Called after every change, with the entries then alive (engine/remembered.py
-        # keeps them across a restart, for a staged build to resume from).
-        self.on_change: Callable[[dict[str, tuple[float, Ttl]]], None] | None = None
+        # Called after every change, with the entries then alive and the time (engine/
+        # remembered.py keeps them across a restart and shares them with other instances).
+        self.on_change: Callable[[dict[str, tuple[float, Ttl]], float], None] | None = None
         # Called with every response's request and usage (questions, warming, a build's
         # slices): the engine learns exact token figures from them (api/learned.py).
         self.on_answered: Callable[[PreparedRequest, Usage], None] | None = None
@@ -36,7 +36,8 @@ class CacheEntries:
         }
 
     def restore(self, entries: Mapping[str, tuple[float, Ttl]]) -> None:
-        """Believe `entries` alive (identity -> (expiry, TTL)), as an earlier run left them."""
+        """Believe `entries` alive until their expiry (identity -> (expiry, TTL)), as an
+        earlier run or another instance left them; an expiry of 0 is an entry gone."""
         for identity, (expiry, ttl) in entries.items():
             self._expiry[identity] = expiry
             self._ttls[identity] = ttl
@@ -50,7 +51,7 @@ class CacheEntries:
 
     def _changed(self, now: float) -> None:
         if self.on_change is not None:
-            self.on_change(self.alive_now(now))
+            self.on_change(self.alive_now(now), now)
 
     def expires(self, identity: str) -> float:
         """When the entry is expected to expire; 0.0 if it is not known to exist."""

@@ -4,6 +4,7 @@ asked of each shard (the policy chooses TTLs from the gaps between them)."""
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -52,17 +53,11 @@ class History:
         """A history that knows the question times of ledger `rows` (newest first, as
         Ledger.requests gives them), so that a restart does not forget how questions
         arrive."""
-        return cls(_asked_in(rows))
-
-    def learn_asked(self, rows: Sequence[LedgerRow]) -> None:
-        """Take the question times from ledger `rows` (newest first) instead of those seen
-        here: the ledger holds the questions of every server sharing it (engine/keeper.py).
-        Shards it has no question of keep what is known here."""
-        for shard, times in _asked_in(rows).items():
-            known = self._asked.get(shard, [])
-            if times[-1] >= (known[-1] if known else times[-1]):
-                self._asked[shard] = times[-(RECENT_GAPS + 1) :]
-                self._questions[shard] = max(self._questions[shard], len(times))
+        asked: dict[int, list[float]] = {}
+        for row in reversed(rows):
+            if row.kind == "ask" and row.outcome == "ok" and row.shard is not None:
+                asked.setdefault(int(row.shard), []).append(float(row.at))
+        return cls(asked)
 
     # --- documents ---------------------------------------------------------------------
 
@@ -163,6 +158,14 @@ class History:
         del times[: -(RECENT_GAPS + 1)]  # the policy weighs only the recent gaps
         self._questions[shard] += 1
 
+    def asked_elsewhere(self, shard: int, at: float) -> None:
+        """A question on `shard` was sent at `at` by another instance sharing the state
+        folder: its gaps are the policy's too, in time order with this one's."""
+        times = self._asked.setdefault(shard, [])
+        bisect.insort(times, at)
+        del times[: -(RECENT_GAPS + 1)]
+        self._questions[shard] += 1
+
     def gaps(self, shard: int) -> list[float]:
         times = self._asked.get(shard, [])
         return [later - earlier for earlier, later in itertools.pairwise(times)]
@@ -177,12 +180,3 @@ class History:
         # A path appears twice in a plan keeping its old copy: count its edits once.
         paths = set(shard.plan.order) & self._documents.keys()
         return sum(self._documents[p].edits for p in paths) / asked if asked else 0.0
-
-
-def _asked_in(rows: Sequence[LedgerRow]) -> dict[int, list[float]]:
-    """The question times per shard of ledger `rows` (newest first), oldest first."""
-    asked: dict[int, list[float]] = {}
-    for row in reversed(rows):
-        if row.kind == "ask" and row.outcome == "ok" and row.shard is not None:
-            asked.setdefault(int(row.shard), []).append(float(row.at))
-    return asked

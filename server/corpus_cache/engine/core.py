@@ -14,6 +14,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from corpus_cache.accounting.ledger import Ledger, Totals
+from corpus_cache.accounting.shared import Shared, SharedSpend
 from corpus_cache.api.backend import (
     ANTHROPIC,
     Backend,
@@ -100,6 +101,10 @@ ANSWER_ROOM_SECONDS = 10.0
 ANSWER_SECONDS = 20.0
 # After the last breakpoint, so it is never cached and its wording does not matter.
 WARM_QUESTION = "(Warming the cache: no answer is wanted.)"
+# How long another instance's claim to write a cold prefix holds if it is never released
+# (its process hung; one that is gone holds nothing), and how often a waiter looks.
+CLAIM_SECONDS = 120.0
+CLAIM_POLL_SECONDS = 0.05
 
 
 SwapListener = Callable[["Corpus | None", "Corpus"], Awaitable[None]]
@@ -135,8 +140,11 @@ class Engine:
         self.backend = backend
         self.ledger = ledger
         self.clock = clock
+        # What the instances sharing the state folder tell each other (accounting/shared.py).
+        self.shared = Shared(ledger)
         # Every request to the API goes through this one caller (api/caller.py). The daily
-        # cap counts what may have been billed too: an estimate, but money perhaps spent.
+        # cap counts what may have been billed too: an estimate, but money perhaps spent;
+        # and the requests other instances have under way.
         limits, count_limits = _known_limits(settings, self.model, clock())
         # Without a tier, what the API said of this account's limits in an earlier run
         # (engine/remembered_limits.py); learned before the first plan if nothing is known.
@@ -148,10 +156,12 @@ class Engine:
         if earlier is not None:
             limits = earlier.limits
         self._limits_asked = earlier is not None  # asked, or remembered: not asked again
+        spend = SharedSpend(self.shared, self.corpus_key, lambda: self.answering)
         self.caller = ApiCaller(
             backend, self.model, ledger, self.corpus_key,
-            DailyCap(settings, self._spent_since, clock), clock,
+            DailyCap(settings, self._spent_since, clock, spend), clock,
             limits=limits, count_limits=count_limits, sleep=sleep,
+            shared=(self.shared, _backend_key(backend)),
         )  # fmt: skip
         self.caller.on_limits = lambda seen: self._limits_memory.save(seen, self.clock())
         self.counter = TokenCounter(self.caller, self.model.id, ledger)
@@ -169,11 +179,12 @@ class Engine:
         self._refreshing = anyio.Lock()
         self.sleep = sleep
         self.entries = CacheEntries()  # the cache entries we believe alive
-        # Kept across a restart, so that a staged build goes on from what it wrote.
-        remembered = RememberedEntries(settings.state_dir, self.corpus_key, _backend_key(backend))
-        self._remembered = remembered
-        self.entries.restore(remembered.load(clock()))
-        self.entries.on_change = remembered.save
+        # Kept across a restart, so that a staged build goes on from what it wrote, and
+        # shared with the other instances on the state folder.
+        self._backend_key = _backend_key(backend)
+        self.remembered = RememberedEntries(self.shared, self.corpus_key, self._backend_key)
+        self.entries.restore(self.remembered.load(clock()))
+        self.entries.on_change = self.remembered.save
         self.entries.on_answered = self._learn_from_usage
         self.builder = Builder(self)  # staged cache builds, within the rate limits (build.py)
         self._turn = 0
@@ -184,6 +195,8 @@ class Engine:
             log.warning("%s; starting without the history of earlier questions", exc)
             recent = []
         self.history = History.from_requests(recent)
+        # Other instances' questions from here on (those before are in the ledger's rows).
+        self._questions_read = self.shared.last_question(self.corpus_key, clock())
         self.last_prewarm: Prewarmed | None = None  # after a change, with --prewarm
         self._listeners: list[SwapListener] = []
         self._sessions: Sessions[_Pin] = Sessions(
@@ -194,6 +207,7 @@ class Engine:
         # Cache entries being written, by anchor identity: set once the writing response
         # has begun, when its entries become readable.
         self._writing: dict[str, anyio.Event] = {}
+        self._claimed: set[str] = set()  # cold entries this instance claimed to write
         self._last_message: dict[int, str] = {}  # shard -> last answer's id, for diagnostics
         # Where questions' requests run while `reading_answers` does: read to their end
         # whether or not anyone still waits for them (a deadline, a sibling's failure).
@@ -566,6 +580,9 @@ class Engine:
         question = checked_question(question)
         if fan_out is not None and fan_out < 1:
             raise InvalidArgumentError("fan_out must be at least 1")
+        # Before the layout's old copies are dropped and a staged build is waited for:
+        # another instance may have kept or written what this one believes lapsed.
+        self.catch_up()
         if session is not None:
             return await self._ask_in_session(
                 question, fan_out, Sessions.check_id(session), owner, patience
@@ -604,13 +621,16 @@ class Engine:
         """Ask `chosen` at once: all are prepared together, refused or sent as one against
         the daily cap and the client's patience, and merged in rank order."""
         requests = await self._prepare_questions(question, corpus, chosen)
-        self._within_patience([request for _, _, request in requests], patience)
-        estimate = sum(request.estimate_usd for _, _, request in requests)
-        with self.caller.cap.within(estimate):
-            if len(requests) == 1:
-                parts = [await self._send_question(*requests[0])]
-            else:
-                parts = await self._send_questions(requests)
+        try:
+            self._within_patience([request for _, _, request in requests], patience)
+            estimate = sum(request.estimate_usd for _, _, request in requests)
+            with self.caller.cap.within(estimate):
+                if len(requests) == 1:
+                    parts = [await self._send_question(*requests[0])]
+                else:
+                    parts = await self._send_questions(requests)
+        finally:  # refused unsent, or failed: another instance may write them now
+            self.release_claims({i for _, _, r in requests for i in r.writes})
         return replace(merge(corpus, parts, self.model.id), estimated_usd=estimate)
 
     async def _send_questions(
@@ -686,10 +706,13 @@ class Engine:
                 question, pin.corpus, [pin.shard],
                 conversation=[t.exchange for t in kept], marked=pin.marked, pinned=True,
             )  # fmt: skip
-            self._within_patience([request], patience)
-            estimate = request.estimate_usd
-            with self.caller.cap.within(estimate):
-                part = await self._send_question(corpus, shard, request)
+            try:
+                self._within_patience([request], patience)
+                estimate = request.estimate_usd
+                with self.caller.cap.within(estimate):
+                    part = await self._send_question(corpus, shard, request)
+            finally:
+                self.release_claims(request.writes)
             if pin.marked is None:
                 pin.marked = part.marked  # follow-ups mark the same anchors: the same prefix
             tokens = part.usage.output_tokens + estimate_tokens(question)
@@ -739,6 +762,7 @@ class Engine:
         once nothing is pending, with no wait in between, so none of them can be overtaken."""
         for shard in chosen:
             self._check_fits(shard)
+        self.catch_up()
         # The markers are chosen as the question arrives, by the policy without its gap;
         # the TTLs it asks for, once it is counted (history.asked) below.
         corpora = {
@@ -750,13 +774,22 @@ class Engine:
                 (w for s in chosen if (w := self._pending_write(corpora[s.number], s)) is not None),
                 None,
             )
-            if pending is None:
+            if pending is not None:
+                await pending.wait()  # its entries are readable once its response has begun
+                continue
+            # Another instance on the state folder may be writing the same cold prefix: the
+            # claim is checked and taken in one transaction, so one of two instances writes.
+            cold = self._cold_ids(corpora, chosen)
+            if self.shared.claim(self._backend_key, cold, now=self.clock(), hold=CLAIM_SECONDS):
+                self._claimed |= cold
                 break
-            await pending.wait()  # its entries are readable once its response has begun
+            await self._written_elsewhere(cold)
+            self.catch_up()
         requests = []
         for shard in chosen:
             shard_corpus = corpora[shard.number]
             self.history.asked(shard.number, self.clock())
+            self.shared.asked(self.corpus_key, shard.number, self.clock())
             request = prepare_request(
                 "ask", shard_corpus, shard, question, model=self.model,
                 max_tokens=self.settings.max_answer_tokens,
@@ -776,7 +809,47 @@ class Engine:
                 if read > request.read_tokens:
                     request = replace(request, read_tokens=read)
             requests.append((shard_corpus, shard, request))
+        # Claimed and not written by these requests: no one need wait for them.
+        self.release_claims(cold - {i for _, _, r in requests for i in r.writes})
         return requests
+
+    def catch_up(self) -> None:
+        """What the other instances on the state folder learnt since the last look: cache
+        entries they made alive (or found gone), and the questions they were asked."""
+        news = self.remembered.news()
+        if news:
+            self.entries.restore(news)
+        asked, self._questions_read = self.shared.questions_since(
+            self.corpus_key, self._questions_read
+        )
+        for shard, at in asked:
+            self.history.asked_elsewhere(shard, at)
+
+    def _cold_ids(self, corpora: dict[int, Corpus], chosen: Sequence[Shard]) -> set[str]:
+        """The entries of `chosen` a question would write now: those not alive, of each
+        shard whose furthest entry is not alive."""
+        now, cold = self.clock(), set()
+        for shard in chosen:
+            anchors = shard.plan.anchors
+            ids = corpora[shard.number].anchor_ids.get(shard.number, {})
+            if anchors and not self.entries.alive(ids[anchors[-1]], now):
+                cold |= {ids[a] for a in anchors if not self.entries.alive(ids[a], now)}
+        return cold
+
+    async def _written_elsewhere(self, cold: set[str]) -> None:
+        """Wait while another instance writes one of `cold` (until its response begins or
+        ends, or it is gone: accounting/shared.py). Polled: processes share no event."""
+        log.info("another instance on this state folder is writing this cold prefix: "
+                 "waiting to read it")  # fmt: skip
+        while self.shared.held_by_others(self._backend_key, cold, self.clock()):  # noqa: ASYNC110
+            await anyio.sleep(CLAIM_POLL_SECONDS)
+
+    def release_claims(self, identities: Collection[str]) -> None:
+        """Let other instances write (or read) entries this one claimed."""
+        mine = self._claimed & set(identities)
+        if mine:
+            self._claimed -= mine
+            self.shared.release_claims(self._backend_key, mine)
 
     def _read_through(self, corpus: Corpus, shard: Shard) -> int:
         """The prompt tokens through `shard`'s furthest anchor alive in `corpus`."""
@@ -830,6 +903,7 @@ class Engine:
                 for identity in writes:
                     if self._writing.get(identity) is readable:
                         del self._writing[identity]
+                self.release_claims(writes)  # after `begun` published the entries
 
         def begun(usage: Usage) -> None:
             # The cache usage comes first: the entries this request writes are readable
@@ -926,29 +1000,6 @@ class Engine:
         cache for the instances sharing its state folder (confirmed by a beat now)."""
         return self.keeper is None or self.keeper.confirm()
 
-    def learn_from_others(self) -> None:
-        """What the other instances on the state folder did that the keeper's schedule
-        depends on: the cache entries they believe alive (those outliving what this engine
-        believes), and every instance's question times, from the shared ledger. Nothing
-        while this engine has been alone."""
-        if self.keeper is None or not self.keeper.shared:
-            return
-        now = self.clock()
-        known = self.entries
-        later = {
-            identity: (expiry, ttl)
-            for identity, (expiry, ttl) in self._remembered.load(now).items()
-            if expiry > known.expires(identity)
-        }
-        if later:
-            known.restore(later)
-        try:
-            rows = self.ledger.requests(self.corpus_key, limit=200)
-        except LedgerUnavailableError as exc:
-            log.warning("%s; keeping warm by this instance's questions only", exc)
-            return
-        self.history.learn_asked(rows)
-
     def prepare_warming(
         self,
         kind: RequestKind,
@@ -995,6 +1046,7 @@ class Engine:
 
     def shard_state(self, corpus: Corpus, shard: Shard) -> ShardState:
         """What the keep-warm rules (cache/keeping.py) need to know of `shard` now."""
+        self.catch_up()
         live = self.live_ttls(corpus, shard)
         ids = corpus.anchor_ids.get(shard.number, {})
         forced: Ttl | None = None if self.settings.ttl == "auto" else self.settings.ttl

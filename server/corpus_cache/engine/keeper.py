@@ -44,7 +44,7 @@ class Keeper:
         self.store = LeaseStore(Path(path), corpus, self.me, busy_timeout)
         self.standing: Standing | None = None
         # Whether another instance has served the corpus alongside this one since it
-        # started: then what it did counts for this one's schedule (Engine.learn_from_others).
+        # started: then what it did counts for this one's schedule (Engine.catch_up).
         self.shared = False
         self._keeping = anyio.Event()  # set while this instance keeps the cache
 

@@ -162,13 +162,13 @@ async def keeping_warm(
             keeper = engine.keeper
             if keeper is not None and not keeper.is_keeper:
                 await keeper.until_keeping()
-            engine.learn_from_others()
+            engine.catch_up()  # what the other servers on the state folder did
             due = next_ping_at(engine)
             wait = check_every if due is None else max(0.0, due - engine.clock())
             await sleep(min(wait, check_every))
             if due is None or engine.clock() < due or not engine.keeps_cache():
                 continue
-            engine.learn_from_others()  # another instance's question may have put it off
+            engine.catch_up()  # another server's question may have put it off
             again = next_ping_at(engine)
             if again is None or engine.clock() < again:
                 continue

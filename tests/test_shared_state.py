@@ -1,0 +1,129 @@
+"""What instances sharing a state folder tell each other through the ledger's SQLite
+(accounting/shared.py): real ledger files, real processes."""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from corpus_cache.accounting.ledger import Ledger
+from corpus_cache.accounting.shared import Shared, SharedSpend
+from corpus_cache.api.ratelimits import Bucket, RateLimits
+from corpus_cache.api.spending import DailyCap
+from corpus_cache.cache.history import History
+from corpus_cache.cache.policy import RECENT_GAPS
+from corpus_cache.config import Settings
+from corpus_cache.errors import BudgetExceededError
+
+BACKEND = "anthropic http://127.0.0.1:1 None"
+
+
+@contextmanager
+def instance(state: Path) -> Iterator[Shared]:
+    """One instance's view of the state folder: a ledger of its own on the shared file."""
+    ledger = Ledger(state / "ledger.sqlite3")
+    try:
+        yield Shared(ledger)
+    finally:
+        ledger.close()
+
+
+def test_a_cold_prefix_claimed_by_a_process_that_was_killed_blocks_no_one(tmp_path: Path) -> None:
+    child = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        from corpus_cache.accounting.ledger import Ledger
+        from corpus_cache.accounting.shared import Shared
+        shared = Shared(Ledger(Path({str(tmp_path / "ledger.sqlite3")!r})))
+        assert shared.claim({BACKEND!r}, {{"prefix"}}, now=0.0, hold=120.0)
+        os.kill(os.getpid(), signal.SIGKILL)  # a writer killed before its response began
+        """
+    )
+    killed = subprocess.run([sys.executable, "-c", child], check=False, timeout=60)
+    assert killed.returncode == -9
+    with instance(tmp_path) as shared:
+        assert not shared.held_by_others(BACKEND, {"prefix"}, now=1.0)
+        assert shared.claim(BACKEND, {"prefix"}, now=1.0, hold=120.0)
+
+
+def test_a_cold_prefix_claimed_by_a_live_instance_waits_until_it_is_released(
+    tmp_path: Path,
+) -> None:
+    with instance(tmp_path) as first, instance(tmp_path) as second:
+        assert first.claim(BACKEND, {"a", "b"}, now=0.0, hold=120.0)
+        assert not second.claim(BACKEND, {"b", "c"}, now=1.0, hold=120.0)
+        assert second.held_by_others(BACKEND, {"b"}, now=1.0)
+        assert not second.held_by_others(BACKEND, {"b"}, now=121.0)  # it lapses
+        first.release_claims(BACKEND, {"a", "b"})
+        assert second.claim(BACKEND, {"b", "c"}, now=2.0, hold=120.0)
+
+
+def test_two_instances_cannot_both_pass_a_daily_cap_only_one_fits(tmp_path: Path) -> None:
+    settings = Settings(corpus=tmp_path, state_dir=tmp_path, max_usd_per_day=1.5)
+
+    def cap(shared: Shared) -> DailyCap:
+        return DailyCap(
+            settings, lambda since: 0.0, lambda: 1_000.0,
+            SharedSpend(shared, "/corpus", lambda: "anthropic"),
+        )  # fmt: skip
+
+    def refusal(cap: DailyCap) -> str | None:
+        """Why `cap` refuses a $1 question, checked as another process would: in a
+        context of its own (within one, a check inside another is counted already)."""
+
+        def attempt() -> str | None:
+            try:
+                with cap.within(1.0):
+                    return None
+            except BudgetExceededError as refused:
+                return str(refused)
+
+        return contextvars.Context().run(attempt)
+
+    with instance(tmp_path) as first, instance(tmp_path) as second:
+        with cap(first).within(1.0):
+            assert "$1.0000 for requests under way" in (refusal(cap(second)) or "")
+        assert refusal(cap(second)) is None  # released once the first's request was recorded
+
+
+@given(
+    st.lists(st.floats(0, 1e6), max_size=80),
+    st.lists(st.floats(0, 1e6), max_size=80),
+)
+def test_questions_of_another_instance_count_in_time_order_with_this_ones(
+    mine: list[float], theirs: list[float]
+) -> None:
+    history = History()
+    for at in sorted(mine):
+        history.asked(0, at)
+    for at in sorted(theirs):
+        history.asked_elsewhere(0, at)
+    everything = sorted(mine + theirs)[-(RECENT_GAPS + 1) :]
+    assert history.gaps(0) == [b - a for a, b in itertools.pairwise(everything)]
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["requests", "input_tokens", "output_tokens"]),
+        st.tuples(st.integers(1, 10**7), st.floats(-1e7, 1e7), st.floats(0, 2e9)),
+    )
+)
+def test_buckets_one_instance_writes_are_the_ones_another_reads(
+    figures: dict[str, tuple[int, float, float]],
+) -> None:
+    limits = RateLimits(
+        {k: Bucket(*v) for k, v in figures.items()},  # type: ignore[misc]
+        "the API's rate-limit headers",
+    )
+    assert RateLimits.from_json(limits.to_json()) == limits
+    assert RateLimits.from_json("{not json") is None
