@@ -43,9 +43,6 @@ class Keeper:
         self.me = Instance(uuid.uuid4().hex, os.getpid(), clock())
         self.store = LeaseStore(Path(path), corpus, self.me, busy_timeout)
         self.standing: Standing | None = None
-        # Whether another instance has served the corpus alongside this one since it
-        # started: then what it did counts for this one's schedule (Engine.catch_up).
-        self.shared = False
         self._keeping = anyio.Event()  # set while this instance keeps the cache
 
     @property
@@ -71,7 +68,6 @@ class Keeper:
                 self._keeping = anyio.Event()
             return alone
         self.standing = standing
-        self.shared = self.shared or standing.instances > 1
         if standing.keeper and not was:
             log.info("keeping the cache for %d instance(s) on this state folder",
                      standing.instances)  # fmt: skip
