@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         None, description="a TOML file merged into the rate-limits table (models/limits.toml)"
     )
     offline: bool = Field(False, description="use the built-in emulator even with an API key")
+    clock: Literal["system", "emulator"] = Field(
+        "system",
+        description="where time comes from: the system's clock, or the virtual clock of the "
+        "emulator at ANTHROPIC_BASE_URL (for tests and benchmarks that run several servers "
+        "on one emulator; docs/emulator.md)",
+    )
     max_file_bytes: int = Field(2 * 1024 * 1024, gt=0, description="larger files are left out")
     allow_secret_content: bool = Field(
         False,

@@ -185,11 +185,33 @@ M009_SHARED_STATE = """
         )
 """
 
+# Instances sharing the state folder (engine/keeper.py): each registers itself and beats a
+# heartbeat; of those serving one corpus, one holds the lease that makes it the keeper, the
+# one that sends background requests (keep-warm, pre-warm, staged builds) for all.
+M010_KEEPERS = """
+        CREATE TABLE instances (
+            id TEXT PRIMARY KEY,
+            corpus TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started REAL NOT NULL,
+            heartbeat REAL NOT NULL
+        );
+        CREATE INDEX instances_by_corpus ON instances (corpus);
+        CREATE TABLE keepers (
+            corpus TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            since REAL NOT NULL,
+            expires REAL NOT NULL
+        )
+"""
+
 # Ordered; each runs once, in one transaction with the version bump.
 MIGRATIONS: list[str] = [
     M001_INITIAL, M002_SHARD_AND_TTL, M003_CACHE_MISS_REASON, M004_ROW_KEY,
     M005_COUNTS_BY_BACKEND, M006_COUNTS_CALIBRATE, M007_BILLING, M008_SKETCHES_AND_SUMS,
     M009_SHARED_STATE,
+    M010_KEEPERS,
 ]  # fmt: skip
 
 ROW_COLUMNS = (

@@ -164,12 +164,22 @@ async def _run_engine(slot: EngineSlot, settings: Settings, checked: Preflight) 
     with anyio.move_on_after(FIRST_ANSWER_WAIT):
         await slot.first_answer.wait()
     await anyio.to_thread.run_sync(importlib.import_module, "corpus_cache.engine.runtime")
-    from corpus_cache.engine.runtime import keeping_warm, running_engine, watching
+    from corpus_cache.engine.runtime import (
+        keeping_the_cache,
+        keeping_warm,
+        running_engine,
+        watching,
+    )
 
     try:
         async with running_engine(settings, background=True, checked=checked) as engine:
             slot.attach(engine)  # before its first index can swap in a corpus
-            async with watching(engine), keeping_warm(engine), engine.builder.running():
+            async with (
+                keeping_the_cache(engine),
+                watching(engine),
+                keeping_warm(engine, sleep=engine.sleep),
+                engine.builder.running(),
+            ):
                 slot.arrive(engine)  # watched: what is saved from now on is seen
                 await anyio.sleep_forever()
     except CorpusCacheError as exc:

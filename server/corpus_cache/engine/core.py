@@ -51,6 +51,7 @@ from corpus_cache.engine.answers import Answer, Prewarmed, ShardAnswer, merge
 from corpus_cache.engine.build import Builder
 from corpus_cache.engine.from_usage import FromUsage
 from corpus_cache.engine.indexing import Indexing
+from corpus_cache.engine.keeper import Keeper
 from corpus_cache.engine.remembered import RememberedEntries
 from corpus_cache.engine.remembered_limits import RememberedLimits, account_key
 from corpus_cache.engine.sessions import (
@@ -212,6 +213,9 @@ class Engine:
         # whether or not anyone still waits for them (a deadline, a sibling's failure).
         self._readers: TaskGroup | None = None
         self.read_for_no_one = 0  # responses being read that no question waits for any more
+        # Of the servers sharing the state folder, the one that sends background requests
+        # (engine/keeper.py); None: this engine is alone, and keeps its own cache.
+        self.keeper: Keeper | None = None
 
     def _spent_since(self, since: float) -> float:
         totals = self.totals(since, self.answering)
@@ -990,6 +994,11 @@ class Engine:
         return browse.describe_layout(self.current)
 
     # --- warming (warm.py) -------------------------------------------------------------
+
+    def keeps_cache(self) -> bool:
+        """Whether this engine sends background requests now: it is alone, or it keeps the
+        cache for the instances sharing its state folder (confirmed by a beat now)."""
+        return self.keeper is None or self.keeper.confirm()
 
     def prepare_warming(
         self,

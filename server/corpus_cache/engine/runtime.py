@@ -4,17 +4,19 @@ and keep the engine's corpus in step with its folder while a server runs."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
 
 from corpus_cache.accounting.ledger import Ledger
 from corpus_cache.api.backend import Backend, open_backend
+from corpus_cache.api.emulator_clock import EmulatorClock
 from corpus_cache.config import Settings
 from corpus_cache.corpus.scan import CorpusRoot
 from corpus_cache.corpus.watch import FolderWatcher
 from corpus_cache.engine.core import Engine
+from corpus_cache.engine.keeper import Keeper, elected
 from corpus_cache.engine.preflight import Preflight, preflight
 from corpus_cache.engine.warm import next_ping_at, prewarm_after_changes
 from corpus_cache.errors import CorpusCacheError
@@ -50,8 +52,15 @@ async def running_engine(
     except BaseException:
         root.close()
         raise
+    clock: EmulatorClock | None = None
     try:
-        engine = Engine(settings, catalog, backend, ledger, root=root)
+        if settings.clock == "emulator":
+            clock = EmulatorClock(str(backend.client.base_url))
+            engine = Engine(
+                settings, catalog, backend, ledger, clock.now, root=root, sleep=clock.sleep
+            )
+        else:
+            engine = Engine(settings, catalog, backend, ledger, root=root)
         try:
             async with engine.reading_answers():
                 if not background:
@@ -70,6 +79,8 @@ async def running_engine(
     finally:
         await backend.close()
         ledger.close()
+        if clock is not None:
+            clock.close()
 
 
 def _checked(settings: Settings) -> tuple[Catalog, CorpusRoot]:
@@ -134,23 +145,38 @@ async def watching(engine: Engine) -> AsyncIterator[FolderWatcher | None]:
 
 
 @asynccontextmanager
-async def keeping_warm(engine: Engine, check_every: float = 15.0) -> AsyncIterator[None]:
-    """Send the keep-warm requests the TTL policy asks for while the block runs. A failed
-    keep-warm request is logged and tried again `check_every` seconds later (it stays due);
-    it never stops serving."""
+async def keeping_warm(
+    engine: Engine,
+    check_every: float = 15.0,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+) -> AsyncIterator[None]:
+    """Send the keep-warm requests the TTL policy asks for while the block runs, if this
+    engine keeps the cache (engine/keeper.py: alone, or elected among the servers sharing
+    its state folder; one that becomes keeper picks the schedule up, sending at once what is
+    due). A failed keep-warm request is logged and tried again `check_every` seconds later
+    (it stays due); it never stops serving. `sleep`: on the engine's clock."""
     from corpus_cache.engine.warm import keep_warm_due
 
     async def loop() -> None:
         while True:
+            keeper = engine.keeper
+            if keeper is not None and not keeper.is_keeper:
+                await keeper.until_keeping()
+            engine.catch_up()  # what the other servers on the state folder did
             due = next_ping_at(engine)
             wait = check_every if due is None else max(0.0, due - engine.clock())
-            await anyio.sleep(min(wait, check_every))
-            if due is not None and engine.clock() >= due:
-                try:
-                    await keep_warm_due(engine)
-                except CorpusCacheError as exc:
-                    log.warning("keep-warm failed, trying again in %g s: %s", check_every, exc)
-                    await anyio.sleep(check_every)  # it is still due: do not hammer the API
+            await sleep(min(wait, check_every))
+            if due is None or engine.clock() < due or not engine.keeps_cache():
+                continue
+            engine.catch_up()  # another server's question may have put it off
+            again = next_ping_at(engine)
+            if again is None or engine.clock() < again:
+                continue
+            try:
+                await keep_warm_due(engine)
+            except CorpusCacheError as exc:
+                log.warning("keep-warm failed, trying again in %g s: %s", check_every, exc)
+                await sleep(check_every)  # it is still due: do not hammer the API
 
     async with anyio.create_task_group() as group:
         group.start_soon(loop)
@@ -158,3 +184,19 @@ async def keeping_warm(engine: Engine, check_every: float = 15.0) -> AsyncIterat
             yield
         finally:
             group.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def keeping_the_cache(engine: Engine) -> AsyncIterator[Keeper | None]:
+    """Take part, while the block runs, in electing which of the servers sharing the state
+    folder keeps the cache (engine/keeper.py); the engine asks it before each background
+    request. On the way out the lease is released, for another to take at once. None: the
+    state folder's ledger cannot be opened, and the engine keeps its own cache."""
+    async with elected(
+        engine.settings.ledger_path, engine.corpus_key, engine.clock, engine.sleep
+    ) as keeper:
+        engine.keeper = keeper
+        try:
+            yield keeper
+        finally:
+            engine.keeper = None

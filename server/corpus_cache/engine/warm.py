@@ -62,7 +62,8 @@ async def warm_or_build(engine: Engine, corpus: Corpus, shard: Shard) -> Warmed:
 
 def prewarm_after_changes(engine: Engine) -> None:
     """With `prewarm` set, warm each shard whose cached prefix a refresh changed, and keep
-    what it cost on the engine for cache_status."""
+    what it cost on the engine for cache_status. Only the engine that keeps the cache does
+    (engine/keeper.py): of several servers on one folder, each sees the change, one warms."""
 
     async def on_swap(old: Corpus | None, new: Corpus) -> None:
         if old is None or not engine.settings.prewarm:
@@ -73,7 +74,7 @@ def prewarm_after_changes(engine: Engine) -> None:
             if shard.plan.cached
             and new.anchor_ids.get(shard.number) != old.anchor_ids.get(shard.number)
         ]
-        if not changed:
+        if not changed or not engine.keeps_cache():
             return
         run = WarmRun()
         for shard in changed:

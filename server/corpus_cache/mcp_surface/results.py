@@ -12,6 +12,7 @@ from corpus_cache.accounting.ledger import Totals
 from corpus_cache.config import answers_offline
 from corpus_cache.errors import LedgerUnavailableError
 from corpus_cache.mcp_surface.limits_status import LimitsOut, limits_out, render_limits
+from corpus_cache.mcp_surface.sharing_status import SharingOut, sharing_out
 from corpus_cache.mcp_surface.startup import STARTING, EngineSlot
 from corpus_cache.wording import approximately, plural, tokens_figure, usd
 
@@ -269,6 +270,11 @@ class CacheStatus(BaseModel):
         description="the account's rate limits as known (from --tier or the API's headers), "
         "what is available now, and the requests waiting for them",
     )
+    sharing: SharingOut | None = Field(
+        default=None,
+        description="the servers sharing this cache through the state folder: how many, "
+        "which one keeps it warm, and whether this one does",
+    )
 
 
 def _build_out(progress: BuildProgress) -> BuildOut:
@@ -465,7 +471,7 @@ def status(engine: Engine) -> CacheStatus:
             too_large=[], skipped={}, snapshot_version=0, snapshot_time="",
             folder_problem=engine.folder_problem(), spend=spend, other_spend=others,
             ledger_note=ledger_note, indexing=indexing_out(engine),
-            rate_limits=limits_out(engine.caller),
+            rate_limits=limits_out(engine.caller), sharing=sharing_out(engine.keeper),
         )  # fmt: skip
     corpus = engine.current
     plans = [shard.plan for shard in corpus.shards]
@@ -513,6 +519,7 @@ def status(engine: Engine) -> CacheStatus:
         ledger_note=ledger_note,
         cache_build=[_build_out(p) for p in engine.builder.progress()],
         rate_limits=limits_out(engine.caller),
+        sharing=sharing_out(engine.keeper),
     )
 
 
@@ -581,6 +588,8 @@ def render_status(out: CacheStatus) -> str:
             lines.insert(0, f"Warning: {out.folder_problem}.")
         if out.rate_limits is not None:
             lines.extend(render_limits(out.rate_limits))
+        if out.sharing is not None and out.sharing.instances > 1:
+            lines.append(out.sharing.text)
         return "\n".join(lines)
     lines = [
         f"Corpus {out.corpus}: {plural(out.documents, 'document')}, "
@@ -626,4 +635,6 @@ def render_status(out: CacheStatus) -> str:
         lines.append(f"Ledger: {out.ledger_note}.")
     if out.rate_limits is not None:
         lines.extend(render_limits(out.rate_limits))
+    if out.sharing is not None and out.sharing.instances > 1:
+        lines.append(out.sharing.text)
     return "\n".join(lines)
