@@ -14,8 +14,8 @@ workspace and a fresh copy of the corpus whose files start a month old:
   builder) as it runs, its keep-warm requests included;
 - corpus-cache x2 (with --instances 2): two engines on one state folder and one key (two
   Claude Code windows on one project), the trace's questions alternating between them,
-  each refreshing on every edit and keeping warm as it would alone; its dollars are
-  compared with corpus-cache's (docs/reliability.md, "Several windows on one folder").
+  each refreshing on every edit, the keeper elected between them alone keeping warm; its
+  dollars are compared with corpus-cache's (docs/reliability.md, "Several windows on one folder").
 
 The lower bound is computed, from the corpus-cache run's own token counts, as the exact
 offline optimum of a relaxed problem, so no strategy can beat it: the whole prefix is one
@@ -54,6 +54,7 @@ from corpus_cache.api.request import INSTRUCTIONS, document_block
 from corpus_cache.config import Settings
 from corpus_cache.emulator import RunningEmulator, start_in_thread
 from corpus_cache.engine.core import Engine
+from corpus_cache.engine.keeper import Keeper
 from corpus_cache.engine.warm import keep_warm_due, next_ping_at
 from corpus_cache.models.catalog import ModelSpec, load_catalog
 from corpus_cache.models.pricing import Usage, cost_usd
@@ -168,6 +169,16 @@ async def replay(
         for ledger in ledgers
     ]
     engine = engines[0]
+    # Several instances elect one keeper through the state folder, as servers do
+    # (engine/keeper.py); beaten here at the trace's instants rather than every second.
+    keepers = (
+        [Keeper(settings.ledger_path, e.corpus_key, clock) for e in engines]
+        if instances > 1
+        else []
+    )
+    for each, keeper in zip(engines, keepers, strict=False):  # none for one instance
+        keeper.beat()
+        each.keeper = keeper
     result = Replay()
     asked = 0
     fixed_ttl = {"single-block": "5m", "single-block-1h": "1h", "keep-warm-always": "5m"}
@@ -181,7 +192,11 @@ async def replay(
         nonlocal last_request
         if strategy.startswith("corpus-cache"):
             while True:
-                dues = [(due, e) for e in engines if (due := next_ping_at(e)) is not None]
+                keeping = [e for e in engines if e.keeps_cache()]  # the keeper, by a beat now
+                if keepers:
+                    for each in keeping:
+                        each.catch_up()  # the others' questions, as keeping_warm does
+                dues = [(due, e) for e in keeping if (due := next_ping_at(e)) is not None]
                 if not dues or min(due for due, _ in dues) >= until:
                     break
                 due = min(due for due, _ in dues)
@@ -229,6 +244,8 @@ async def replay(
             result.question_usages.append(usage)
             result.question_times.append(event.t)
     finally:
+        for keeper in keepers:
+            keeper.release()
         await client.close()
         for ledger in ledgers:
             ledger.close()

@@ -11,7 +11,9 @@ import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,7 +24,11 @@ from corpus_cache.api.spending import DailyCap
 from corpus_cache.cache.history import History
 from corpus_cache.cache.policy import RECENT_GAPS
 from corpus_cache.config import Settings
+from corpus_cache.engine.warm import warm_shard
 from corpus_cache.errors import BudgetExceededError
+from support.corpus_fixture import write_corpus
+from support.emulator_control import FROZEN_AT, Control, EmulatorTime
+from support.engines import engine_on
 
 BACKEND = "anthropic http://127.0.0.1:1 None"
 
@@ -127,3 +133,28 @@ def test_buckets_one_instance_writes_are_the_ones_another_reads(
     )
     assert RateLimits.from_json(limits.to_json()) == limits
     assert RateLimits.from_json("{not json") is None
+
+
+@pytest.mark.anyio
+async def test_a_prefix_another_instance_made_a_one_hour_entry_is_read_here_after_five_minutes(
+    running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    # The keeper's keep-warm upgrade adds a marker block; a question in the other instance
+    # must send it too, or its prefix is not the one the 1-hour entry holds.
+    corpus = write_corpus(tmp_path / "corpus", filler_sentences=90)
+    emulator.freeze(at=FROZEN_AT)
+    time = EmulatorTime(emulator)
+    url, state = running_emulator.base_url, tmp_path / "shared-state"
+    timed = {"clock": time.clock, "sleep": time.sleep}
+    async with (
+        engine_on(corpus, url, state, **timed) as keeper,
+        engine_on(corpus, url, state, **timed) as other,
+    ):
+        await keeper.ask("Which port does the routing engine Kestrel listen on?")
+        (shard,) = keeper.current.shards
+        upgraded = keeper.upgraded(keeper.current, shard)
+        await warm_shard(keeper, upgraded, shard, "keep-warm", upgrade=True)
+        await time.sleep(400)  # the 5-minute entries have lapsed; the 1-hour one has not
+        answer = await other.ask("When are deploys frozen?")
+    assert answer.usage.cache_read_tokens > 4_000
+    assert answer.usage.cache_write_5m_tokens + answer.usage.cache_write_1h_tokens < 50

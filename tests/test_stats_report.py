@@ -119,7 +119,7 @@ def test_m003_adds_the_cache_miss_columns_to_an_existing_v2_ledger(tmp_path: Pat
     )  # fmt: skip
     assert (new.cache_miss_reason, new.cache_missed_tokens) == ("system_changed", 7)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) == (10,)
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) == (11,)
 
 
 def test_m007_says_which_rows_of_an_existing_ledger_were_billed(tmp_path: Path) -> None:

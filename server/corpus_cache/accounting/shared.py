@@ -18,6 +18,7 @@ The tables: storage.M009_SHARED_STATE.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -191,6 +192,39 @@ class Shared:
             return asked, max((int(r[0]) for r in rows), default=after)
 
         nothing: tuple[list[tuple[int, float]], int] = ([], after)
+        return self._read(read, nothing)
+
+    # --- marker blocks ----------------------------------------------------------------
+
+    def publish_markers(
+        self, corpus: str, shard: int, plan: str, markers: Mapping[int, int]
+    ) -> None:
+        """The marker blocks this instance placed on `shard` of the plan `plan` (an identity
+        of its documents in their order): the shard's one row, replaced."""
+        self._change(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO shared_markers (corpus, shard, plan, markers, instance) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (corpus, shard, plan, json.dumps(sorted(markers.items())), self.instance),
+            ),
+            None,
+        )
+
+    def markers_of_others(self, corpus: str) -> list[tuple[int, str, dict[int, int]]]:
+        """(shard, plan, markers) of each shard whose markers another instance placed last."""
+
+        def read(db: sqlite3.Connection) -> list[tuple[int, str, dict[int, int]]]:
+            rows = db.execute(
+                "SELECT shard, plan, markers FROM shared_markers "
+                "WHERE corpus = ? AND instance != ?",
+                (corpus, self.instance),
+            ).fetchall()
+            return [
+                (int(shard), str(plan), {int(p): int(n) for p, n in json.loads(markers)})
+                for shard, plan, markers in rows
+            ]
+
+        nothing: list[tuple[int, str, dict[int, int]]] = []
         return self._read(read, nothing)
 
     # --- the daily cap ----------------------------------------------------------------

@@ -207,11 +207,27 @@ M010_KEEPERS = """
 """
 
 # Ordered; each runs once, in one transaction with the version bump.
+# The marker blocks (cache/markers.py) each shard carries, the last an instance placed: a
+# keeper's keep-warm request that turns a prefix into a 1-hour entry, or holds an edited
+# tail, adds markers; a question in another instance must carry them to read that entry.
+M011_SHARED_MARKERS = """
+        CREATE TABLE shared_markers (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            corpus TEXT NOT NULL,
+            shard INTEGER NOT NULL,
+            plan TEXT NOT NULL,
+            markers TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            UNIQUE (corpus, shard)
+        )
+"""
+
 MIGRATIONS: list[str] = [
     M001_INITIAL, M002_SHARD_AND_TTL, M003_CACHE_MISS_REASON, M004_ROW_KEY,
     M005_COUNTS_BY_BACKEND, M006_COUNTS_CALIBRATE, M007_BILLING, M008_SKETCHES_AND_SUMS,
     M009_SHARED_STATE,
     M010_KEEPERS,
+    M011_SHARED_MARKERS,
 ]  # fmt: skip
 
 ROW_COLUMNS = (

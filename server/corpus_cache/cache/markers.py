@@ -74,6 +74,15 @@ def carried_in_layout(
     return kept
 
 
+def plan_identity(plan: Plan) -> str:
+    """An identity of `plan`'s documents in their order: markers are placed by position, and
+    mean the same in another instance only on the same documents in the same order."""
+    digest = hashlib.sha256()
+    for path, key in zip(plan.order, plan.keys, strict=True):
+        digest.update(f"{path}\0{key}\0".encode())
+    return digest.hexdigest()
+
+
 def anchor_ids(
     layout: Layout,
     model: str,

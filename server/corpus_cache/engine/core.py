@@ -824,6 +824,7 @@ class Engine:
         )
         for shard, at in asked:
             self.history.asked_elsewhere(shard, at)
+        self._adopt_markers()
 
     def _cold_ids(self, corpora: dict[int, Corpus], chosen: Sequence[Shard]) -> set[str]:
         """The entries of `chosen` a question would write now: those not alive, of each
@@ -1109,7 +1110,26 @@ class Engine:
             self._corpus = new
         elif live is not None and live.layout is corpus.layout:
             self._corpus = live_corpus.marked(live, shard.number, markers, self.model.id)
+        # The other instances on the state folder carry them too (`catch_up`): a question
+        # there must send the prefix this instance's request made a 1-hour entry of.
+        identity = marker_blocks.plan_identity(shard.plan)
+        self.shared.publish_markers(self.corpus_key, shard.number, identity, markers)
         return new
+
+    def _adopt_markers(self) -> None:
+        """The marker blocks another instance placed last on a shard of the same plan."""
+        corpus = self._corpus
+        if corpus is None:
+            return
+        adopted = corpus
+        for number, plan, markers in self.shared.markers_of_others(self.corpus_key):
+            shard = next((s for s in adopted.shards if s.number == number), None)
+            if shard is None or marker_blocks.plan_identity(shard.plan) != plan:
+                continue
+            if adopted.markers.get(number, {}) != markers:
+                adopted = live_corpus.marked(adopted, number, markers, self.model.id)
+        if adopted is not corpus:
+            self._corpus = adopted
 
 
 def _known_limits(
