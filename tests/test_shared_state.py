@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -24,6 +26,7 @@ from corpus_cache.api.spending import DailyCap
 from corpus_cache.cache.history import History
 from corpus_cache.cache.policy import RECENT_GAPS
 from corpus_cache.config import Settings
+from corpus_cache.engine.runtime import keeping_warm
 from corpus_cache.engine.warm import warm_shard
 from corpus_cache.errors import BudgetExceededError
 from support.corpus_fixture import write_corpus
@@ -158,3 +161,52 @@ async def test_a_prefix_another_instance_made_a_one_hour_entry_is_read_here_afte
         answer = await other.ask("When are deploys frozen?")
     assert answer.usage.cache_read_tokens > 4_000
     assert answer.usage.cache_write_5m_tokens + answer.usage.cache_write_1h_tokens < 50
+
+
+def _poison(state: Path, corpus: str, backend: str, model: str, what: str) -> None:
+    """One row another instance (another version, a corrupt or hostile write) shared."""
+    db = sqlite3.connect(state / "ledger.sqlite3")
+    rows = {
+        "markers": (
+            "INSERT INTO shared_markers (corpus, shard, plan, markers, instance) "
+            "VALUES (?, 0, 'p', 'not json', 'other')",
+            (corpus,),
+        ),
+        "question": (
+            "INSERT INTO shared_questions (corpus, shard, at, instance) "
+            "VALUES (?, 0, 'soon', 'other')",
+            (corpus,),
+        ),
+        "entry": (
+            "INSERT INTO shared_entries (backend, corpus, identity, expiry, ttl, instance) "
+            "VALUES (?, ?, 'x', 1e999, '7d', 'other')",
+            (backend, corpus),
+        ),
+        "limits": (
+            "INSERT OR REPLACE INTO shared_limits (backend, model, pool, buckets, seen, "
+            "instance) VALUES (?, ?, 'messages', "
+            '\'{"source": "x", "buckets": {"input_tokens": [1e999, 0, 0]}}\', 1e300, \'other\')',
+            (backend, model),
+        ),
+    }
+    db.execute(*rows[what])
+    db.commit()
+    db.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("what", ["markers", "question", "entry", "limits"])
+async def test_a_row_another_instance_shared_that_cannot_be_read_is_skipped(
+    running_emulator: Any, emulator: Control, tmp_path: Path, what: str
+) -> None:
+    from corpus_cache.engine.core import _backend_key
+
+    corpus = write_corpus(tmp_path / "corpus")
+    state = tmp_path / "shared-state"
+    async with engine_on(corpus, running_emulator.base_url, state) as engine:
+        _poison(state, engine.corpus_key, _backend_key(engine.backend), engine.model.id, what)
+        answer = await engine.ask("Which port does the routing engine Kestrel listen on?")
+        with anyio.fail_after(5):
+            async with keeping_warm(engine, check_every=0.05):
+                await anyio.sleep(0.3)  # its loop reads the shared rows again
+    assert answer.citations

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from corpus_cache.accounting.ledger import Ledger, StorageFault
 from corpus_cache.errors import LedgerUnavailableError
@@ -36,6 +37,38 @@ T = TypeVar("T")
 
 # Entries and question times older than this are dropped when an instance starts.
 FORGET_AFTER_SECONDS = 7 * 86_400.0
+TTLS = ("5m", "1h")
+
+
+def decoded(rows: Iterable[Any], decode: Callable[[Any], T]) -> list[T]:
+    """Each row as `decode` reads it. A row this version cannot read (another version's, a
+    corrupt or hostile write) is skipped with a warning: one bad row must not stop every
+    instance's questions until its writer publishes again."""
+    out: list[T] = []
+    for row in rows:
+        try:
+            out.append(decode(row))
+        except (ValueError, TypeError, OverflowError, KeyError, IndexError, AttributeError):
+            log.warning("skipped a row another instance shared that cannot be read: %.200r", row)
+    return out
+
+
+def _finite(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
+
+
+def _entry(identity: Any, expiry: Any, ttl: Any) -> tuple[str, tuple[float, str]]:
+    if ttl not in TTLS:
+        raise ValueError(f"not a TTL: {ttl!r}")
+    return str(identity), (_finite(expiry), str(ttl))
+
+
+def _markers(shard: Any, plan: Any, markers: Any) -> tuple[int, str, dict[int, int]]:
+    placed = {int(position): int(count) for position, count in json.loads(markers)}
+    return int(shard), str(plan), placed
 
 
 @dataclass(frozen=True)
@@ -113,7 +146,7 @@ class Shared:
                 (backend, corpus, now),
             ).fetchall()
             (last,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM shared_entries").fetchone()
-            return {str(i): (float(e), str(t)) for i, e, t in rows}, int(last)
+            return dict(decoded(rows, lambda r: _entry(*r))), int(last)
 
         nothing: tuple[dict[str, tuple[float, str]], int] = ({}, 0)
         return self._change(read, nothing)
@@ -150,7 +183,8 @@ class Shared:
                 "WHERE backend = ? AND corpus = ? AND id > ? ORDER BY id",
                 (backend, corpus, after),
             ).fetchall()
-            news = {str(i): (float(e), str(t)) for _, i, e, t, who in rows if who != self.instance}
+            theirs = [r[1:4] for r in rows if r[4] != self.instance]
+            news = dict(decoded(theirs, lambda r: _entry(*r)))
             return news, max((int(r[0]) for r in rows), default=after)
 
         nothing: tuple[dict[str, tuple[float, str]], int] = ({}, after)
@@ -188,7 +222,8 @@ class Shared:
                 "WHERE corpus = ? AND id > ? ORDER BY id",
                 (corpus, after),
             ).fetchall()
-            asked = [(int(s), float(at)) for _, s, at, who in rows if who != self.instance]
+            theirs = [r[1:3] for r in rows if r[3] != self.instance]
+            asked = decoded(theirs, lambda r: (int(r[0]), _finite(r[1])))
             return asked, max((int(r[0]) for r in rows), default=after)
 
         nothing: tuple[list[tuple[int, float]], int] = ([], after)
@@ -219,10 +254,7 @@ class Shared:
                 "WHERE corpus = ? AND instance != ?",
                 (corpus, self.instance),
             ).fetchall()
-            return [
-                (int(shard), str(plan), {int(p): int(n) for p, n in json.loads(markers)})
-                for shard, plan, markers in rows
-            ]
+            return decoded(rows, lambda r: _markers(*r))
 
         nothing: list[tuple[int, str, dict[int, int]]] = []
         return self._read(read, nothing)
@@ -300,7 +332,8 @@ class Shared:
                 "AND pool = ? AND seen > ? AND instance != ?",
                 (backend, model, pool, after, self.instance),
             ).fetchone()
-            return (str(row[0]), float(row[1])) if row else None
+            found = decoded([row] if row else [], lambda r: (str(r[0]), _finite(r[1])))
+            return found[0] if found else None
 
         return self._read(read, None)
 

@@ -16,6 +16,7 @@ last headers said, less what was sent since, plus the refill. Pure: every call i
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, cast
@@ -172,8 +173,10 @@ class RateLimits:
                 for k, v in raw["buckets"].items()
                 if k in KINDS
             }
+            if not all(math.isfinite(b.level) and math.isfinite(b.seen) for b in buckets.values()):
+                return None
             source = str(raw["source"])
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
             return None
         return cls(buckets, source)
 
