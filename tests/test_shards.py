@@ -266,3 +266,36 @@ async def test_a_corpus_beyond_one_window_is_cut_by_the_default_price_one_within
     assert all(size <= price for size in by_price)
     by_window = await shard_sizes(**short, warm_question_usd=0)  # 0: not by price
     assert len(by_window) == 2
+
+
+async def test_a_folder_that_grew_past_the_window_is_cut_as_a_fresh_start_cuts_it(
+    running_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two windows on one folder, or a restart: one that planned the folder small must cut
+    # it, once grown, into the shards another instance starting now cuts, or they share
+    # no cache entry.
+    from corpus_cache.models.catalog import MODELS_FILE_ENV, load_catalog
+
+    full = write_corpus(tmp_path / "full", filler_sentences=90)
+    models = tmp_path / "models.toml"
+    models.write_text('[[models]]\nid = "claude-sonnet-5-5"\ninput_usd_per_mtok = 200.0\n')
+    monkeypatch.setenv(MODELS_FILE_ENV, str(models))
+    model = load_catalog().get("claude-sonnet-5-5")
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    first, *rest = sorted(p for p in full.rglob("*.md"))
+    (folder / first.name).write_text(first.read_text())
+    url = running_emulator.base_url
+    async with engine_on(full, url, tmp_path / "measure", warm_question_usd=0) as measuring:
+        (total,) = [s.plan.total_tokens for s in measuring.current.shards]
+    short = {"reserve_tokens": model.context_window - total * 3 // 4}
+    async with engine_on(folder, url, tmp_path / "state", **short) as early:
+        assert len(early.current.shards) == 1  # small: within the window
+        for path in rest:
+            (folder / f"{path.parent.name}-{path.name}").write_text(path.read_text())
+        await early.refresh()
+        grown = sorted(sorted(s.plan.order) for s in early.current.shards)
+        async with engine_on(folder, url, tmp_path / "state", **short) as late:
+            fresh = sorted(sorted(s.plan.order) for s in late.current.shards)
+    assert len(grown) >= 3
+    assert grown == fresh

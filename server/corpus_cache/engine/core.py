@@ -175,7 +175,8 @@ class Engine:
         self._instructions_tokens: int | None = None
         self._estimate_error = 0.0  # of the latest token figures (api/tokens.py, Counts)
         self.indexing = Indexing()  # how far the latest refresh is; `done` after the first
-        self._budget: int | None = None  # the shards' size, once worked out
+        # The input-token limit the shards were first sized by (a list: None is a figure).
+        self._sized_by: list[int | None] = []
         self._refreshing = anyio.Lock()
         self.sleep = sleep
         self.entries = CacheEntries()  # the cache entries we believe alive
@@ -429,7 +430,7 @@ class Engine:
             docs,
             min_cacheable_tokens=self.model.min_cacheable_tokens,
             instructions_tokens=self._instructions_tokens,
-            budget_tokens=self._planning_budget(sum(d.tokens for d in docs)),
+            budget_tokens=self._planning_budget(sum(d.tokens for d in docs if not d.superseded)),
             now=now,
             previous=previous.layout if previous else None,
             live=self._live_anchors(previous, now) if previous else None,
@@ -481,30 +482,32 @@ class Engine:
     @property
     def budget_tokens(self) -> int:
         """The shards' size (plan/budget.py): set, or by the window, the price of a warm
-        question and the input-token limit known when the corpus was first planned. That
-        limit is kept: what the API's headers say later must not reshard the corpus.
-        Before the first plan, what it would be with the limits known now."""
-        return self._budget_for(None)
+        question (once the corpus is larger than the window) and the input-token limit
+        known when the corpus was first planned. That limit is kept: what the API's headers
+        say later must not reshard the corpus. Before the first plan, what it would be with
+        the limits known now."""
+        corpus = self._corpus
+        return self._budget_for(corpus.corpus_tokens if corpus is not None else None)
 
     def _budget_for(self, corpus_tokens: int | None) -> int:
         if self.settings.budget_tokens is not None:
             return self.settings.budget_tokens
-        if self._budget is not None:
-            return self._budget
+        limit = self._sized_by[0] if self._sized_by else self.caller.limits.input_tokens_per_minute
         return default_budget(
             self.model, self.settings.reserve_tokens,
             warm_question_usd=self.settings.warm_question_usd,
-            input_tokens_per_minute=self.caller.limits.input_tokens_per_minute,
+            input_tokens_per_minute=limit,
             build_minutes=self.settings.build_minutes,
             corpus_tokens=corpus_tokens,
         )  # fmt: skip
 
     def _planning_budget(self, corpus_tokens: int) -> int:
-        """The shards' size for a plan of `corpus_tokens`: fixed at the first one."""
-        budget = self._budget_for(corpus_tokens)
-        if self.settings.budget_tokens is None:
-            self._budget = budget
-        return budget
+        """The shards' size for a plan of `corpus_tokens`. The input-token limit it rests on
+        is the one known at the first plan; the rest follows the corpus as it is now, so
+        that every instance on the folder, and a restart, cuts the same shards."""
+        if not self._sized_by:
+            self._sized_by.append(self.caller.limits.input_tokens_per_minute)
+        return self._budget_for(corpus_tokens)
 
     async def _learn_limits(self, corpus_tokens: int) -> None:
         """Before the folder is planned with no limits known (no --tier, nothing remembered,
