@@ -210,3 +210,35 @@ async def test_a_row_another_instance_shared_that_cannot_be_read_is_skipped(
             async with keeping_warm(engine, check_every=0.05):
                 await anyio.sleep(0.3)  # its loop reads the shared rows again
     assert answer.citations
+
+
+@pytest.mark.anyio
+async def test_an_answer_given_up_but_still_read_counts_against_every_instances_cap(
+    running_emulator: Any, emulator: Control, tmp_path: Path
+) -> None:
+    # The question's own check ends when it gives up waiting; its response is still read,
+    # and billed, to the end, so the cap must go on counting it, in every instance.
+    corpus = write_corpus(tmp_path / "corpus")
+    state = tmp_path / "shared-state"
+    async with engine_on(corpus, running_emulator.base_url, state, max_usd_per_day=1.0) as engine:
+        emulator.fault(kind="delay", delay=1.0)
+        with anyio.move_on_after(0.2):
+            await engine.ask("Which port does the routing engine Kestrel listen on?")
+        assert engine.read_for_no_one == 1
+        with instance(state) as other:
+            now = engine.clock()
+            refused = other.reserve(
+                engine.corpus_key, engine.answering, 0.99, cap=1.0, since=0, now=now, hold=60
+            )
+            assert refused is not None
+            assert refused.key is None  # what the given-up answer may cost is counted
+            with anyio.fail_after(10):
+                while engine.read_for_no_one:  # noqa: ASYNC110 (read in the background)
+                    await anyio.sleep(0.02)
+            spent = engine.totals().cost_usd
+            assert 0 < spent < 0.05  # recorded, and its hold released: room for the rest
+            passed = other.reserve(
+                engine.corpus_key, engine.answering, 0.9, cap=1.0, since=0, now=now, hold=60
+            )
+            assert passed is not None
+            assert passed.key is not None

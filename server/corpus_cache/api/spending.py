@@ -186,6 +186,31 @@ class DailyCap:
             if key is not None and self._reservations is not None:
                 self._reservations.release(key)
 
+    def hold(self, estimate: float) -> Callable[[], None]:
+        """Count `estimate` as under way, refusing nothing, until the function returned is
+        called: a request whose question gave up waiting (its `within` is over) is still
+        read, and billed, to its end. Without this the cap would not count it meanwhile,
+        here or in another instance, and two could pass a cap only one fits."""
+        self._pending_usd += estimate
+        key = None
+        if self._settings.max_usd_per_day is not None and self._reservations is not None:
+            now = self._clock()
+            held = self._reservations.reserve(
+                estimate, cap=math.inf, since=now - DAY_SECONDS, now=now, hold=RESERVATION_SECONDS
+            )
+            key = held.key if held is not None else None
+        released = [False]
+
+        def release() -> None:
+            if released[0]:
+                return
+            released[0] = True
+            self._pending_usd = max(0.0, self._pending_usd - estimate)
+            if key is not None and self._reservations is not None:
+                self._reservations.release(key)
+
+        return release
+
     def _check(self, estimate: float, what: str) -> int | None:
         """Raise if `estimate` does not fit; the key of its reservation, if one was made."""
         cap = self._settings.max_usd_per_day

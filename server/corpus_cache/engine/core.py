@@ -946,6 +946,7 @@ class Engine:
         done = anyio.Event()
         outcome: list[Sent | BaseException] = []
         waiting = [True]
+        held: list[Callable[[], None]] = []  # the cap's hold, once no question waits
 
         async def read() -> None:
             try:
@@ -956,6 +957,8 @@ class Engine:
                     log.warning("shard %d, given up: %s", request.shard, exc)
             finally:
                 done.set()
+                for release in held:
+                    release()  # recorded in the ledger by now, or failed
                 if not waiting[0]:
                     self.read_for_no_one -= 1
 
@@ -965,6 +968,8 @@ class Engine:
         except anyio.get_cancelled_exc_class():
             if not done.is_set():
                 waiting[0] = False
+                # The question's own check ends with it: the cap counts this request on.
+                held.append(self.caller.cap.hold(request.estimate_usd))
                 self.read_for_no_one += 1
                 log.info("shard %d: the answer is given up; its response is read to the end "
                          "in the background", request.shard)  # fmt: skip
