@@ -360,3 +360,42 @@ async def test_a_question_the_routing_is_unsure_of_leaves_out_a_runner_up_that_n
             best.number,
             runner_up.number,
         ]
+
+
+async def test_two_instances_asked_at_once_build_each_slice_once(
+    corpus: Path, tmp_path: Path, running_emulator: RunningEmulator, emulator: Control
+) -> None:
+    # Two windows on one folder, both asked before the shard is built: each slice is
+    # claimed by one instance; the other waits for it, then goes on from there.
+    emulator.freeze(T0)
+    url = running_emulator.base_url
+    total = await corpus_tokens(corpus, tmp_path / "count", url)
+    settings = limited(tmp_path, emulator, total // 3)
+    time = EmulatorTime(emulator)
+    start = len(messages(emulator))
+    async with building(
+        corpus, tmp_path / "alone", url, time, ask_deadline=3_600, **settings
+    ) as alone:
+        await alone.ask(QUESTION)
+    slices = [e for e in messages(emulator)[start:] if e["body"]["max_tokens"] == 0]
+    emulator.post("reset")  # an empty cache, the same limits
+    emulator.freeze(T0)
+    settings = limited(tmp_path, emulator, total // 3)
+    time = EmulatorTime(emulator)
+    state = tmp_path / "shared-state"
+    async with (
+        building(corpus, state, url, time, ask_deadline=3_600, **settings) as one,
+        building(corpus, state, url, time, ask_deadline=3_600, **settings) as two,
+    ):
+        answers = []
+
+        async def ask(engine: Engine) -> None:
+            answers.append(await engine.ask(QUESTION))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(ask, one)
+            group.start_soon(ask, two)
+    sent = messages(emulator)
+    assert all(entry["status"] == 200 for entry in sent)
+    assert len([e for e in sent if e["body"]["max_tokens"] == 0]) == len(slices) >= 3
+    assert len(answers) == 2

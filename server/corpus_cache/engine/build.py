@@ -24,7 +24,7 @@ Without one (a command that asks once), a build runs inside the question.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -82,6 +82,10 @@ class Host(Protocol):
     def prepare_warming(
         self, kind: RequestKind, corpus: Corpus, shard: Shard, marking: Marking = ...
     ) -> PreparedRequest: ...
+
+    async def claim_to_write(self, identities: Collection[str]) -> bool: ...
+
+    def release_claims(self, identities: Collection[str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -333,12 +337,18 @@ class Builder:
                     return
                 build.progress = self.estimate(build.shard, staged, build.progress.cost_usd)
                 request = self._request(corpus, shard, staged)
+                # Another instance on the state folder (a second window, asked too) may be
+                # writing this slice: one writes it, the other then goes on from there.
+                if not await self._host.claim_to_write(request.writes):
+                    continue
                 try:
                     sent = await self._host.caller.warm(request)
+                    self._host.entries.answered(request, sent.usage)
                 except (BeyondRateLimitError, BudgetExceededError):
                     raise
                 except ApiCallError as exc:
                     failures += 1
+                    self._host.release_claims(request.writes)
                     # What it read may be gone: believe only what the next response says.
                     self._host.entries.forget(
                         [request.identities[a] for a in request.alive], self._host.clock()
@@ -349,8 +359,9 @@ class Builder:
                                 build.shard, exc)  # fmt: skip
                     await self._host.sleep(RETRY_SECONDS * 2 ** (failures - 1))
                     continue
+                finally:
+                    self._host.release_claims(request.writes)  # its entries published first
                 failures = 0
-                self._host.entries.answered(request, sent.usage)
                 build.sent.append(sent)
                 build.progress = BuildProgress(
                     build.shard, build.progress.done + 1, build.progress.total,

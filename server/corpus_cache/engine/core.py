@@ -848,6 +848,19 @@ class Engine:
         while self.shared.held_by_others(self._backend_key, cold, self.clock()):  # noqa: ASYNC110
             await anyio.sleep(CLAIM_POLL_SECONDS)
 
+    async def claim_to_write(self, identities: Collection[str]) -> bool:
+        """Whether this instance may write `identities` now (claimed for it, in one
+        transaction); if another instance on the state folder is writing one of them, wait
+        until its response has begun or ended, learn what it wrote, and say no: the caller
+        looks again at what is left to write (a staged build's next slice)."""
+        wanted = set(identities)
+        if self.shared.claim(self._backend_key, wanted, now=self.clock(), hold=CLAIM_SECONDS):
+            self._claimed |= wanted
+            return True
+        await self._written_elsewhere(wanted)
+        self.catch_up()
+        return False
+
     def release_claims(self, identities: Collection[str]) -> None:
         """Let other instances write (or read) entries this one claimed."""
         mine = self._claimed & set(identities)
