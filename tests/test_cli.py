@@ -6,9 +6,12 @@ import json
 import os
 import pty
 import re
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -337,3 +340,36 @@ def test_drawn_questions_are_one_per_document_and_name_it(
     for (path, _), question in zip(documents, questions, strict=False):
         assert path in question
         assert question.endswith("?")
+
+
+def test_serve_ended_by_sigterm_shuts_down_cleanly_and_gives_the_keepers_lease_up(
+    tmp_path: Path,
+) -> None:
+    # An MCP client that does not wait for the server's exit sends SIGTERM; a clean end
+    # records what is being read and frees the lease for another window at once.
+    corpus = write_corpus(tmp_path / "corpus")
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    env["CORPUS_CACHE_STATE_DIR"] = str(state)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "corpus_cache", "serve", "--corpus", str(corpus), "--no-watch"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        seen = stderr_until(process, "keeping the cache for")
+        assert any("keeping the cache for" in line for line in seen), seen
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode == 0, rest
+    assert "SIGTERM: shutting down" in rest
+    with closing(sqlite3.connect(state / "ledger.sqlite3")) as db:
+        assert db.execute("SELECT COUNT(*) FROM keepers").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM instances").fetchone() == (0,)

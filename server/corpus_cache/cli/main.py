@@ -141,6 +141,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         async with anyio.create_task_group() as group:
             group.start_soon(engine)
+            group.start_soon(_ended_by_sigterm, group.cancel_scope)
             try:
                 await _serve_mcp(server, args, settings)
             except Exception as exc:  # a port in use, say: said plainly, below
@@ -151,6 +152,22 @@ def _serve(args: argparse.Namespace) -> int:
 
     anyio.run(run)
     return 0
+
+
+async def _ended_by_sigterm(scope: anyio.CancelScope) -> None:
+    """End `serve` on SIGTERM as on the end of its input: a client that does not wait for
+    the server to exit sends it (the MCP stdio transport's shutdown), and a clean end
+    records the responses still being read, flushes the ledger and gives the keeper's
+    lease up at once, where a kill leaves the lease to expire."""
+    if sys.platform == "win32":  # no signal receiver there: a terminate is a kill
+        return
+    import signal
+
+    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            log.info("SIGTERM: shutting down")
+            scope.cancel()
+            return
 
 
 async def _run_engine(slot: EngineSlot, settings: Settings, checked: Preflight) -> None:
