@@ -18,7 +18,7 @@ from mcp import Client, StdioServerParameters
 from corpus_cache.emulator import RunningEmulator
 from corpus_cache.errors import RateLimitWaitError
 from support.corpus_fixture import write_corpus
-from support.emulator_control import Control
+from support.emulator_control import Control, EmulatorTime
 from support.engines import engine_on
 
 pytestmark = pytest.mark.anyio
@@ -172,3 +172,24 @@ async def test_an_instance_does_not_send_what_another_ones_last_headers_say_cann
             await second.ask("When are deploys frozen?", patience=30)
     sent = [e for e in emulator.log() if e.get("path") == "/v1/messages"]
     assert len(sent) == 1  # refused unsent: no 429
+
+
+async def test_an_instance_waits_for_the_counting_bucket_another_one_spent(
+    running_emulator: RunningEmulator, emulator: Control, tmp_path: Path
+) -> None:
+    corpus, state = write_corpus(tmp_path / "corpus"), tmp_path / "state"
+    emulator.freeze(at=1_800_000_000.0)
+    time = EmulatorTime(emulator, 1_800_000_000.0)
+    timed = {"clock": time.clock, "sleep": time.sleep}
+    async with (
+        engine_on(corpus, running_emulator.base_url, state, **timed) as first,
+        engine_on(corpus, running_emulator.base_url, state, **timed) as second,
+    ):
+        # One count a minute for the organisation; only the first engine has seen it spent.
+        emulator.limits(rpm=1_000, itpm=1_000_000, otpm=100_000, count_tokens_rpm=1)
+        text = [{"type": "text", "text": "How many tokens is this?"}]
+        await first.caller.count_tokens(text)
+        await second.caller.count_tokens(text)
+    counted = [e for e in emulator.log() if e.get("path", "").endswith("/count_tokens")]
+    assert [e["status"] for e in counted[-2:]] == [200, 200]  # no 429: it waited instead
+    assert max(time.waits) > 30

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -162,7 +163,8 @@ class ApiCaller:
         )  # fmt: skip
         self._in_flight: dict[Pool, list[Demand]] = {"messages": [], "count_tokens": []}
         self._shared = shared
-        self._buckets_seen = float("-inf")  # when the Messages buckets were last known
+        # When each pool's buckets were last known (from this instance or another's).
+        self._buckets_seen: dict[Pool, float] = {"messages": -math.inf, "count_tokens": -math.inf}
         self._answered_by: str | None = None  # as the last response said (backend_of_response)
         # Why attempts still under way are cancelled, once the server is stopping.
         self.stopping: str | None = None
@@ -406,10 +408,12 @@ class ApiCaller:
         message = cast(MessageParam, {"role": "user", "content": content})
         extra: dict[str, Any] = {"system": [{"type": "text", "text": system}]} if system else {}
         one = Demand(requests=1)
+        self._catch_up_limits("count_tokens")  # one organisation's counting bucket too
         try:
             await self.scheduler.admit("count", "count_tokens", one)
         except NeverFits as exc:  # a bucket of no requests at all: a limits file's mistake
             raise ApiCallError("cannot count tokens: the token-counting limit is zero") from exc
+        self._share_limits("count_tokens")
         self._in_flight["count_tokens"].append(one)
         try:
             raw = await self.backend.counting.messages.with_raw_response.count_tokens(
@@ -470,33 +474,32 @@ class ApiCaller:
         seen = known.observed(headers, self.scheduler.now(), in_flight=pending)
         if seen is not known:
             self.scheduler.observed(pool, seen)
-            if pool == "messages":
-                self._share_limits()
-                if self.on_limits is not None:
-                    self.on_limits(seen)
+            self._share_limits(pool)
+            if pool == "messages" and self.on_limits is not None:
+                self.on_limits(seen)
 
-    def _share_limits(self) -> None:
-        """Tell the other instances on the state folder the Messages buckets as known now."""
-        limits = self.scheduler.buckets["messages"]
+    def _share_limits(self, pool: Pool = "messages") -> None:
+        """Tell the other instances on the state folder `pool`'s buckets as known now."""
+        limits = self.scheduler.buckets[pool]
         if self._shared is None or not limits.buckets:
             return
         shared, backend = self._shared
-        self._buckets_seen = now = self.scheduler.now()
-        shared.publish_limits(backend, self.model.id, "messages", limits.to_json(), now)
+        self._buckets_seen[pool] = now = self.scheduler.now()
+        shared.publish_limits(backend, self.model.id, pool, limits.to_json(), now)
 
-    def _catch_up_limits(self) -> None:
-        """Take the Messages buckets another instance knew later than this one, if any."""
+    def _catch_up_limits(self, pool: Pool = "messages") -> None:
+        """Take `pool`'s buckets another instance knew later than this one, if any."""
         if self._shared is None:
             return
         shared, backend = self._shared
-        found = shared.limits_since(backend, self.model.id, "messages", self._buckets_seen)
+        found = shared.limits_since(backend, self.model.id, pool, self._buckets_seen[pool])
         if found is None:
             return
         text, seen = found
         theirs = RateLimits.from_json(text)
         if theirs is not None:
-            self._buckets_seen = seen
-            self.scheduler.observed("messages", theirs)
+            self._buckets_seen[pool] = seen
+            self.scheduler.observed(pool, theirs)
 
     def _observe_failure(self, exc: BaseException, pool: Pool = "messages") -> None:
         # A 429 carries the buckets' state as well: the next wait starts from it.
