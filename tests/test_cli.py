@@ -362,8 +362,10 @@ def test_serve_ended_by_sigterm_shuts_down_cleanly_and_gives_the_keepers_lease_u
     try:
         seen = stderr_until(process, "keeping the cache for")
         assert any("keeping the cache for" in line for line in seen), seen
-        process.send_signal(signal.SIGTERM)
-        _, rest = process.communicate(timeout=20)
+        process.send_signal(signal.SIGTERM)  # its input still open, as a client leaves it
+        process.wait(timeout=20)
+        assert process.stderr is not None
+        rest = process.stderr.read()
     finally:
         if process.poll() is None:
             process.kill()

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SIGTERM_GRACE = 5.0  # seconds a clean end after SIGTERM may take before the process just ends
+
 # How long the engine's imports wait for the server's first answer before they begin
 # anyway (no client yet): they would slow that answer down (see `_run_engine`).
 FIRST_ANSWER_WAIT = 0.5
@@ -131,17 +133,21 @@ def _serve(args: argparse.Namespace) -> int:
         slot = EngineSlot(settings, checked.model)
         server = build_server(slot)
         failed: list[Exception] = []
+        engine_scope, engine_ended = anyio.CancelScope(), anyio.Event()
 
         async def engine() -> None:
             try:
-                await _run_engine(slot, settings, checked)
+                with engine_scope:
+                    await _run_engine(slot, settings, checked)
             except Exception as exc:  # raised again below, not wrapped in the task group's
                 failed.append(exc)
                 group.cancel_scope.cancel()
+            finally:
+                engine_ended.set()
 
         async with anyio.create_task_group() as group:
             group.start_soon(engine)
-            group.start_soon(_ended_by_sigterm, group.cancel_scope)
+            group.start_soon(_ended_by_sigterm, engine_scope, engine_ended)
             try:
                 await _serve_mcp(server, args, settings)
             except Exception as exc:  # a port in use, say: said plainly, below
@@ -154,11 +160,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ended_by_sigterm(scope: anyio.CancelScope) -> None:
-    """End `serve` on SIGTERM as on the end of its input: a client that does not wait for
-    the server to exit sends it (the MCP stdio transport's shutdown), and a clean end
-    records the responses still being read, flushes the ledger and gives the keeper's
-    lease up at once, where a kill leaves the lease to expire."""
+async def _ended_by_sigterm(engine: anyio.CancelScope, engine_ended: anyio.Event) -> None:
+    """End `serve` on SIGTERM, which a client that does not wait for the server to exit
+    sends (the MCP stdio transport's shutdown): the engine first, as at the end of the
+    input (the responses still being read are recorded, the ledger closed, the keeper's
+    lease given up at once, where a kill leaves it to expire), for SIGTERM_GRACE seconds
+    at most; then the process, without waiting for the protocol's reader, which may be
+    blocked on an input the client never closed."""
     if sys.platform == "win32":  # no signal receiver there: a terminate is a kill
         return
     import signal
@@ -166,8 +174,11 @@ async def _ended_by_sigterm(scope: anyio.CancelScope) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM) as signals:
         async for _ in signals:
             log.info("SIGTERM: shutting down")
-            scope.cancel()
-            return
+            engine.cancel()
+            with anyio.move_on_after(SIGTERM_GRACE) as waited:
+                await engine_ended.wait()
+            logging.shutdown()
+            os._exit(128 + signal.SIGTERM if waited.cancelled_caught else 0)
 
 
 async def _run_engine(slot: EngineSlot, settings: Settings, checked: Preflight) -> None:
