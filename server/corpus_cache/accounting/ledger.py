@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +34,7 @@ from corpus_cache.accounting.storage import (
     MIGRATIONS,
     ROW_COLUMNS,
     describe_fault,
+    in_batches,
     is_corrupt,
     is_storage_fault,
     migrate,
@@ -323,17 +324,26 @@ class Ledger:
                 )  # fmt: skip
         return refused
 
+    def _store(self, sql: str, rows: Sequence[tuple[Any, ...]], what: str) -> bool:
+        """`rows` written by `sql`; False, logged with `what` was lost, when the ledger
+        cannot be written (what is stored here is worked out again: nothing is lost)."""
+        with self._lock:
+            try:
+                self._write(lambda db: db.executemany(sql, rows))
+            except StorageFault as fault:
+                self._failed(fault)
+                log.warning("%s were not stored in the ledger %s: %s", what, self.path, fault)
+                return False
+        return True
+
     # --- token counts -----------------------------------------------------------------
 
     def token_counts(self, model: str, backend: str, keys: Iterable[str]) -> dict[str, int]:
         """The stored counts of `keys` that `backend` made for `model`; none when the ledger
         cannot be read (the caller counts them again)."""
-        wanted = list(keys)
         found: dict[str, int] = {}
         try:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in in_batches(keys):
                 _, rows = self._query(
                     f"SELECT content_key, tokens FROM token_counts "
                     f"WHERE model = ? AND backend = ? AND content_key IN ({marks})",
@@ -361,24 +371,12 @@ class Ledger:
             (key, model, backend, tokens, now, *known.get(key, (None, None)))
             for key, tokens in counts.items()
         ]
-        with self._lock:
-            try:
-                self._write(
-                    lambda db: db.executemany(
-                        "INSERT OR REPLACE INTO token_counts "
-                        "(content_key, model, backend, tokens, counted_at, kind, prior) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                )
-            except StorageFault as fault:
-                self._failed(fault)
-                log.warning(
-                    "token counts of %d document(s) were not stored in the ledger %s: %s; "
-                    "they will be counted again", len(rows), self.path, fault,
-                )  # fmt: skip
-                return False
-        return True
+        return self._store(
+            "INSERT OR REPLACE INTO token_counts "
+            "(content_key, model, backend, tokens, counted_at, kind, prior) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows, f"token counts of {len(rows)} document(s) (they will be counted again)",
+        )  # fmt: skip
 
     def calibration_samples(
         self, model: str, backend: str, limit: int = 2_000
@@ -420,22 +418,12 @@ class Ledger:
             (" ".join(keys), model, backend, tokens, now, *sketches.get(keys, (None, None)))
             for keys, tokens in sums.items()
         ]
-        with self._lock:
-            try:
-                self._write(
-                    lambda db: db.executemany(
-                        "INSERT OR REPLACE INTO token_sums "
-                        "(members, model, backend, tokens, counted_at, kind, prior) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                )
-            except StorageFault as fault:
-                self._failed(fault)
-                log.warning("%d sum(s) of token counts were not stored in the ledger %s: %s",
-                            len(rows), self.path, fault)  # fmt: skip
-                return False
-        return True
+        return self._store(
+            "INSERT OR REPLACE INTO token_sums "
+            "(members, model, backend, tokens, counted_at, kind, prior) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows, f"{len(rows)} sum(s) of token counts",
+        )  # fmt: skip
 
     def token_sums(
         self, model: str, backend: str, limit: int = 10_000
@@ -467,33 +455,20 @@ class Ledger:
         return int(rows[0][0]) if rows else None
 
     def store_token_head(self, model: str, backend: str, system_key: str, tokens: int) -> bool:
-        with self._lock:
-            try:
-                self._write(
-                    lambda db: db.execute(
-                        "INSERT OR REPLACE INTO token_heads (system_key, model, backend, tokens) "
-                        "VALUES (?, ?, ?, ?)",
-                        (system_key, model, backend, tokens),
-                    )
-                )
-            except StorageFault as fault:
-                self._failed(fault)
-                log.warning("the head of requests was not stored in the ledger %s: %s",
-                            self.path, fault)  # fmt: skip
-                return False
-        return True
+        return self._store(
+            "INSERT OR REPLACE INTO token_heads (system_key, model, backend, tokens) "
+            "VALUES (?, ?, ?, ?)",
+            [(system_key, model, backend, tokens)], "the head of requests",
+        )  # fmt: skip
 
     # --- sketches ---------------------------------------------------------------------
 
     def sketches(self, version: int, keys: Iterable[str]) -> dict[str, tuple[str, float]]:
         """The stored (kind, prior) of `keys` under the estimate's sketch `version`; none
         when the ledger cannot be read (the documents are sketched again)."""
-        wanted = list(keys)
         found: dict[str, tuple[str, float]] = {}
         try:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in in_batches(keys):
                 _, rows = self._query(
                     f"SELECT content_key, kind, prior FROM sketches "
                     f"WHERE version = ? AND content_key IN ({marks})",
@@ -509,21 +484,11 @@ class Ledger:
         """Store (kind, prior) by content key; False when the ledger cannot be written (they
         are sketched again at the next start: nothing is lost)."""
         rows = [(key, version, kind, prior) for key, (kind, prior) in sketches.items()]
-        with self._lock:
-            try:
-                self._write(
-                    lambda db: db.executemany(
-                        "INSERT OR REPLACE INTO sketches (content_key, version, kind, prior) "
-                        "VALUES (?, ?, ?, ?)",
-                        rows,
-                    )
-                )
-            except StorageFault as fault:
-                self._failed(fault)
-                log.warning("sketches of %d document(s) were not stored in the ledger %s: %s",
-                            len(rows), self.path, fault)  # fmt: skip
-                return False
-        return True
+        return self._store(
+            "INSERT OR REPLACE INTO sketches (content_key, version, kind, prior) "
+            "VALUES (?, ?, ?, ?)",
+            rows, f"sketches of {len(rows)} document(s)",
+        )  # fmt: skip
 
     # --- requests ---------------------------------------------------------------------
 
@@ -717,10 +682,8 @@ def _row(record: RequestRecord) -> Row:
 
 def _present(db: sqlite3.Connection, keys: set[str]) -> list[str]:
     """Those of `keys` whose rows are in the ledger."""
-    wanted, found = list(keys), []
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        marks = ",".join("?" * len(chunk))
+    found = []
+    for chunk, marks in in_batches(keys):
         rows = db.execute(f"SELECT row_key FROM requests WHERE row_key IN ({marks})", chunk)
         found += [key for (key,) in rows]
     return found

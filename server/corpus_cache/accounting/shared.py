@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from corpus_cache.accounting.ledger import Ledger, StorageFault
+from corpus_cache.accounting.storage import in_batches
 from corpus_cache.errors import LedgerUnavailableError
 
 log = logging.getLogger(__name__)
@@ -347,10 +348,7 @@ class Shared:
 
         def take(db: sqlite3.Connection) -> bool:
             self._gone(db, "cold_writes", now)
-            wanted = list(identities)
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in in_batches(identities):
                 held = db.execute(
                     f"SELECT 1 FROM cold_writes WHERE backend = ? AND instance != ? "
                     f"AND identity IN ({marks}) LIMIT 1",
@@ -361,7 +359,7 @@ class Shared:
             db.executemany(
                 "INSERT OR REPLACE INTO cold_writes (backend, identity, instance, pid, expires) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [(backend, i, self.instance, self.pid, now + hold) for i in wanted],
+                [(backend, i, self.instance, self.pid, now + hold) for i in identities],
             )
             return True
 
@@ -382,10 +380,7 @@ class Shared:
         """Whether another live instance still writes one of `identities`."""
 
         def read(db: sqlite3.Connection) -> bool:
-            wanted = list(identities)
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in in_batches(identities):
                 rows = db.execute(
                     f"SELECT pid FROM cold_writes WHERE backend = ? AND instance != ? "
                     f"AND expires > ? AND identity IN ({marks})",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 M001_INITIAL = """
         CREATE TABLE token_counts (
@@ -241,6 +241,19 @@ INSERT_ROW = (
     f"INSERT OR IGNORE INTO requests ({', '.join(ROW_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})"
 )
+
+
+# Keys per `IN (...)` query: SQLite builds before 3.32 take at most 999 parameters.
+IN_BATCH = 500
+
+
+def in_batches(keys: Iterable[str]) -> Iterator[tuple[list[str], str]]:
+    """`keys` in batches of IN_BATCH, each with its placeholders ("?,?,..."), for queries
+    `... IN ({marks})` that no parameter limit refuses."""
+    wanted = list(keys)
+    for start in range(0, len(wanted), IN_BATCH):
+        batch = wanted[start : start + IN_BATCH]
+        yield batch, ",".join("?" * len(batch))
 
 
 @contextlib.contextmanager
