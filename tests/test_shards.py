@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from corpus_cache.engine.core import Engine
+from corpus_cache.models.catalog import ModelSpec
 from corpus_cache.plan.route import (
     SUPPORT_WEIGHT,
     SUPPORTING_HITS,
@@ -237,18 +238,24 @@ def test_the_runner_up_is_asked_too_only_when_close_and_both_read_less_than_the_
     assert asked == (ranked[:2] if close and fits else ranked[:1])
 
 
-async def test_a_corpus_beyond_one_window_is_cut_by_the_default_price_one_within_it_is_not(
-    running_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def dear_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelSpec:
+    """The default model with reads dear enough that a warm question of $0.05 reads a few
+    thousand tokens (a models file the engines of this test read)."""
     from corpus_cache.models.catalog import MODELS_FILE_ENV, load_catalog
-    from corpus_cache.plan.budget import price_budget
 
-    corpus = write_corpus(tmp_path / "corpus", filler_sentences=90)
-    # Reads dear enough that a warm question of $0.05 reads a few thousand tokens.
     models = tmp_path / "models.toml"
     models.write_text('[[models]]\nid = "claude-sonnet-5-5"\ninput_usd_per_mtok = 200.0\n')
     monkeypatch.setenv(MODELS_FILE_ENV, str(models))
-    model = load_catalog().get("claude-sonnet-5-5")
+    return load_catalog().get("claude-sonnet-5-5")
+
+
+async def test_a_corpus_beyond_one_window_is_cut_by_the_default_price_one_within_it_is_not(
+    running_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corpus_cache.plan.budget import price_budget
+
+    corpus = write_corpus(tmp_path / "corpus", filler_sentences=90)
+    model = dear_reads(tmp_path, monkeypatch)
     price = price_budget(model, 0.05)
     runs = iter(range(10))
 
@@ -274,13 +281,8 @@ async def test_a_folder_that_grew_past_the_window_is_cut_as_a_fresh_start_cuts_i
     # Two windows on one folder, or a restart: one that planned the folder small must cut
     # it, once grown, into the shards another instance starting now cuts, or they share
     # no cache entry.
-    from corpus_cache.models.catalog import MODELS_FILE_ENV, load_catalog
-
     full = write_corpus(tmp_path / "full", filler_sentences=90)
-    models = tmp_path / "models.toml"
-    models.write_text('[[models]]\nid = "claude-sonnet-5-5"\ninput_usd_per_mtok = 200.0\n')
-    monkeypatch.setenv(MODELS_FILE_ENV, str(models))
-    model = load_catalog().get("claude-sonnet-5-5")
+    model = dear_reads(tmp_path, monkeypatch)
     folder = tmp_path / "corpus"
     folder.mkdir()
     first, *rest = sorted(p for p in full.rglob("*.md"))
