@@ -1144,10 +1144,10 @@ class Engine:
             return
         adopted = corpus
         for number, plan, markers in self.shared.markers_of_others(self.corpus_key):
+            if adopted.markers.get(number, {}) == markers:
+                continue  # the usual case, checked before hashing the shard's documents
             shard = next((s for s in adopted.shards if s.number == number), None)
-            if shard is None or marker_blocks.plan_identity(shard.plan) != plan:
-                continue
-            if adopted.markers.get(number, {}) != markers:
+            if shard is not None and marker_blocks.plan_identity(shard.plan) == plan:
                 adopted = live_corpus.marked(adopted, number, markers, self.model.id)
         if adopted is not corpus:
             self._corpus = adopted
