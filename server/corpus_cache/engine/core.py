@@ -783,11 +783,8 @@ class Engine:
             # Another instance on the state folder may be writing the same cold prefix: the
             # claim is checked and taken in one transaction, so one of two instances writes.
             cold = self._cold_ids(corpora, chosen)
-            if self.shared.claim(self._backend_key, cold, now=self.clock(), hold=CLAIM_SECONDS):
-                self._claimed |= cold
+            if await self.claim_to_write(cold):
                 break
-            await self._written_elsewhere(cold)
-            self.catch_up()
         requests = []
         for shard in chosen:
             shard_corpus = corpora[shard.number]
